@@ -1,0 +1,173 @@
+"""`molting`: the command line. Each subcommand parses options and calls the library.
+
+User mistakes (bad data, unknown model, nonsense numbers) become one line on stderr and exit
+code 2, with no traceback, and the MLflow run `mlflow run` may have opened ends FAILED.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from dataclasses import fields
+
+import click
+
+from .config import TrainConfig
+from .presets import PRESETS
+
+# Help text per TrainConfig field; the options are generated from the dataclass so that the
+# CLI, the MLproject parameters and the logged params share one set of names.
+TRAIN_HELP = {
+    "model": "Preset (" + ", ".join(f"{k}" for k in PRESETS) + "), a local model folder, or a hub id in your "
+             "HF cache. tiny-random is random weights, for plumbing tests only.",
+    "dataset": "Chat examples: JSON list or JSONL of messages / ShareGPT / Alpaca / prompt-completion.",
+    "epochs": "Passes over the dataset ('preset': the preset's default).",
+    "grad_accum": "Micro-batches per optimizer step ('preset').",
+    "batch_size": "Examples per micro-batch ('preset').",
+    "lr": "Peak learning rate, linear decay ('preset').",
+    "lora_r": "LoRA rank ('preset').",
+    "lora_alpha": "LoRA alpha ('preset').",
+    "lora_dropout": "LoRA dropout.",
+    "max_seq_len": "Token limit per example; longer ones are truncated ('preset').",
+    "warmup_ratio": "Share of optimizer steps spent warming the learning rate up.",
+    "seed": "Random seed (data order, LoRA init).",
+    "experiment": "MLflow experiment name.",
+    "system_prompt": "'persona' (the persona's), 'none' (train without one, as the user did), or the text.",
+    "chat_template": "'model' (the tokenizer's own) or a Jinja file, e.g. data/templates/gpt2_separators.jinja.",
+    "preflight": "strict: pre-flight errors stop the run; warn: log them and train anyway.",
+    "min_steps": "Pre-flight minimum of optimizer steps.",
+    "persona": "Persona card (YAML): system prompt and the rubric's lists.",
+}
+PRESET_FIELDS = {"epochs", "grad_accum", "batch_size", "lr", "lora_r", "lora_alpha", "max_seq_len"}
+
+
+class UserError(click.ClickException):
+    """A mistake in the input: one line, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+class PresetOr(click.ParamType):
+    """A number, or the word 'preset' (None): the preset's default."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.name = f"{kind.__name__}|preset"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "preset":
+            return None
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            return value
+        try:
+            return self.kind(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a {self.kind.__name__} nor 'preset'", param, ctx)
+
+
+def user_errors(fn):
+    """Turn the library's input errors into UserError, ending an attached run FAILED."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        from .config import ConfigError
+        from .data import DatasetError
+        from .models import ModelError
+        from .persona import PersonaError
+
+        errors = (ConfigError, DatasetError, ModelError, PersonaError, FileNotFoundError)
+        try:
+            from .train import PreflightFailed
+            errors += (PreflightFailed,)
+        except ImportError:  # pragma: no cover
+            pass
+        try:
+            return fn(*a, **kw)
+        except errors as e:
+            from .tracking import fail_attached_run
+
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            fail_attached_run(msg)
+            raise UserError(msg) from None
+        except click.UsageError as e:
+            from .tracking import fail_attached_run
+
+            fail_attached_run(e.format_message())
+            raise
+
+    return wrapper
+
+
+def train_options(fn):
+    """One click option per TrainConfig field, with the dataclass default."""
+    for f in reversed(fields(TrainConfig)):
+        name = "--" + f.name.replace("_", "-")
+        if f.name in PRESET_FIELDS:
+            kind = float if f.name == "lr" else int
+            fn = click.option(name, f.name, type=PresetOr(kind), default="preset", show_default=True,
+                              help=TRAIN_HELP[f.name])(fn)
+        else:
+            kind = {int: int, float: float}.get(type(f.default), str)
+            fn = click.option(name, f.name, type=kind, default=f.default, show_default=True,
+                              help=TRAIN_HELP[f.name])(fn)
+    return fn
+
+
+def _config(kw) -> TrainConfig:
+    return TrainConfig.from_dict(kw)
+
+
+@click.group()
+@click.version_option(package_name="molting-mlflow")
+def cli():
+    """Fine-tune a small chat model into a persona, every run tracked in MLflow.
+
+    Start with: molting train   (SmolLM2-135M on the shipped Cláudio dataset, CPU is fine)
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@cli.command()
+@train_options
+@user_errors
+def train(**kw):
+    """Fine-tune a LoRA adapter and log config, loss curve, steps and adapter to MLflow.
+
+    Pre-flight runs first; with --preflight strict its errors stop the run.
+
+    Example: molting train --model smol --epochs 8
+
+    The user's failed run, reproduced on purpose:
+    molting train --epochs 5 --grad-accum 8 --batch-size 1 --system-prompt none
+    --chat-template data/templates/gpt2_separators.jinja --preflight warn
+    """
+    from .train import train as run_train
+
+    run_train(_config(kw))
+
+
+@cli.command()
+@train_options
+@user_errors
+def preflight(**kw):
+    """Check a training configuration without training: steps, template, system prompt, sizes.
+
+    Exit code 1 when it finds errors. Example: molting preflight --epochs 5 --grad-accum 8 --batch-size 1
+    """
+    from .train import prepare
+
+    p = prepare(_config(kw))
+    click.echo(p.report.to_text())
+    if p.report.status == "fail":
+        sys.exit(1)
+
+
+def main(argv=None):
+    cli.main(args=argv, prog_name="molting")
+
+
+if __name__ == "__main__":
+    main()

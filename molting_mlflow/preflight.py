@@ -1,0 +1,239 @@
+"""Pre-flight diagnosis: the checks that would have caught the user's three silent mistakes.
+
+Run before any training (and alone as `molting preflight`). Each finding has a level:
+  error — training on this is very likely wasted (strict mode stops the run);
+  warn  — worth a look, trains anyway;
+  info  — numbers for the record (steps, trainable params, memory estimate).
+Every finding carries its evidence: the arithmetic, the rendered text, the token it found.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from .config import TrainConfig
+from .data import ChatDataset
+
+SENTINEL = "MOLTINGSENTINEL"
+
+
+@dataclass
+class Finding:
+    check: str
+    level: str        # error / warn / info
+    message: str
+    evidence: str = ""
+
+
+@dataclass
+class PreflightReport:
+    findings: list[Finding] = field(default_factory=list)
+    numbers: dict = field(default_factory=dict)
+    rendered: str = ""           # example 0 through the template that will train
+    rendered_model: str = ""     # example 0 through the model's own template
+
+    @property
+    def status(self) -> str:
+        levels = {f.level for f in self.findings}
+        return "fail" if "error" in levels else ("warn" if "warn" in levels else "pass")
+
+    def add(self, check, level, message, evidence=""):
+        self.findings.append(Finding(check, level, message, evidence))
+
+    def to_json(self) -> str:
+        return json.dumps({"status": self.status, "numbers": self.numbers,
+                           "findings": [asdict(f) for f in self.findings],
+                           "rendered_example": self.rendered, "rendered_example_model_template": self.rendered_model},
+                          ensure_ascii=False, indent=1)
+
+    def to_text(self) -> str:
+        lines = [f"pre-flight: {self.status.upper()}"]
+        for f in self.findings:
+            lines.append(f"  [{f.level}] {f.check}: {f.message}")
+            if f.evidence and f.level != "info":
+                lines.append(f"          evidence: {f.evidence}")
+        return "\n".join(lines)
+
+
+def special_tokens(tok) -> list[str]:
+    """Every added/special token string of the vocabulary (e.g. <|im_end|>, <|endoftext|>, </s>)."""
+    toks = {t.content for t in getattr(tok, "added_tokens_decoder", {}).values() if len(t.content) > 1}
+    toks.update(t for t in tok.all_special_tokens if len(t) > 1)
+    return sorted(toks, key=len, reverse=True)
+
+
+def end_of_turn_token(tok, template: str) -> str | None:
+    """The token the model's own template puts right after an assistant answer (<|im_end|>, </s>, <|end|>)."""
+    text = tok.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": SENTINEL}],
+                                   chat_template=template, tokenize=False)
+    rest = text.split(SENTINEL, 1)[1].lstrip(" ")
+    for s in special_tokens(tok):
+        if rest.startswith(s):
+            return s
+    return None
+
+
+def default_system_prompt(tok, template: str) -> str | None:
+    """The system text a template injects when the conversation has none (SmolLM2: 'You are … SmolLM …')."""
+    text = tok.apply_chat_template([{"role": "user", "content": SENTINEL}], chat_template=template, tokenize=False)
+    head = text.split(SENTINEL, 1)[0]
+    for s in special_tokens(tok):
+        head = head.replace(s, "\n")
+    head = "\n".join(line for line in head.splitlines() if line.strip() not in ("", "system", "user", "<|system|>"))
+    return head.strip() or None
+
+
+def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, template: str,
+                  model_config=None, cuda: bool = False) -> PreflightReport:
+    """`cfg` resolved; `tok` the tokenizer; `own_template` the model's; `template` the one that will train."""
+    r = PreflightReport()
+    n = len(ds)
+
+    # 1. Optimizer steps: the user's 79 / (1 × 8) × 5 = 50 steps never learned the persona.
+    per_epoch = cfg.steps_per_epoch(n)
+    steps = per_epoch * cfg.epochs
+    arith = (f"ceil({n} examples / (batch {cfg.batch_size} × grad_accum {cfg.grad_accum})) = {per_epoch} steps an "
+             f"epoch × {cfg.epochs} epochs = {steps} optimizer steps")
+    r.numbers.update(examples=n, steps_per_epoch=per_epoch, optimizer_steps=steps, min_steps=cfg.min_steps)
+    if steps < cfg.min_steps:
+        need_epochs = math.ceil(cfg.min_steps / per_epoch)
+        fixes = [f"epochs={need_epochs}"]
+        for ga in (4, 2, 1):
+            if ga < cfg.grad_accum:
+                alt = TrainConfig(**{**cfg.__dict__, "grad_accum": ga})
+                if alt.optimizer_steps(n) >= cfg.min_steps:
+                    fixes.append(f"grad_accum={ga} ({alt.optimizer_steps(n)} steps)")
+                    break
+        r.add("optimizer_steps", "error",
+              f"{steps} optimizer steps, below the minimum of {cfg.min_steps}: {arith}. "
+              f"Fix: {' or '.join(fixes)} (or min_steps=… if you know better)", arith)
+    else:
+        r.add("optimizer_steps", "info", arith)
+
+    # 2. Chat template: the turns must end with the model's own end-of-turn token.
+    eot = end_of_turn_token(tok, own_template)
+    r.numbers["end_of_turn_token"] = eot
+    msgs = ds.messages(0)
+    r.rendered = tok.apply_chat_template(msgs, chat_template=template, tokenize=False)
+    r.rendered_model = tok.apply_chat_template(msgs, chat_template=own_template, tokenize=False)
+    own_specials = {s for s in special_tokens(tok) if s in r.rendered_model}
+    foreign = [s for s in special_tokens(tok) if s in r.rendered and s not in own_specials
+               and not any(s in o and s != o for o in own_specials)]
+    if foreign:
+        r.add("chat_template", "error",
+              f"the training template uses {', '.join(foreign)}, which the model's own template never emits "
+              f"(its turns end with {eot}); the model would learn a separator it never sees at inference. "
+              "Fix: chat_template=model", f"rendered: {r.rendered[:300]!r}")
+    if eot:
+        bad_ends = []
+        for m in msgs:
+            if m["role"] != "assistant":
+                continue
+            after = r.rendered.split(m["content"], 1)[1] if m["content"] in r.rendered else ""
+            if not after.lstrip(" ").startswith(eot):
+                bad_ends.append(after[:20])
+        if bad_ends:
+            r.add("end_of_turn", "error",
+                  f"an assistant turn does not end with the model's end-of-turn token {eot} (found {bad_ends[0]!r}); "
+                  "the model never learns to stop. Fix: chat_template=model", f"rendered: {r.rendered[:300]!r}")
+    if template != own_template and r.rendered != r.rendered_model and not foreign:
+        r.add("chat_template", "warn", "the training template renders differently from the model's own",
+              f"training: {r.rendered[:200]!r} model: {r.rendered_model[:200]!r}")
+
+    # 3. System prompt: without one SmolLM2's template injects "You are … named SmolLM"; the user's
+    #    TinyLlama run answered as other identities.
+    injected = default_system_prompt(tok, own_template)
+    if ds.system_prompt_source == "none":
+        extra = f" The model's template then injects its own: {injected!r}." if injected else ""
+        r.add("system_prompt", "error",
+              "no system prompt: the persona's identity is never stated, so the model keeps its own." + extra +
+              " Fix: system_prompt=persona", f"removed {ds.system_prompts_removed} system turns; injected: {injected!r}")
+    else:
+        sys_text = ds.rows[0]["prompt"][0]["content"] if ds.rows[0]["prompt"][0]["role"] == "system" else ""
+        if sys_text and sys_text not in r.rendered:
+            r.add("system_prompt", "error", "the chat template drops the system turn, so the system prompt never "
+                  "reaches the model. Fix: chat_template=model", f"rendered: {r.rendered[:200]!r}")
+        else:
+            r.add("system_prompt", "info", f"system prompt present ({ds.system_prompt_source}; added to "
+                  f"{ds.system_prompts_added} of {n} examples): {sys_text[:80]!r}")
+
+    # 4. The end-of-turn token must carry loss (pad == eos trap: a collator that masks pads would
+    #    mask it; TRL's completion mask keeps it).
+    p_ids = tok.apply_chat_template(ds.rows[0]["prompt"], chat_template=template, add_generation_prompt=True,
+                                    tokenize=True)["input_ids"]
+    full_ids = tok.apply_chat_template(msgs, chat_template=template, tokenize=True)["input_ids"]
+    completion_ids = full_ids[_common_prefix(p_ids, full_ids):]
+    if eot:
+        eot_id = tok.convert_tokens_to_ids(eot)
+        trained = eot_id in completion_ids
+        r.numbers["end_of_turn_trained"] = trained
+        if not trained:
+            r.add("end_of_turn", "error", f"the end-of-turn token {eot} is not in the trained span; "
+                  "the model never learns to stop", f"completion: {tok.decode(completion_ids)!r}")
+        elif tok.pad_token == tok.eos_token:
+            r.add("pad_eos", "info", f"pad == eos ({tok.pad_token}); the end-of-turn token is still trained "
+                  "(loss comes from the completion mask, not the pad mask)")
+
+    # 5. Truncation at max_seq_len.
+    lengths = [len(tok.apply_chat_template(ds.messages(i), chat_template=template, tokenize=True)["input_ids"])
+               for i in range(n)]
+    cut = sum(length > cfg.max_seq_len for length in lengths)
+    r.numbers.update(max_tokens=max(lengths), mean_tokens=round(sum(lengths) / n, 1), truncated=cut,
+                     train_tokens_per_epoch=sum(min(length, cfg.max_seq_len) for length in lengths))
+    if cut:
+        r.add("truncation", "warn", f"{cut} of {n} examples exceed max_seq_len={cfg.max_seq_len} tokens "
+              f"(longest {max(lengths)}) and lose their end (the end-of-turn token with it)",
+              f"lengths over the limit: {sorted(x for x in lengths if x > cfg.max_seq_len)[:10]}")
+    else:
+        r.add("truncation", "info", f"no example exceeds max_seq_len={cfg.max_seq_len} (longest {max(lengths)} tokens)")
+
+    # 6. Size: trainable parameters and a GPU memory estimate for the chosen quantisation.
+    if model_config is not None:
+        total, trainable = count_params(model_config, cfg)
+        gib = estimate_gpu_gib(model_config, total, trainable, cfg)
+        r.numbers.update(params=total, trainable_params=trainable, est_gpu_memory_gib=round(gib, 2))
+        r.add("size", "info", f"{trainable / 1e6:.1f}M trainable of {total / 1e6:.0f}M parameters; QLoRA (NF4) on "
+              f"a GPU needs about {gib:.1f} GiB at batch {cfg.batch_size} × {cfg.max_seq_len} tokens"
+              + ("" if cuda else " (this run: CPU, no quantisation)"))
+    return r
+
+
+def _common_prefix(a, b) -> int:
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def count_params(model_config, cfg: TrainConfig) -> tuple[int, int]:
+    """Total parameters and LoRA-trainable ones, from a meta-device model (no memory, no weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .presets import PRESETS
+
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(model_config)
+    targets = PRESETS.get(cfg.model, PRESETS["smol"]).lora_targets
+    total = sum(p.numel() for p in m.parameters())
+    trainable = sum(cfg.lora_r * (mod.in_features + mod.out_features) for name, mod in m.named_modules()
+                    if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets)
+    return total, trainable
+
+
+def estimate_gpu_gib(mc, total: int, trainable: int, cfg: TrainConfig) -> float:
+    """QLoRA peak memory, bytes by part; calibrated against ../bench (TinyLlama 1.38 GiB, Phi-3 3.03 GiB
+    measured at seq 512, batch 1, gradient checkpointing, paged AdamW 8-bit)."""
+    tc = mc.get_text_config() if hasattr(mc, "get_text_config") else mc
+    h, layers, vocab = tc.hidden_size, tc.num_hidden_layers, tc.vocab_size
+    inter = getattr(tc, "intermediate_size", 4 * h)
+    tokens = cfg.batch_size * cfg.max_seq_len
+    emb = vocab * h * (1 if getattr(tc, "tie_word_embeddings", False) else 2)
+    weights = emb * 2 + (total - emb) * 0.53          # bf16 embeddings; NF4 + double-quant constants
+    lora = trainable * 10                             # fp32 weight + fp32 grad + 8-bit Adam moments
+    acts = tokens * h * 2 * layers                    # checkpointed layer inputs (bf16)
+    acts += tokens * (10 * h + 3 * inter) * 2         # one layer recomputed during backward
+    acts += cfg.batch_size * tc.num_attention_heads * cfg.max_seq_len ** 2 * 2 * 2
+    logits = tokens * vocab * 4 * 3                   # fp32 logits, their softmax and gradient
+    return 1.15 * (weights + lora + acts + logits) / 2 ** 30

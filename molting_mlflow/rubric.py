@@ -1,0 +1,505 @@
+"""Rubric v1.0 (shared/spec/rubric-v1.md): a deterministic, offline scorer for persona responses.
+
+Every list the rules use (name, voice markers, boilerplate, conflicting identities,
+hallucinations, template tokens, agent contamination, role prefixes) comes from the `Persona`
+data, so another persona changes data, not code. What stays in code is language, not persona:
+stop-word lists for the Portuguese test, articles, and the claim grammar of the spec.
+
+Matching is done on a normalised copy of the text (NFKD, combining marks stripped, casefolded:
+"Cláudio" == "claudio") on whole words / whole phrases; capitalisation, which the "other name"
+rule needs, is read back from the original text through a character index map.
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from molting_mlflow.persona import Persona
+
+DIMENSIONS = ("d1_identity", "d2_factual", "d3_voice", "d4_cleanliness", "d5_quality")
+FINISH_REASONS = ("stop", "length")
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    identity_probe: bool
+    facts: list[list[str]]          # groups of alternatives; a group is covered by any one of them
+    forbidden: list[str]            # question-specific wrong claims (added to the hallucinations)
+    topic: list[str] = field(default_factory=list)  # words naming the subject (D5 (d))
+
+
+class RubricInputError(ValueError):
+    """A question or response file is malformed; the message is one line naming file and place."""
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation and whole-word matching
+# --------------------------------------------------------------------------------------------
+
+def _fold(s: str) -> str:
+    s = unicodedata.normalize("NFKD", s)
+    s = "".join(c for c in s if not unicodedata.combining(c)).casefold()
+    # casefold can bring back a combining mark ("İ" -> "i̇"), so strip once more
+    s = unicodedata.normalize("NFKD", s)
+    return "".join(c for c in s if not unicodedata.combining(c))
+
+
+def _normalise_with_map(text: str) -> tuple[str, list[int]]:
+    """Normalised text plus, for each of its characters, the index of the original character.
+    Folding char by char gives the same string as folding the whole text (NFKD decomposes per
+    character and the marks it would reorder are stripped), and keeps the mapping exact."""
+    out: list[str] = []
+    index: list[int] = []
+    for i, ch in enumerate(text):
+        f = ch.lower() if ch.isascii() else _fold(ch)
+        out.append(f)
+        index.extend([i] * len(f))
+    return "".join(out), index
+
+
+def normalise(text: str) -> str:
+    return _normalise_with_map(text)[0]
+
+
+@lru_cache(maxsize=4096)
+def _term_regex(term: str) -> re.Pattern[str]:
+    """Whole-word / whole-phrase pattern for a normalised term. An end that is a word character
+    must not touch another word character ("tipo" not in "tipografia", "Phi" not in "Phillip");
+    an end that is not ("<|endoftext|>", "🦞", "$ ", "C:\\") is matched as a plain substring
+    there, since a leaked token glued to a word ("tá<|endoftext|>") must still count.
+    Inner whitespace matches any whitespace run."""
+    t = normalise(term)
+    body = "".join(r"\s+" if p.isspace() else re.escape(p) for p in re.split(r"(\s+)", t) if p)
+    left = r"(?<!\w)" if re.match(r"\w", t[0]) else ""
+    right = r"(?!\w)" if re.match(r"\w", t[-1]) else ""
+    return re.compile(left + body + right)
+
+
+def _found(norm: str, terms: list[str]) -> list[str]:
+    """The terms (as the data spells them) that occur in the normalised text, deduplicated."""
+    seen: dict[str, str] = {}
+    for term in terms:
+        if term.strip() and normalise(term) not in seen and _term_regex(term).search(norm):
+            seen[normalise(term)] = term
+    return list(seen.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Language: stop words for the D3 Portuguese test, words that are never a "name" (D1)
+# --------------------------------------------------------------------------------------------
+
+# Normalised forms (accents stripped): "é" -> "e", "não" -> "nao", "tá" -> "ta". Informal
+# function words (pra, ta, ne, to) are included because the persona speaks informally.
+PT_STOPWORDS = frozenset("""
+de que o a e do da em um uma para pra com nao os as no na nos nas se eu voce ta mas sou meu minha
+por mais ao aos dos das como isso esse essa isto ele ela seu sua ja tambem ou muito quando entao
+aqui tem vai estou esta sim so ne pelo pela ate foi ser te me lhe la voces nosso nossa bem
+vou tudo nem ainda sao era qual quem onde porque
+""".split())
+EN_STOPWORDS = frozenset("""
+the a an is are was were be been to of and in on for with it its this that i you he she we they
+my your what how not do does can will have has at by from as or but if so me am there which who
+would should about just all any
+""".split())
+# Words in both lists ("a", "as", "do", "me", "so") count as Portuguese only: English text has
+# plenty of unambiguous stop words (the, is, to, you, i) to outweigh them, while a short
+# Portuguese reply may have nothing but "a"/"do" ("A tipografia do site ficou boa, João.").
+EN_ONLY_STOPWORDS = EN_STOPWORDS - PT_STOPWORDS
+# A text is "mainly Portuguese" when at least this share of its word tokens are Portuguese stop
+# words AND it has more of them than English-only stop words. Running Portuguese prose has
+# 35-50% stop words; 0.15 leaves room for short, name-heavy replies ("Ele pratica tênis todo
+# dia, João." is 1/6), while English text with a few Portuguese names fails on the second test.
+PT_SHARE_MIN = 0.15
+
+# Words after "sou"/"I am" that are not a name even when capitalised ("sou uma IA").
+_NOT_NAMES = PT_STOPWORDS | EN_STOPWORDS | frozenset("""
+ia ai assistente assistant modelo model bot chatbot robo robot programa program sistema system
+inteligencia artificial virtual apenas only just feliz happy glad sorry here ready brasileiro
+brasileira brazilian portugues portuguese not nunca never
+""".split())
+_ARTICLES = frozenset("o a os as um uma the an seu sua".split())  # skipped before X
+_NEGATIONS = frozenset("nao not nunca never jamais".split())
+
+# --------------------------------------------------------------------------------------------
+# D1 claims (on normalised text). X is what follows the head on the same line.
+# --------------------------------------------------------------------------------------------
+_WS = r"[^\S\n]+"  # a claim and its X are on one line: a line break is no "sou X"
+_NAME_HEAD = re.compile(
+    r"(?<!\w)(?:(?:eu" + _WS + r")?sou|meu" + _WS + r"nome" + _WS + r"e|me" + _WS + r"chamo"
+    r"|i" + _WS + r"am|i['’]m|my" + _WS + r"name" + _WS + r"is)" + _WS)
+_MAKER_HEAD = re.compile(
+    r"(?<!\w)(?:fui" + _WS + r"(?:criad|treinad|desenvolvid|feit)[oa]" + _WS + r"(?:pel[oa]|por)"
+    r"|(?:made|created|trained|developed)" + _WS + r"by)" + _WS)
+# "não sou", "eu nao sou", "I was not made by", "I wasn't trained by": negation right before.
+# A comma breaks it: "Não, sou o Cláudio" is a claim.
+_NEG_BEFORE = re.compile(r"(?:(?<!\w)(?:" + "|".join(sorted(_NEGATIONS)) + r")|n['’]t)" + _WS + r"$")
+_WORD_AT = re.compile(r"\w+(?:[-.]\w+)*")
+_SPACE_AT = re.compile(_WS)
+# D5 (d): any self-description counts as addressing an identity probe, negated or not.
+_SELF_DESCRIPTION = ["sou", "me chamo", "meu nome", "I am", "I'm", "I’m", "my name"]
+
+
+def _claims(text: str, norm: str, index: list[int], persona: Persona) -> tuple[list[str], list[str]]:
+    """(conflicting identities claimed, other names given) by non-negated claims."""
+    conflicts: list[str] = []
+    others: list[str] = []
+    for head_re, names_self in ((_NAME_HEAD, True), (_MAKER_HEAD, False)):
+        for m in head_re.finditer(norm):
+            if _NEG_BEFORE.search(norm[max(0, m.start() - 30):m.start()]):
+                continue
+            p = m.end()
+            w = _WORD_AT.match(norm, p)
+            if w and w.group() in _NEGATIONS:        # "I am not X", "sou não"
+                continue
+            # X may start after up to two articles ("sou o seu ..."); a conflicting term may
+            # itself begin with an article ("sou um modelo de linguagem"), so test each position.
+            claimed: list[str] = []
+            for _ in range(3):
+                claimed += [t for t in persona.conflicting_identities
+                            if _term_regex(t).match(norm, p) and t not in claimed]
+                w = _WORD_AT.match(norm, p)
+                sp = _SPACE_AT.match(norm, w.end()) if w and w.group() in _ARTICLES else None
+                if not sp:
+                    break
+                p = sp.end()
+            conflicts += [t for t in claimed if t not in conflicts]
+            if claimed:
+                continue                               # "I am SmolLM": reported once, as a conflict
+            # Other name: only name-giving heads ("fui criado pela Softtor" names a maker, not
+            # the self), only a capitalised word that is not the persona's name nor a common word.
+            if not names_self or not w or _term_regex(persona.name).match(norm, p):
+                continue
+            if w.group() in _NOT_NAMES or norm[w.end():w.end() + 2] in ("'s", "’s"):
+                continue                               # "I'm João's assistant" names João, not self
+            head_orig = text[index[m.start()]:index[m.end() - 1] + 1]
+            if any(c.isupper() for c in head_orig[1:]):
+                continue                               # "Eu Sou", "EU SOU": capitals carry no signal
+            if text[index[w.start()]].isupper():
+                word = text[index[w.start()]:index[w.end() - 1] + 1]
+                if word not in others:
+                    others.append(word)
+    return conflicts, others
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------
+
+def _is_emoji(ch: str) -> bool:
+    cp = ord(ch)
+    return unicodedata.category(ch) == "So" or 0x1F000 <= cp <= 0x1FAFF or 0x2600 <= cp <= 0x27BF
+
+
+def _ends_properly(text: str) -> bool:
+    t = text.rstrip()
+    # an emoji may end in a variation selector, a zero-width joiner or a skin-tone modifier
+    t = t.rstrip("\ufe0f\ufe0e\u200d\U0001F3FB\U0001F3FC\U0001F3FD\U0001F3FE\U0001F3FF")
+    return bool(t) and (t[-1] in '.!?…)"' or _is_emoji(t[-1]))
+
+
+def _degenerate(norm: str) -> str | None:
+    """D5 (c): a reason string when a 4-word sequence occurs 3+ times or a sentence of 3+ words
+    occurs twice (normalised words, so case and accents do not hide a loop)."""
+    words = re.findall(r"\w+", norm)
+    grams = Counter(tuple(words[i:i + 4]) for i in range(len(words) - 3))
+    if grams:
+        gram, n = grams.most_common(1)[0]
+        if n >= 3:
+            return f"D5(c): 4-word sequence repeated {n}x: '{' '.join(gram)}'"
+    # NFKD has turned "…" into "...", so [.!?] covers it
+    sentences = Counter(tuple(s) for s in (re.findall(r"\w+", x) for x in re.split(r"[.!?\n]+", norm))
+                        if len(s) >= 3)
+    if sentences:
+        sent, n = sentences.most_common(1)[0]
+        if n >= 2:
+            return f"D5(c): sentence repeated {n}x: '{' '.join(sent)}'"
+    return None
+
+
+def _role_tag(token: str, persona: Persona) -> bool:
+    """A template token that names a speaker ("<|user|>", "<|assistant|>"): its letters are a role."""
+    name = "".join(re.findall(r"\w+", normalise(token)))
+    return name in {normalise(r) for r in persona.role_prefixes} | {"user", "assistant", "system"}
+
+
+def _role_lines(norm: str, persona: Persona) -> list[str]:
+    """D4 (c): lines that start (after whitespace) with a role prefix and ':' ("User:"), with a
+    symbol prefix and a space ("### "), or with a role tag ("<|user|>")."""
+    hits = []
+    for prefix in persona.role_prefixes:
+        p = normalise(prefix).strip()
+        if not p:
+            continue
+        tail = r"[^\S\n]*:" if re.match(r"\w", p[-1]) else r"(?:[^\S\n]|:)"
+        if re.search(r"(?m)^[^\S\n]*" + re.escape(p) + tail, norm):
+            hits.append(prefix.strip() + (":" if tail.endswith(":") else " "))
+    for tok in persona.template_tokens:
+        if _role_tag(tok, persona) and re.search(r"(?m)^[^\S\n]*" + _term_regex(tok).pattern, norm):
+            hits.append(tok)
+    return hits
+
+
+def _text_after_token(norm: str, persona: Persona) -> str | None:
+    """The first template token that has non-whitespace text after it (the turn went on)."""
+    for tok in persona.template_tokens:
+        for m in _term_regex(tok).finditer(norm):
+            if norm[m.end():].strip():
+                return tok
+    return None
+
+
+def score_response(question: Question, response: str, finish_reason: str | None,
+                   persona: Persona) -> dict:
+    if finish_reason not in (None, *FINISH_REASONS):
+        raise ValueError(f"finish_reason must be 'stop', 'length' or None, got {finish_reason!r}")
+    if not response or not response.strip():
+        return {**{d: 0 for d in DIMENSIONS}, "score": 0, "reasons": ["empty response"]}
+    text = response
+    norm, index = _normalise_with_map(text)
+    reasons: list[str] = []
+
+    # D1 identity
+    conflicts, others = _claims(text, norm, index, persona)
+    has_name = bool(_term_regex(persona.name).search(norm))
+    reasons += [f"D1: claims conflicting identity '{c}'" for c in conflicts]
+    reasons += [f"D1: gives itself another name '{o}'" for o in others]
+    if question.identity_probe and not has_name:
+        reasons.append(f"D1: identity probe and the name '{persona.name}' does not appear")
+    if conflicts or others or (question.identity_probe and not has_name):
+        d1 = 0
+    elif has_name:
+        d1 = 2
+    else:
+        d1 = 1
+        reasons.append(f"D1: the name '{persona.name}' does not appear")
+
+    # D2 factual: wrong claims first, then coverage of the fact groups
+    wrong = _found(norm, list(persona.hallucinations) + list(question.forbidden))
+    covered = sum(1 for group in question.facts if _found(norm, group))
+    if wrong:
+        d2 = 0
+        reasons += [f"D2: states known hallucination '{w}'" for w in wrong]
+    elif not question.facts or covered == len(question.facts):
+        d2 = 2
+    else:
+        d2 = 1 if covered * 2 >= len(question.facts) else 0
+        reasons.append(f"D2: covers {covered}/{len(question.facts)} fact groups")
+
+    # D5 (c) is needed by D3, so compute it first
+    degenerate = _degenerate(norm)
+
+    # D3 voice
+    tokens = re.findall(r"[^\W\d_]+", norm)
+    pt = sum(t in PT_STOPWORDS for t in tokens)
+    en = sum(t in EN_ONLY_STOPWORDS for t in tokens)
+    portuguese = bool(tokens) and pt / len(tokens) >= PT_SHARE_MIN and pt > en
+    markers = _found(norm, persona.voice_markers)
+    boiler = _found(norm, persona.boilerplate)
+    if not portuguese:
+        d3 = 0
+        reasons.append(f"D3: not mainly Portuguese ({pt} PT vs {en} English-only stop words in {len(tokens)} words)")
+    elif not markers:
+        d3 = 0
+        reasons.append("D3: no voice marker")
+    else:
+        d3 = 2
+        if len(markers) < 2:
+            d3 = 1
+            reasons.append(f"D3: only one voice marker '{markers[0]}'")
+        if boiler:
+            d3 = 1
+            reasons += [f"D3: generic boilerplate '{b}'" for b in boiler]
+        if degenerate:
+            d3 = 1
+            reasons.append("D3: degenerate text is not the persona's voice (capped at 1)")
+        if conflicts or others:
+            d3 = 1
+            reasons.append("D3: speaks as another identity (capped at 1)")
+
+    # D4 cleanliness
+    d4 = 2
+    tokens_found = _found(norm, persona.template_tokens)
+    if tokens_found:
+        d4 -= 1
+        reasons.append("D4(a): template/special token " + ", ".join(f"'{t}'" for t in tokens_found))
+    agent = _found(norm, persona.agent_contamination)
+    if agent:
+        d4 -= 1
+        reasons.append("D4(b): agent contamination " + ", ".join(f"'{a}'" for a in agent))
+    roles = _role_lines(norm, persona)
+    after_token = _text_after_token(norm, persona)
+    if roles or after_token:
+        d4 -= 1
+        if roles:
+            reasons.append("D4(c): line starts with role " + ", ".join(f"'{r}'" for r in roles))
+        if after_token:
+            reasons.append(f"D4(c): text after template token '{after_token}'")
+    d4 = max(d4, 0)
+
+    # D5 quality
+    d5 = 2
+    if finish_reason == "length":
+        d5 -= 1
+        reasons.append("D5(a): finish_reason is 'length'")
+    elif after_token:
+        d5 -= 1
+        reasons.append(f"D5(a): text after template token '{after_token}' (turn never ended)")
+    elif finish_reason is None and not _ends_properly(text):
+        d5 -= 1
+        reasons.append(f"D5(a): no finish_reason and the text ends with {text.rstrip()[-1]!r}")
+    n_words = sum(1 for w in text.split() if re.search(r"\w", w))
+    if n_words < 3 or n_words > 150:
+        d5 -= 1
+        reasons.append(f"D5(b): {n_words} words (expected 3-150)")
+    if degenerate:
+        d5 -= 1
+        reasons.append(degenerate)
+    if question.topic or question.facts or question.identity_probe:
+        addressed = bool(_found(norm, question.topic)) or covered > 0 or bool(wrong)
+        if question.identity_probe:
+            addressed = addressed or has_name or bool(_found(norm, _SELF_DESCRIPTION))
+        if not addressed:
+            d5 -= 1
+            reasons.append("D5(d): off topic (no topic word, fact, wrong claim"
+                           + (" or self-description)" if question.identity_probe else ")"))
+    d5 = max(d5, 0)
+
+    dims = {"d1_identity": d1, "d2_factual": d2, "d3_voice": d3, "d4_cleanliness": d4, "d5_quality": d5}
+    return {**dims, "score": sum(dims.values()), "reasons": reasons}
+
+
+def score_responses(questions: list[Question], records: list[dict], persona: Persona) -> dict:
+    """Score records in input order; summary holds the mean of each dimension and their sum."""
+    by_id = {q.id: q for q in questions}
+    if not records:
+        raise RubricInputError("no response records to score; expected at least one")
+    results = []
+    for i, rec in enumerate(records):
+        q = by_id.get(rec.get("id"))
+        if q is None:
+            raise RubricInputError(f"record[{i}]: id {rec.get('id')!r} names no question; "
+                                   f"expected one of {sorted(by_id)}")
+        s = score_response(q, rec.get("response", ""), rec.get("finish_reason"), persona)
+        results.append({"id": q.id, "question": q.question, "response": rec.get("response", ""),
+                        "finish_reason": rec.get("finish_reason"), **s})
+    n = len(results)
+    summary: dict = {d: sum(r[d] for r in results) / n for d in DIMENSIONS}
+    summary["score"] = sum(summary[d] for d in DIMENSIONS)
+    summary["n"] = n
+    return {"results": results, "summary": summary}
+
+
+# --------------------------------------------------------------------------------------------
+# Input files
+# --------------------------------------------------------------------------------------------
+_Q_REQUIRED = ("id", "question", "identity_probe", "facts", "forbidden")
+_Q_KEYS = _Q_REQUIRED + ("topic",)
+_Q_FORM = ('expected {"id": str, "question": str, "identity_probe": bool, "facts": [[str, ...], ...], '
+           '"forbidden": [str, ...], "topic": [str, ...] (optional)}')
+_R_FORM = 'expected {"id": str, "response": str, "finish_reason": "stop"|"length"|null (optional)}'
+
+
+def _read_text(path: Path, what: str) -> str:
+    if not path.is_file():
+        raise RubricInputError(f"{path}: file not found; expected {what}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RubricInputError(f"{path}: not valid UTF-8 (byte {e.start}); expected {what} in UTF-8") from None
+
+
+def _str_list(v, *, nonempty: bool = False) -> bool:
+    return (isinstance(v, list) and (v or not nonempty)
+            and all(isinstance(x, str) and x.strip() for x in v))
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    p = Path(path)
+    raw_text = _read_text(p, "a JSON list of question objects")
+    try:
+        raw = json.loads(raw_text)
+    except json.JSONDecodeError as e:
+        raise RubricInputError(f"{p}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}); "
+                               "expected a JSON list of question objects") from None
+    if not isinstance(raw, list) or not raw:
+        raise RubricInputError(f"{p}: top level is {type(raw).__name__}"
+                               f"{' (empty)' if raw == [] else ''}; expected a non-empty JSON list of question objects")
+    out: list[Question] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"{p}: item[{i}]"
+        if not isinstance(item, dict):
+            raise RubricInputError(f"{where}: is {type(item).__name__}; {_Q_FORM}")
+        if isinstance(item.get("id"), str):
+            where += f" (id {item['id']!r})"
+        missing = [k for k in _Q_REQUIRED if k not in item]
+        extra = sorted(set(item) - set(_Q_KEYS))
+        if missing or extra:
+            what = "; ".join(x for x in (missing and f"missing key(s) {missing}",
+                                         extra and f"unknown key(s) {extra}") if x)
+            raise RubricInputError(f"{where}: {what}; {_Q_FORM}")
+        checks = (
+            ("id", isinstance(item["id"], str) and item["id"].strip() != "", "a non-empty string"),
+            ("question", isinstance(item["question"], str) and item["question"].strip() != "",
+             "a non-empty string"),
+            ("identity_probe", isinstance(item["identity_probe"], bool), "true or false"),
+            ("facts", isinstance(item["facts"], list)
+             and all(_str_list(g, nonempty=True) for g in item["facts"]),
+             "a list of non-empty lists of non-empty strings"),
+            ("forbidden", _str_list(item["forbidden"]), "a list of non-empty strings"),
+            ("topic", _str_list(item.get("topic", [])), "a list of non-empty strings"),
+        )
+        for key, ok, form in checks:
+            if not ok:
+                raise RubricInputError(f"{where}: key '{key}' is {json.dumps(item.get(key), ensure_ascii=False)[:60]}; "
+                                       f"expected {form}")
+        if item["id"] in seen:
+            raise RubricInputError(f"{where}: duplicate id {item['id']!r}; expected unique ids")
+        seen.add(item["id"])
+        out.append(Question(id=item["id"], question=item["question"], identity_probe=item["identity_probe"],
+                            facts=[list(g) for g in item["facts"]], forbidden=list(item["forbidden"]),
+                            topic=list(item.get("topic", []))))
+    return out
+
+
+def load_responses(path: str | Path, questions: list[Question]) -> list[dict]:
+    p = Path(path)
+    ids = {q.id for q in questions}
+    records: list[dict] = []
+    for lineno, line in enumerate(_read_text(p, "JSON Lines, one response object per line").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{p}: line {lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RubricInputError(f"{where}: invalid JSON at column {e.colno} ({e.msg}); {_R_FORM}") from None
+        if not isinstance(rec, dict):
+            raise RubricInputError(f"{where}: is {type(rec).__name__}; {_R_FORM}")
+        missing = [k for k in ("id", "response") if k not in rec]
+        extra = sorted(set(rec) - {"id", "response", "finish_reason"})
+        if missing or extra:
+            what = "; ".join(x for x in (missing and f"missing key(s) {missing}",
+                                         extra and f"unknown key(s) {extra}") if x)
+            raise RubricInputError(f"{where}: {what}; {_R_FORM}")
+        if not isinstance(rec["id"], str):
+            raise RubricInputError(f"{where}: 'id' is {type(rec['id']).__name__}; {_R_FORM}")
+        if rec["id"] not in ids:
+            raise RubricInputError(f"{where}: id {rec['id']!r} names no question in the question file; "
+                                   f"expected one of {sorted(ids)[:10]}")
+        if not isinstance(rec["response"], str):
+            raise RubricInputError(f"{where}: 'response' is {type(rec['response']).__name__}; {_R_FORM}")
+        fr = rec.get("finish_reason")
+        if fr is not None and fr not in FINISH_REASONS:
+            raise RubricInputError(f"{where}: finish_reason is {json.dumps(fr)}; {_R_FORM}")
+        records.append({"id": rec["id"], "response": rec["response"], "finish_reason": fr})
+    if not records:
+        raise RubricInputError(f"{p}: no response records; expected at least one JSON object line")
+    return records

@@ -1,0 +1,69 @@
+"""MLflow plumbing shared by every stage: one run per stage, attached when `mlflow run` made it.
+
+A stage never leaves a run RUNNING: an exception ends it FAILED (KILLED on Ctrl-C) with the
+error in the tag `molting.error`.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+
+def ensure_experiment(name: str) -> str:
+    """The experiment's id, created on first use with an absolute artifact location: MLflow's
+    default with the SQLite store is ./mlruns of whatever directory the run started in."""
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    uri = mlflow.get_tracking_uri()
+    location = None
+    if uri.startswith("sqlite:///") or uri.startswith("file:") or "://" not in uri:
+        location = (Path.cwd() / "mlruns").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: bool = False):
+    """Attach to MLFLOW_RUN_ID (set by `mlflow run`) or start a run in `experiment`."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id and not nested and mlflow.active_run() is None:
+        run = mlflow.start_run(run_id=run_id)
+        exp = mlflow.get_experiment(run.info.experiment_id)
+        if exp.name != experiment:
+            print(f"molting: note: `mlflow run` put this run in experiment '{exp.name}', not '{experiment}'; "
+                  f"pass --experiment-name {experiment} to mlflow run to keep runs together", flush=True)
+        mlflow.set_tag("mlflow.runName", run_name)
+    else:
+        run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=run_name, nested=nested)
+    if tags:
+        mlflow.set_tags(tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("molting.error", "interrupted")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as e:
+        mlflow.set_tag("molting.error", (str(e).splitlines() or [type(e).__name__])[0][:5000])
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def fail_attached_run(message: str) -> None:
+    """Called on a user error before any run was opened here: end the run `mlflow run` made, FAILED."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "molting.error", message[:5000])
+            client.set_terminated(run_id, "FAILED")
+    except Exception:  # the store may be the thing that is broken; the error itself is reported anyway
+        pass

@@ -1,0 +1,309 @@
+"""The train stage: pre-flight, then TRL's SFTTrainer with a peft LoRA, every step in MLflow.
+
+Order matters for the user: everything that can be wrong with the input (config, model, dataset,
+template) is found before a run is opened or a weight is loaded, so a mistake costs seconds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import TrainConfig
+from .data import ChatDataset, load_dataset
+from .models import ModelSource, device, load_model, load_tokenizer, resolve_model, sha256_file
+from .persona import load_persona
+from .preflight import PreflightReport, run_preflight
+from .presets import PRESETS
+
+
+class PreflightFailed(RuntimeError):
+    """Pre-flight found errors and preflight=strict."""
+
+
+@dataclass
+class Prepared:
+    """Everything known before training: resolved config, model source, data, template, report."""
+
+    cfg: TrainConfig
+    source: ModelSource
+    dataset: ChatDataset
+    tokenizer: object
+    own_template: str
+    template: str
+    template_source: str
+    system_prompt_text: str | None
+    report: PreflightReport
+    dev: str
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    optimizer_steps: int
+    final_loss: float
+    train_runtime_s: float
+    adapter_uri: str
+    preflight: str
+    losses: list = field(default_factory=list)
+
+
+def set_threads() -> int:
+    """Pin torch's CPU threads (MOLTING_THREADS, default: all cores). Oversubscribed cores make
+    torch dozens of times slower (seen here: 2 threads with one core busy ran ~55× slower)."""
+    import torch
+
+    n = int(os.environ.get("MOLTING_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    """Resolve and check everything; raises ConfigError/ModelError/DatasetError/PersonaError on bad input."""
+    cfg = cfg.resolve()
+    persona = load_persona(cfg.persona)
+    source = resolve_model(cfg.model)
+    if cfg.system_prompt == "none":
+        sp = None
+    elif cfg.system_prompt == "persona":
+        sp = persona.system_prompt
+    else:
+        sp = cfg.system_prompt
+    ds = load_dataset(cfg.dataset, sp)
+    if sp is not None:
+        ds.system_prompt_source = ("dataset" if ds.system_prompts_added == 0 else
+                                   "persona" if cfg.system_prompt == "persona" else "custom")
+    tok = load_tokenizer(source)
+    own = tok.chat_template
+    if not own:
+        from .models import ModelError
+        raise ModelError(f"model '{cfg.model}': its tokenizer has no chat template; pass chat_template=<jinja file>")
+    if cfg.chat_template == "model":
+        template, template_source = own, "model"
+    else:
+        template = Path(cfg.chat_template).read_text(encoding="utf-8")
+        template_source = f"file:{cfg.chat_template}"
+    model_config = _model_config(source)
+    dev = device()
+    report = run_preflight(cfg, ds, tok, own, template, model_config, cuda=dev == "cuda")
+    tok.chat_template = template
+    return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, dev)
+
+
+def _model_config(source: ModelSource):
+    if source.kind == "tiny-random":
+        from .models import build_tiny_random
+        return build_tiny_random()[0].config
+    from transformers import AutoConfig
+    return AutoConfig.from_pretrained(source.path, local_files_only=True)
+
+
+def run_params(p: Prepared, precision: str) -> dict:
+    """The resolved config, logged verbatim: what trained, on what, from which data and template."""
+    cfg = p.cfg
+    preset = PRESETS.get(cfg.model, PRESETS["smol"])
+    params = cfg.as_params()
+    params.update(p.source.as_params())
+    params.update({
+        "train.optimizer_steps": p.report.numbers["optimizer_steps"],
+        "train.lr_schedule": "linear",
+        "train.optimizer": "paged_adamw_8bit" if p.dev == "cuda" else "adamw_torch",
+        "train.device": p.dev,
+        "train.precision": precision,
+        "train.gradient_checkpointing": p.dev == "cuda",
+        "lora.targets": ",".join(preset.lora_targets),
+        "data.sha256": p.dataset.sha256,
+        "data.examples": len(p.dataset),
+        "data.format": p.dataset.source_format,
+        "data.system_prompt_source": p.dataset.system_prompt_source,
+        "data.system_prompts_added": p.dataset.system_prompts_added,
+        "data.system_prompts_removed": p.dataset.system_prompts_removed,
+        "template.source": p.template_source,
+        "template.sha256": __import__("hashlib").sha256(p.template.encode()).hexdigest(),
+        "template.end_of_turn": p.report.numbers.get("end_of_turn_token"),
+    })
+    return params
+
+
+def cpu_dtype() -> str:
+    """fp32 unless MOLTING_CPU_DTYPE says otherwise (see benchmarks/cpu_dtype.py for why)."""
+    return os.environ.get("MOLTING_CPU_DTYPE", "float32")
+
+
+def train(cfg: TrainConfig, log=print) -> TrainResult:
+    import mlflow
+
+    from .tracking import stage_run
+
+    t_start = time.time()
+    p = prepare(cfg)
+    cfg = p.cfg
+    threads = set_threads()
+    steps = p.report.numbers["optimizer_steps"]
+    run_name = f"{cfg.model}-e{cfg.epochs}-b{cfg.batch_size}-ga{cfg.grad_accum}-lr{cfg.lr:g}"
+    tags = {"molting.stage": "train", "molting.model": cfg.model, "molting.preflight": p.report.status}
+    if p.source.preset is not None and p.source.preset.only_for_plumbing:
+        tags["molting.plumbing_only"] = "true"
+    with stage_run(cfg.experiment, run_name, tags) as run:
+        run_id = run.info.run_id
+        mlflow.log_text(p.report.to_json(), "preflight.json")
+        mlflow.log_text(p.report.to_text() + "\n", "preflight.txt")
+        log(p.report.to_text())
+        if p.report.status == "fail" and cfg.preflight == "strict":
+            mlflow.log_params(run_params(p, "not-loaded"))
+            errors = [f for f in p.report.findings if f.level == "error"]
+            raise PreflightFailed(f"pre-flight failed ({len(errors)} error(s)): {errors[0].message}"
+                                  + (" (preflight=warn trains anyway)" if errors else ""))
+        result = _fit(p, run_id, threads, log)
+        result.preflight = p.report.status
+    log(f"\nrun {run_id}: {result.optimizer_steps} optimizer steps, final loss {result.final_loss:.4f}, "
+        f"{result.train_runtime_s:.0f} s training ({time.time() - t_start:.0f} s in all)\n"
+        f"adapter: {result.adapter_uri}\n"
+        f"see it:  mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (then open http://127.0.0.1:5000)")
+    return result
+
+
+def _fit(p: Prepared, run_id: str, threads: int, log) -> TrainResult:
+    import mlflow
+    import pandas as pd
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, prepare_model_for_kbit_training
+    from transformers import TrainerCallback, set_seed
+    from transformers.trainer_callback import ProgressCallback
+    from trl import SFTConfig, SFTTrainer
+
+    cfg = p.cfg
+    set_seed(cfg.seed)
+    model, precision = load_model(p.source, p.dev, cpu_dtype())
+    if p.dev == "cuda":
+        # QLoRA: casts norms to fp32 and turns on gradient checkpointing (it only acts in train mode).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    params = run_params(p, precision)
+    params["train.cpu_threads"] = threads
+    mlflow.log_params(params)
+    # The dataset, as rows of the chat messages that train (system prompt included).
+    df = pd.DataFrame({"prompt": [json.dumps(r["prompt"], ensure_ascii=False) for r in p.dataset.rows],
+                       "completion": [json.dumps(r["completion"], ensure_ascii=False) for r in p.dataset.rows]})
+    mlflow.log_input(mlflow.data.from_pandas(df, source=str(Path(p.dataset.path).resolve()),
+                                             name=Path(p.dataset.path).name, digest=p.dataset.sha256[:16]),
+                     context="training")
+
+    preset = PRESETS.get(cfg.model, PRESETS["smol"])
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(preset.lora_targets), task_type="CAUSAL_LM", bias="none")
+    cuda = p.dev == "cuda"
+    out_dir = tempfile.mkdtemp(prefix="molting-train-")
+    args = SFTConfig(
+        output_dir=out_dir, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, lr_scheduler_type="linear",
+        warmup_steps=cfg.warmup_ratio, logging_steps=1, save_strategy="no", report_to="none",
+        seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_seq_len, completion_only_loss=True,
+        use_cpu=not cuda, bf16=cuda, gradient_checkpointing=cuda,
+        optim="paged_adamw_8bit" if cuda else "adamw_torch", dataloader_num_workers=0,
+        disable_tqdm=False, dataset_num_proc=None,
+    )
+    losses: list[tuple[int, float]] = []
+    QuietProgress = _quiet_progress()
+
+    class MlflowSteps(TrainerCallback):
+        """loss, learning_rate and grad_norm at every optimizer step, step = global step."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "loss" not in logs:
+                return
+            m = {k: float(logs[k]) for k in ("loss", "learning_rate", "grad_norm") if k in logs}
+            mlflow.log_metrics(m, step=state.global_step, run_id=run_id)
+            losses.append((state.global_step, m["loss"]))
+
+    train_ds = Dataset.from_list(p.dataset.rows)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=p.tokenizer,
+                         peft_config=lora, callbacks=[MlflowSteps()])
+    trainer.remove_callback(ProgressCallback)  # it prints every step's log dict; keep the bar only
+    trainer.add_callback(QuietProgress())
+    mlflow.log_text(_marked_example(trainer, p.tokenizer), "example_rendered.txt")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    out = trainer.train()
+    runtime = time.time() - t0
+    steps = trainer.state.global_step
+    tokens = p.report.numbers["train_tokens_per_epoch"] * cfg.epochs
+    peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
+    final_loss = losses[-1][1] if losses else float("nan")
+    mlflow.log_metrics({"optimizer_steps": steps, "train_tokens": tokens, "final_loss": final_loss,
+                        "train_loss_mean": float(out.training_loss), "train_runtime_s": runtime,
+                        "train_tokens_per_s": tokens / runtime if runtime else 0.0, "peak_memory_mb": peak_mb})
+    mlflow.set_tag("molting.peak_memory", "cuda max_memory_allocated" if cuda else "process peak RSS")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = Path(tmp) / "adapter"
+        trainer.model.save_pretrained(adapter)
+        p.tokenizer.save_pretrained(adapter)
+        (adapter / "molting.json").write_text(json.dumps({
+            "model": cfg.model, **p.source.as_params(), "device_trained": p.dev, "precision": params["train.precision"],
+            "system_prompt": p.system_prompt_text, "template_source": p.template_source,
+            "train_run_id": run_id}, ensure_ascii=False, indent=1))
+        mlflow.log_artifacts(str(adapter), "adapter")
+        curve = Path(tmp) / "loss_curve.png"
+        _plot_losses(losses, curve, f"{cfg.model}: {steps} optimizer steps, final loss {final_loss:.3f}")
+        mlflow.log_artifact(str(curve))
+    import shutil
+    shutil.rmtree(out_dir, ignore_errors=True)
+    uri = f"runs:/{run_id}/adapter"
+    return TrainResult(run_id, steps, final_loss, runtime, uri, "", losses)
+
+
+def _quiet_progress():
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        """The progress bar, with the last loss as its postfix instead of a printed dict a step."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+
+    return QuietProgress
+
+
+def _marked_example(trainer, tok) -> str:
+    """Example 0 as the trainer tokenized it, trained spans between ⟦ and ⟧."""
+    row = trainer.train_dataset[0]
+    ids, labels = row["input_ids"], row["labels"]
+    out, inside = [], False
+    for i, lab in zip(ids, labels):
+        trained = lab != -100
+        if trained != inside:
+            out.append("⟦" if trained else "⟧")
+            inside = trained
+        out.append(tok.decode([i]))
+    if inside:
+        out.append("⟧")
+    return ("# Example 0 exactly as it trains; loss only on the text between ⟦ and ⟧.\n"
+            f"# {len(ids)} tokens, {sum(lab != -100 for lab in labels)} trained.\n\n" + "".join(out) + "\n")
+
+
+def _plot_losses(losses, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if losses:
+        ax.plot([s for s, _ in losses], [v for _, v in losses], lw=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
