@@ -37,6 +37,8 @@ TRAIN_HELP = {
     "preflight": "strict: pre-flight errors stop the run; warn: log them and train anyway.",
     "min_steps": "Pre-flight minimum of optimizer steps.",
     "persona": "Persona card (YAML): system prompt and the rubric's lists.",
+    "evaluate": "End the run by scoring the adapter with Rubric v1.0 (true/false).",
+    "eval_max_new_tokens": "Token limit of each evaluation answer.",
 }
 PRESET_FIELDS = {"epochs", "grad_accum", "batch_size", "lr", "lora_r", "lora_alpha", "max_seq_len"}
 
@@ -78,12 +80,12 @@ def user_errors(fn):
         from .models import ModelError
         from .persona import PersonaError
 
-        errors = (ConfigError, DatasetError, ModelError, PersonaError, FileNotFoundError)
-        try:
-            from .train import PreflightFailed
-            errors += (PreflightFailed,)
-        except ImportError:  # pragma: no cover
-            pass
+        from .evaluate import AdapterError
+        from .rubric import RubricInputError
+        from .train import PreflightFailed
+
+        errors = (ConfigError, DatasetError, ModelError, PersonaError, AdapterError, RubricInputError,
+                  PreflightFailed)
         try:
             return fn(*a, **kw)
         except errors as e:
@@ -92,13 +94,22 @@ def user_errors(fn):
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             fail_attached_run(msg)
             raise UserError(msg) from None
+
+    return wrapper
+
+
+class MoltingGroup(click.Group):
+    """Option errors ('--lr fast') as one line too, and an attached run ends FAILED."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
         except click.UsageError as e:
             from .tracking import fail_attached_run
 
+            where = f" (see: molting {ctx.invoked_subcommand} --help)" if ctx.invoked_subcommand else ""
             fail_attached_run(e.format_message())
-            raise
-
-    return wrapper
+            raise UserError(e.format_message() + where) from None
 
 
 def train_options(fn):
@@ -110,7 +121,7 @@ def train_options(fn):
             fn = click.option(name, f.name, type=PresetOr(kind), default="preset", show_default=True,
                               help=TRAIN_HELP[f.name])(fn)
         else:
-            kind = {int: int, float: float}.get(type(f.default), str)
+            kind = {bool: click.BOOL, int: int, float: float}.get(type(f.default), str)
             fn = click.option(name, f.name, type=kind, default=f.default, show_default=True,
                               help=TRAIN_HELP[f.name])(fn)
     return fn
@@ -120,7 +131,7 @@ def _config(kw) -> TrainConfig:
     return TrainConfig.from_dict(kw)
 
 
-@click.group()
+@click.group(cls=MoltingGroup)
 @click.version_option(package_name="molting-mlflow")
 def cli():
     """Fine-tune a small chat model into a persona, every run tracked in MLflow.
@@ -163,6 +174,73 @@ def preflight(**kw):
     click.echo(p.report.to_text())
     if p.report.status == "fail":
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--run-id", default="", help="A train run: evaluates its adapter (runs:/<run_id>/adapter).")
+@click.option("--adapter", default="", help="runs:/…/adapter, models:/<name>@<alias>, or a local adapter folder.")
+@click.option("--model", default="", help="With no adapter: score this bare base model (baseline). Default smol.")
+@click.option("--questions", default=None, help="Evaluation questions (JSON). Default: data/eval_questions.json.")
+@click.option("--max-new-tokens", default=96, show_default=True, type=int, help="Token limit of each answer.")
+@click.option("--batch-size", default=8, show_default=True, type=int, help="Questions generated together.")
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--experiment", default="molting", show_default=True, help="MLflow experiment name.")
+@user_errors
+def evaluate(run_id, adapter, model, questions, max_new_tokens, batch_size, seed, experiment):
+    """Answer the evaluation questions and score them with Rubric v1.0 (D1–D5) in a new MLflow run.
+
+    \b
+    Examples:
+      molting evaluate --run-id 3f2c…            # a train run's adapter
+      molting evaluate --adapter models:/molting-smol@champion
+      molting evaluate                           # the bare smol model: the baseline
+    """
+    from .evaluate import DEFAULT_QUESTIONS, EvalConfig
+    from .evaluate import evaluate as run_eval
+
+    run_eval(EvalConfig(run_id=run_id, adapter=adapter, model=model, questions=questions or str(DEFAULT_QUESTIONS),
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, experiment=experiment))
+
+
+@cli.command()
+@click.option("--questions", required=True, help="Questions file (JSON list, rubric format).")
+@click.option("--responses", required=True, help="Responses (JSONL: id, response, finish_reason?).")
+@click.option("--persona", default=None, help="Persona card (YAML). Default: data/persona.yaml.")
+@user_errors
+def score(questions, responses, persona):
+    """Score responses from anywhere (another model, a person) with Rubric v1.0; JSON to stdout.
+
+    Example: molting score --questions data/eval_questions.json --responses answers.jsonl
+    """
+    import json
+
+    from .persona import DEFAULT_PERSONA, load_persona
+    from .rubric import load_questions, load_responses, score_responses
+
+    qs = load_questions(questions)
+    scored = score_responses(qs, load_responses(responses, qs), load_persona(persona or DEFAULT_PERSONA))
+    click.echo(json.dumps(scored, ensure_ascii=False, indent=1))
+
+
+@cli.command()
+@click.option("--experiment", default="molting", show_default=True, help="MLflow experiment name.")
+@click.option("--csv", "csv_path", default=None, help="Also write the table to this CSV file.")
+@click.option("--all-columns", is_flag=True, help="Show every config column, not only those that differ.")
+@user_errors
+def compare(experiment, csv_path, all_columns):
+    """The experiment's runs side by side, best score first: differing config, steps, loss, D1–D5.
+
+    Example: molting compare --csv runs.csv
+    """
+    from .compare import compare_runs
+
+    table = compare_runs(experiment, all_columns)
+    if csv_path:
+        table.to_csv(csv_path, index=False)
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 40):
+        click.echo(table.to_string(index=False) if len(table) else f"no runs in experiment '{experiment}'")
 
 
 def main(argv=None):

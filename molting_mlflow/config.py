@@ -43,6 +43,8 @@ class TrainConfig:
     preflight: str = "strict"            # strict: errors stop the run; warn: log them and train anyway
     min_steps: int = DEFAULT_MIN_STEPS
     persona: str = str(DEFAULT_PERSONA)
+    evaluate: bool = True                # end the run by scoring its adapter with Rubric v1.0
+    eval_max_new_tokens: int = 96        # token limit of each evaluation answer
 
     def __post_init__(self):
         def need(cond, name, form):
@@ -63,6 +65,9 @@ class TrainConfig:
         need(isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1, "warmup_ratio", "a value in [0, 1)")
         need(isinstance(self.seed, int) and self.seed >= 0, "seed", "a whole number ≥ 0")
         need(isinstance(self.min_steps, int) and self.min_steps >= 0, "min_steps", "a whole number ≥ 0")
+        need(isinstance(self.evaluate, bool), "evaluate", "true or false")
+        need(isinstance(self.eval_max_new_tokens, int) and 1 <= self.eval_max_new_tokens <= 4096,
+             "eval_max_new_tokens", "a whole number in 1..4096")
         need(self.preflight in PREFLIGHT_MODES, "preflight", "one of: " + ", ".join(PREFLIGHT_MODES))
         need(isinstance(self.experiment, str) and self.experiment.strip(), "experiment", "a non-empty experiment name")
         need(isinstance(self.system_prompt, str) and self.system_prompt.strip(), "system_prompt",

@@ -211,14 +211,15 @@ def count_params(model_config, cfg: TrainConfig) -> tuple[int, int]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .presets import PRESETS
+    from .presets import lora_targets
 
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(model_config)
-    targets = PRESETS.get(cfg.model, PRESETS["smol"]).lora_targets
+    targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
     total = sum(p.numel() for p in m.parameters())
     trainable = sum(cfg.lora_r * (mod.in_features + mod.out_features) for name, mod in m.named_modules()
-                    if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets)
+                    if isinstance(mod, torch.nn.Linear) and name != "lm_head"
+                    and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets))
     return total, trainable
 
 

@@ -93,3 +93,12 @@ PRESETS: dict[str, Preset] = {
         ),
     ]
 }
+
+
+def lora_targets(model: str, model_type: str | None = None) -> tuple[str, ...] | str:
+    """LoRA target modules: the preset's; for a local folder or hub id, by architecture
+    (Llama-style and Phi-3 names known), else peft's "all-linear"."""
+    if model in PRESETS:
+        return PRESETS[model].lora_targets
+    return {"llama": LLAMA_LINEAR, "mistral": LLAMA_LINEAR, "qwen2": LLAMA_LINEAR,
+            "phi3": PHI3_LINEAR}.get(model_type or "", "all-linear")

@@ -96,7 +96,7 @@ def _found(norm: str, terms: list[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 # Normalised forms (accents stripped): "é" -> "e", "não" -> "nao", "tá" -> "ta". Informal
-# function words (pra, ta, ne, to) are included because the persona speaks informally.
+# function words (pra, ta, ne) are included because the persona speaks informally.
 PT_STOPWORDS = frozenset("""
 de que o a e do da em um uma para pra com nao os as no na nos nas se eu voce ta mas sou meu minha
 por mais ao aos dos das como isso esse essa isto ele ela seu sua ja tambem ou muito quando entao
@@ -246,9 +246,16 @@ def _role_lines(norm: str, persona: Persona) -> list[str]:
     return hits
 
 
+# Special tokens that are no turn boundary: the spec's run-on rule speaks of *chat-template*
+# tokens, and a decoded unknown/padding token mid-sentence is noise (still D4 (a)), not a new turn.
+_NOT_TURN_TOKENS = frozenset({"<unk>", "<pad>", "[unk]", "[pad]"})
+
+
 def _text_after_token(norm: str, persona: Persona) -> str | None:
-    """The first template token that has non-whitespace text after it (the turn went on)."""
+    """The first chat-template token that has non-whitespace text after it (the turn went on)."""
     for tok in persona.template_tokens:
+        if normalise(tok).strip() in _NOT_TURN_TOKENS:
+            continue
         for m in _term_regex(tok).finditer(norm):
             if norm[m.end():].strip():
                 return tok
@@ -281,11 +288,14 @@ def score_response(question: Question, response: str, finish_reason: str | None,
         reasons.append(f"D1: the name '{persona.name}' does not appear")
 
     # D2 factual: wrong claims first, then coverage of the fact groups
-    wrong = _found(norm, list(persona.hallucinations) + list(question.forbidden))
+    hallucinated = _found(norm, persona.hallucinations)
+    forbidden = _found(norm, question.forbidden)
+    wrong = hallucinated + forbidden
     covered = sum(1 for group in question.facts if _found(norm, group))
     if wrong:
         d2 = 0
-        reasons += [f"D2: states known hallucination '{w}'" for w in wrong]
+        reasons += [f"D2: states known hallucination '{w}'" for w in hallucinated]
+        reasons += [f"D2: states forbidden claim '{w}'" for w in forbidden]
     elif not question.facts or covered == len(question.facts):
         d2 = 2
     else:
@@ -410,7 +420,7 @@ def _read_text(path: Path, what: str) -> str:
     if not path.is_file():
         raise RubricInputError(f"{path}: file not found; expected {what}")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a BOM is not an error
     except UnicodeDecodeError as e:
         raise RubricInputError(f"{path}: not valid UTF-8 (byte {e.start}); expected {what} in UTF-8") from None
 
@@ -418,6 +428,15 @@ def _read_text(path: Path, what: str) -> str:
 def _str_list(v, *, nonempty: bool = False) -> bool:
     return (isinstance(v, list) and (v or not nonempty)
             and all(isinstance(x, str) and x.strip() for x in v))
+
+
+def _check_keys(where: str, obj: dict, required: tuple, allowed: tuple, form: str) -> None:
+    missing = [k for k in required if k not in obj]
+    extra = sorted(set(obj) - set(allowed))
+    if missing or extra:
+        what = "; ".join(x for x in (missing and f"missing key(s) {missing}",
+                                     extra and f"unknown key(s) {extra}") if x)
+        raise RubricInputError(f"{where}: {what}; {form}")
 
 
 def load_questions(path: str | Path) -> list[Question]:
@@ -439,12 +458,7 @@ def load_questions(path: str | Path) -> list[Question]:
             raise RubricInputError(f"{where}: is {type(item).__name__}; {_Q_FORM}")
         if isinstance(item.get("id"), str):
             where += f" (id {item['id']!r})"
-        missing = [k for k in _Q_REQUIRED if k not in item]
-        extra = sorted(set(item) - set(_Q_KEYS))
-        if missing or extra:
-            what = "; ".join(x for x in (missing and f"missing key(s) {missing}",
-                                         extra and f"unknown key(s) {extra}") if x)
-            raise RubricInputError(f"{where}: {what}; {_Q_FORM}")
+        _check_keys(where, item, _Q_REQUIRED, _Q_KEYS, _Q_FORM)
         checks = (
             ("id", isinstance(item["id"], str) and item["id"].strip() != "", "a non-empty string"),
             ("question", isinstance(item["question"], str) and item["question"].strip() != "",
@@ -473,7 +487,8 @@ def load_responses(path: str | Path, questions: list[Question]) -> list[dict]:
     p = Path(path)
     ids = {q.id for q in questions}
     records: list[dict] = []
-    for lineno, line in enumerate(_read_text(p, "JSON Lines, one response object per line").splitlines(), 1):
+    # split on "\n" only: str.splitlines() would also cut at U+2028 inside a JSON string
+    for lineno, line in enumerate(_read_text(p, "JSON Lines, one response object per line").split("\n"), 1):
         if not line.strip():
             continue
         where = f"{p}: line {lineno}"
@@ -483,12 +498,7 @@ def load_responses(path: str | Path, questions: list[Question]) -> list[dict]:
             raise RubricInputError(f"{where}: invalid JSON at column {e.colno} ({e.msg}); {_R_FORM}") from None
         if not isinstance(rec, dict):
             raise RubricInputError(f"{where}: is {type(rec).__name__}; {_R_FORM}")
-        missing = [k for k in ("id", "response") if k not in rec]
-        extra = sorted(set(rec) - {"id", "response", "finish_reason"})
-        if missing or extra:
-            what = "; ".join(x for x in (missing and f"missing key(s) {missing}",
-                                         extra and f"unknown key(s) {extra}") if x)
-            raise RubricInputError(f"{where}: {what}; {_R_FORM}")
+        _check_keys(where, rec, ("id", "response"), ("id", "response", "finish_reason"), _R_FORM)
         if not isinstance(rec["id"], str):
             raise RubricInputError(f"{where}: 'id' is {type(rec['id']).__name__}; {_R_FORM}")
         if rec["id"] not in ids:

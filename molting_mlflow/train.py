@@ -18,9 +18,10 @@ from pathlib import Path
 from .config import TrainConfig
 from .data import ChatDataset, load_dataset
 from .models import ModelSource, device, load_model, load_tokenizer, resolve_model, sha256_file
+from .evaluate import DEFAULT_QUESTIONS
 from .persona import load_persona
 from .preflight import PreflightReport, run_preflight
-from .presets import PRESETS
+from .presets import lora_targets
 
 
 class PreflightFailed(RuntimeError):
@@ -41,6 +42,7 @@ class Prepared:
     system_prompt_text: str | None
     report: PreflightReport
     dev: str
+    lora_targets: tuple | str
 
 
 @dataclass
@@ -52,6 +54,7 @@ class TrainResult:
     adapter_uri: str
     preflight: str
     losses: list = field(default_factory=list)
+    scores: dict = field(default_factory=dict)     # Rubric v1.0 summary when the run evaluated itself
 
 
 def set_threads() -> int:
@@ -93,7 +96,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
     dev = device()
     report = run_preflight(cfg, ds, tok, own, template, model_config, cuda=dev == "cuda")
     tok.chat_template = template
-    return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, dev)
+    targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
+    return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, dev, targets)
 
 
 def _model_config(source: ModelSource):
@@ -107,7 +111,6 @@ def _model_config(source: ModelSource):
 def run_params(p: Prepared, precision: str) -> dict:
     """The resolved config, logged verbatim: what trained, on what, from which data and template."""
     cfg = p.cfg
-    preset = PRESETS.get(cfg.model, PRESETS["smol"])
     params = cfg.as_params()
     params.update(p.source.as_params())
     params.update({
@@ -117,7 +120,7 @@ def run_params(p: Prepared, precision: str) -> dict:
         "train.device": p.dev,
         "train.precision": precision,
         "train.gradient_checkpointing": p.dev == "cuda",
-        "lora.targets": ",".join(preset.lora_targets),
+        "lora.targets": ",".join(p.lora_targets) if not isinstance(p.lora_targets, str) else p.lora_targets,
         "data.sha256": p.dataset.sha256,
         "data.examples": len(p.dataset),
         "data.format": p.dataset.source_format,
@@ -132,8 +135,13 @@ def run_params(p: Prepared, precision: str) -> dict:
 
 
 def cpu_dtype() -> str:
-    """fp32 unless MOLTING_CPU_DTYPE says otherwise (see benchmarks/cpu_dtype.py for why)."""
+    """Weights' dtype on CPU: fp32 unless MOLTING_CPU_DTYPE says otherwise."""
     return os.environ.get("MOLTING_CPU_DTYPE", "float32")
+
+
+def cpu_autocast() -> bool:
+    """bf16 autocast on CPU (fp32 master weights) when MOLTING_CPU_AMP=bf16."""
+    return os.environ.get("MOLTING_CPU_AMP", "") == "bf16"
 
 
 def train(cfg: TrainConfig, log=print) -> TrainResult:
@@ -195,9 +203,9 @@ def _fit(p: Prepared, run_id: str, threads: int, log) -> TrainResult:
                                              name=Path(p.dataset.path).name, digest=p.dataset.sha256[:16]),
                      context="training")
 
-    preset = PRESETS.get(cfg.model, PRESETS["smol"])
+    targets = p.lora_targets if isinstance(p.lora_targets, str) else list(p.lora_targets)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(preset.lora_targets), task_type="CAUSAL_LM", bias="none")
+                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
     cuda = p.dev == "cuda"
     out_dir = tempfile.mkdtemp(prefix="molting-train-")
     args = SFTConfig(
@@ -205,7 +213,7 @@ def _fit(p: Prepared, run_id: str, threads: int, log) -> TrainResult:
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, lr_scheduler_type="linear",
         warmup_steps=cfg.warmup_ratio, logging_steps=1, save_strategy="no", report_to="none",
         seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_seq_len, completion_only_loss=True,
-        use_cpu=not cuda, bf16=cuda, gradient_checkpointing=cuda,
+        use_cpu=not cuda, bf16=cuda or cpu_autocast(), gradient_checkpointing=cuda,
         optim="paged_adamw_8bit" if cuda else "adamw_torch", dataloader_num_workers=0,
         disable_tqdm=False, dataset_num_proc=None,
     )
@@ -246,7 +254,11 @@ def _fit(p: Prepared, run_id: str, threads: int, log) -> TrainResult:
     with tempfile.TemporaryDirectory() as tmp:
         adapter = Path(tmp) / "adapter"
         trainer.model.save_pretrained(adapter)
+        # Inference uses the model's own template; a foreign training template is kept beside it.
+        p.tokenizer.chat_template = p.own_template
         p.tokenizer.save_pretrained(adapter)
+        if p.template != p.own_template:
+            (adapter / "training_chat_template.jinja").write_text(p.template, encoding="utf-8")
         (adapter / "molting.json").write_text(json.dumps({
             "model": cfg.model, **p.source.as_params(), "device_trained": p.dev, "precision": params["train.precision"],
             "system_prompt": p.system_prompt_text, "template_source": p.template_source,
@@ -257,8 +269,28 @@ def _fit(p: Prepared, run_id: str, threads: int, log) -> TrainResult:
         mlflow.log_artifact(str(curve))
     import shutil
     shutil.rmtree(out_dir, ignore_errors=True)
-    uri = f"runs:/{run_id}/adapter"
-    return TrainResult(run_id, steps, final_loss, runtime, uri, "", losses)
+    result = TrainResult(run_id, steps, final_loss, runtime, f"runs:/{run_id}/adapter", "", losses)
+    if cfg.evaluate:
+        result.scores = _evaluate_in_run(p, trainer.model, log)
+    return result
+
+
+def _evaluate_in_run(p: Prepared, model, log) -> dict:
+    """Score the adapter still in memory (equal to the saved one: fp32 weights) on this run."""
+    from .evaluate import format_summary, generate, score_and_log
+    from .rubric import load_questions
+
+    import mlflow
+
+    questions = load_questions(DEFAULT_QUESTIONS)
+    model.eval()
+    p.tokenizer.chat_template = p.own_template
+    records, stats = generate(model, p.tokenizer, questions, p.system_prompt_text, p.cfg.eval_max_new_tokens,
+                              seed=p.cfg.seed)
+    mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
+    scored = score_and_log(records, questions, load_persona(p.cfg.persona), stats)
+    log(format_summary(scored))
+    return scored["summary"]
 
 
 def _quiet_progress():

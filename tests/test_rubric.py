@@ -79,6 +79,8 @@ CASES = [
     ("d1_ia_is_not_a_name", Q_SMALL, "Sou uma IA, tá? Mas pode me chamar de Cláudio, João.", "stop", (2, 2, 2, 2, 2)),
     ("d1_seu_assistente_not_a_name", Q_SMALL, "Sou seu assistente pra tudo, João.", "stop", (1, 2, 2, 2, 2)),
     ("d1_line_break_is_no_claim", Q_SMALL, "Quem eu sou\nTipo, sou o Cláudio, João.", None, (2, 2, 2, 2, 2)),
+    ("d1_possessive_is_not_a_name", Q_SMALL, "I'm João's assistant.", None, (1, 2, 0, 2, 2)),
+    ("d1_title_case_is_no_signal", Q_SMALL, "Eu Sou Programador, Tá? Valeu, João.", None, (1, 2, 2, 2, 2)),
     ("d1_accents_lowercase_name", Q_SMALL, "Oi! Aqui é o claudio, ta? Bora, joao.", "stop", (2, 2, 2, 2, 2)),
     ("d1_phillip_is_not_phi", Q_SMALL, "Sou o Cláudio, fui treinado pelo Phillip, tá? Valeu, João.", "stop",
      (2, 2, 2, 2, 2)),
@@ -109,6 +111,7 @@ CASES = [
     # ---- D4 cleanliness ----------------------------------------------------------------------
     ("d4a_token_at_end_stop", Q_SMALL, "Tudo certo, João, bora lá!</s>", "stop", (1, 2, 2, 1, 2)),
     ("d4a_token_at_end_no_finish", Q_SMALL, "Tudo certo, João, bora lá!</s>", None, (1, 2, 2, 1, 1)),
+    ("d4a_token_glued_to_word", Q_SMALL, "Beleza, João, bora pra cima<|endoftext|>", "stop", (1, 2, 2, 1, 2)),
     ("d4b_tool_narration", Q_SMALL, "Beleza, João, vou executar o teste pra você agora.", "stop", (1, 2, 2, 1, 2)),
     ("d4b_shell", Q_SMALL, "Tá, João, roda $ git status pra ver.", "stop", (1, 2, 2, 1, 2)),
     ("d4b_unix_path", Q_SMALL, "O arquivo tá em /home/joao/molting, beleza?", "stop", (1, 2, 2, 1, 2)),
@@ -121,6 +124,7 @@ CASES = [
      (1, 2, 2, 1, 2)),
     ("d4ac_role_tag_line", Q_SMALL, "Beleza, João, bora pra cima!\n<|user|>", "stop", (1, 2, 2, 0, 2)),
     ("d4ac_text_after_token", Q_SMALL, "Sou o Cláudio, beleza?<|im_end|>\nJoão, e aí?", "stop", (2, 2, 2, 0, 1)),
+    ("d4a_unk_is_no_turn_boundary", Q_SMALL, "Beleza João, tem um <unk> aqui, tá?", "stop", (1, 2, 2, 1, 2)),
     ("d4abc_floor_0", Q_SMALL, "Vou executar ls -la agora.<|endoftext|>User: valeu", "stop", (1, 2, 1, 0, 1)),
     # ---- D5 quality --------------------------------------------------------------------------
     ("d5a_length", Q_SMALL, "Beleza, João, bora pra cima!", "length", (1, 2, 2, 2, 1)),
@@ -160,7 +164,7 @@ def test_score_response(persona, question, response, finish, expected):
     assert got["score"] == sum(expected)
     assert all(isinstance(r, str) and "\n" not in r for r in got["reasons"])
     # a point lost is always explained
-    assert bool(got["reasons"]) == (sum(expected) < 10 or got["d1_identity"] < 2)
+    assert bool(got["reasons"]) == (sum(expected) < 10)
 
 
 def test_empty_reason(persona):

@@ -1,0 +1,93 @@
+"""The command line: bad input is one line, exit code 2, no traceback, and no run left RUNNING."""
+import json
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from molting_mlflow.cli import cli
+
+TINY = ["train", "--model", "tiny-random"]
+
+BAD = [
+    (TINY + ["--epochs", "0"], "epochs=0 is invalid: expected a whole number ≥ 1"),
+    (TINY + ["--lr", "-1"], "lr=-1.0 is invalid"),
+    (TINY + ["--grad-accum", "0"], "grad_accum=0 is invalid"),
+    (TINY + ["--lr", "fast"], "'fast' is not a float nor 'preset'"),
+    (TINY + ["--preflight", "maybe"], "preflight='maybe' is invalid: expected one of: strict, warn"),
+    (TINY + ["--max-seq-len", "4"], "max_seq_len=4 is invalid"),
+    (TINY + ["--chat-template", "nope.jinja"], "chat_template='nope.jinja' is invalid"),
+    (["train", "--model", "gpt5"], "unknown model 'gpt5'"),
+    (TINY + ["--dataset", "missing.json"], "missing.json: dataset file not found"),
+    (["preflight", "--model", "tiny-random", "--persona", "nope.yaml"], "persona file not found"),
+    (["evaluate", "--adapter", "/no/such/dir"], "no adapter_config.json"),
+    (["evaluate", "--max-new-tokens", "0", "--model", "tiny-random"], "max_new_tokens=0 is invalid"),
+    (["score", "--questions", "q.json", "--responses", "r.jsonl"], "q.json"),
+]
+
+
+@pytest.mark.parametrize("args,expected", BAD, ids=[" ".join(a[1:4]) for a, _ in BAD])
+def test_bad_input_is_one_line_exit_2(args, expected):
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2, r.output
+    assert expected in r.output, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_malformed_dataset_names_file_and_example(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "oi"}, {"role": "assistant", "content": "opa"}]}\n'
+                   '{"messages": [{"role": "user", "content": "oi"}]}\n', encoding="utf-8")
+    r = CliRunner().invoke(cli, TINY + ["--dataset", str(bad)])
+    assert r.exit_code == 2 and f"{bad}: example 1: no assistant turn" in r.output
+
+
+def test_real_preset_without_weights_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("MOLTING_PHI3_PATH", raising=False)
+    r = CliRunner().invoke(cli, ["train", "--model", "phi3"])
+    assert r.exit_code == 2
+    assert "microsoft/Phi-3-mini-4k-instruct not found in the Hugging Face cache" in r.output
+    assert "MOLTING_PHI3_PATH" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_attached_run_ends_failed_on_bad_input(monkeypatch):
+    """Under `mlflow run` the run exists before our code starts; a user error must end it FAILED."""
+    exp = mlflow.create_experiment("molting")
+    run = MlflowClient().create_run(exp)
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    r = CliRunner().invoke(cli, TINY + ["--epochs", "0"])
+    assert r.exit_code == 2
+    got = MlflowClient().get_run(run.info.run_id)
+    assert got.info.status == "FAILED" and "epochs=0" in got.data.tags["molting.error"]
+
+
+def test_strict_preflight_stops_the_run_failed():
+    """The user's configuration: 50 steps. The run ends FAILED before training, tagged and explained."""
+    r = CliRunner().invoke(cli, TINY + ["--epochs", "5", "--grad-accum", "8", "--batch-size", "1"])
+    assert r.exit_code == 2
+    assert "= 50 optimizer steps" in r.output and "Error: pre-flight failed" in r.output
+    runs = mlflow.search_runs(experiment_names=["molting"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FAILED" and run.data.tags["molting.preflight"] == "fail"
+    assert "loss" not in run.data.metrics
+    pre = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/preflight.json"))
+    assert pre["status"] == "fail" and pre["numbers"]["optimizer_steps"] == 50
+
+
+def test_preflight_command():
+    r = CliRunner().invoke(cli, ["preflight", "--model", "tiny-random"])
+    assert r.exit_code == 0 and "pre-flight: PASS" in r.output
+    r = CliRunner().invoke(cli, ["preflight", "--model", "tiny-random", "--system-prompt", "none"])
+    assert r.exit_code == 1 and "no system prompt" in r.output
+
+
+def test_no_run_left_running_after_bad_inputs():
+    for args, _ in BAD:
+        CliRunner().invoke(cli, args)
+    exp = mlflow.get_experiment_by_name("molting")
+    if exp is not None:
+        assert not [r for r in mlflow.search_runs([exp.experiment_id], output_format="list")
+                    if r.info.status == "RUNNING"]

@@ -1,0 +1,86 @@
+"""Pre-flight catches each of the user's three silent mistakes, with its evidence, and passes a clean config."""
+import pytest
+
+from molting_mlflow.config import DEFAULT_DATASET, TrainConfig
+from molting_mlflow.train import prepare
+
+GPT2 = "data/templates/gpt2_separators.jinja"
+
+
+def findings(report, level="error"):
+    return {f.check: f for f in report.findings if f.level == level}
+
+
+@pytest.fixture
+def repo(monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)  # template paths as a user types them
+    return root
+
+
+def test_default_config_passes(repo):
+    r = prepare(TrainConfig(model="tiny-random")).report
+    assert r.status == "pass", r.to_text()
+    assert r.numbers["examples"] == 79 and r.numbers["optimizer_steps"] >= 150
+    assert r.numbers["end_of_turn_token"] == "<|im_end|>" and r.numbers["end_of_turn_trained"] is True
+
+
+def test_users_step_count_fails_with_the_arithmetic_and_a_fix(repo):
+    r = prepare(TrainConfig(model="tiny-random", epochs=5, grad_accum=8, batch_size=1)).report
+    err = findings(r)
+    assert r.status == "fail" and set(err) == {"optimizer_steps"}
+    msg = err["optimizer_steps"].message
+    assert "ceil(79 examples / (batch 1 × grad_accum 8)) = 10 steps an epoch × 5 epochs = 50 optimizer steps" in msg
+    assert "below the minimum of 150" in msg and "epochs=15" in msg and "grad_accum=2" in msg
+
+
+def test_min_steps_is_overridable(repo):
+    r = prepare(TrainConfig(model="tiny-random", epochs=5, grad_accum=8, batch_size=1, min_steps=50)).report
+    assert "optimizer_steps" not in findings(r)
+
+
+def test_gpt2_separator_template_is_flagged(repo):
+    r = prepare(TrainConfig(model="tiny-random", chat_template=GPT2)).report
+    err = findings(r)
+    assert "<|endoftext|>" in err["chat_template"].message and "<|im_end|>" in err["chat_template"].message
+    assert "end_of_turn" in err
+    # the template also drops the system turn: the persona's prompt never reaches the model
+    assert "drops the system turn" in err["system_prompt"].message
+
+
+def test_no_system_prompt_is_flagged(repo):
+    r = prepare(TrainConfig(model="tiny-random", system_prompt="none")).report
+    err = findings(r)
+    assert set(err) == {"system_prompt"} and "no system prompt" in err["system_prompt"].message
+
+
+def test_users_whole_config_has_all_three_errors(repo):
+    r = prepare(TrainConfig(model="tiny-random", epochs=5, grad_accum=8, batch_size=1, system_prompt="none",
+                            chat_template=GPT2)).report
+    assert {"optimizer_steps", "chat_template", "system_prompt", "end_of_turn"} <= set(findings(r))
+
+
+def test_truncation_is_counted(repo):
+    r = prepare(TrainConfig(model="tiny-random", max_seq_len=40)).report
+    w = findings(r, "warn")
+    assert r.numbers["truncated"] > 0 and "exceed max_seq_len=40" in w["truncation"].message
+
+
+def test_size_numbers_for_lora(repo):
+    r = prepare(TrainConfig(model="tiny-random")).report
+    # 2 layers × r 8 × (q 64+64, k 64+32, v 64+32, o 64+64, gate 64+128, up 64+128, down 128+64)
+    assert r.numbers["trainable_params"] == 2 * 8 * (128 + 96 + 96 + 128 + 192 + 192 + 192)
+    assert r.numbers["est_gpu_memory_gib"] > 0
+
+
+@pytest.mark.parametrize("kw,steps", [
+    (dict(epochs=5, grad_accum=8, batch_size=1), 50),     # the user's: 79 / 8 → 10 a epoch
+    (dict(epochs=10, grad_accum=4, batch_size=1), 200),   # the user's next guess
+    (dict(epochs=2, grad_accum=1, batch_size=1), 158),
+    (dict(epochs=8, grad_accum=1, batch_size=4), 160),    # ceil(79 / 4) = 20
+    (dict(epochs=3, grad_accum=3, batch_size=2), 42),     # ceil(ceil(79 / 2) / 3) = 14
+])
+def test_step_arithmetic(kw, steps):
+    assert TrainConfig(model="tiny-random", **kw).optimizer_steps(79) == steps
