@@ -80,12 +80,13 @@ def user_errors(fn):
         from .models import ModelError
         from .persona import PersonaError
 
+        from .diagnose import DiagnoseError
         from .evaluate import AdapterError
         from .rubric import RubricInputError
         from .train import PreflightFailed
 
         errors = (ConfigError, DatasetError, ModelError, PersonaError, AdapterError, RubricInputError,
-                  PreflightFailed)
+                  PreflightFailed, DiagnoseError)
         try:
             return fn(*a, **kw)
         except errors as e:
@@ -241,6 +242,138 @@ def compare(experiment, csv_path, all_columns):
 
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 40):
         click.echo(table.to_string(index=False) if len(table) else f"no runs in experiment '{experiment}'")
+
+
+@cli.command()
+@click.option("--model", default="smol", show_default=True, help="Preset, local folder or hub id (as train).")
+@click.option("--n-trials", default=12, show_default=True, type=int, help="Trials the study should reach, references included.")
+@click.option("--target", default=5.0, show_default=True, type=float, help="Rubric score to beat.")
+@click.option("--stop-at-target", default=False, type=click.BOOL, show_default=True, help="End the study once beaten.")
+@click.option("--storage", default="", help="Optuna storage (SQLAlchemy URL); default sqlite:///optuna.db here. "
+              "postgresql://… lets several workers share one study.")
+@click.option("--study-name", default="", help="Default molting-<model>; the same name resumes the study.")
+@click.option("--grad-accum", default="1,2,4,8", show_default=True, help="Choices (comma-separated).")
+@click.option("--epochs", default="1,4", show_default=True, help="Range lo,hi.")
+@click.option("--lr", default="2e-4,3e-3", show_default=True, help="Log-uniform range lo,hi.")
+@click.option("--lora-r", default="", help="Optional choices for the LoRA rank, e.g. 8,16,32.")
+@click.option("--enqueue-user", default=True, type=click.BOOL, show_default=True,
+              help="The user's original configuration as a reference trial.")
+@click.option("--enqueue-default", default=False, type=click.BOOL, show_default=True,
+              help="The preset's default configuration as a reference trial.")
+@click.option("--prune", default=True, type=click.BOOL, show_default=True,
+              help="Stop trials whose epoch loss is worse than the median.")
+@click.option("--register", default=True, type=click.BOOL, show_default=True, help="Register the best adapter.")
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--experiment", default="molting", show_default=True)
+@click.option("--min-steps", default=150, show_default=True, type=int, help="Trials below it are pruned untrained.")
+@user_errors
+def sweep(**kw):
+    """Search grad_accum, epochs and learning rate with Optuna; every trial a nested MLflow run.
+
+    Example: molting sweep --n-trials 12 --stop-at-target true
+    """
+    from .sweep import SweepConfig
+    from .sweep import sweep as run_sweep
+
+    run_sweep(SweepConfig(**kw))
+
+
+@cli.command()
+@click.option("--name", default="molting-smol", show_default=True, help="Registered model name.")
+@user_errors
+def registry(name):
+    """List a registered model's versions with their aliases and scores.
+
+    Example: molting registry --name molting-smol
+    """
+    import pandas as pd
+
+    from .registry import list_versions
+
+    try:
+        rows = list_versions(name)
+    except Exception as e:
+        raise UserError(f"no registered model '{name}' ({str(e).splitlines()[0][:120]}); run a sweep first") from None
+    click.echo(pd.DataFrame(rows).to_string(index=False) if rows else f"{name}: no versions")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version")
+@click.option("--alias", default="champion", show_default=True)
+@user_errors
+def promote(name, version, alias):
+    """Point an alias (default champion) at a version by hand.
+
+    Example: molting promote molting-smol 3 --alias champion
+    """
+    from .registry import promote as do_promote
+
+    try:
+        do_promote(name, version, alias)
+    except Exception as e:
+        raise UserError(f"cannot set {name}@{alias} -> v{version}: {str(e).splitlines()[0][:200]}") from None
+    click.echo(f"{name}@{alias} -> version {version}")
+
+
+@cli.command()
+@click.option("--model", "ref", default="models:/molting-smol@champion", show_default=True,
+              help="models:/<name>@<alias>, runs:/<run>/adapter or an adapter folder.")
+@click.option("--max-new-tokens", default=128, show_default=True, type=int)
+@click.argument("question", required=False)
+@user_errors
+def chat(ref, max_new_tokens, question):
+    """Ask the persona a question (or chat in a loop with no QUESTION; empty line ends).
+
+    Example: molting chat --model models:/molting-smol@champion "Quem é você?"
+    """
+    from .train import set_threads
+
+    set_threads()
+    if ref.startswith("models:/"):
+        import mlflow.pyfunc
+
+        try:
+            model = mlflow.pyfunc.load_model(ref)
+        except Exception as e:
+            raise UserError(f"cannot load {ref}: {str(e).splitlines()[0][:200]}") from None
+
+        def answer(q):
+            return model.predict([q], params={"max_new_tokens": max_new_tokens})[0]
+    else:
+        from .evaluate import generate, load_adapter_model, resolve_adapter
+        from .rubric import Question
+
+        m, tok, meta = load_adapter_model(resolve_adapter(ref))
+
+        def answer(q):
+            recs, _ = generate(m, tok, [Question("0", q, False, [], [], [])], meta.get("system_prompt"), max_new_tokens)
+            return recs[0]["response"]
+    if question:
+        click.echo(answer(question))
+        return
+    while True:
+        q = click.prompt("você", default="", show_default=False)
+        if not q.strip():
+            break
+        click.echo(f"cláudio: {answer(q)}")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--vs", default="", help="Another run to explain the difference against (e.g. the user's original).")
+@click.option("--out", default="", help="Also write the report to this file.")
+@user_errors
+def diagnose(run_id, vs, out):
+    """Explain a run's score from what it logged: convergence, format, identity, root causes.
+
+    The report is printed and logged on the run as diagnosis.md.
+
+    Example: molting diagnose 3f2c9a… --vs 81be04…
+    """
+    from .diagnose import diagnose as run_diagnose
+
+    run_diagnose(run_id, vs or None, out or None, log=click.echo)
 
 
 def main(argv=None):

@@ -43,13 +43,16 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
         mlflow.set_tags(tags)
     try:
         yield run
-    except KeyboardInterrupt:
-        mlflow.set_tag("molting.error", "interrupted")
-        mlflow.end_run("KILLED")
-        raise
     except BaseException as e:
-        mlflow.set_tag("molting.error", (str(e).splitlines() or [type(e).__name__])[0][:5000])
-        mlflow.end_run("FAILED")
+        if isinstance(e, KeyboardInterrupt):
+            mlflow.set_tag("molting.error", "interrupted")
+            mlflow.end_run("KILLED")
+        elif type(e).__name__ == "TrialPruned":  # optuna's: the sweep stopped this trial on purpose
+            mlflow.set_tags({"molting.trial_state": "PRUNED", "molting.prune_reason": str(e)[:5000]})
+            mlflow.end_run("KILLED")
+        else:
+            mlflow.set_tag("molting.error", (str(e).splitlines() or [type(e).__name__])[0][:5000])
+            mlflow.end_run("FAILED")
         raise
     else:
         mlflow.end_run("FINISHED")

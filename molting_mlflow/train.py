@@ -144,21 +144,26 @@ def cpu_autocast() -> bool:
     return os.environ.get("MOLTING_CPU_AMP", "") == "bf16"
 
 
-def train(cfg: TrainConfig, log=print) -> TrainResult:
+def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | None = None,
+          callbacks: tuple = (), prepared: Prepared | None = None) -> TrainResult:
+    """Train (and evaluate) in one MLflow run: attached to `mlflow run`'s, a new one, or a
+    nested child of the active run (`nested=True`, the sweep's trials). `callbacks` are extra
+    transformers TrainerCallbacks (the sweep's pruner)."""
     import mlflow
 
     from .tracking import stage_run
 
     t_start = time.time()
-    p = prepare(cfg)
+    p = prepared or prepare(cfg)
     cfg = p.cfg
     threads = set_threads()
     steps = p.report.numbers["optimizer_steps"]
     run_name = f"{cfg.model}-e{cfg.epochs}-b{cfg.batch_size}-ga{cfg.grad_accum}-lr{cfg.lr:g}"
-    tags = {"molting.stage": "train", "molting.model": cfg.model, "molting.preflight": p.report.status}
+    tags = {"molting.stage": "train", "molting.model": cfg.model, "molting.preflight": p.report.status,
+            **(tags or {})}
     if p.source.preset is not None and p.source.preset.only_for_plumbing:
         tags["molting.plumbing_only"] = "true"
-    with stage_run(cfg.experiment, run_name, tags) as run:
+    with stage_run(cfg.experiment, run_name, tags, nested=nested) as run:
         run_id = run.info.run_id
         mlflow.log_text(p.report.to_json(), "preflight.json")
         mlflow.log_text(p.report.to_text() + "\n", "preflight.txt")
@@ -168,7 +173,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
             errors = [f for f in p.report.findings if f.level == "error"]
             raise PreflightFailed(f"pre-flight failed ({len(errors)} error(s)): {errors[0].message}"
                                   + (" (preflight=warn trains anyway)" if errors else ""))
-        result = _fit(p, run_id, threads, log)
+        result = _fit(p, run_id, threads, log, callbacks)
         result.preflight = p.report.status
     log(f"\nrun {run_id}: {result.optimizer_steps} optimizer steps, final loss {result.final_loss:.4f}, "
         f"{result.train_runtime_s:.0f} s training ({time.time() - t_start:.0f} s in all)\n"
@@ -177,7 +182,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     return result
 
 
-def _fit(p: Prepared, run_id: str, threads: int, log) -> TrainResult:
+def _fit(p: Prepared, run_id: str, threads: int, log, callbacks: tuple = ()) -> TrainResult:
     import mlflow
     import pandas as pd
     import torch
@@ -232,7 +237,7 @@ def _fit(p: Prepared, run_id: str, threads: int, log) -> TrainResult:
 
     train_ds = Dataset.from_list(p.dataset.rows)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=p.tokenizer,
-                         peft_config=lora, callbacks=[MlflowSteps()])
+                         peft_config=lora, callbacks=[MlflowSteps(), *callbacks])
     trainer.remove_callback(ProgressCallback)  # it prints every step's log dict; keep the bar only
     trainer.add_callback(QuietProgress())
     mlflow.log_text(_marked_example(trainer, p.tokenizer), "example_rendered.txt")

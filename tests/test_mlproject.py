@@ -10,11 +10,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def mlflow_run(*params, entry="train"):
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local",
+    from molting_mlflow.tracking import ensure_experiment
+
+    ensure_experiment("molting")  # artifacts under the test's tmp dir, not the repo
+    cmd = [sys.executable, "-m", "mlflow", "run", ".", "-e", entry, "--env-manager", "local",
            "--experiment-name", "molting"]
     for p in params:
         cmd += ["-P", p]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, timeout=300)
+    # from the project root: MLflow checks `path` parameters against the working directory
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, timeout=300, cwd=ROOT)
 
 
 def test_mlflow_run_train_tiny_random_then_evaluate():

@@ -1,0 +1,8 @@
+"""MLproject entry point `diagnose`: `mlflow run . -e diagnose -P run_id=<run> -P vs=<other>`.
+Logs diagnosis.md on the diagnosed run. Calls the library."""
+import sys
+
+from molting_mlflow.cli import cli
+
+if __name__ == "__main__":
+    cli.main(args=["diagnose", *sys.argv[1:]], prog_name="entrypoints/diagnose.py")

@@ -1,0 +1,322 @@
+"""`molting diagnose RUN [--vs OTHER]`: a run explains its own score from what it logged.
+
+Every finding cites the metric, param, tag, artifact or answer it comes from; with no evidence
+there is no finding. The thresholds live in THRESHOLDS, each with its reason.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .rubric import DIMENSIONS
+
+THRESHOLDS = {
+    # Impact by the rubric points (of 10) a cause plausibly cost: a point is a tenth of the scale,
+    # and the user's target (5.0) sits 2.1 points above their 2.9.
+    "impact_high_points": 1.0,
+    "impact_medium_points": 0.3,
+    # "Still falling": the loss dropped by more than this share over the last quarter of the
+    # steps (the user's 50-step curve was still falling steeply when it stopped).
+    "still_falling_drop": 0.10,
+    "tail_share": 0.25,
+    # A final loss above this on answer tokens left smol's answers degenerate in the probe
+    # (2.16 at 50 steps); runs that answered in persona ended near 1.0 or below.
+    "high_final_loss": 1.5,
+}
+SHORT = {"d1_identity": "D1", "d2_factual": "D2", "d3_voice": "D3", "d4_cleanliness": "D4", "d5_quality": "D5"}
+
+
+class DiagnoseError(ValueError):
+    pass
+
+
+@dataclass
+class RunData:
+    run_id: str
+    params: dict
+    metrics: dict
+    tags: dict
+    losses: list            # [(step, loss)]
+    preflight: dict
+    answers: list           # rows of eval_results.json as dicts
+
+    @property
+    def name(self) -> str:
+        return self.tags.get("mlflow.runName", self.run_id[:8])
+
+
+@dataclass
+class Finding:
+    cause: str
+    impact: str             # high / medium / low
+    points: float           # rubric points it plausibly cost
+    fixable: str
+    change: str
+    evidence: list = field(default_factory=list)
+
+
+def load_run(run_id: str) -> RunData:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise DiagnoseError(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}; pass a run id "
+                            "from `molting compare` or the MLflow UI") from None
+    losses = [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
+
+    def artifact(path):
+        try:
+            return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+        except Exception:
+            return None
+
+    pre = json.loads(artifact("preflight.json") or "{}")
+    table = json.loads(artifact("eval_results.json") or "{}")
+    answers = [dict(zip(table["columns"], row)) for row in table.get("data", [])]
+    return RunData(run_id, run.data.params, run.data.metrics, run.data.tags, losses, pre, answers)
+
+
+def find_baseline(run: RunData) -> RunData | None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    exp = MlflowClient().get_run(run.run_id).info.experiment_id
+    model = run.tags.get("molting.model", "")
+    found = mlflow.search_runs([exp], filter_string=f"tags.`molting.baseline` = 'true' and "
+                               f"tags.`molting.model` = '{model}' and attributes.status = 'FINISHED'",
+                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    return load_run(found[0].info.run_id) if found else None
+
+
+def _points_lost(run: RunData, dims: tuple, pattern: str) -> float:
+    """Mean points lost in `dims` on the answers whose reasons match `pattern`."""
+    if not run.answers:
+        return 0.0
+    lost = sum(2 - a[d] for a in run.answers for d in dims if re.search(pattern, a.get("reasons", ""), re.I))
+    return lost / len(run.answers)
+
+
+def _impact(points: float) -> str:
+    return ("high" if points >= THRESHOLDS["impact_high_points"] else
+            "medium" if points >= THRESHOLDS["impact_medium_points"] else "low")
+
+
+def _slope_drop(losses) -> float | None:
+    """Relative drop of a least-squares line over the last quarter of the steps."""
+    tail = losses[-max(4, int(len(losses) * THRESHOLDS["tail_share"])):]
+    if len(tail) < 4:
+        return None
+    xs, ys = [s for s, _ in tail], [v for _, v in tail]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0 or my <= 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+    return -slope * (xs[-1] - xs[0]) / my
+
+
+def findings(run: RunData) -> list[Finding]:
+    out: list[Finding] = []
+    p, m, pre = run.params, run.metrics, run.preflight
+    nums = pre.get("numbers", {})
+    steps = int(m.get("optimizer_steps", nums.get("optimizer_steps", 0)) or 0)
+    min_steps = int(nums.get("min_steps", p.get("train.min_steps", 150)))
+    score = m.get("score")
+    below = score is not None and score <= 5.0
+
+    # Convergence: too few optimizer steps.
+    if steps and steps < min_steps:
+        ex, bs, ga, ep = (int(nums.get("examples", p.get("data.examples", 0))), int(p["train.batch_size"]),
+                          int(p["train.grad_accum"]), int(p["train.epochs"]))
+        per = math.ceil(math.ceil(ex / bs) / ga)
+        changes = []
+        if ga > 1:
+            ga2 = max(1, ga // 2)
+            changes.append(f"grad_accum {ga} → {ga2} gives {math.ceil(math.ceil(ex / bs) / ga2) * ep} optimizer steps")
+        need = math.ceil(min_steps / per)
+        changes.append(f"epochs {ep} → {need} gives {per * need}")
+        pts = (10 - score) if below else 0.0
+        out.append(Finding("too few optimizer steps", _impact(pts) if below else "low", round(pts, 2),
+                           "yes (config)", "; ".join(changes),
+                           [f"ceil({ex} / ({bs} × {ga})) × {ep} = {steps} optimizer steps < minimum {min_steps} "
+                            "(metric optimizer_steps, preflight.json)"]))
+    # Convergence: loss still falling / high.
+    drop = _slope_drop(run.losses)
+    final = m.get("final_loss")
+    if drop is not None and drop > THRESHOLDS["still_falling_drop"]:
+        out.append(Finding("loss still falling at the end", "medium", 0.0, "yes (config)",
+                           "train longer: more epochs, or a smaller grad_accum",
+                           [f"loss fell {drop:.0%} over the last {THRESHOLDS['tail_share']:.0%} of steps "
+                            f"(metric loss, steps {run.losses[-1][0] - len(run.losses) // 4}–{run.losses[-1][0]})"]))
+    if final is not None and final > THRESHOLDS["high_final_loss"]:
+        out.append(Finding("high final loss", "medium" if below else "low", 0.0, "yes (config)",
+                           "more optimizer steps or a higher learning rate",
+                           [f"final_loss {final:.3f} > {THRESHOLDS['high_final_loss']} (metric final_loss)"]))
+
+    # Format: the template the run trained with.
+    for f in pre.get("findings", []):
+        if f["check"] in ("chat_template", "end_of_turn") and f["level"] == "error":
+            tokens = re.findall(r"<\|?[a-z_/]+\|?>", f["message"])
+            pts = _points_lost(run, ("d4_cleanliness", "d5_quality"), r"token|template|after")
+            out.append(Finding("foreign chat-template separators" if f["check"] == "chat_template"
+                               else "assistant turns not closed by the end-of-turn token", _impact(pts) if pts else "high",
+                               round(pts, 2), "yes (config)", "chat_template=model",
+                               [f"preflight.json {f['check']}: {f['message'][:160]}"]
+                               + ([f"tokens named: {', '.join(dict.fromkeys(tokens))}"] if tokens else [])))
+            break
+    leaked = [a for a in run.answers if re.search(r"D4\(a\)", a.get("reasons", ""))]
+    if leaked:
+        pts = _points_lost(run, ("d4_cleanliness", "d5_quality"), r"D4\(a\)")
+        out.append(Finding("special tokens in the answers", _impact(pts), round(pts, 2),
+                           "yes (template/training)", "train with the model's own template (chat_template=model)",
+                           [f"{a['id']}: {a['response'][:90]!r}" for a in leaked[:3]]))
+    cut = [a for a in run.answers if a.get("finish_reason") == "length"]
+    if cut:
+        pts = _points_lost(run, ("d5_quality",), r"finish_reason is 'length'")
+        out.append(Finding("answers cut by the token limit (never stopped)", _impact(pts), round(pts, 2),
+                           "partly", "more training steps teach the end-of-turn; or raise eval_max_new_tokens",
+                           [f"{len(cut)}/{len(run.answers)} answers with finish_reason=length: "
+                            + ", ".join(a["id"] for a in cut)]))
+
+    # Identity: the system prompt, and what the model called itself.
+    if p.get("data.system_prompt_source") == "none":
+        claims = [a for a in run.answers if re.search(r"D1: (claims|gives itself)", a.get("reasons", ""))]
+        pts = _points_lost(run, ("d1_identity", "d3_voice"), r"D1")
+        ev = ["param data.system_prompt_source = none"]
+        injected = next((f["evidence"] for f in pre.get("findings", []) if f["check"] == "system_prompt"), "")
+        if injected:
+            ev.append(f"preflight.json system_prompt: {injected[:160]}")
+        ev += [f"{a['id']}: {a['response'][:90]!r} ({_reason(a, 'D1')})" for a in claims[:3]]
+        out.append(Finding("no system prompt", _impact(pts) if pts else "high", round(pts, 2), "yes (config)",
+                           "system_prompt=persona", ev))
+    d1_lost = [a for a in run.answers if a["d1_identity"] < 2]
+    if d1_lost and p.get("data.system_prompt_source") != "none":
+        pts = _points_lost(run, ("d1_identity",), r"D1")
+        out.append(Finding("identity not held", _impact(pts), round(pts, 2), "partly",
+                           "more steps on identity examples; check the system prompt",
+                           [f"{a['id']}: {_reason(a, 'D1')}" for a in d1_lost[:4]]))
+    d2_lost = [a for a in run.answers if a["d2_factual"] < 2]
+    if d2_lost:
+        pts = _points_lost(run, ("d2_factual",), r"D2")
+        out.append(Finding("facts missed or wrong", _impact(pts), round(pts, 2), "partly",
+                           "more steps; more examples stating the missed facts",
+                           [f"{a['id']}: {_reason(a, 'D2')}" for a in d2_lost[:4]]))
+    if nums.get("truncated"):
+        out.append(Finding("examples truncated at max_seq_len", "low", 0.0, "yes (config)",
+                           f"max_seq_len > {nums.get('max_tokens')}",
+                           [f"preflight.json: {nums['truncated']} examples over the limit"]))
+    order = {"high": 0, "medium": 1, "low": 2}
+    return sorted(out, key=lambda f: (order[f.impact], -f.points))
+
+
+def _reason(a: dict, dim: str) -> str:
+    return "; ".join(r for r in a.get("reasons", "").split("; ") if r.startswith(dim)) or "no reason logged"
+
+
+def _scores_table(rows: list[tuple[str, RunData | None]]) -> list[str]:
+    lines = ["| run | " + " | ".join(SHORT[d] for d in DIMENSIONS) + " | score | steps | final loss |",
+             "|---" * (len(DIMENSIONS) + 4) + "|"]
+    for name, r in rows:
+        if r is None:
+            continue
+        m = r.metrics
+        fmt = lambda k: f"{m[k]:.2f}" if k in m else "–"  # noqa: E731
+        lines.append(f"| {name} | " + " | ".join(fmt(d) for d in DIMENSIONS) + f" | {fmt('score')} | "
+                     f"{int(m['optimizer_steps']) if 'optimizer_steps' in m else '–'} | {fmt('final_loss')} |")
+    return lines
+
+
+def _config_diff(a: RunData, b: RunData) -> list[str]:
+    keys = ["train.epochs", "train.grad_accum", "train.batch_size", "train.lr", "train.optimizer_steps",
+            "data.system_prompt_source", "template.source", "train.seed"]
+    return [f"{k}: {b.params.get(k)} → {a.params.get(k)}" for k in keys if a.params.get(k) != b.params.get(k)]
+
+
+def report(run_id: str, vs: str | None = None) -> str:
+    run = load_run(run_id)
+    if "score" not in run.metrics:
+        raise DiagnoseError(f"run {run_id} has no rubric score; evaluate it first (molting evaluate --run-id {run_id})")
+    base = find_baseline(run)
+    other = load_run(vs) if vs else None
+    out = [f"# Diagnosis of run {run.run_id[:8]} ({run.name})", "",
+           f"Score **{run.metrics['score']:.2f}/10**" + (f" (baseline {base.metrics['score']:.2f}, "
+           f"{run.metrics['score'] - base.metrics['score']:+.2f})" if base and "score" in base.metrics else
+           " (no baseline run of this model in the experiment: `molting evaluate --model <model>`)"), ""]
+    out += _scores_table([(f"this run {run.run_id[:8]}", run), ("baseline (bare model)", base),
+                          (f"--vs {other.run_id[:8]}" if other else "", other)]) + [""]
+    fs = findings(run)
+    out += ["## Convergence", ""]
+    nums = run.preflight.get("numbers", {})
+    out.append(f"- optimizer steps: {int(run.metrics.get('optimizer_steps', 0))} (pre-flight minimum "
+               f"{nums.get('min_steps', '?')}); final loss {run.metrics.get('final_loss', float('nan')):.3f}")
+    drop = _slope_drop(run.losses)
+    if drop is not None:
+        out.append(f"- loss over the last {THRESHOLDS['tail_share']:.0%} of steps: "
+                   + (f"still falling ({drop:.0%})" if drop > THRESHOLDS["still_falling_drop"] else f"flat ({drop:+.0%})"))
+    if other and "final_loss" in other.metrics:
+        out.append(f"- against {other.run_id[:8]}: {int(other.metrics.get('optimizer_steps', 0))} steps, final loss "
+                   f"{other.metrics['final_loss']:.3f}")
+    out += ["", "## Format", ""]
+    pre_f = [f for f in run.preflight.get("findings", []) if f["level"] != "info"]
+    out += [f"- pre-flight [{f['level']}] {f['check']}: {f['message'][:200]}" for f in pre_f] or ["- pre-flight: clean"]
+    cut = [a["id"] for a in run.answers if a.get("finish_reason") == "length"]
+    tok = [a["id"] for a in run.answers if "D4(a)" in a.get("reasons", "")]
+    out.append(f"- answers with special tokens: {', '.join(tok) or 'none'}; cut by the token limit: {', '.join(cut) or 'none'}")
+    out += ["", "## Identity and facts", ""]
+    lost = [a for a in run.answers if a["d1_identity"] < 2 or a["d2_factual"] < 2]
+    out += [f"- {a['id']} {a['question']!r}: {a['response'][:100]!r} — {_reason(a, 'D1')}; {_reason(a, 'D2')}"
+            for a in lost] or ["- every answer kept the identity and covered its facts"]
+    out += ["", "## Root causes", "", "| cause | impact | points | fixable | change |", "|---|---|---|---|---|"]
+    out += [f"| {f.cause} | {f.impact} | {f.points:.2f} | {f.fixable} | {f.change} |" for f in fs] or ["| none found | | | | |"]
+    out += ["", "## Hypotheses, ranked", ""]
+    for i, f in enumerate(fs, 1):
+        out.append(f"{i}. **{f.cause}** ({f.impact} impact, ~{f.points:.2f} points): " + "; ".join(f.evidence))
+    if other:
+        out += ["", f"## Against {other.run_id[:8]} ({other.name})", ""]
+        diff = _config_diff(run, other)
+        out.append("- config: " + ("; ".join(diff) if diff else "identical resolved config"))
+        for d in DIMENSIONS:
+            if d in run.metrics and d in other.metrics:
+                delta = run.metrics[d] - other.metrics[d]
+                out.append(f"- {SHORT[d]}: {other.metrics[d]:.2f} → {run.metrics[d]:.2f} ({delta:+.2f})"
+                           + (f" — {_why(d, run, other)}" if abs(delta) > 1e-9 else ""))
+        out.append(f"- score: {other.metrics.get('score', 0):.2f} → {run.metrics['score']:.2f} "
+                   f"({run.metrics['score'] - other.metrics.get('score', 0):+.2f})")
+    return "\n".join(out) + "\n"
+
+
+def _why(dim: str, a: RunData, b: RunData) -> str:
+    """Config differences that bear on a dimension, from the rubric's own rules."""
+    reasons = []
+    pa, pb = a.params, b.params
+    if pa.get("train.optimizer_steps") != pb.get("train.optimizer_steps"):
+        reasons.append(f"optimizer steps {pb.get('train.optimizer_steps')} → {pa.get('train.optimizer_steps')}")
+    if dim in ("d1_identity", "d3_voice") and pa.get("data.system_prompt_source") != pb.get("data.system_prompt_source"):
+        reasons.append(f"system prompt {pb.get('data.system_prompt_source')} → {pa.get('data.system_prompt_source')}")
+    if dim in ("d4_cleanliness", "d5_quality") and pa.get("template.source") != pb.get("template.source"):
+        reasons.append(f"chat template {pb.get('template.source')} → {pa.get('template.source')}")
+    return "; ".join(reasons) or "no config difference bears on it (seed or sampling noise)"
+
+
+def diagnose(run_id: str, vs: str | None = None, out: str | None = None, log=print) -> str:
+    """Build the report, log it on the run as diagnosis.md, print it, and write it to `out` if given."""
+    from mlflow.tracking import MlflowClient
+
+    text = report(run_id, vs)
+    client = MlflowClient()
+    client.log_text(run_id, text, "diagnosis.md")
+    own = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run . -e diagnose` made a run of its own: keep a copy there
+    if own and own != run_id:
+        client.log_text(own, text, "diagnosis.md")
+        client.set_tag(own, "molting.diagnosed_run", run_id)
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+    log(text)
+    return text

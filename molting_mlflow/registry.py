@@ -1,0 +1,113 @@
+"""The adapter registry: registered model `molting-<preset>`, one version per registered adapter.
+
+A version is a pyfunc model that holds the adapter folder as an artifact; its `load_context`
+rebuilds the base model (NF4 on CUDA, as trained; fp32 on CPU) and applies the adapter.
+MLflow's transformers flavour is not used: with a local base it stored a state dict that
+reloaded with random base weights and no error, and bitsandbytes settings are not restored.
+
+Aliases: `candidate` moves to every new version; `champion` moves only to a version whose score
+beats the target and the current champion's score (or by hand: `molting promote`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+from mlflow.tracking import MlflowClient
+
+from .rubric import DIMENSIONS
+
+
+class PersonaAdapterModel(mlflow.pyfunc.PythonModel):
+    """predict(["Quem é você?", ...]) → the persona's answers, one a question."""
+
+    def load_context(self, context):
+        from .evaluate import load_adapter_model
+        from .train import set_threads
+
+        set_threads()
+        self.model, self.tok, self.meta = load_adapter_model(Path(context.artifacts["adapter"]))
+
+    def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
+        from .rubric import Question
+
+        questions = [model_input] if isinstance(model_input, str) else list(model_input)
+        from .evaluate import generate
+
+        qs = [Question(id=str(i), question=q, identity_probe=False, facts=[], forbidden=[], topic=[])
+              for i, q in enumerate(questions)]
+        max_new = int((params or {}).get("max_new_tokens", 128))
+        records, _ = generate(self.model, self.tok, qs, self.meta.get("system_prompt"), max_new)
+        return [r["response"] for r in records]
+
+
+def model_name(preset: str) -> str:
+    return f"molting-{preset}"
+
+
+def register_adapter(run_id: str, preset: str, target: float = 5.0, log=print) -> str:
+    """Register a train run's adapter as a new version; tag it; move the aliases. Returns the version."""
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter"))
+    meta = json.loads((local / "molting.json").read_text(encoding="utf-8"))
+    name = model_name(preset)
+    m = run.data.metrics
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(["Quem é você?"], ["Sou o Cláudio."], params={"max_new_tokens": 128})
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        info = mlflow.pyfunc.log_model(
+            name="persona_model", python_model=PersonaAdapterModel(), artifacts={"adapter": str(local)},
+            signature=signature,
+            code_paths=[str(Path(__file__).parent)], registered_model_name=name,
+            pip_requirements=["torch", "transformers", "peft", "bitsandbytes", "mlflow", "gguf", "pyyaml"])
+    version = str(info.registered_model_version)
+    quant = "nf4-double-quant/bf16-compute" if meta.get("device_trained") == "cuda" else "none (fp32 LoRA on CPU)"
+    tags = {"base_model": meta.get("model.id", ""), "base_revision": meta.get("model.revision", ""),
+            "preset": preset, "quantization": quant, "source_run": run_id,
+            "score": f"{m.get('score', float('nan')):.4f}",
+            **{d: f"{m.get(d, float('nan')):.4f}" for d in DIMENSIONS}}
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    client.set_registered_model_alias(name, "candidate", version)
+    score = m.get("score", float("-inf"))
+    champ = current_champion(name)
+    champ_score = float(champ.tags.get("score", "-inf")) if champ else float("-inf")
+    if score > target and score > champ_score:
+        client.set_registered_model_alias(name, "champion", version)
+        log(f"registered {name} v{version} (score {score:.2f}): aliases candidate, champion")
+    else:
+        why = f"not above target {target}" if score <= target else f"not above champion v{champ.version} ({champ_score:.2f})"
+        log(f"registered {name} v{version} (score {score:.2f}): alias candidate; champion unchanged ({why})")
+    return version
+
+
+register_best = register_adapter
+
+
+def current_champion(name: str):
+    try:
+        return MlflowClient().get_model_version_by_alias(name, "champion")
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def list_versions(name: str) -> list[dict]:
+    client = MlflowClient()
+    aliases: dict[str, list[str]] = {}
+    rm = client.get_registered_model(name)
+    for alias, v in (rm.aliases or {}).items():
+        aliases.setdefault(str(v), []).append(alias)
+    rows = []
+    for v in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
+        rows.append({"version": v.version, "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
+                     "score": v.tags.get("score", ""), "base_model": v.tags.get("base_model", ""),
+                     "quantization": v.tags.get("quantization", ""), "source_run": v.tags.get("source_run", "")[:8]})
+    return rows
+
+
+def promote(name: str, version: str, alias: str = "champion") -> None:
+    MlflowClient().set_registered_model_alias(name, alias, str(version))

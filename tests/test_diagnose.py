@@ -1,0 +1,93 @@
+"""Runs with known faults (tiny-random, so they stay fast) each produce the matching finding;
+a clean run produces none of them. Every finding carries evidence from the logged data."""
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from molting_mlflow.cli import cli
+from molting_mlflow.config import TrainConfig
+from molting_mlflow.diagnose import findings, load_run, report
+from molting_mlflow.persona import DATA_DIR
+from molting_mlflow.train import train
+
+GPT2 = str(DATA_DIR / "templates" / "gpt2_separators.jinja")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    import os
+
+    import mlflow
+
+    d = tmp_path_factory.mktemp("diag")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    os.chdir(d)
+    try:
+        quiet = dict(log=lambda *a: None)
+        # the user's three mistakes + an answer limit too short to finish
+        faulty = train(TrainConfig(model="tiny-random", epochs=5, grad_accum=8, batch_size=1, system_prompt="none",
+                                   chat_template=GPT2, preflight="warn", eval_max_new_tokens=3), **quiet)
+        clean = train(TrainConfig(model="tiny-random", eval_max_new_tokens=64), **quiet)
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI") if old[0] is None else os.environ.__setitem__("MLFLOW_TRACKING_URI", old[0])
+        os.chdir(old[1])
+    return uri, faulty.run_id, clean.run_id
+
+
+@pytest.fixture
+def store(runs, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", runs[0])
+    mlflow.set_tracking_uri(runs[0])
+    return runs
+
+
+def causes(run_id):
+    return {f.cause: f for f in findings(load_run(run_id))}
+
+
+def test_faulty_run_names_each_cause_with_evidence(store):
+    _, faulty, _ = store
+    c = causes(faulty)
+    steps = c["too few optimizer steps"]
+    assert "ceil(79 / (1 × 8)) × 5 = 50 optimizer steps < minimum 150" in steps.evidence[0]
+    assert "grad_accum 8 → 4 gives 100 optimizer steps" in steps.change and "epochs 5 → 15 gives 150" in steps.change
+    assert steps.fixable.startswith("yes")
+    sep = c["foreign chat-template separators"]
+    assert sep.impact == "high" and "<|endoftext|>" in " ".join(sep.evidence) and sep.change == "chat_template=model"
+    sys_ = c["no system prompt"]
+    assert sys_.impact == "high" and "data.system_prompt_source = none" in sys_.evidence[0]
+    cut = c["answers cut by the token limit (never stopped)"]
+    assert "finish_reason=length" in cut.evidence[0]
+
+
+def test_clean_run_has_none_of_those_findings(store):
+    _, _, clean = store
+    c = causes(clean)
+    for cause in ("too few optimizer steps", "foreign chat-template separators", "no system prompt",
+                  "assistant turns not closed by the end-of-turn token", "examples truncated at max_seq_len"):
+        assert cause not in c
+    run = load_run(clean)
+    if not any(a["finish_reason"] == "length" for a in run.answers):  # only the evidence decides
+        assert "answers cut by the token limit (never stopped)" not in c
+
+
+def test_report_and_cli_log_diagnosis_md(store):
+    _, faulty, clean = store
+    text = report(clean, vs=faulty)
+    assert "## Root causes" in text and "## Hypotheses, ranked" in text and f"## Against {faulty[:8]}" in text
+    assert "train.optimizer_steps: 50 → 150" in text or "optimizer_steps: 50 → 150" in text
+    r = CliRunner().invoke(cli, ["diagnose", faulty])
+    assert r.exit_code == 0, r.output
+    assert "too few optimizer steps" in r.output
+    names = {a.path for a in MlflowClient().list_artifacts(faulty)}
+    assert "diagnosis.md" in names
+
+
+def test_unknown_run_is_one_line():
+    r = CliRunner().invoke(cli, ["diagnose", "deadbeef"])
+    assert r.exit_code == 2 and "run 'deadbeef' not found" in r.output

@@ -1,0 +1,147 @@
+"""A small seeded sweep on tiny-random, checked through the MLflow and Optuna APIs (plumbing only:
+random weights score nothing, and no score is claimed)."""
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from molting_mlflow.config import ConfigError
+from molting_mlflow.sweep import SweepConfig, sweep
+
+# tiny-random: batch 8 → 10 steps an epoch; min_steps 20 prunes grad_accum ≥ 2 at ≤ 3 epochs
+SMALL = dict(model="tiny-random", epochs="1,3", min_steps=20, seed=7)
+
+
+def children(parent_id):
+    return mlflow.search_runs(experiment_names=["molting"], output_format="list",
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def test_sweep_nests_trials_prunes_by_steps_and_resumes(tmp_path):
+    out = sweep(SweepConfig(n_trials=3, register=False, **SMALL), log=lambda *a: None)
+    parent = MlflowClient().get_run(out["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["molting.stage"] == "sweep"
+    kids = children(parent.info.run_id)
+    study = optuna.load_study(study_name="molting-tiny-random", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(kids) == len(study.trials)  # every trial, pruned ones included, is a child run
+    by_trial = {int(r.data.tags["molting.trial"]): r for r in kids}
+    # trial 0 is the user's original configuration, a reference, trained in warn mode
+    ref = by_trial[0]
+    assert ref.data.tags["molting.reference"] == "user-original" and ref.data.params["train.optimizer_steps"] == "50"
+    assert ref.data.params["template.source"].endswith("gpt2_separators.jinja") and "score" in ref.data.metrics
+    step_pruned = [t for t in study.trials if t.user_attrs.get("steps_pruned")]
+    assert step_pruned, "the seeded search should hit at least one configuration under 20 steps"
+    for t in step_pruned:
+        r = by_trial[t.number]
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert r.data.tags["molting.trial_state"] == "PRUNED" and "optimizer steps < minimum 20" in r.data.tags["molting.prune_reason"]
+        assert "loss" not in r.data.metrics  # pruned before any training
+    trained = [t for t in study.trials if not t.user_attrs.get("steps_pruned")]
+    assert len(trained) == 3
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    names = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "study")}
+    assert {"study/trials.csv", "study/sweep_summary.md", "study/optimization_history.html"} <= names
+
+    # same study name: resumes, and does not enqueue the reference again
+    sweep(SweepConfig(n_trials=4, register=False, **SMALL), log=lambda *a: None)
+    study = optuna.load_study(study_name="molting-tiny-random", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len([t for t in study.trials if not t.user_attrs.get("steps_pruned")]) == 4
+    assert sum(t.user_attrs.get("molting.reference") == "user-original" for t in study.trials) == 1
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(n_trials=0), "n_trials=0 is invalid"),
+    (dict(lr="1e-3"), "expected 2 comma-separated numbers"),
+    (dict(lr="3e-3,1e-4"), "lr='3e-3,1e-4' is invalid"),
+    (dict(epochs="0,2"), "1 ≤ lo ≤ hi"),
+    (dict(target=11), "target=11 is invalid"),
+    (dict(model="gpt5"), None),
+])
+def test_bad_sweep_settings(kw, msg):
+    from molting_mlflow.models import ModelError, resolve_model
+
+    if msg is None:  # an unknown model fails at resolve time, before any trial
+        with pytest.raises(ModelError):
+            resolve_model(kw["model"])
+        return
+    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        SweepConfig(**kw)
+
+
+def test_registry_aliases_and_fresh_process_load(tmp_path):
+    from molting_mlflow.config import TrainConfig
+    from molting_mlflow.registry import list_versions, register_adapter
+    from molting_mlflow.train import train
+
+    r = train(TrainConfig(model="tiny-random", epochs=2, min_steps=0, eval_max_new_tokens=4), log=lambda *a: None)
+    score = MlflowClient().get_run(r.run_id).data.metrics["score"]
+    # alias rule: champion needs score > target and > the current champion's score
+    v1 = register_adapter(r.run_id, "tiny-random", target=score - 1, log=lambda *a: None)
+    v2 = register_adapter(r.run_id, "tiny-random", target=score - 1, log=lambda *a: None)
+    c = MlflowClient()
+    assert c.get_model_version_by_alias("molting-tiny-random", "champion").version == v1  # v2 does not beat v1
+    assert c.get_model_version_by_alias("molting-tiny-random", "candidate").version == v2
+    tags = c.get_model_version("molting-tiny-random", v1).tags
+    assert tags["base_model"] == "tiny-random" and tags["source_run"] == r.run_id
+    assert tags["quantization"].startswith("none") and float(tags["score"]) == pytest.approx(score)
+    assert {"d1_identity", "d5_quality", "base_revision"} <= set(tags)
+    assert [row["aliases"] for row in list_versions("molting-tiny-random")] == ["champion", "candidate"]
+
+    code = ("import mlflow, json; m = mlflow.pyfunc.load_model('models:/molting-tiny-random@champion');"
+            "print(json.dumps(m.predict(['Quem é você?'], params={'max_new_tokens': 4})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    answers = json.loads(out.stdout.strip().splitlines()[-1])
+    assert isinstance(answers, list) and len(answers) == 1 and isinstance(answers[0], str)
+
+
+def _postgres_url():
+    try:
+        import psycopg2
+
+        for user in ("postgres", "root"):
+            try:
+                psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user=user, connect_timeout=3).close()
+                return f"postgresql+psycopg2://{user}@127.0.0.1:5432/test"
+            except psycopg2.OperationalError:
+                continue
+    except ImportError:
+        return None
+    return None
+
+
+def test_two_workers_share_one_postgres_study(tmp_path):
+    url = _postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL answers on 127.0.0.1:5432 (database test, trust auth)")
+    name = f"molting-test-{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "molting_mlflow.cli", "sweep", "--model", "tiny-random", "--epochs", "1,2",
+           "--min-steps", "10", "--n-trials", "4", "--storage", url, "--study-name", name,
+           "--register", "false", "--enqueue-user", "false", "--seed", "3"]
+    procs = []
+    for w in (1, 2):  # each worker its own MLflow store: the Optuna storage is what they share
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / f'w{w}.db'}", "MOLTING_THREADS": "1"}
+        (tmp_path / f"w{w}").mkdir()
+        procs.append(subprocess.Popen(cmd, cwd=tmp_path / f"w{w}", env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    study = optuna.load_study(study_name=name, storage=url)
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(len(numbers)))          # no duplicate, no gap
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    trained = [t for t in study.trials if not t.user_attrs.get("steps_pruned")]
+    assert 4 <= len(trained) <= 5                                # each worker stops at the shared total
+    # both workers took part
+    runs = {w: mlflow.search_runs(experiment_names=["molting"], output_format="list",
+                                  filter_string="tags.`molting.trial` != ''")
+            for w in (1, 2) if mlflow.set_tracking_uri(f"sqlite:///{tmp_path / f'w{w}.db'}") is None}
+    assert all(runs[w] for w in (1, 2))
+    optuna.delete_study(study_name=name, storage=url)
