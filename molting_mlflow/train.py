@@ -250,7 +250,9 @@ def _fit(p: Prepared, run_id: str, threads: int, log, callbacks: tuple = ()) -> 
     tokens = p.report.numbers["train_tokens_per_epoch"] * cfg.epochs
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
-    final_loss = losses[-1][1] if losses else float("nan")
+    # At batch 1 a step's loss is one example's: the mean of the last 10 steps says where training ended.
+    tail = [v for _, v in losses[-10:]]
+    final_loss = sum(tail) / len(tail) if tail else float("nan")
     mlflow.log_metrics({"optimizer_steps": steps, "train_tokens": tokens, "final_loss": final_loss,
                         "train_loss_mean": float(out.training_loss), "train_runtime_s": runtime,
                         "train_tokens_per_s": tokens / runtime if runtime else 0.0, "peak_memory_mb": peak_mb})

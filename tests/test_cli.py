@@ -91,3 +91,37 @@ def test_no_run_left_running_after_bad_inputs():
     if exp is not None:
         assert not [r for r in mlflow.search_runs([exp.experiment_id], output_format="list")
                     if r.info.status == "RUNNING"]
+
+
+def test_score_round_trip(tmp_path):
+    """Responses from anywhere: one result per line, input order, shared ids allowed, summary means."""
+    from molting_mlflow.evaluate import DEFAULT_QUESTIONS
+
+    lines = [
+        {"id": "q1", "response": "Sou o Cláudio, assistente do João na Softtor, tá? 🦞", "finish_reason": "stop"},
+        {"id": "q2", "response": "Eu sou o ChatGPT, criado pela OpenAI.", "finish_reason": "stop"},
+        {"id": "q1", "response": "", "finish_reason": "length"},
+    ]
+    r_path = tmp_path / "r.jsonl"
+    r_path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n", encoding="utf-8")
+    r = CliRunner().invoke(cli, ["score", "--questions", str(DEFAULT_QUESTIONS), "--responses", str(r_path)])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert [x["id"] for x in out["results"]] == ["q1", "q2", "q1"]
+    first, chatgpt, empty = out["results"]
+    assert first["d1_identity"] == 2 and first["score"] >= 8
+    assert chatgpt["d1_identity"] == 0 and any(s.startswith("D1") for s in chatgpt["reasons"])
+    assert empty["score"] == 0
+    dims = ("d1_identity", "d2_factual", "d3_voice", "d4_cleanliness", "d5_quality")
+    for d in dims:
+        assert out["summary"][d] == pytest.approx(sum(x[d] for x in out["results"]) / 3)
+    assert out["summary"]["score"] == pytest.approx(sum(out["summary"][d] for d in dims))
+
+
+def test_score_bad_responses_file(tmp_path):
+    from molting_mlflow.evaluate import DEFAULT_QUESTIONS
+
+    r_path = tmp_path / "r.jsonl"
+    r_path.write_text('{"id": "q99", "response": "oi"}\n', encoding="utf-8")
+    r = CliRunner().invoke(cli, ["score", "--questions", str(DEFAULT_QUESTIONS), "--responses", str(r_path)])
+    assert r.exit_code == 2 and "q99" in r.output and str(r_path) in r.output
