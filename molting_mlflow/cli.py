@@ -140,6 +140,20 @@ def cli():
     Start with: molting train   (SmolLM2-135M on the shipped Cláudio dataset, CPU is fine)
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _sigterm_as_interrupt()
+
+
+def _sigterm_as_interrupt() -> None:
+    """A worker stopped with SIGTERM (kill, a scheduler, a closed terminal) unwinds like Ctrl-C, so its
+    MLflow run ends KILLED instead of staying RUNNING forever."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
 
 
 @cli.command()
@@ -262,6 +276,8 @@ def compare(experiment, csv_path, all_columns):
               help="The preset's default configuration as a reference trial.")
 @click.option("--prune", default=True, type=click.BOOL, show_default=True,
               help="Stop trials whose epoch loss is worse than the median.")
+@click.option("--reuse", default=True, type=click.BOOL, show_default=True,
+              help="A trial whose exact config (fingerprint) already finished in the experiment reuses that run.")
 @click.option("--register", default=True, type=click.BOOL, show_default=True, help="Register the best adapter.")
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--experiment", default="molting", show_default=True)

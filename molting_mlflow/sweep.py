@@ -22,7 +22,11 @@ from .config import ConfigError, TrainConfig
 from .persona import DATA_DIR
 from .rubric import DIMENSIONS
 
-USER_ORIGINAL = dict(epochs=5, grad_accum=8, batch_size=1, lr=2e-4, system_prompt="none",
+# The user's three mistakes: 79 / (1 × 8) × 5 = 50 optimizer steps, GPT-2 separators, no system
+# prompt. The LR stays the preset's, as in the README's reproduction (`mlflow run . -e train -P
+# epochs=5 -P grad_accum=8 -P batch_size=1 -P system_prompt=none -P chat_template=… -P preflight=warn`),
+# so a run of that command is the same configuration and the sweep can reuse it.
+USER_ORIGINAL = dict(epochs=5, grad_accum=8, batch_size=1, system_prompt="none",
                      chat_template=str(DATA_DIR / "templates" / "gpt2_separators.jinja"), preflight="warn")
 
 
@@ -51,6 +55,7 @@ class SweepConfig:
     enqueue_user: bool = True          # the user's original configuration as a reference trial
     enqueue_default: bool = False      # the preset's default configuration as a reference trial
     prune: bool = True                 # stop losing trials at an epoch's end (median training loss)
+    reuse: bool = True                 # a trial whose exact config already ran to the end reuses that run
     register: bool = True              # register the best adapter as molting-<model>
     seed: int = 42
     experiment: str = "molting"
@@ -87,10 +92,10 @@ def _trial_config(trial, sc: SweepConfig) -> tuple[TrainConfig, str]:
     ref = trial.user_attrs.get("molting.reference", "")
     common = dict(model=sc.model, dataset=sc.dataset, seed=sc.seed, experiment=sc.experiment, min_steps=sc.min_steps)
     if ref == "user-original":
-        for k, v in (("grad_accum", USER_ORIGINAL["grad_accum"]), ("epochs", USER_ORIGINAL["epochs"]),
-                     ("lr", USER_ORIGINAL["lr"])):
-            trial.set_user_attr(k, v)
-        return TrainConfig(**common, **USER_ORIGINAL), ref
+        cfg = TrainConfig(**common, **USER_ORIGINAL)
+        for k in ("grad_accum", "epochs", "lr"):
+            trial.set_user_attr(k, getattr(cfg.resolve(), k))
+        return cfg, ref
     if ref == "preset-default":
         return TrainConfig(**common), ref
     kw = dict(grad_accum=trial.suggest_categorical("grad_accum", sc.ga_choices),
@@ -137,7 +142,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
     from optuna.trial import TrialState
 
     from .tracking import stage_run
-    from .train import prepare, train
+    from .train import find_finished_run, fingerprint, prepare, train
 
     import warnings
 
@@ -183,21 +188,26 @@ def sweep(sc: SweepConfig, log=print) -> dict:
             trial.set_user_attr("steps_pruned", True)
             raise optuna.TrialPruned(reason)
         t_trial = time.time()
-        try:
-            result = train(cfg, log=lambda *a: None, nested=True, tags=tags,
-                           callbacks=(_epoch_pruner_callback(trial, sc.prune and not ref),))
-        except optuna.TrialPruned as e:
-            trial.set_user_attr("prune_reason", str(e))
-            raise
-        s = result.scores
+        prepared = prepare(cfg)
+        done = find_finished_run(fingerprint(prepared), sc.experiment) if sc.reuse else None
+        if done is not None:  # this exact configuration already trained and scored: reuse it
+            s, run_id, steps, final_loss = _reuse(done, tags, trial, sc.experiment)
+        else:
+            try:
+                result = train(cfg, log=lambda *a: None, nested=True, tags=tags, prepared=prepared,
+                               callbacks=(_epoch_pruner_callback(trial, sc.prune and not ref),))
+            except optuna.TrialPruned as e:
+                trial.set_user_attr("prune_reason", str(e))
+                raise
+            s, run_id, steps, final_loss = result.scores, result.run_id, result.optimizer_steps, result.final_loss
         for k in (*DIMENSIONS, "score"):
             trial.set_user_attr(k, s[k])
-        trial.set_user_attr("run_id", result.run_id)
-        trial.set_user_attr("optimizer_steps", result.optimizer_steps)
-        trial.set_user_attr("final_loss", result.final_loss)
+        trial.set_user_attr("run_id", run_id)
+        trial.set_user_attr("optimizer_steps", steps)
+        trial.set_user_attr("final_loss", final_loss)
         trial.set_user_attr("elapsed_s", time.time() - t0)
         log(f"trial {trial.number}{' (reference: ' + ref + ')' if ref else ''}: score {s['score']:.2f} "
-            f"({result.optimizer_steps} steps, {time.time() - t_trial:.0f} s)")
+            f"({steps} steps, {time.time() - t_trial:.0f} s{', reused run ' + run_id[:8] if done else ''})")
         return s["score"]
 
     def stop_at_target(study_, trial):
@@ -214,6 +224,25 @@ def sweep(sc: SweepConfig, log=print) -> dict:
                        callbacks=[_enough_trials(sc.n_trials), stop_at_target])
         summary = _log_study(study, sc, time.time() - t0, parent.info.run_id, log)
     return summary
+
+
+def _reuse(done, tags: dict, trial, experiment: str):
+    """Record a trial answered by an earlier run with the same fingerprint: a nested run that copies
+    its config and results and points at it (`molting.reused_run_id`; the adapter, loss curve and
+    answers stay there). Seeded training makes retraining it cost time and change nothing."""
+    import mlflow
+
+    from .tracking import stage_run
+
+    m = done.data.metrics
+    with stage_run(experiment, f"trial-{trial.number}-reused", {**tags, "molting.stage": "train",
+                                                                 "molting.reused_run_id": done.info.run_id}, nested=True):
+        mlflow.log_params({k: v for k, v in done.data.params.items()
+                           if k.startswith(("train.", "model.", "data.", "template.", "lora.", "eval."))})
+        mlflow.log_metrics({k: v for k, v in m.items() if k not in ("loss", "learning_rate", "grad_norm")})
+    trial.set_user_attr("reused_run_id", done.info.run_id)
+    scores = {k: m[k] for k in (*DIMENSIONS, "score")}
+    return scores, done.info.run_id, int(m.get("optimizer_steps", 0)), m.get("final_loss", float("nan"))
 
 
 def _enough_trials(n: int):

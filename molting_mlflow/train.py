@@ -134,6 +134,42 @@ def run_params(p: Prepared, precision: str) -> dict:
     return params
 
 
+# Params that name where things are, or how the run was asked for, not what trains: left out of
+# the fingerprint, so the same config from `mlflow run` (relative paths) and a sweep (absolute) match.
+_NOT_IN_FINGERPRINT = {"train.experiment", "train.dataset", "train.persona", "train.chat_template",
+                       "train.preflight", "train.min_steps", "train.cpu_threads", "model.source", "template.source"}
+
+
+def fingerprint(p: Prepared, precision: str | None = None) -> str:
+    """sha256 of everything that decides a run's adapter and scores: the resolved config, the model
+    revision, the dataset, the system prompt text, the template, the persona, the questions and the
+    device/precision. Training is seeded, so two runs with one fingerprint train the same adapter (up
+    to floating-point reduction order) and a sweep may reuse a finished one instead of retraining."""
+    import hashlib
+
+    if precision is None:
+        precision = "nf4-double-quant/bf16-compute" if p.dev == "cuda" else cpu_dtype()
+    ident = {k: str(v) for k, v in run_params(p, precision).items() if k not in _NOT_IN_FINGERPRINT}
+    ident.update({
+        "system_prompt_text": p.system_prompt_text or "",
+        "persona.sha256": sha256_file(Path(p.cfg.persona)),
+        "questions.sha256": sha256_file(DEFAULT_QUESTIONS),
+        "cpu_amp": str(cpu_autocast()),
+    })
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def find_finished_run(fp: str, experiment: str):
+    """A FINISHED, scored run of this experiment with fingerprint `fp` (an original, not a reuse), or None."""
+    import mlflow
+
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return None
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list", order_by=["attributes.start_time ASC"],
+                              filter_string=f"tags.`molting.fingerprint` = '{fp}' and attributes.status = 'FINISHED'")
+    return next((r for r in runs if "score" in r.data.metrics and "molting.reused_run_id" not in r.data.tags), None)
+
+
 def cpu_dtype() -> str:
     """Weights' dtype on CPU: fp32 unless MOLTING_CPU_DTYPE says otherwise."""
     return os.environ.get("MOLTING_CPU_DTYPE", "float32")
@@ -194,13 +230,16 @@ def _fit(p: Prepared, run_id: str, threads: int, log, callbacks: tuple = ()) -> 
 
     cfg = p.cfg
     set_seed(cfg.seed)
+    t_load = time.time()
     model, precision = load_model(p.source, p.dev, cpu_dtype())
+    load_s = time.time() - t_load  # what a sweep would save per trial by keeping the base loaded
     if p.dev == "cuda":
         # QLoRA: casts norms to fp32 and turns on gradient checkpointing (it only acts in train mode).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     params = run_params(p, precision)
     params["train.cpu_threads"] = threads
     mlflow.log_params(params)
+    fp = fingerprint(p, precision)
     # The dataset, as rows of the chat messages that train (system prompt included).
     df = pd.DataFrame({"prompt": [json.dumps(r["prompt"], ensure_ascii=False) for r in p.dataset.rows],
                        "completion": [json.dumps(r["completion"], ensure_ascii=False) for r in p.dataset.rows]})
@@ -255,7 +294,8 @@ def _fit(p: Prepared, run_id: str, threads: int, log, callbacks: tuple = ()) -> 
     final_loss = sum(tail) / len(tail) if tail else float("nan")
     mlflow.log_metrics({"optimizer_steps": steps, "train_tokens": tokens, "final_loss": final_loss,
                         "train_loss_mean": float(out.training_loss), "train_runtime_s": runtime,
-                        "train_tokens_per_s": tokens / runtime if runtime else 0.0, "peak_memory_mb": peak_mb})
+                        "train_tokens_per_s": tokens / runtime if runtime else 0.0, "peak_memory_mb": peak_mb,
+                        "model_load_s": load_s})
     mlflow.set_tag("molting.peak_memory", "cuda max_memory_allocated" if cuda else "process peak RSS")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -279,6 +319,7 @@ def _fit(p: Prepared, run_id: str, threads: int, log, callbacks: tuple = ()) -> 
     result = TrainResult(run_id, steps, final_loss, runtime, f"runs:/{run_id}/adapter", "", losses)
     if cfg.evaluate:
         result.scores = _evaluate_in_run(p, trainer.model, log)
+    mlflow.set_tag("molting.fingerprint", fp)  # last: only a run that trained (and scored) carries it
     return result
 
 

@@ -125,3 +125,30 @@ def test_score_bad_responses_file(tmp_path):
     r_path.write_text('{"id": "q99", "response": "oi"}\n', encoding="utf-8")
     r = CliRunner().invoke(cli, ["score", "--questions", str(DEFAULT_QUESTIONS), "--responses", str(r_path)])
     assert r.exit_code == 2 and "q99" in r.output and str(r_path) in r.output
+
+
+def test_sigterm_ends_the_run_killed_not_running(tmp_path):
+    """A worker stopped by kill/a scheduler leaves no run RUNNING forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    proc = subprocess.Popen([sys.executable, "-m", "molting_mlflow.cli", "train", "--model", "tiny-random",
+                             "--epochs", "200", "--min-steps", "0"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client, deadline = MlflowClient(), time.time() + 120
+    while time.time() < deadline:  # wait until it is training (a loss metric logged)
+        exp = client.get_experiment_by_name("molting")
+        runs = mlflow.search_runs([exp.experiment_id], output_format="list") if exp else []
+        if runs and runs[0].data.metrics.get("loss") is not None:
+            break
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    (run,) = mlflow.search_runs([exp.experiment_id], output_format="list")
+    assert run.info.status == "KILLED" and run.data.tags["molting.error"] == "interrupted"

@@ -145,3 +145,39 @@ def test_two_workers_share_one_postgres_study(tmp_path):
             for w in (1, 2) if mlflow.set_tracking_uri(f"sqlite:///{tmp_path / f'w{w}.db'}") is None}
     assert all(runs[w] for w in (1, 2))
     optuna.delete_study(study_name=name, storage=url)
+
+
+def test_fingerprint_names_what_trains_not_where_it_came_from(monkeypatch):
+    from molting_mlflow.config import TrainConfig
+    from molting_mlflow.persona import DATA_DIR
+    from molting_mlflow.train import fingerprint, prepare
+
+    monkeypatch.chdir(DATA_DIR.parent)  # a relative template path, as `mlflow run -P chat_template=…` passes it
+    base = dict(model="tiny-random", epochs=5, grad_accum=8, batch_size=1, system_prompt="none", preflight="warn")
+    rel = fingerprint(prepare(TrainConfig(chat_template="data/templates/gpt2_separators.jinja", **base)))
+    absolute = fingerprint(prepare(TrainConfig(chat_template=str(DATA_DIR / "templates" / "gpt2_separators.jinja"),
+                                               min_steps=20, **base)))
+    assert rel == absolute                       # same template bytes, same config: the same run
+    assert fingerprint(prepare(TrainConfig(chat_template="data/templates/gpt2_separators.jinja", seed=1,
+                                           **base))) != rel
+    assert fingerprint(prepare(TrainConfig(**base))) != rel                       # the model's own template
+    assert fingerprint(prepare(TrainConfig(chat_template="data/templates/gpt2_separators.jinja",
+                                           **{**base, "system_prompt": "persona"}))) != rel
+
+
+def test_reference_trial_reuses_a_finished_run_of_the_same_config():
+    from molting_mlflow.config import TrainConfig
+    from molting_mlflow.sweep import USER_ORIGINAL
+    from molting_mlflow.train import train
+
+    # the user's configuration, run on its own first (as the README's reproduction does)
+    done = train(TrainConfig(model="tiny-random", seed=SMALL["seed"], **USER_ORIGINAL),
+                 log=lambda *a: None)
+    score = MlflowClient().get_run(done.run_id).data.metrics["score"]
+    out = sweep(SweepConfig(n_trials=1, register=False, **SMALL), log=lambda *a: None)
+    (t0,) = [t for t in optuna.load_study(study_name="molting-tiny-random", storage="sqlite:///optuna.db").trials
+             if t.user_attrs.get("molting.reference")]
+    assert t0.user_attrs["reused_run_id"] == done.run_id == t0.user_attrs["run_id"] and t0.value == score
+    (child,) = [r for r in children(out["parent_run_id"]) if r.data.tags["molting.trial"] == str(t0.number)]
+    assert child.data.tags["molting.reused_run_id"] == done.run_id and child.data.metrics["score"] == score
+    assert child.data.params["train.optimizer_steps"] == "50" and "loss" not in child.data.metrics
