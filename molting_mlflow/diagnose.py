@@ -156,8 +156,9 @@ def findings(run: RunData) -> list[Finding]:
                            [f"loss fell {drop:.0%} over the last {THRESHOLDS['tail_share']:.0%} of steps "
                             f"(metric loss, steps {run.losses[-1][0] - len(run.losses) // 4}–{run.losses[-1][0]})"]))
     if final is not None and final > THRESHOLDS["high_final_loss"]:
-        out.append(Finding("high final loss", "medium" if below else "low", 0.0, "yes (config)",
-                           "more optimizer steps or a higher learning rate",
+        # With too few steps the high loss is that cause's symptom (its points are counted there).
+        out.append(Finding("high final loss", "low" if below else "medium", 0.0, "yes (config)",
+                           "more optimizer steps (see above)" if below else "more optimizer steps or a higher learning rate",
                            [f"final_loss {final:.3f} > {THRESHOLDS['high_final_loss']} (metric final_loss)"]))
 
     # Format: the template the run trained with.
@@ -194,6 +195,10 @@ def findings(run: RunData) -> list[Finding]:
         if injected:
             ev.append(f"preflight.json system_prompt: {injected[:160]}")
         ev += [f"{a['id']}: {a['response'][:90]!r} ({_reason(a, 'D1')})" for a in claims[:3]]
+        if not claims:  # no other name claimed: show what it said when asked who it is
+            probes = [a for a in run.answers if "identity probe" in a.get("reasons", "")]
+            ev += [f"asked {a.get('question', a['id'])!r}, it answered {a['response'][:70]!r} ({_reason(a, 'D1')})"
+                   for a in probes[:2]]
         out.append(Finding("no system prompt", _impact(pts) if pts else "high", round(pts, 2), "yes (config)",
                            "system_prompt=persona", ev))
     d1_lost = [a for a in run.answers if a["d1_identity"] < 2]
