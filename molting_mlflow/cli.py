@@ -263,7 +263,7 @@ def compare(experiment, csv_path, all_columns):
 @click.option("--n-trials", default=12, show_default=True, type=int, help="Trials the study should reach, references included.")
 @click.option("--target", default=5.0, show_default=True, type=float, help="Rubric score to beat.")
 @click.option("--stop-at-target", default=False, type=click.BOOL, show_default=True, help="End the study once beaten.")
-@click.option("--storage", default="", help="Optuna storage (SQLAlchemy URL); default sqlite:///optuna.db here. "
+@click.option("--storage", default="", help="Optuna storage (SQLAlchemy URL); default optuna.db beside a SQLite mlflow.db. "
               "postgresql://… lets several workers share one study.")
 @click.option("--study-name", default="", help="Default molting-<model>; the same name resumes the study.")
 @click.option("--grad-accum", default="1,2,4,8", show_default=True, help="Choices (comma-separated).")

@@ -78,7 +78,14 @@ class SweepConfig:
         TrainConfig(model=self.model, dataset=self.dataset, min_steps=self.min_steps, seed=self.seed)
 
     def resolved_storage(self) -> str:
-        return self.storage or f"sqlite:///{Path.cwd() / 'optuna.db'}"
+        """The given URL; else optuna.db beside a SQLite MLflow store (sqlite:///…/mlflow.db), else here."""
+        if self.storage:
+            return self.storage
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+        folder = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else Path.cwd()
+        return f"sqlite:///{folder.resolve() / 'optuna.db'}"
 
     def resolved_study(self) -> str:
         return self.study_name or f"molting-{self.model}"
