@@ -17,6 +17,7 @@ import mlflow
 import mlflow.pyfunc
 from mlflow.tracking import MlflowClient
 
+from .persona import DATA_DIR
 from .rubric import DIMENSIONS
 
 
@@ -30,10 +31,16 @@ class PersonaAdapterModel(mlflow.pyfunc.PythonModel):
         set_threads()
         self.model, self.tok, self.meta = load_adapter_model(Path(context.artifacts["adapter"]))
 
-    def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
+    # No type hints on purpose: MLflow 3 derives a signature from them and then drops the logged
+    # signature's params schema, so `params={"max_new_tokens": …}` would be ignored with a warning.
+    def predict(self, context, model_input, params=None):
         from .rubric import Question
 
-        questions = [model_input] if isinstance(model_input, str) else list(model_input)
+        if hasattr(model_input, "columns"):      # MLflow hands a string-column signature a DataFrame
+            model_input = model_input.iloc[:, 0].tolist()
+        elif hasattr(model_input, "tolist"):     # a Series or an array
+            model_input = model_input.tolist()
+        questions = [model_input] if isinstance(model_input, str) else [str(q) for q in model_input]
         from .evaluate import generate
 
         qs = [Question(id=str(i), question=q, identity_probe=False, facts=[], forbidden=[], topic=[])
@@ -62,7 +69,9 @@ def register_adapter(run_id: str, preset: str, target: float = 5.0, log=print) -
         info = mlflow.pyfunc.log_model(
             name="persona_model", python_model=PersonaAdapterModel(), artifacts={"adapter": str(local)},
             signature=signature,
-            code_paths=[str(Path(__file__).parent)], registered_model_name=name,
+            # the package and its data/ side by side, as in the repo: persona, questions and the
+            # tiny-random tokenizer's corpus resolve from the copy when the model loads elsewhere
+            code_paths=[str(Path(__file__).parent), str(DATA_DIR)], registered_model_name=name,
             pip_requirements=["torch", "transformers", "peft", "bitsandbytes", "mlflow", "gguf", "pyyaml"])
     version = str(info.registered_model_version)
     quant = "nf4-double-quant/bf16-compute" if meta.get("device_trained") == "cuda" else "none (fp32 LoRA on CPU)"

@@ -85,8 +85,8 @@ def test_registry_aliases_and_fresh_process_load(tmp_path):
     v1 = register_adapter(r.run_id, "tiny-random", target=score - 1, log=lambda *a: None)
     v2 = register_adapter(r.run_id, "tiny-random", target=score - 1, log=lambda *a: None)
     c = MlflowClient()
-    assert c.get_model_version_by_alias("molting-tiny-random", "champion").version == v1  # v2 does not beat v1
-    assert c.get_model_version_by_alias("molting-tiny-random", "candidate").version == v2
+    assert str(c.get_model_version_by_alias("molting-tiny-random", "champion").version) == v1  # v2 does not beat v1
+    assert str(c.get_model_version_by_alias("molting-tiny-random", "candidate").version) == v2
     tags = c.get_model_version("molting-tiny-random", v1).tags
     assert tags["base_model"] == "tiny-random" and tags["source_run"] == r.run_id
     assert tags["quantization"].startswith("none") and float(tags["score"]) == pytest.approx(score)
@@ -94,6 +94,7 @@ def test_registry_aliases_and_fresh_process_load(tmp_path):
     assert [row["aliases"] for row in list_versions("molting-tiny-random")] == ["champion", "candidate"]
 
     code = ("import mlflow, json; m = mlflow.pyfunc.load_model('models:/molting-tiny-random@champion');"
+            "assert m.metadata.get_params_schema() is not None, 'max_new_tokens must be a declared param';"
             "print(json.dumps(m.predict(['Quem é você?'], params={'max_new_tokens': 4})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}, cwd=tmp_path)
