@@ -191,9 +191,9 @@ def sweep(sc: SweepConfig, log=print) -> dict:
                 mlflow.log_params({f"train.{k}": v for k, v in asdict(cfg_r).items()
                                    if k in ("epochs", "grad_accum", "batch_size", "lr", "lora_r")})
                 mlflow.log_metric("optimizer_steps", steps)
-            trial.set_user_attr("prune_reason", reason)
-            trial.set_user_attr("steps_pruned", True)
-            raise optuna.TrialPruned(reason)
+                trial.set_user_attr("prune_reason", reason)
+                trial.set_user_attr("steps_pruned", True)
+                raise optuna.TrialPruned(reason)  # inside: the child run ends KILLED, like an epoch-pruned one
         t_trial = time.time()
         prepared = prepare(cfg)
         done = find_finished_run(fingerprint(prepared), sc.experiment) if sc.reuse else None

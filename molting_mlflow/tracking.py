@@ -32,6 +32,9 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id and not nested and mlflow.active_run() is None:
         run = mlflow.start_run(run_id=run_id)
+        # Consumed, as mlflow.start_run() does when it reads it itself: left set, the first nested
+        # start_run (a sweep's first trial) would resume this run instead of making a child.
+        os.environ.pop("MLFLOW_RUN_ID", None)
         exp = mlflow.get_experiment(run.info.experiment_id)
         if exp.name != experiment:
             print(f"molting: note: `mlflow run` put this run in experiment '{exp.name}', not '{experiment}'; "

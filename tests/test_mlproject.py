@@ -47,3 +47,17 @@ def test_mlflow_run_user_config_stops_at_preflight():
     assert "50 optimizer steps" in r.stdout + r.stderr
     (run,) = mlflow.search_runs(experiment_names=["molting"], output_format="list")
     assert run.info.status == "FAILED" and run.data.tags["molting.preflight"] == "fail"
+
+
+def test_mlflow_run_sweep_nests_every_trial_under_the_run_mlflow_made():
+    """`mlflow run` hands its run over in MLFLOW_RUN_ID; the first trial must still be a child."""
+    r = mlflow_run("model=tiny-random", "n_trials=2", "epochs=1,2", "min_steps=10", "register=false", "seed=3",
+                   entry="sweep")
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = mlflow.search_runs(experiment_names=["molting"], output_format="list")
+    (parent,) = [x for x in runs if "mlflow.parentRunId" not in x.data.tags]
+    assert parent.data.tags["molting.stage"] == "sweep" and "optimizer_steps" not in parent.data.metrics
+    kids = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(kids) == len(runs) - 1 >= 2
+    assert any(k.data.tags.get("molting.reference") == "user-original" and k.data.tags["molting.trial"] == "0"
+               for k in kids)
