@@ -156,8 +156,8 @@ def sweep(sc: SweepConfig, log=print) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # A worker that dies stops beating; after grace_period its trial is marked FAIL and re-queued once.
-    storage = RDBStorage(sc.resolved_storage(), heartbeat_interval=30, grace_period=120,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    storage = _open_storage(RDBStorage, sc.resolved_storage(), heartbeat_interval=30, grace_period=120,
+                            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
     sampler = optuna.samplers.TPESampler(seed=sc.seed, multivariate=True, n_startup_trials=4)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     study = optuna.create_study(study_name=sc.resolved_study(), storage=storage, direction="maximize",
@@ -252,6 +252,20 @@ def _reuse(done, tags: dict, trial, experiment: str):
     return scores, done.info.run_id, int(m.get("optimizer_steps", 0)), m.get("final_loss", float("nan"))
 
 
+def _open_storage(cls, url: str, **kw):
+    """Open Optuna's RDB storage. Workers started together on an empty database race to create its
+    schema (PostgreSQL: duplicate `CREATE TYPE studydirection`); the loser retries and finds it made."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(6):
+        try:
+            return cls(url, **kw)
+        except (IntegrityError, ProgrammingError):
+            if attempt == 5:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def _enough_trials(n: int):
     """Stop once the study holds n trials that trained (step-pruned ones cost seconds and don't
     count), or 5·n trials in all, so a search space with no valid configuration still ends.
@@ -305,16 +319,33 @@ def _log_study(study, sc: SweepConfig, wall_s: float, parent_run_id: str, log) -
     out = {"best": best, "refs": refs, "metrics": metrics, "parent_run_id": parent_run_id}
     log(_summary_md(sc, best, refs, pruned, hit, wall_s))
     user = next((t for t in refs if t.user_attrs["molting.reference"] == "user-original"), None)
+    if best is not None and not _in_this_store(best.user_attrs["run_id"]):
+        # Workers sharing a study but not a tracking server: the best run lives in another store.
+        log(f"best trial #{best.number} ran on another worker (run {best.user_attrs['run_id'][:8]} is not in "
+            f"{mlflow.get_tracking_uri()}): no diagnosis or registration here; share one tracking server "
+            "(MLFLOW_TRACKING_URI) across workers to get them")
+        return out
     if best is not None:
         from .diagnose import report
 
-        text = report(best.user_attrs["run_id"], user.user_attrs["run_id"] if user else None)
-        mlflow.log_text(text, "diagnosis_best_vs_user.md")
+        user_id = user.user_attrs["run_id"] if user and _in_this_store(user.user_attrs["run_id"]) else None
+        mlflow.log_text(report(best.user_attrs["run_id"], user_id), "diagnosis_best_vs_user.md")
     if sc.register and best is not None:
         from .registry import register_best
 
         out["version"] = register_best(best.user_attrs["run_id"], sc.model, sc.target, log)
     return out
+
+
+def _in_this_store(run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient().get_run(run_id)
+        return True
+    except MlflowException:
+        return False
 
 
 def _write_plots(study, folder: Path) -> None:

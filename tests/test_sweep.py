@@ -118,10 +118,26 @@ def _postgres_url():
     return None
 
 
-def test_two_workers_share_one_postgres_study(tmp_path):
+@pytest.fixture
+def fresh_postgres():
+    """A new, empty database per test: both workers race to create Optuna's schema, as on a new server."""
     url = _postgres_url()
     if url is None:
         pytest.skip("no PostgreSQL answers on 127.0.0.1:5432 (database test, trust auth)")
+    import psycopg2
+
+    user = url.split("//")[1].split("@")[0]
+    db = f"molting_test_{uuid.uuid4().hex[:8]}"
+    con = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user=user)
+    con.autocommit = True
+    con.cursor().execute(f"CREATE DATABASE {db}")
+    yield url.rsplit("/", 1)[0] + f"/{db}"
+    con.cursor().execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    con.close()
+
+
+def test_two_workers_share_one_postgres_study(tmp_path, fresh_postgres):
+    url = fresh_postgres
     name = f"molting-test-{uuid.uuid4().hex[:8]}"
     cmd = [sys.executable, "-m", "molting_mlflow.cli", "sweep", "--model", "tiny-random", "--epochs", "1,2",
            "--min-steps", "10", "--n-trials", "4", "--storage", url, "--study-name", name,
@@ -145,7 +161,6 @@ def test_two_workers_share_one_postgres_study(tmp_path):
                                   filter_string="tags.`molting.trial` != ''")
             for w in (1, 2) if mlflow.set_tracking_uri(f"sqlite:///{tmp_path / f'w{w}.db'}") is None}
     assert all(runs[w] for w in (1, 2))
-    optuna.delete_study(study_name=name, storage=url)
 
 
 def test_fingerprint_names_what_trains_not_where_it_came_from(monkeypatch):
