@@ -96,24 +96,9 @@ BENCH_VOCAB = 366  # 16,400 tokens an epoch on the shipped dataset, as the basel
 def bench_tokenizer(vocab_size: int = BENCH_VOCAB):
     """models.build_tiny_random()'s tokenizer (same corpus, specials, ChatML template, ids 0-2),
     with a smaller vocabulary so that examples have realistic lengths (see the module docstring)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from molting_mlflow.models import tiny_tokenizer
 
-    from molting_mlflow.models import CHATML
-    from molting_mlflow.persona import DATA_DIR
-
-    corpus = [(DATA_DIR / "dataset_personality_v1.json").read_text(encoding="utf-8"),
-              (DATA_DIR / "persona.yaml").read_text(encoding="utf-8")]
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                                        show_progress=False,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<|endoftext|>", bos_token="<|im_start|>",
-                                  eos_token="<|im_end|>", pad_token="<|im_end|>")
-    tok.chat_template = CHATML
+    tok = tiny_tokenizer(vocab_size)
     assert tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [1, 2]
     return tok
 

@@ -24,6 +24,10 @@ from .rubric import DIMENSIONS
 class PersonaAdapterModel(mlflow.pyfunc.PythonModel):
     """predict(["Quem é você?", ...]) → the persona's answers, one a question."""
 
+    # MLflow's own switch (see PythonModel.__init_subclass__): the logged signature, params included,
+    # governs; without it MLflow wraps predict and warns about missing type hints on every load.
+    _skip_type_hint_validation = True
+
     def load_context(self, context):
         from .evaluate import load_adapter_model
         from .train import set_threads
