@@ -19,6 +19,12 @@ PREFLIGHT_MODES = ("strict", "warn")
 DEFAULT_MIN_STEPS = 150
 
 
+def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one epoch. The trainer drops no partial batch: ceil(examples / batch)
+    micro-batches, and an epoch ends with an optimizer step even if fewer than grad_accum remain."""
+    return math.ceil(math.ceil(n_examples / batch_size) / grad_accum)
+
+
 class ConfigError(ValueError):
     """A nonsense setting; the message names the field, the value and the expected form."""
 
@@ -91,9 +97,7 @@ class TrainConfig:
         return replace(self, **filled)
 
     def steps_per_epoch(self, n_examples: int) -> int:
-        # The trainer drops no partial batch: ceil(examples / batch) micro-batches, and an epoch
-        # ends with an optimizer step even if fewer than grad_accum micro-batches remain.
-        return math.ceil(math.ceil(n_examples / self.batch_size) / self.grad_accum)
+        return steps_per_epoch(n_examples, self.batch_size, self.grad_accum)
 
     def optimizer_steps(self, n_examples: int) -> int:
         return self.steps_per_epoch(n_examples) * self.epochs

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import steps_per_epoch
 from .rubric import DIMENSIONS
 
 THRESHOLDS = {
@@ -135,11 +136,11 @@ def findings(run: RunData) -> list[Finding]:
     if steps and steps < min_steps:
         ex, bs, ga, ep = (int(nums.get("examples", p.get("data.examples", 0))), int(p["train.batch_size"]),
                           int(p["train.grad_accum"]), int(p["train.epochs"]))
-        per = math.ceil(math.ceil(ex / bs) / ga)
+        per = steps_per_epoch(ex, bs, ga)
         changes = []
         if ga > 1:
             ga2 = max(1, ga // 2)
-            changes.append(f"grad_accum {ga} → {ga2} gives {math.ceil(math.ceil(ex / bs) / ga2) * ep} optimizer steps")
+            changes.append(f"grad_accum {ga} → {ga2} gives {steps_per_epoch(ex, bs, ga2) * ep} optimizer steps")
         need = math.ceil(min_steps / per)
         changes.append(f"epochs {ep} → {need} gives {per * need}")
         pts = (10 - score) if below else 0.0
