@@ -355,18 +355,16 @@ def _quiet_progress():
 
 
 def _marked_example(trainer, tok) -> str:
-    """Example 0 as the trainer tokenized it, trained spans between ⟦ and ⟧."""
+    """Example 0 as the trainer tokenized it, trained spans between ⟦ and ⟧. Each span is decoded
+    whole: decoding token by token would split a multi-byte character (🦞 is 3 byte tokens) into �."""
+    from itertools import groupby
+
     row = trainer.train_dataset[0]
     ids, labels = row["input_ids"], row["labels"]
-    out, inside = [], False
-    for i, lab in zip(ids, labels):
-        trained = lab != -100
-        if trained != inside:
-            out.append("⟦" if trained else "⟧")
-            inside = trained
-        out.append(tok.decode([i]))
-    if inside:
-        out.append("⟧")
+    out = []
+    for trained, span in groupby(zip(ids, labels), key=lambda il: il[1] != -100):
+        text = tok.decode([i for i, _ in span])
+        out.append(f"⟦{text}⟧" if trained else text)
     return ("# Example 0 exactly as it trains; loss only on the text between ⟦ and ⟧.\n"
             f"# {len(ids)} tokens, {sum(lab != -100 for lab in labels)} trained.\n\n" + "".join(out) + "\n")
 

@@ -137,3 +137,18 @@ def test_compare_table(tiny_run, monkeypatch):
     assert len(pd.read_csv("runs.csv")) == 1
     r = CliRunner().invoke(cli, ["compare", "--experiment", "nope"])
     assert r.exit_code == 2 and "no experiment named 'nope'" in r.output
+
+
+def test_marked_example_keeps_multibyte_characters_whole():
+    """A character split over byte-level tokens (🐢 here) is decoded whole in its span, not shown as �."""
+    from types import SimpleNamespace
+
+    from molting_mlflow.models import tiny_tokenizer
+    from molting_mlflow.train import _marked_example
+
+    tok = tiny_tokenizer()
+    prompt, answer = tok.encode("Oi"), tok.encode(" Sou o Cláudio 🐢<|im_end|>")
+    assert len(tok.encode("🐢")) > 1  # the case under test: a character split over tokens
+    row = {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}
+    text = _marked_example(SimpleNamespace(train_dataset=[row]), tok)
+    assert "Oi⟦ Sou o Cláudio 🐢<|im_end|>⟧" in text and "\ufffd" not in text
