@@ -70,6 +70,7 @@ def set_threads() -> int:
 def prepare(cfg: TrainConfig) -> Prepared:
     """Resolve and check everything; raises ConfigError/ModelError/DatasetError/PersonaError on bad input."""
     cfg = cfg.resolve()
+    cpu_autocast()  # a bad MOLTING_CPU_AMP fails here, before a run opens
     persona = load_persona(cfg.persona)
     source = resolve_model(cfg.model)
     if cfg.system_prompt == "none":
@@ -148,7 +149,7 @@ def fingerprint(p: Prepared, precision: str | None = None) -> str:
     import hashlib
 
     if precision is None:
-        precision = "nf4-double-quant/bf16-compute" if p.dev == "cuda" else cpu_dtype()
+        precision = "nf4-double-quant/bf16-compute" if p.dev == "cuda" else cpu_precision(cpu_dtype())
     ident = {k: str(v) for k, v in run_params(p, precision).items() if k not in _NOT_IN_FINGERPRINT}
     ident.update({
         "system_prompt_text": p.system_prompt_text or "",
@@ -176,8 +177,19 @@ def cpu_dtype() -> str:
 
 
 def cpu_autocast() -> bool:
-    """bf16 autocast on CPU (fp32 master weights) when MOLTING_CPU_AMP=bf16."""
-    return os.environ.get("MOLTING_CPU_AMP", "") == "bf16"
+    """bf16 autocast on CPU (fp32 master weights) when MOLTING_CPU_AMP=bf16. Only pays on a CPU with
+    native bf16 (avx512_bf16/AMX: 1.15× at batch 1, benchmarks/cpu_train.py); ~50× slower on AVX2."""
+    from .config import ConfigError
+
+    amp = os.environ.get("MOLTING_CPU_AMP", "").strip().lower()
+    if amp not in ("", "off", "bf16"):
+        raise ConfigError(f"MOLTING_CPU_AMP={amp!r} is invalid: expected bf16 or off (unset = off)")
+    return amp == "bf16"
+
+
+def cpu_precision(loaded: str) -> str:
+    """What CPU training computes in, as train.precision records it: the weights' dtype (+ autocast)."""
+    return f"{loaded}+bf16-autocast" if cpu_autocast() else loaded
 
 
 def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | None = None,
@@ -232,6 +244,8 @@ def _fit(p: Prepared, run_id: str, threads: int, log, callbacks: tuple = ()) -> 
     set_seed(cfg.seed)
     t_load = time.time()
     model, precision = load_model(p.source, p.dev, cpu_dtype())
+    if p.dev != "cuda":
+        precision = cpu_precision(precision)
     load_s = time.time() - t_load  # what a sweep would save per trial by keeping the base loaded
     if p.dev == "cuda":
         # QLoRA: casts norms to fp32 and turns on gradient checkpointing (it only acts in train mode).

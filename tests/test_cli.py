@@ -35,6 +35,14 @@ def test_bad_input_is_one_line_exit_2(args, expected):
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
 
 
+def test_bad_cpu_amp_setting_is_one_line_exit_2(monkeypatch):
+    monkeypatch.setenv("MOLTING_CPU_AMP", "fp16")
+    r = CliRunner().invoke(cli, TINY)
+    assert r.exit_code == 2 and "MOLTING_CPU_AMP='fp16' is invalid: expected bf16 or off" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert not mlflow.search_runs(search_all_experiments=True, output_format="list")  # stopped before a run opened
+
+
 def test_malformed_dataset_names_file_and_example(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "oi"}, {"role": "assistant", "content": "opa"}]}\n'

@@ -181,6 +181,21 @@ def test_fingerprint_names_what_trains_not_where_it_came_from(monkeypatch):
                                            **{**base, "system_prompt": "persona"}))) != rel
 
 
+def test_cpu_bf16_autocast_is_recorded_and_fingerprinted(monkeypatch):
+    """MOLTING_CPU_AMP=bf16 trains a different adapter: train.precision says so and a sweep never
+    reuses an fp32 run for it; the fingerprint looked up before loading equals the one logged after."""
+    from molting_mlflow.config import TrainConfig
+    from molting_mlflow.train import cpu_dtype, cpu_precision, fingerprint, prepare
+
+    cfg = TrainConfig(model="tiny-random", epochs=2, grad_accum=1, min_steps=0)
+    fp32 = fingerprint(prepare(cfg))
+    assert cpu_precision(cpu_dtype()) == "float32" and fingerprint(prepare(cfg), "float32") == fp32
+    monkeypatch.setenv("MOLTING_CPU_AMP", "bf16")
+    p = prepare(cfg)
+    assert cpu_precision(cpu_dtype()) == "float32+bf16-autocast"
+    assert fingerprint(p) == fingerprint(p, "float32+bf16-autocast") != fp32
+
+
 def test_reference_trial_reuses_a_finished_run_of_the_same_config():
     from molting_mlflow.config import TrainConfig
     from molting_mlflow.sweep import USER_ORIGINAL
