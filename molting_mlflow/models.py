@@ -298,17 +298,25 @@ def load_tokenizer(source: ModelSource):
     return AutoTokenizer.from_pretrained(source.path, local_files_only=True)
 
 
+def load_precision(source: ModelSource, dev: str, cpu_dtype: str = "float32") -> str:
+    """What load_model loads the base in, for the params; known before loading (a sweep's reuse
+    lookup fingerprints a trial before any weight loads)."""
+    if source.kind == "tiny-random":
+        return "float32"
+    return "nf4-double-quant/bf16-compute" if dev == "cuda" else cpu_dtype
+
+
 def load_model(source: ModelSource, dev: str, cpu_dtype: str = "float32"):
     """The base model, ready for LoRA: QLoRA (NF4, double quant, bf16 compute) on CUDA, plain on CPU.
 
-    Returns (model, precision) where precision describes what was loaded, for the params.
+    Returns (model, precision) where precision (load_precision) describes what was loaded, for the params.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
     if source.kind == "tiny-random":
         model, _ = build_tiny_random()
-        return model.to(dev), "float32"
+        return model.to(dev), load_precision(source, dev, cpu_dtype)
     if dev == "cuda":
         from transformers import BitsAndBytesConfig
 
@@ -316,6 +324,6 @@ def load_model(source: ModelSource, dev: str, cpu_dtype: str = "float32"):
                                  bnb_4bit_compute_dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=bnb, dtype=torch.bfloat16,
                                                      device_map={"": 0}, local_files_only=True)
-        return model, "nf4-double-quant/bf16-compute"
+        return model, load_precision(source, dev, cpu_dtype)
     model = AutoModelForCausalLM.from_pretrained(source.path, dtype=getattr(torch, cpu_dtype), local_files_only=True)
-    return model, cpu_dtype
+    return model, load_precision(source, dev, cpu_dtype)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .data import ChatDataset, load_dataset
-from .models import ModelSource, device, load_model, load_tokenizer, resolve_model, sha256_file
+from .models import ModelSource, device, load_model, load_precision, load_tokenizer, resolve_model, sha256_file
 from .evaluate import DEFAULT_QUESTIONS
 from .persona import load_persona
 from .preflight import PreflightReport, run_preflight
@@ -149,7 +149,7 @@ def fingerprint(p: Prepared, precision: str | None = None) -> str:
     import hashlib
 
     if precision is None:
-        precision = "nf4-double-quant/bf16-compute" if p.dev == "cuda" else cpu_precision(cpu_dtype())
+        precision = training_precision(p)
     ident = {k: str(v) for k, v in run_params(p, precision).items() if k not in _NOT_IN_FINGERPRINT}
     ident.update({
         "system_prompt_text": p.system_prompt_text or "",
@@ -190,6 +190,13 @@ def cpu_autocast() -> bool:
 def cpu_precision(loaded: str) -> str:
     """What CPU training computes in, as train.precision records it: the weights' dtype (+ autocast)."""
     return f"{loaded}+bf16-autocast" if cpu_autocast() else loaded
+
+
+def training_precision(p: Prepared) -> str:
+    """train.precision: what the base loads in (load_precision), plus CPU autocast; one derivation
+    for the logged param and the fingerprint a sweep looks up before loading."""
+    loaded = load_precision(p.source, p.dev, cpu_dtype())
+    return loaded if p.dev == "cuda" else cpu_precision(loaded)
 
 
 def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | None = None,
@@ -243,9 +250,8 @@ def _fit(p: Prepared, run_id: str, threads: int, log, callbacks: tuple = ()) -> 
     cfg = p.cfg
     set_seed(cfg.seed)
     t_load = time.time()
-    model, precision = load_model(p.source, p.dev, cpu_dtype())
-    if p.dev != "cuda":
-        precision = cpu_precision(precision)
+    model, _ = load_model(p.source, p.dev, cpu_dtype())
+    precision = training_precision(p)
     load_s = time.time() - t_load  # what a sweep would save per trial by keeping the base loaded
     if p.dev == "cuda":
         # QLoRA: casts norms to fp32 and turns on gradient checkpointing (it only acts in train mode).
