@@ -1,7 +1,7 @@
 """CPU training speed of the real train path (TRL SFTTrainer + LoRA r=16, all linear layers) on
 smol, settings side by side in one run: fp32 vs bf16 autocast, batch 1 vs 4.
 
-Prints a table: optimizer steps, seconds, answer-token loss at the end, tokens/s (tokens actually
+Prints a table: optimizer steps, seconds, final loss (answer tokens, mean of the last 10 steps), tokens/s (tokens actually
 processed, padding excluded), and each setting's speed relative to fp32 batch 1.
 Usage: MOLTING_THREADS=2 python benchmarks/cpu_train.py [--examples 24]
 """
@@ -40,7 +40,7 @@ def main():
         rows.append((name, r.optimizer_steps, m["train_runtime_s"], m["final_loss"], m["train_tokens_per_s"]))
     base = rows[0][4]
     print(f"\nsmol, {args.examples} examples, 1 epoch, LoRA r=16 all linear, {os.environ.get('MOLTING_THREADS', 'all')} threads\n")
-    print("| setting | steps | seconds | last-step loss | tokens/s | vs fp32 batch 1 |")
+    print("| setting | steps | seconds | final loss (last 10 steps) | tokens/s | vs fp32 batch 1 |")
     print("|---|---|---|---|---|---|")
     for name, steps, secs, loss, tps in rows:
         print(f"| {name} | {steps} | {secs:.1f} | {loss:.3f} | {tps:.0f} | {tps / base:.2f}× |")
