@@ -13,35 +13,6 @@ from dataclasses import fields
 import click
 
 from .config import TrainConfig
-from .presets import PRESETS
-
-# Help text per TrainConfig field; the options are generated from the dataclass so that the
-# CLI, the MLproject parameters and the logged params share one set of names.
-TRAIN_HELP = {
-    "model": "Preset (" + ", ".join(f"{k}" for k in PRESETS) + "), a local model folder, or a hub id in your "
-             "HF cache. tiny-random is random weights, for plumbing tests only.",
-    "dataset": "Chat examples: JSON list or JSONL of messages / ShareGPT / Alpaca / prompt-completion.",
-    "epochs": "Passes over the dataset ('preset': the preset's default).",
-    "grad_accum": "Micro-batches per optimizer step ('preset').",
-    "batch_size": "Examples per micro-batch ('preset').",
-    "lr": "Peak learning rate, linear decay ('preset').",
-    "lora_r": "LoRA rank ('preset').",
-    "lora_alpha": "LoRA alpha ('preset').",
-    "lora_dropout": "LoRA dropout.",
-    "max_seq_len": "Token limit per example; longer ones are truncated ('preset').",
-    "warmup_ratio": "Share of optimizer steps spent warming the learning rate up.",
-    "seed": "Random seed (data order, LoRA init).",
-    "experiment": "MLflow experiment name.",
-    "system_prompt": "'persona' (the persona's), 'none' (train without one, as the user did), or the text.",
-    "chat_template": "'model' (the tokenizer's own) or a Jinja file, e.g. data/templates/gpt2_separators.jinja.",
-    "preflight": "strict: pre-flight errors stop the run; warn: log them and train anyway.",
-    "min_steps": "Pre-flight minimum of optimizer steps.",
-    "persona": "Persona card (YAML): system prompt and the rubric's lists.",
-    "evaluate": "End the run by scoring the adapter with Rubric v1.0 (true/false).",
-    "eval_max_new_tokens": "Token limit of each evaluation answer.",
-}
-PRESET_FIELDS = {"epochs", "grad_accum", "batch_size", "lr", "lora_r", "lora_alpha", "max_seq_len"}
-
 
 class UserError(click.ClickException):
     """A mistake in the input: one line, exit code 2."""
@@ -77,16 +48,15 @@ def user_errors(fn):
     def wrapper(*a, **kw):
         from .config import ConfigError
         from .data import DatasetError
-        from .models import ModelError
-        from .persona import PersonaError
-
         from .diagnose import DiagnoseError
-        from .evaluate import AdapterError
+        from .models import AdapterError, ModelError
+        from .persona import PersonaError
         from .rubric import RubricInputError
+        from .runtime import PlanError
         from .train import PreflightFailed
 
         errors = (ConfigError, DatasetError, ModelError, PersonaError, AdapterError, RubricInputError,
-                  PreflightFailed, DiagnoseError)
+                  PreflightFailed, DiagnoseError, PlanError)
         try:
             return fn(*a, **kw)
         except errors as e:
@@ -114,17 +84,17 @@ class MoltingGroup(click.Group):
 
 
 def train_options(fn):
-    """One click option per TrainConfig field, with the dataclass default."""
+    """One click option per TrainConfig field, with the field's default and help."""
     for f in reversed(fields(TrainConfig)):
         name = "--" + f.name.replace("_", "-")
-        if f.name in PRESET_FIELDS:
-            kind = float if f.name == "lr" else int
+        if f.metadata.get("preset"):
+            kind = float if f.name in ("lr", "lora_dropout") else int
             fn = click.option(name, f.name, type=PresetOr(kind), default="preset", show_default=True,
-                              help=TRAIN_HELP[f.name])(fn)
+                              help=f.metadata["help"])(fn)
         else:
             kind = {bool: click.BOOL, int: int, float: float}.get(type(f.default), str)
             fn = click.option(name, f.name, type=kind, default=f.default, show_default=True,
-                              help=TRAIN_HELP[f.name])(fn)
+                              help=f.metadata["help"])(fn)
     return fn
 
 
@@ -140,6 +110,8 @@ def cli():
     Start with: molting train   (SmolLM2-135M on the shipped Cláudio dataset, CPU is fine)
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # the artifacts read here are kilobytes: MLflow's per-download progress bar is only noise
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     _sigterm_as_interrupt()
 
 
@@ -202,7 +174,7 @@ def preflight(**kw):
 @click.option("--experiment", default="molting", show_default=True, help="MLflow experiment name.")
 @user_errors
 def evaluate(run_id, adapter, model, questions, max_new_tokens, batch_size, seed, experiment):
-    """Answer the evaluation questions and score them with Rubric v1.0 (D1–D5) in a new MLflow run.
+    """Answer the evaluation questions and score them with the rubric (D1–D5, ref_nll, ref_chrf) in a new MLflow run.
 
     \b
     Examples:
@@ -210,8 +182,9 @@ def evaluate(run_id, adapter, model, questions, max_new_tokens, batch_size, seed
       molting evaluate --adapter models:/molting-smol@champion
       molting evaluate                           # the bare smol model: the baseline
     """
-    from .evaluate import DEFAULT_QUESTIONS, EvalConfig
+    from .evaluate import EvalConfig
     from .evaluate import evaluate as run_eval
+    from .paths import DEFAULT_QUESTIONS
 
     run_eval(EvalConfig(run_id=run_id, adapter=adapter, model=model, questions=questions or str(DEFAULT_QUESTIONS),
                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, experiment=experiment))
@@ -223,13 +196,14 @@ def evaluate(run_id, adapter, model, questions, max_new_tokens, batch_size, seed
 @click.option("--persona", default=None, help="Persona card (YAML). Default: data/persona.yaml.")
 @user_errors
 def score(questions, responses, persona):
-    """Score responses from anywhere (another model, a person) with Rubric v1.0; JSON to stdout.
+    """Score responses from anywhere (another model, a person) with the rubric; JSON to stdout.
 
     Example: molting score --questions data/eval_questions.json --responses answers.jsonl
     """
     import json
 
-    from .persona import DEFAULT_PERSONA, load_persona
+    from .paths import DEFAULT_PERSONA
+    from .persona import load_persona
     from .rubric import load_questions, load_responses, score_responses
 
     qs = load_questions(questions)
@@ -247,9 +221,14 @@ def compare(experiment, csv_path, all_columns):
 
     Example: molting compare --csv runs.csv
     """
-    from .compare import compare_runs
+    from .compare import compare_runs, rubric_versions
 
     table = compare_runs(experiment, all_columns)
+    versions = rubric_versions(table)
+    if len(versions) > 1:
+        click.echo(f"note: these runs were scored under rubric versions {', '.join(versions)}, whose scores are not "
+                   f"comparable; each version is ranked on its own. Bring them to one: molting rescore --experiment "
+                   f"{experiment}", err=True)
     if csv_path:
         table.to_csv(csv_path, index=False)
     import pandas as pd
@@ -343,7 +322,7 @@ def chat(ref, max_new_tokens, question):
 
     Example: molting chat --model models:/molting-smol@champion "Quem é você?"
     """
-    from .train import set_threads
+    from .runtime import set_threads
 
     set_threads()
     if ref.startswith("models:/"):
@@ -357,10 +336,11 @@ def chat(ref, max_new_tokens, question):
         def answer(q):
             return model.predict([q], params={"max_new_tokens": max_new_tokens})[0]
     else:
-        from .evaluate import generate, load_adapter_model, resolve_adapter
+        from .generation import generate
+        from .models import load_adapter_model, resolve_adapter
         from .rubric import Question
 
-        m, tok, meta = load_adapter_model(resolve_adapter(ref))
+        m, tok, meta, _ = load_adapter_model(resolve_adapter(ref))
 
         def answer(q):
             recs, _ = generate(m, tok, [Question("0", q, False, [], [], [])], meta.get("system_prompt"), max_new_tokens)
@@ -373,6 +353,30 @@ def chat(ref, max_new_tokens, question):
         if not q.strip():
             break
         click.echo(f"cláudio: {answer(q)}")
+
+
+@cli.command()
+@click.argument("run_ids", nargs=-1)
+@click.option("--experiment", default=None, help="Rescore every scored run of this experiment (with no RUN_IDS).")
+@user_errors
+def rescore(run_ids, experiment):
+    """Score runs again from their logged answers under the current rubric; no model is loaded.
+
+    Updates each run's D1–D5 and score metrics, its eval_results.json table and its rubric version.
+
+    \b
+    Examples:
+      molting rescore 3f2c9a81 7b1d0e44          # these runs
+      molting rescore --experiment molting       # every scored run of the experiment
+    """
+    from .config import ConfigError
+    from .rescore import rescore as run_rescore
+
+    if not run_ids and not experiment:
+        raise ConfigError("give run ids or --experiment <name> (see: molting rescore --help)")
+    out = run_rescore(list(run_ids), experiment, log=click.echo)
+    if out and all(r.skipped for r in out):
+        sys.exit(1)
 
 
 @cli.command()

@@ -1,9 +1,11 @@
-"""`molting compare`: one row per run of an experiment, best score first."""
+"""`molting compare`: one row per run of an experiment, best score first within each rubric version
+(scores of two versions are not comparable: the newest version's runs come first, and the CLI
+says so when more than one version is in the table)."""
 from __future__ import annotations
 
 from .rubric import DIMENSIONS
 
-METRICS = ["optimizer_steps", "final_loss", *DIMENSIONS, "score"]
+METRICS = ["optimizer_steps", "final_loss", "ref_nll", "ref_chrf", *DIMENSIONS, "score"]
 
 
 def compare_runs(experiment: str, all_columns: bool = False):
@@ -31,4 +33,13 @@ def compare_runs(experiment: str, all_columns: bool = False):
     for m in METRICS:
         col = f"metrics.{m}"
         out[m] = runs[col].round(3) if col in runs else None
-    return out.sort_values("score", ascending=False, na_position="last").reset_index(drop=True)
+    # a scored run without the tag was scored before versions were recorded: v1.0
+    tag = runs["tags.molting.rubric_version"] if "tags.molting.rubric_version" in runs else [None] * len(runs)
+    out["rubric"] = [None if pd.isna(score) else (v if isinstance(v, str) else "1.0")
+                     for score, v in zip(out["score"], tag)]
+    return out.sort_values(["rubric", "score"], ascending=[False, False], na_position="last").reset_index(drop=True)
+
+
+def rubric_versions(table) -> list[str]:
+    """The rubric versions of the scored runs in a compare table."""
+    return sorted(v for v in table.get("rubric", []).dropna().unique()) if len(table) else []

@@ -1,85 +1,113 @@
-"""TrainConfig: the one place a training run's settings live, validated on construction.
+"""TrainConfig: the one place a training run's settings live, each field with its default, its help
+and its bound side by side; validated on construction.
 
-The CLI options and the MLproject parameters carry the same names; `resolve()` fills what the
-user left to the preset, and `as_params()` is what the run logs as MLflow params, verbatim.
+The CLI options are generated from these fields (help text included), the MLproject parameters
+carry the same names (a test checks), `resolve()` fills what the user left to the preset, and
+`as_params()` is what the run logs as MLflow params, verbatim.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from .persona import DATA_DIR, DEFAULT_PERSONA
+from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from .presets import PRESETS
 
-DEFAULT_DATASET = DATA_DIR / "dataset_personality_v1.json"
+__all__ = ["ConfigError", "TrainConfig", "steps_per_epoch", "step_fixes", "DEFAULT_DATASET", "DEFAULT_PERSONA",
+           "DEFAULT_QUESTIONS", "DEFAULT_MIN_STEPS", "PREFLIGHT_MODES", "SYSTEM_PROMPT_MODES"]
+
 PREFLIGHT_MODES = ("strict", "warn")
+# How the system prompt reaches the model: the persona's, none, or folded into the first user turn
+# (for templates that drop the system turn); any other value is the prompt's text itself.
+SYSTEM_PROMPT_MODES = ("persona", "none", "fold")
 # Below this many optimizer steps the user's TinyLlama run (50 steps) never learned the persona
 # and smol did not either (50 steps: degenerate, 150: in persona). Overridable per run.
 DEFAULT_MIN_STEPS = 150
-
-
-def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
-    """Optimizer steps in one epoch. The trainer drops no partial batch: ceil(examples / batch)
-    micro-batches, and an epoch ends with an optimizer step even if fewer than grad_accum remain."""
-    return math.ceil(math.ceil(n_examples / batch_size) / grad_accum)
 
 
 class ConfigError(ValueError):
     """A nonsense setting; the message names the field, the value and the expected form."""
 
 
+def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one epoch: ceil(examples / (batch_size × grad_accum)). The trainer drops no
+    partial batch, and the last step of an epoch may see fewer examples (79 / (1 × 8) → 10 steps,
+    the last of 7 examples). Equal to ceil(ceil(n / batch) / grad_accum), whatever micro-batch the
+    runtime plan splits a step into."""
+    return math.ceil(n_examples / (batch_size * grad_accum))
+
+
+def _whole(lo: int):
+    return lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= lo)
+
+
+def opt(default, help: str, check=None, form: str = "", preset: bool = False):
+    """A TrainConfig field: default, help (the CLI's), check and expected form (the error's), and
+    whether `None` means the preset's default."""
+    return field(default=default, metadata={"help": help, "check": check, "form": form, "preset": preset})
+
+
 @dataclass
 class TrainConfig:
-    model: str = "smol"                  # preset name, local folder or hub id in the HF cache
-    dataset: str = str(DEFAULT_DATASET)  # JSON list or JSONL file of chat examples
-    epochs: int | None = None            # None: the preset's default
-    grad_accum: int | None = None        # examples per optimizer step = batch_size × grad_accum
-    batch_size: int | None = None
-    lr: float | None = None              # peak learning rate (linear decay after warmup)
-    lora_r: int | None = None
-    lora_alpha: int | None = None
-    lora_dropout: float = 0.05
-    max_seq_len: int | None = None       # tokens; longer examples are truncated (pre-flight counts them)
-    warmup_ratio: float = 0.05
-    seed: int = 42
-    experiment: str = "molting"
-    system_prompt: str = "persona"       # "persona": the persona's; "none": no system turn; else the text itself
-    chat_template: str = "model"         # "model": the tokenizer's own; else a Jinja file
-    preflight: str = "strict"            # strict: errors stop the run; warn: log them and train anyway
-    min_steps: int = DEFAULT_MIN_STEPS
-    persona: str = str(DEFAULT_PERSONA)
-    evaluate: bool = True                # end the run by scoring its adapter with Rubric v1.0
-    eval_max_new_tokens: int = 96        # token limit of each evaluation answer
+    model: str = opt("smol", f"Preset ({', '.join(PRESETS)}), a local model folder, or a hub id in your HF cache. "
+                     "tiny-random is random weights, for plumbing tests only.",
+                     lambda v: isinstance(v, str) and v.strip() != "", "a preset, a local folder or a hub id")
+    dataset: str = opt(str(DEFAULT_DATASET), "Chat examples: JSON list or JSONL of messages / ShareGPT / Alpaca / "
+                       "prompt-completion.")
+    epochs: int | None = opt(None, "Passes over the dataset ('preset': the preset's default).", _whole(1),
+                             "a whole number ≥ 1 (or 'preset')", preset=True)
+    grad_accum: int | None = opt(None, "batch_size × grad_accum examples make one optimizer step ('preset').",
+                                 _whole(1), "a whole number ≥ 1 (or 'preset')", preset=True)
+    batch_size: int | None = opt(None, "Examples per micro-batch as you split them; on a GPU the memory plan may "
+                                 "regroup a step's batch_size × grad_accum examples ('preset').",
+                                 _whole(1), "a whole number ≥ 1 (or 'preset')", preset=True)
+    lr: float | None = opt(None, "Peak learning rate, linear decay after warmup ('preset').",
+                           lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v < 1),
+                           "a learning rate in (0, 1), e.g. 2e-4 (or 'preset')", preset=True)
+    lora_r: int | None = opt(None, "LoRA rank ('preset').", _whole(1), "a whole number ≥ 1 (or 'preset')", preset=True)
+    lora_alpha: int | None = opt(None, "LoRA alpha ('preset').", _whole(1), "a whole number ≥ 1 (or 'preset')",
+                                 preset=True)
+    lora_dropout: float | None = opt(None, "LoRA dropout ('preset').",
+                                     lambda v: v is None or (isinstance(v, (int, float)) and 0 <= v < 1),
+                                     "a value in [0, 1) (or 'preset')", preset=True)
+    max_seq_len: int | None = opt(None, "Token limit per example; longer ones are truncated ('preset').",
+                                  lambda v: v is None or (isinstance(v, int) and 16 <= v <= 131072),
+                                  "a token count between 16 and 131072 (or 'preset')", preset=True)
+    warmup_ratio: float = opt(0.05, "Share of optimizer steps spent warming the learning rate up.",
+                              lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a value in [0, 1)")
+    seed: int = opt(42, "Random seed (data order, LoRA init).", _whole(0), "a whole number ≥ 0")
+    experiment: str = opt("molting", "MLflow experiment name (under `mlflow run`, the run's own experiment wins).",
+                          lambda v: isinstance(v, str) and v.strip() != "", "a non-empty experiment name")
+    system_prompt: str = opt("persona", "'persona' (the persona's), 'none' (train without one, as the user did), "
+                             "'fold' (into the first user turn, for templates that drop the system turn), or the text.",
+                             lambda v: isinstance(v, str) and v.strip() != "",
+                             "'persona', 'none', 'fold' or the prompt text")
+    chat_template: str = opt("model", "'model' (the tokenizer's own) or a Jinja file, e.g. "
+                             "data/templates/gpt2_separators.jinja.",
+                             lambda v: v == "model" or Path(v).is_file(),
+                             "'model' (the tokenizer's own) or an existing Jinja file, e.g. "
+                             "data/templates/gpt2_separators.jinja")
+    preflight: str = opt("strict", "strict: pre-flight errors stop the run; warn: log them and train anyway.",
+                         lambda v: v in PREFLIGHT_MODES, "one of: " + ", ".join(PREFLIGHT_MODES))
+    min_steps: int = opt(DEFAULT_MIN_STEPS, "Pre-flight minimum of optimizer steps.", _whole(0), "a whole number ≥ 0")
+    persona: str = opt(str(DEFAULT_PERSONA), "Persona card (YAML): system prompt, language and the rubric's lists.")
+    evaluate: bool = opt(True, "End the run by scoring the adapter with the rubric (true/false).",
+                         lambda v: isinstance(v, bool), "true or false")
+    eval_max_new_tokens: int = opt(96, "Token limit of each evaluation answer.",
+                                   lambda v: isinstance(v, int) and 1 <= v <= 4096, "a whole number in 1..4096")
+    precision: str = opt("auto", "auto (bf16 where the CPU or card does it and it fits, else fp32 on a CPU and "
+                         "QLoRA nf4 on a GPU), bf16, nf4 (CUDA) or fp32.",
+                         lambda v: v in ("auto", "bf16", "nf4", "fp32"), "one of: auto, bf16, nf4, fp32")
+    gpu_memory_gib: float = opt(0.0, "GPU memory budget for the plan, GiB (0: the card's); 4 rehearses a 4 GB card "
+                                "on a bigger one.", lambda v: isinstance(v, (int, float)) and 0 <= v <= 4096,
+                                "GiB in 0..4096 (0 = the card's memory)")
 
     def __post_init__(self):
-        def need(cond, name, form):
-            if not cond:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: expected {form}")
-
-        need(isinstance(self.model, str) and self.model.strip(), "model",
-             f"a preset ({', '.join(PRESETS)}), a local folder or a hub id")
-        for name in ("epochs", "grad_accum", "batch_size", "lora_r", "lora_alpha"):
-            v = getattr(self, name)
-            need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), name,
-                 "a whole number ≥ 1 (or 'preset')")
-        need(self.lr is None or (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr < 1),
-             "lr", "a learning rate in (0, 1), e.g. 2e-4 (or 'preset')")
-        need(self.max_seq_len is None or (isinstance(self.max_seq_len, int) and 16 <= self.max_seq_len <= 131072),
-             "max_seq_len", "a token count between 16 and 131072 (or 'preset')")
-        need(isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1, "lora_dropout", "a value in [0, 1)")
-        need(isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1, "warmup_ratio", "a value in [0, 1)")
-        need(isinstance(self.seed, int) and self.seed >= 0, "seed", "a whole number ≥ 0")
-        need(isinstance(self.min_steps, int) and self.min_steps >= 0, "min_steps", "a whole number ≥ 0")
-        need(isinstance(self.evaluate, bool), "evaluate", "true or false")
-        need(isinstance(self.eval_max_new_tokens, int) and 1 <= self.eval_max_new_tokens <= 4096,
-             "eval_max_new_tokens", "a whole number in 1..4096")
-        need(self.preflight in PREFLIGHT_MODES, "preflight", "one of: " + ", ".join(PREFLIGHT_MODES))
-        need(isinstance(self.experiment, str) and self.experiment.strip(), "experiment", "a non-empty experiment name")
-        need(isinstance(self.system_prompt, str) and self.system_prompt.strip(), "system_prompt",
-             "'persona', 'none' or the prompt text")
-        need(self.chat_template == "model" or Path(self.chat_template).is_file(), "chat_template",
-             "'model' (the tokenizer's own) or an existing Jinja file, e.g. data/templates/gpt2_separators.jinja")
+        for f in fields(self):
+            check = f.metadata.get("check")
+            if check is not None and not check(getattr(self, f.name)):
+                raise ConfigError(f"{f.name}={getattr(self, f.name)!r} is invalid: expected {f.metadata['form']}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -89,12 +117,19 @@ class TrainConfig:
             raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(known)}")
         return cls(**d)
 
-    def resolve(self) -> "TrainConfig":
-        """Fill every None from the preset (custom models take smol's training defaults)."""
+    @staticmethod
+    def preset_fields() -> tuple[str, ...]:
+        return tuple(f.name for f in fields(TrainConfig) if f.metadata.get("preset"))
+
+    def resolve(self, device: str = "cpu") -> "TrainConfig":
+        """Fill every None from the preset's defaults for this device (custom models take smol's)."""
         preset = PRESETS.get(self.model, PRESETS["smol"])
-        filled = {f: getattr(preset, f) for f in ("epochs", "grad_accum", "batch_size", "lr", "max_seq_len",
-                                                 "lora_r", "lora_alpha") if getattr(self, f) is None}
-        return replace(self, **filled)
+        defaults = preset.defaults(device)
+        return replace(self, **{f: defaults[f] for f in self.preset_fields() if getattr(self, f) is None})
+
+    @property
+    def examples_per_step(self) -> int:
+        return self.batch_size * self.grad_accum
 
     def steps_per_epoch(self, n_examples: int) -> int:
         return steps_per_epoch(n_examples, self.batch_size, self.grad_accum)
@@ -102,6 +137,38 @@ class TrainConfig:
     def optimizer_steps(self, n_examples: int) -> int:
         return self.steps_per_epoch(n_examples) * self.epochs
 
+    def arithmetic(self, n_examples: int) -> str:
+        """The step arithmetic in words, as pre-flight, diagnose and the sweep print it."""
+        per = self.steps_per_epoch(n_examples)
+        return (f"ceil({n_examples} examples / (batch {self.batch_size} × grad_accum {self.grad_accum})) = {per} "
+                f"steps an epoch × {self.epochs} epochs = {per * self.epochs} optimizer steps")
+
     def as_params(self) -> dict:
         """The resolved config as MLflow params, under `train.` keys (mlflow run logs the bare names as given)."""
         return {f"train.{k}": v for k, v in asdict(self).items()}
+
+
+def step_fixes(cfg: TrainConfig, n_examples: int) -> list[tuple[str, TrainConfig]]:
+    """Changes that bring a resolved config to its minimum of optimizer steps, each checked by the
+    same arithmetic pre-flight applies (so every fix offered passes): more epochs; else fewer
+    examples a step (grad_accum, then batch_size) at the same epochs. Empty when it passes."""
+    if cfg.optimizer_steps(n_examples) >= cfg.min_steps:
+        return []
+    per = cfg.steps_per_epoch(n_examples)
+    fixes = [(f"epochs={math.ceil(cfg.min_steps / per)}", replace(cfg, epochs=math.ceil(cfg.min_steps / per)))]
+    for name in ("grad_accum", "batch_size"):
+        for smaller in range(getattr(cfg, name) - 1, 0, -1):
+            alt = replace(cfg, **{name: smaller})
+            if alt.optimizer_steps(n_examples) >= cfg.min_steps:
+                fixes.append((f"{name}={smaller}", alt))
+                break
+        else:
+            continue
+        break
+    assert all(alt.optimizer_steps(n_examples) >= cfg.min_steps for _, alt in fixes)
+    return fixes
+
+
+def describe_fixes(cfg: TrainConfig, n_examples: int) -> str:
+    """'epochs=15 (150 steps) or grad_accum=2 (200 steps)': the fixes with their step counts."""
+    return " or ".join(f"{text} ({alt.optimizer_steps(n_examples)} steps)" for text, alt in step_fixes(cfg, n_examples))

@@ -1,7 +1,9 @@
 """`molting diagnose RUN [--vs OTHER]`: a run explains its own score from what it logged.
 
 Every finding cites the metric, param, tag, artifact or answer it comes from; with no evidence
-there is no finding. The thresholds live in THRESHOLDS, each with its reason.
+there is no finding. The thresholds live in THRESHOLDS, each with its reason. Answers are read by
+the rubric's reason codes (`d5.repetition`, …), never by the wording of its sentences; a run
+scored before codes existed is rescored first (`molting rescore`).
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import steps_per_epoch
-from .rubric import DIMENSIONS
+from .config import ConfigError, TrainConfig, describe_fixes
+from .rubric import DIMENSIONS, REASON_CODES
 
 THRESHOLDS = {
     # Impact by the rubric points (of 10) a cause plausibly cost: a point is a tenth of the scale,
@@ -81,7 +83,16 @@ def load_run(run_id: str) -> RunData:
     pre = json.loads(artifact("preflight.json") or "{}")
     table = json.loads(artifact("eval_results.json") or "{}")
     answers = [dict(zip(table["columns"], row)) for row in table.get("data", [])]
+    if answers and "codes" not in answers[0]:
+        raise DiagnoseError(f"run {run_id} was scored under rubric v{run.data.tags.get('molting.rubric_version', '1.0')}"
+                            f", without reason codes; rescore it first: molting rescore {run_id}")
+    for a in answers:
+        a["codes"] = (a.get("codes") or "").split()
     return RunData(run_id, run.data.params, run.data.metrics, run.data.tags, losses, pre, answers)
+
+
+def rubric_version(run: RunData) -> str:
+    return run.tags.get("molting.rubric_version", "1.0")
 
 
 def find_baseline(run: RunData) -> RunData | None:
@@ -96,11 +107,15 @@ def find_baseline(run: RunData) -> RunData | None:
     return load_run(found[0].info.run_id) if found else None
 
 
-def _points_lost(run: RunData, dims: tuple, pattern: str) -> float:
-    """Mean points lost in `dims` on the answers whose reasons match `pattern`."""
+def _has(a: dict, *codes: str) -> bool:
+    return any(c in a["codes"] for c in codes)
+
+
+def _points_lost(run: RunData, dims: tuple, *codes: str) -> float:
+    """Mean points lost in `dims` on the answers that carry one of the reason `codes`."""
     if not run.answers:
         return 0.0
-    lost = sum(2 - a[d] for a in run.answers for d in dims if re.search(pattern, a.get("reasons", ""), re.I))
+    lost = sum(2 - a[d] for a in run.answers for d in dims if _has(a, *codes))
     return lost / len(run.answers)
 
 
@@ -132,21 +147,14 @@ def findings(run: RunData) -> list[Finding]:
     score = m.get("score")
     below = score is not None and score <= 5.0
 
-    # Convergence: too few optimizer steps.
+    # Convergence: too few optimizer steps. The advice is pre-flight's own (config.step_fixes).
     if steps and steps < min_steps:
-        ex, bs, ga, ep = (int(nums.get("examples", p.get("data.examples", 0))), int(p["train.batch_size"]),
-                          int(p["train.grad_accum"]), int(p["train.epochs"]))
-        per = steps_per_epoch(ex, bs, ga)
-        changes = []
-        if ga > 1:
-            ga2 = max(1, ga // 2)
-            changes.append(f"grad_accum {ga} → {ga2} gives {steps_per_epoch(ex, bs, ga2) * ep} optimizer steps")
-        need = math.ceil(min_steps / per)
-        changes.append(f"epochs {ep} → {need} gives {per * need}")
+        cfg = _config_of(run, nums, min_steps)
+        ex = int(nums.get("examples", p.get("data.examples", 0)))
         pts = (10 - score) if below else 0.0
         out.append(Finding("too few optimizer steps", _impact(pts) if below else "low", round(pts, 2),
-                           "yes (config)", "; ".join(changes),
-                           [f"ceil({ex} / ({bs} × {ga})) × {ep} = {steps} optimizer steps < minimum {min_steps} "
+                           "yes (config)", describe_fixes(cfg, ex) if cfg else f"min_steps {min_steps}",
+                           [f"{cfg.arithmetic(ex) if cfg else steps} < minimum {min_steps} "
                             "(metric optimizer_steps, preflight.json)"]))
     # Convergence: loss still falling / high.
     drop = _slope_drop(run.losses)
@@ -166,22 +174,23 @@ def findings(run: RunData) -> list[Finding]:
     for f in pre.get("findings", []):
         if f["check"] in ("chat_template", "end_of_turn") and f["level"] == "error":
             tokens = re.findall(r"<\|?[a-z_/]+\|?>", f["message"])
-            pts = _points_lost(run, ("d4_cleanliness", "d5_quality"), r"token|template|after")
+            pts = _points_lost(run, ("d4_cleanliness", "d5_quality"), "d4.template_token", "d4.text_after_token",
+                               "d4.role_line", "d5.run_on")
             out.append(Finding("foreign chat-template separators" if f["check"] == "chat_template"
                                else "assistant turns not closed by the end-of-turn token", _impact(pts) if pts else "high",
                                round(pts, 2), "yes (config)", "chat_template=model",
                                [f"preflight.json {f['check']}: {f['message'][:160]}"]
                                + ([f"tokens named: {', '.join(dict.fromkeys(tokens))}"] if tokens else [])))
             break
-    leaked = [a for a in run.answers if re.search(r"D4\(a\)", a.get("reasons", ""))]
+    leaked = [a for a in run.answers if _has(a, "d4.template_token")]
     if leaked:
-        pts = _points_lost(run, ("d4_cleanliness", "d5_quality"), r"D4\(a\)")
+        pts = _points_lost(run, ("d4_cleanliness", "d5_quality"), "d4.template_token")
         out.append(Finding("special tokens in the answers", _impact(pts), round(pts, 2),
                            "yes (template/training)", "train with the model's own template (chat_template=model)",
                            [f"{a['id']}: {a['response'][:90]!r}" for a in leaked[:3]]))
     cut = [a for a in run.answers if a.get("finish_reason") == "length"]
     if cut:
-        pts = _points_lost(run, ("d5_quality",), r"finish_reason is 'length'")
+        pts = _points_lost(run, ("d5_quality",), "d5.length_limit")
         out.append(Finding("answers cut by the token limit (never stopped)", _impact(pts), round(pts, 2),
                            "partly", "more training steps teach the end-of-turn; or raise eval_max_new_tokens",
                            [f"{len(cut)}/{len(run.answers)} answers with finish_reason=length: "
@@ -189,28 +198,29 @@ def findings(run: RunData) -> list[Finding]:
 
     # Identity: the system prompt, and what the model called itself.
     if p.get("data.system_prompt_source") == "none":
-        claims = [a for a in run.answers if re.search(r"D1: (claims|gives itself)", a.get("reasons", ""))]
-        pts = _points_lost(run, ("d1_identity", "d3_voice"), r"D1")
+        claims = [a for a in run.answers if _has(a, "d1.conflicting_identity", "d1.other_name", "d1.denies_name")]
+        pts = _points_lost(run, ("d1_identity", "d3_voice"), "d1.conflicting_identity", "d1.other_name",
+                           "d1.denies_name", "d1.probe_without_name", "d1.no_name")
         ev = ["param data.system_prompt_source = none"]
         injected = next((f["evidence"] for f in pre.get("findings", []) if f["check"] == "system_prompt"), "")
         if injected:
             ev.append(f"preflight.json system_prompt: {injected[:160]}")
         ev += [f"{a['id']}: {a['response'][:90]!r} ({_reason(a, 'D1')})" for a in claims[:3]]
         if not claims:  # no other name claimed: show what it said when asked who it is
-            probes = [a for a in run.answers if "identity probe" in a.get("reasons", "")]
+            probes = [a for a in run.answers if _has(a, "d1.probe_without_name")]
             ev += [f"asked {a.get('question', a['id'])!r}, it answered {a['response'][:70]!r} ({_reason(a, 'D1')})"
                    for a in probes[:2]]
         out.append(Finding("no system prompt", _impact(pts) if pts else "high", round(pts, 2), "yes (config)",
                            "system_prompt=persona", ev))
     d1_lost = [a for a in run.answers if a["d1_identity"] < 2]
     if d1_lost and p.get("data.system_prompt_source") != "none":
-        pts = _points_lost(run, ("d1_identity",), r"D1")
+        pts = _points_lost(run, ("d1_identity",), *[c for c in REASON_CODES if c.startswith("d1.")])
         out.append(Finding("identity not held", _impact(pts), round(pts, 2), "partly",
                            "more steps on identity examples; check the system prompt",
                            [f"{a['id']}: {_reason(a, 'D1')}" for a in d1_lost[:4]]))
     d2_lost = [a for a in run.answers if a["d2_factual"] < 2]
     if d2_lost:
-        pts = _points_lost(run, ("d2_factual",), r"D2")
+        pts = _points_lost(run, ("d2_factual",), *[c for c in REASON_CODES if c.startswith("d2.")])
         out.append(Finding("facts missed or wrong", _impact(pts), round(pts, 2), "partly",
                            "more steps; more examples stating the missed facts",
                            [f"{a['id']}: {_reason(a, 'D2')}" for a in d2_lost[:4]]))
@@ -222,8 +232,23 @@ def findings(run: RunData) -> list[Finding]:
     return sorted(out, key=lambda f: (order[f.impact], -f.points))
 
 
+def _config_of(run: RunData, nums: dict, min_steps: int) -> TrainConfig | None:
+    """The resolved step settings a run logged, as a TrainConfig (None when they were not logged)."""
+    p = run.params
+    try:
+        return TrainConfig(model=p.get("train.model", "smol"), epochs=int(p["train.epochs"]),
+                           grad_accum=int(p["train.grad_accum"]), batch_size=int(p["train.batch_size"]),
+                           min_steps=min_steps)
+    except (KeyError, ValueError, ConfigError):
+        return None
+
+
 def _reason(a: dict, dim: str) -> str:
-    return "; ".join(r for r in a.get("reasons", "").split("; ") if r.startswith(dim)) or "no reason logged"
+    """The answer's reason sentences for one dimension ("D1"), picked by their codes ("d1.…")."""
+    sentences = a.get("reasons", "").split("; ")
+    if len(sentences) != len(a["codes"]):
+        return a.get("reasons", "") or "no reason logged"
+    return "; ".join(t for t, c in zip(sentences, a["codes"]) if c.startswith(dim.lower() + ".")) or "no reason logged"
 
 
 def _scores_table(rows: list[tuple[str, RunData | None]]) -> list[str]:
@@ -257,6 +282,10 @@ def report(run_id: str, vs: str | None = None) -> str:
            " (no baseline run of this model in the experiment: `molting evaluate --model <model>`)"), ""]
     out += _scores_table([(f"this run {run.run_id[:8]}", run), ("baseline (bare model)", base),
                           (f"--vs {other.run_id[:8]}" if other else "", other)]) + [""]
+    versions = {rubric_version(r) for r in (run, base, other) if r is not None and "score" in r.metrics}
+    if len(versions) > 1:
+        out += [f"> These runs were scored under rubric versions {', '.join(sorted(versions))}: their scores are "
+                "not comparable. Bring them to one with `molting rescore <run_id> …`.", ""]
     fs = findings(run)
     out += ["## Convergence", ""]
     nums = run.preflight.get("numbers", {})
@@ -273,7 +302,7 @@ def report(run_id: str, vs: str | None = None) -> str:
     pre_f = [f for f in run.preflight.get("findings", []) if f["level"] != "info"]
     out += [f"- pre-flight [{f['level']}] {f['check']}: {f['message'][:200]}" for f in pre_f] or ["- pre-flight: clean"]
     cut = [a["id"] for a in run.answers if a.get("finish_reason") == "length"]
-    tok = [a["id"] for a in run.answers if "D4(a)" in a.get("reasons", "")]
+    tok = [a["id"] for a in run.answers if _has(a, "d4.template_token")]
     out.append(f"- answers with special tokens: {', '.join(tok) or 'none'}; cut by the token limit: {', '.join(cut) or 'none'}")
     out += ["", "## Identity and facts", ""]
     lost = [a for a in run.answers if a["d1_identity"] < 2 or a["d2_factual"] < 2]

@@ -279,17 +279,6 @@ def build_tiny_random():
     return model, tok
 
 
-def device() -> str:
-    import torch
-
-    want = os.environ.get("MOLTING_DEVICE", "auto")
-    if want == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if want == "cuda" and not torch.cuda.is_available():
-        raise ModelError("MOLTING_DEVICE=cuda but torch sees no CUDA device; unset it or install a CUDA build of torch")
-    return want
-
-
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
@@ -298,32 +287,55 @@ def load_tokenizer(source: ModelSource):
     return AutoTokenizer.from_pretrained(source.path, local_files_only=True)
 
 
-def load_precision(source: ModelSource, dev: str, cpu_dtype: str = "float32") -> str:
-    """What load_model loads the base in, for the params; known before loading (a sweep's reuse
-    lookup fingerprints a trial before any weight loads)."""
-    if source.kind == "tiny-random":
-        return "float32"
-    return "nf4-double-quant/bf16-compute" if dev == "cuda" else cpu_dtype
-
-
-def load_model(source: ModelSource, dev: str, cpu_dtype: str = "float32"):
-    """The base model, ready for LoRA: QLoRA (NF4, double quant, bf16 compute) on CUDA, plain on CPU.
-
-    Returns (model, precision) where precision (load_precision) describes what was loaded, for the params.
-    """
-    import torch
+def load_model(source: ModelSource, plan):
+    """The base model as `plan` (runtime.Plan) says: dtype, NF4 quantisation, attention kernel, device."""
     from transformers import AutoModelForCausalLM
 
     if source.kind == "tiny-random":
-        model, _ = build_tiny_random()
-        return model.to(dev), load_precision(source, dev, cpu_dtype)
-    if dev == "cuda":
-        from transformers import BitsAndBytesConfig
+        import torch
 
-        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                 bnb_4bit_compute_dtype=torch.bfloat16)
-        model = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=bnb, dtype=torch.bfloat16,
-                                                     device_map={"": 0}, local_files_only=True)
-        return model, load_precision(source, dev, cpu_dtype)
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=getattr(torch, cpu_dtype), local_files_only=True)
-    return model, load_precision(source, dev, cpu_dtype)
+        model, _ = build_tiny_random()
+        return model.to(device=plan.device, dtype=getattr(torch, plan.spec.base_dtype))
+    return AutoModelForCausalLM.from_pretrained(source.path, local_files_only=True, **plan.loader_kwargs())
+
+
+class AdapterError(ValueError):
+    """The adapter reference cannot be resolved; the message says which forms work."""
+
+
+def resolve_adapter(ref: str) -> Path:
+    """runs:/<id>/adapter, models:/<name>@<alias> or /<version>, or a local folder → a local adapter folder."""
+    if ref.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        import mlflow
+
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
+        except Exception as e:  # MlflowException for missing runs/models, OSError for missing paths
+            raise AdapterError(f"adapter {ref!r} not found ({str(e).splitlines()[0][:200]})") from None
+    else:
+        local = Path(ref).expanduser()
+    for cand in (local, local / "artifacts" / "adapter", local / "adapter"):
+        if (cand / "adapter_config.json").is_file():
+            return cand
+    raise AdapterError(f"adapter {ref!r}: no adapter_config.json in {local}; pass run_id=<train run>, "
+                       "adapter=runs:/<run>/adapter, models:/<name>@<alias> or a PEFT adapter folder")
+
+
+def load_adapter_model(adapter_dir: Path):
+    """Rebuild the base named in the adapter's molting.json, in the precision it trained in where this
+    machine can (runtime.eval_plan), and apply the adapter. Returns (model, tokenizer, meta, plan)."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from . import runtime
+
+    meta_path = adapter_dir / "molting.json"
+    if not meta_path.is_file():
+        raise AdapterError(f"{adapter_dir}: no molting.json (not written by molting train); cannot tell its base model")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    source = resolve_model(meta["model"])
+    plan = runtime.eval_plan(meta.get("precision", "fp32"), quantizable=source.kind != "tiny-random")
+    base = load_model(source, plan)
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(adapter_dir))
+    return model, tok, meta, plan

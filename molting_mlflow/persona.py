@@ -9,8 +9,7 @@ from pathlib import Path
 
 import yaml
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-DEFAULT_PERSONA = DATA_DIR / "persona.yaml"
+from .paths import DATA_DIR, DEFAULT_PERSONA  # noqa: F401  (DATA_DIR: re-exported for older imports)
 
 
 class PersonaError(ValueError):
@@ -28,6 +27,7 @@ class Persona:
     template_tokens: list[str]      # D4 (a): chat-template / special tokens
     agent_contamination: list[str]  # D4 (b): tool markup, shell, paths, tool-use narration
     role_prefixes: list[str] = field(default_factory=list)  # D4 (c): "Usuário:", "User:", ...
+    language: str = "pt"            # ISO 639-1: D3's "mainly in the persona's language" (rubric.LANGUAGES)
     path: str = ""
 
 
@@ -52,9 +52,17 @@ def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
         if f.name not in raw:
             if f.name == "role_prefixes":
                 continue
-            raise PersonaError(f"{p}: missing field '{f.name}'")
+            hint = " (its ISO 639-1 code, e.g. pt or en)" if f.name == "language" else ""
+            raise PersonaError(f"{p}: missing field '{f.name}'{hint}")
         v = raw[f.name]
-        if f.name in ("name", "system_prompt"):
+        if f.name == "language":
+            from .language import LANGUAGES
+
+            if v not in LANGUAGES:
+                raise PersonaError(f"{p}: field 'language' is {v!r}; expected one of {', '.join(sorted(LANGUAGES))} "
+                                   "(ISO 639-1)")
+            kwargs[f.name] = v
+        elif f.name in ("name", "system_prompt"):
             if not isinstance(v, str) or not v.strip():
                 raise PersonaError(f"{p}: field '{f.name}' must be a non-empty string")
             kwargs[f.name] = v.strip()

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from .config import TrainConfig
+from .config import TrainConfig, describe_fixes
 from .data import ChatDataset
 
 SENTINEL = "MOLTINGSENTINEL"
@@ -85,29 +85,21 @@ def default_system_prompt(tok, template: str) -> str | None:
 
 
 def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, template: str,
-                  model_config=None, cuda: bool = False) -> PreflightReport:
-    """`cfg` resolved; `tok` the tokenizer; `own_template` the model's; `template` the one that will train."""
+                  lengths: list[int], plan=None, total: int = 0, trainable: int = 0) -> PreflightReport:
+    """`cfg` resolved; `tok` the tokenizer; `own_template` the model's; `template` the one that will
+    train; `lengths` each example's tokens through it; `plan` the runtime plan (runtime.Plan)."""
     r = PreflightReport()
     n = len(ds)
 
     # 1. Optimizer steps: the user's 79 / (1 × 8) × 5 = 50 steps never learned the persona.
-    per_epoch = cfg.steps_per_epoch(n)
-    steps = per_epoch * cfg.epochs
-    arith = (f"ceil({n} examples / (batch {cfg.batch_size} × grad_accum {cfg.grad_accum})) = {per_epoch} steps an "
-             f"epoch × {cfg.epochs} epochs = {steps} optimizer steps")
-    r.numbers.update(examples=n, steps_per_epoch=per_epoch, optimizer_steps=steps, min_steps=cfg.min_steps)
+    steps = cfg.optimizer_steps(n)
+    arith = cfg.arithmetic(n)
+    r.numbers.update(examples=n, steps_per_epoch=cfg.steps_per_epoch(n), optimizer_steps=steps,
+                     min_steps=cfg.min_steps)
     if steps < cfg.min_steps:
-        need_epochs = math.ceil(cfg.min_steps / per_epoch)
-        fixes = [f"epochs={need_epochs}"]
-        for ga in (4, 2, 1):
-            if ga < cfg.grad_accum:
-                alt = TrainConfig(**{**cfg.__dict__, "grad_accum": ga})
-                if alt.optimizer_steps(n) >= cfg.min_steps:
-                    fixes.append(f"grad_accum={ga} ({alt.optimizer_steps(n)} steps)")
-                    break
         r.add("optimizer_steps", "error",
               f"{steps} optimizer steps, below the minimum of {cfg.min_steps}: {arith}. "
-              f"Fix: {' or '.join(fixes)} (or min_steps=… if you know better)", arith)
+              f"Fix: {describe_fixes(cfg, n)} (or min_steps=… if you know better)", arith)
     else:
         r.add("optimizer_steps", "info", arith)
 
@@ -176,8 +168,6 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
                   "(loss comes from the completion mask, not the pad mask)")
 
     # 5. Truncation at max_seq_len.
-    lengths = [len(tok.apply_chat_template(ds.messages(i), chat_template=template, tokenize=True)["input_ids"])
-               for i in range(n)]
     cut = sum(length > cfg.max_seq_len for length in lengths)
     r.numbers.update(max_tokens=max(lengths), mean_tokens=round(sum(lengths) / n, 1), truncated=cut,
                      train_tokens_per_epoch=sum(min(length, cfg.max_seq_len) for length in lengths))
@@ -188,14 +178,15 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
     else:
         r.add("truncation", "info", f"no example exceeds max_seq_len={cfg.max_seq_len} (longest {max(lengths)} tokens)")
 
-    # 6. Size: trainable parameters and a GPU memory estimate for the chosen quantisation.
-    if model_config is not None:
-        total, trainable = count_params(model_config, cfg)
-        gib = estimate_gpu_gib(model_config, total, trainable, cfg)
-        r.numbers.update(params=total, trainable_params=trainable, est_gpu_memory_gib=round(gib, 2))
-        r.add("size", "info", f"{trainable / 1e6:.1f}M trainable of {total / 1e6:.0f}M parameters; QLoRA (NF4) on "
-              f"a GPU needs about {gib:.1f} GiB at batch {cfg.batch_size} × {cfg.max_seq_len} tokens"
-              + ("" if cuda else " (this run: CPU, no quantisation)"))
+    # 6. Size and the runtime plan: precision, micro-batch and memory, with the reason.
+    if total:
+        r.numbers.update(params=total, trainable_params=trainable)
+        r.add("size", "info", f"{trainable / 1e6:.1f}M trainable of {total / 1e6:.0f}M parameters")
+    if plan is not None:
+        r.numbers.update(precision=plan.precision, micro_batch=plan.micro_batch, accum_steps=plan.accum)
+        if plan.est_gib is not None:
+            r.numbers.update(est_gpu_memory_gib=round(plan.est_gib, 2), gpu_memory_budget_gib=plan.budget_gib)
+        r.add("plan", "info", plan.describe())
     return r
 
 
@@ -221,20 +212,3 @@ def count_params(model_config, cfg: TrainConfig) -> tuple[int, int]:
                     if isinstance(mod, torch.nn.Linear) and name != "lm_head"
                     and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets))
     return total, trainable
-
-
-def estimate_gpu_gib(mc, total: int, trainable: int, cfg: TrainConfig) -> float:
-    """QLoRA peak memory, bytes by part; calibrated against ../bench (TinyLlama 1.38 GiB, Phi-3 3.03 GiB
-    measured at seq 512, batch 1, gradient checkpointing, paged AdamW 8-bit)."""
-    tc = mc.get_text_config() if hasattr(mc, "get_text_config") else mc
-    h, layers, vocab = tc.hidden_size, tc.num_hidden_layers, tc.vocab_size
-    inter = getattr(tc, "intermediate_size", 4 * h)
-    tokens = cfg.batch_size * cfg.max_seq_len
-    emb = vocab * h * (1 if getattr(tc, "tie_word_embeddings", False) else 2)
-    weights = emb * 2 + (total - emb) * 0.53          # bf16 embeddings; NF4 + double-quant constants
-    lora = trainable * 10                             # fp32 weight + fp32 grad + 8-bit Adam moments
-    acts = tokens * h * 2 * layers                    # checkpointed layer inputs (bf16)
-    acts += tokens * (10 * h + 3 * inter) * 2         # one layer recomputed during backward
-    acts += cfg.batch_size * tc.num_attention_heads * cfg.max_seq_len ** 2 * 2 * 2
-    logits = tokens * vocab * 4 * 3                   # fp32 logits, their softmax and gradient
-    return 1.15 * (weights + lora + acts + logits) / 2 ** 30

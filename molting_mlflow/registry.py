@@ -1,7 +1,8 @@
 """The adapter registry: registered model `molting-<preset>`, one version per registered adapter.
 
 A version is a pyfunc model that holds the adapter folder as an artifact; its `load_context`
-rebuilds the base model (NF4 on CUDA, as trained; fp32 on CPU) and applies the adapter.
+rebuilds the base model in the precision the adapter trained in where the machine can
+(runtime.eval_plan) and applies the adapter.
 MLflow's transformers flavour is not used: with a local base it stored a state dict that
 reloaded with random base weights and no error, and bitsandbytes settings are not restored.
 
@@ -17,7 +18,8 @@ import mlflow
 import mlflow.pyfunc
 from mlflow.tracking import MlflowClient
 
-from .persona import DATA_DIR
+from . import runtime
+from .paths import DATA_DIR
 from .rubric import DIMENSIONS
 
 
@@ -29,11 +31,10 @@ class PersonaAdapterModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context):
-        from .evaluate import load_adapter_model
-        from .train import set_threads
+        from .models import load_adapter_model
 
-        set_threads()
-        self.model, self.tok, self.meta = load_adapter_model(Path(context.artifacts["adapter"]))
+        runtime.set_threads()
+        self.model, self.tok, self.meta, _ = load_adapter_model(Path(context.artifacts["adapter"]))
 
     # No type hints on purpose: MLflow 3 derives a signature from them and then drops the logged
     # signature's params schema, so `params={"max_new_tokens": …}` would be ignored with a warning.
@@ -45,7 +46,7 @@ class PersonaAdapterModel(mlflow.pyfunc.PythonModel):
         elif hasattr(model_input, "tolist"):     # a Series or an array
             model_input = model_input.tolist()
         questions = [model_input] if isinstance(model_input, str) else [str(q) for q in model_input]
-        from .evaluate import generate
+        from .generation import generate
 
         qs = [Question(id=str(i), question=q, identity_probe=False, facts=[], forbidden=[], topic=[])
               for i, q in enumerate(questions)]
@@ -78,7 +79,7 @@ def register_adapter(run_id: str, preset: str, target: float = 5.0, log=print) -
             code_paths=[str(Path(__file__).parent), str(DATA_DIR)], registered_model_name=name,
             pip_requirements=["torch", "transformers", "peft", "bitsandbytes", "mlflow", "gguf", "pyyaml"])
     version = str(info.registered_model_version)
-    quant = "nf4-double-quant/bf16-compute" if meta.get("device_trained") == "cuda" else "none (fp32 LoRA on CPU)"
+    quant = runtime.quantization_tag(runtime.trained_precision(str(meta.get("precision", "fp32"))))
     tags = {"base_model": meta.get("model.id", ""), "base_revision": meta.get("model.revision", ""),
             "preset": preset, "quantization": quant, "source_run": run_id,
             "score": f"{m.get('score', float('nan')):.4f}",

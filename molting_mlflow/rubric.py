@@ -1,4 +1,8 @@
-"""Rubric v1.0 (shared/spec/rubric-v1.md): a deterministic, offline scorer for persona responses.
+"""Rubric v1.1 (shared/spec/rubric-v1.md): a deterministic, offline scorer for persona responses.
+
+Every lost point carries a machine-readable reason code next to its sentence (`d5.repetition`,
+`d4.template_token`, … : REASON_CODES), so that diagnose and other tools work from codes, never
+from the wording of a sentence. RUBRIC_VERSION goes with every score.
 
 Every list the rules use (name, voice markers, boilerplate, conflicting identities,
 hallucinations, template tokens, agent contamination, role prefixes) comes from the `Persona`
@@ -19,10 +23,43 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from molting_mlflow.language import mainly_in, stop_words, LANGUAGES
 from molting_mlflow.persona import Persona
 
+RUBRIC_VERSION = "1.1"
 DIMENSIONS = ("d1_identity", "d2_factual", "d3_voice", "d4_cleanliness", "d5_quality")
 FINISH_REASONS = ("stop", "length")
+
+# Every reason code the scorer emits, with what it means (the prefix names the dimension it costs).
+REASON_CODES = {
+    "empty": "empty or whitespace-only response: 0 on every dimension",
+    "d1.conflicting_identity": "claims an identity on the persona's conflicting list",
+    "d1.other_name": "gives itself another name than the persona's",
+    "d1.denies_name": "denies being the persona (v1.1)",
+    "d1.probe_without_name": "an identity probe answered without the persona's name",
+    "d1.no_name": "the persona's name does not appear (1 point)",
+    "d2.hallucination": "states a known hallucination",
+    "d2.forbidden": "states a claim the question forbids",
+    "d2.loop_to_limit": "a loop to the token limit keeps no facts (v1.1)",
+    "d2.facts_missed": "covers too few of the question's fact groups",
+    "d3.not_language": "not mainly in the persona's language",
+    "d3.no_marker": "no voice marker",
+    "d3.one_marker": "only one voice marker",
+    "d3.boilerplate": "generic-assistant boilerplate",
+    "d3.degenerate": "degenerate (repeating) text is not the persona's voice",
+    "d3.other_identity": "speaks as another identity (a claim, another name or a denial)",
+    "d3.loop_to_limit": "a loop to the token limit has no voice (v1.1)",
+    "d4.template_token": "chat-template or special token in the text",
+    "d4.agent_contamination": "tool-call markup, shell, paths or tool-use narration",
+    "d4.role_line": "a line speaks for another role",
+    "d4.text_after_token": "text after a chat-template token",
+    "d5.run_on": "text after a chat-template token: the turn ran on (D5 = 0, v1.1)",
+    "d5.length_limit": "hit the token limit (finish_reason length)",
+    "d5.no_ending": "no finish_reason and the text does not end properly",
+    "d5.word_count": "fewer than 3 or more than 150 words",
+    "d5.repetition": "degenerate repetition",
+    "d5.off_topic": "does not address the question",
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +70,7 @@ class Question:
     facts: list[list[str]]          # groups of alternatives; a group is covered by any one of them
     forbidden: list[str]            # question-specific wrong claims (added to the hallucinations)
     topic: list[str] = field(default_factory=list)  # words naming the subject (D5 (d))
+    reference: str = ""             # an answer in the persona's voice stating the facts (ref_nll, ref_chrf)
 
 
 class RubricInputError(ValueError):
@@ -92,34 +130,11 @@ def _found(norm: str, terms: list[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Language: stop words for the D3 Portuguese test, words that are never a "name" (D1)
+# Words that are never a "name" (D1); the language test itself lives in language.py
 # --------------------------------------------------------------------------------------------
 
-# Normalised forms (accents stripped): "é" -> "e", "não" -> "nao", "tá" -> "ta". Informal
-# function words (pra, ta, ne) are included because the persona speaks informally.
-PT_STOPWORDS = frozenset("""
-de que o a e do da em um uma para pra com nao os as no na nos nas se eu voce ta mas sou meu minha
-por mais ao aos dos das como isso esse essa isto ele ela seu sua ja tambem ou muito quando entao
-aqui tem vai estou esta sim so ne pelo pela ate foi ser te me lhe la voces nosso nossa bem
-vou tudo nem ainda sao era qual quem onde porque
-""".split())
-EN_STOPWORDS = frozenset("""
-the a an is are was were be been to of and in on for with it its this that i you he she we they
-my your what how not do does can will have has at by from as or but if so me am there which who
-would should about just all any
-""".split())
-# Words in both lists ("a", "as", "do", "me", "so") count as Portuguese only: English text has
-# plenty of unambiguous stop words (the, is, to, you, i) to outweigh them, while a short
-# Portuguese reply may have nothing but "a"/"do" ("A tipografia do site ficou boa, João.").
-EN_ONLY_STOPWORDS = EN_STOPWORDS - PT_STOPWORDS
-# A text is "mainly Portuguese" when at least this share of its word tokens are Portuguese stop
-# words AND it has more of them than English-only stop words. Running Portuguese prose has
-# 35-50% stop words; 0.15 leaves room for short, name-heavy replies ("Ele pratica tênis todo
-# dia, João." is 1/6), while English text with a few Portuguese names fails on the second test.
-PT_SHARE_MIN = 0.15
-
 # Words after "sou"/"I am" that are not a name even when capitalised ("sou uma IA").
-_NOT_NAMES = PT_STOPWORDS | EN_STOPWORDS | frozenset("""
+_NOT_NAMES = frozenset().union(*(stop_words(lang) for lang in LANGUAGES)) | frozenset("""
 ia ai assistente assistant modelo model bot chatbot robo robot programa program sistema system
 inteligencia artificial virtual apenas only just feliz happy glad sorry here ready brasileiro
 brasileira brazilian portugues portuguese not nunca never
@@ -262,127 +277,184 @@ def _text_after_token(norm: str, persona: Persona) -> str | None:
     return None
 
 
+def _denials(norm: str, persona: Persona) -> list[str]:
+    """v1.1 D1: the persona's name under a negated self-description ("não sou o Cláudio", "não me
+    chamo Cláudio", "meu nome não é Cláudio", "I'm not Cláudio", "my name isn't Cláudio")."""
+    name = re.escape(normalise(persona.name))
+    arts = r"(?:(?:" + "|".join(sorted(_ARTICLES)) + r")" + _WS + r"){0,2}"
+    neg = r"(?:" + "|".join(sorted(_NEGATIONS)) + r")"
+    heads = [neg + _WS + r"(?:eu" + _WS + r")?(?:sou|me" + _WS + r"chamo)",
+             r"meu" + _WS + r"nome" + _WS + neg + _WS + r"e",
+             r"(?:i" + _WS + r"am|i['’]m)" + _WS + r"(?:not|never)",
+             r"my" + _WS + r"name" + _WS + r"(?:is" + _WS + r"not|isn['’]t)"]
+    pattern = r"(?<!\w)(?:" + "|".join(heads) + r")" + _WS + arts + name + r"(?!\w)"
+    return [m.group() for m in re.finditer(pattern, norm)]
+
+
+class _Card:
+    """One response's lost points: dimension values plus (code, sentence) for every loss."""
+
+    def __init__(self):
+        self.dims: dict[str, int] = {}
+        self.lost: list[tuple[str, str]] = []
+
+    def lose(self, code: str, sentence: str) -> None:
+        assert code in REASON_CODES, code
+        self.lost.append((code, sentence))
+
+
 def score_response(question: Question, response: str, finish_reason: str | None,
                    persona: Persona) -> dict:
+    """{d1_identity … d5_quality, score, reasons: [sentence], codes: [code]} for one response."""
     if finish_reason not in (None, *FINISH_REASONS):
         raise ValueError(f"finish_reason must be 'stop', 'length' or None, got {finish_reason!r}")
     if not response or not response.strip():
-        return {**{d: 0 for d in DIMENSIONS}, "score": 0, "reasons": ["empty response"]}
-    text = response
-    norm, index = _normalise_with_map(text)
-    reasons: list[str] = []
-
-    # D1 identity
-    conflicts, others = _claims(text, norm, index, persona)
-    has_name = bool(_term_regex(persona.name).search(norm))
-    reasons += [f"D1: claims conflicting identity '{c}'" for c in conflicts]
-    reasons += [f"D1: gives itself another name '{o}'" for o in others]
-    if question.identity_probe and not has_name:
-        reasons.append(f"D1: identity probe and the name '{persona.name}' does not appear")
-    if conflicts or others or (question.identity_probe and not has_name):
-        d1 = 0
-    elif has_name:
-        d1 = 2
-    else:
-        d1 = 1
-        reasons.append(f"D1: the name '{persona.name}' does not appear")
-
-    # D2 factual: wrong claims first, then coverage of the fact groups
-    hallucinated = _found(norm, persona.hallucinations)
-    forbidden = _found(norm, question.forbidden)
-    wrong = hallucinated + forbidden
-    covered = sum(1 for group in question.facts if _found(norm, group))
-    if wrong:
-        d2 = 0
-        reasons += [f"D2: states known hallucination '{w}'" for w in hallucinated]
-        reasons += [f"D2: states forbidden claim '{w}'" for w in forbidden]
-    elif not question.facts or covered == len(question.facts):
-        d2 = 2
-    else:
-        d2 = 1 if covered * 2 >= len(question.facts) else 0
-        reasons.append(f"D2: covers {covered}/{len(question.facts)} fact groups")
-
-    # D5 (c) is needed by D3, so compute it first
+        return {**{d: 0 for d in DIMENSIONS}, "score": 0, "reasons": ["empty response"], "codes": ["empty"]}
+    norm, index = _normalise_with_map(response)
+    c = _Card()
     degenerate = _degenerate(norm)
+    # v1.1: a loop that did not end (D5 (a)'s first two cases) keeps no D2 or D3 points
+    unended = finish_reason == "length" or (finish_reason is None and not _ends_properly(response))
+    loop_to_limit = bool(degenerate) and unended
+    other, has_name = _d1(c, question, response, norm, index, persona)
+    covered, wrong = _d2(c, question, norm, persona, loop_to_limit)
+    _d3(c, norm, persona, degenerate, other, loop_to_limit)
+    after_token = _d4(c, norm, persona)
+    _d5(c, question, response, norm, finish_reason, after_token, degenerate, covered, wrong, has_name)
+    return {**c.dims, "score": sum(c.dims.values()), "reasons": [t for _, t in c.lost],
+            "codes": [k for k, _ in c.lost]}
 
-    # D3 voice
-    tokens = re.findall(r"[^\W\d_]+", norm)
-    pt = sum(t in PT_STOPWORDS for t in tokens)
-    en = sum(t in EN_ONLY_STOPWORDS for t in tokens)
-    portuguese = bool(tokens) and pt / len(tokens) >= PT_SHARE_MIN and pt > en
+
+def _d1(c: _Card, q: Question, text: str, norm: str, index: list[int], persona: Persona) -> tuple[bool, bool]:
+    """D1 identity; returns (speaks as someone else (for D3), the persona's name appears (for D5 (d)))."""
+    conflicts, others = _claims(text, norm, index, persona)
+    denials = _denials(norm, persona)
+    has_name = bool(_term_regex(persona.name).search(norm))
+    for x in conflicts:
+        c.lose("d1.conflicting_identity", f"D1: claims conflicting identity '{x}'")
+    for x in others:
+        c.lose("d1.other_name", f"D1: gives itself another name '{x}'")
+    for x in denials:
+        c.lose("d1.denies_name", f"D1: denies being {persona.name} ('{x}')")
+    if q.identity_probe and not has_name:
+        c.lose("d1.probe_without_name", f"D1: identity probe and the name '{persona.name}' does not appear")
+    if conflicts or others or denials or (q.identity_probe and not has_name):
+        c.dims["d1_identity"] = 0
+    elif has_name:
+        c.dims["d1_identity"] = 2
+    else:
+        c.dims["d1_identity"] = 1
+        c.lose("d1.no_name", f"D1: the name '{persona.name}' does not appear")
+    return bool(conflicts or others or denials), has_name
+
+
+def _d2(c: _Card, q: Question, norm: str, persona: Persona, loop_to_limit: bool) -> tuple[int, list[str]]:
+    """D2 factual: wrong claims first, then the v1.1 loop rule, then coverage. Returns (groups covered, wrong)."""
+    hallucinated = _found(norm, persona.hallucinations)
+    forbidden = _found(norm, q.forbidden)
+    covered = sum(1 for group in q.facts if _found(norm, group))
+    c.dims["d2_factual"] = 2
+    if hallucinated or forbidden:
+        c.dims["d2_factual"] = 0
+        for w in hallucinated:
+            c.lose("d2.hallucination", f"D2: states known hallucination '{w}'")
+        for w in forbidden:
+            c.lose("d2.forbidden", f"D2: states forbidden claim '{w}'")
+    elif loop_to_limit:
+        c.dims["d2_factual"] = 0
+        c.lose("d2.loop_to_limit", "D2: a loop to the token limit keeps no D2 points (v1.1)")
+    elif q.facts and covered < len(q.facts):
+        c.dims["d2_factual"] = 1 if covered * 2 >= len(q.facts) else 0
+        c.lose("d2.facts_missed", f"D2: covers {covered}/{len(q.facts)} fact groups")
+    return covered, hallucinated + forbidden
+
+
+def _d3(c: _Card, norm: str, persona: Persona, degenerate: str | None, other: bool, loop_to_limit: bool) -> None:
+    """D3 voice: mainly in the persona's language, its markers, no boilerplate, no loop, as itself."""
+    in_language, evidence = mainly_in(re.findall(r"[^\W\d_]+", norm), persona.language)
     markers = _found(norm, persona.voice_markers)
     boiler = _found(norm, persona.boilerplate)
-    if not portuguese:
-        d3 = 0
-        reasons.append(f"D3: not mainly Portuguese ({pt} PT vs {en} English-only stop words in {len(tokens)} words)")
-    elif not markers:
-        d3 = 0
-        reasons.append("D3: no voice marker")
-    else:
-        d3 = 2
-        if len(markers) < 2:
-            d3 = 1
-            reasons.append(f"D3: only one voice marker '{markers[0]}'")
-        if boiler:
-            d3 = 1
-            reasons += [f"D3: generic boilerplate '{b}'" for b in boiler]
-        if degenerate:
-            d3 = 1
-            reasons.append("D3: degenerate text is not the persona's voice (capped at 1)")
-        if conflicts or others:
-            d3 = 1
-            reasons.append("D3: speaks as another identity (capped at 1)")
+    if not in_language:
+        c.dims["d3_voice"] = 0
+        c.lose("d3.not_language", f"D3: not mainly in the persona's language '{persona.language}' ({evidence})")
+        return
+    if not markers:
+        c.dims["d3_voice"] = 0
+        c.lose("d3.no_marker", "D3: no voice marker")
+        return
+    if loop_to_limit:
+        c.dims["d3_voice"] = 0
+        c.lose("d3.loop_to_limit", "D3: a loop to the token limit keeps no D3 points (v1.1)")
+        return
+    c.dims["d3_voice"] = 2
+    if len(markers) < 2:
+        c.dims["d3_voice"] = 1
+        c.lose("d3.one_marker", f"D3: only one voice marker '{markers[0]}'")
+    if boiler:
+        c.dims["d3_voice"] = 1
+        for b in boiler:
+            c.lose("d3.boilerplate", f"D3: generic boilerplate '{b}'")
+    if degenerate:
+        c.dims["d3_voice"] = 1
+        c.lose("d3.degenerate", "D3: degenerate text is not the persona's voice (capped at 1)")
+    if other:
+        c.dims["d3_voice"] = 1
+        c.lose("d3.other_identity", "D3: speaks as another identity (capped at 1)")
 
-    # D4 cleanliness
+
+def _d4(c: _Card, norm: str, persona: Persona) -> str | None:
+    """D4 cleanliness; returns the chat-template token that text follows, if any (D5 needs it)."""
     d4 = 2
     tokens_found = _found(norm, persona.template_tokens)
     if tokens_found:
         d4 -= 1
-        reasons.append("D4(a): template/special token " + ", ".join(f"'{t}'" for t in tokens_found))
+        c.lose("d4.template_token", "D4(a): template/special token " + ", ".join(f"'{t}'" for t in tokens_found))
     agent = _found(norm, persona.agent_contamination)
     if agent:
         d4 -= 1
-        reasons.append("D4(b): agent contamination " + ", ".join(f"'{a}'" for a in agent))
+        c.lose("d4.agent_contamination", "D4(b): agent contamination " + ", ".join(f"'{a}'" for a in agent))
     roles = _role_lines(norm, persona)
     after_token = _text_after_token(norm, persona)
     if roles or after_token:
         d4 -= 1
         if roles:
-            reasons.append("D4(c): line starts with role " + ", ".join(f"'{r}'" for r in roles))
+            c.lose("d4.role_line", "D4(c): line starts with role " + ", ".join(f"'{r}'" for r in roles))
         if after_token:
-            reasons.append(f"D4(c): text after template token '{after_token}'")
-    d4 = max(d4, 0)
+            c.lose("d4.text_after_token", f"D4(c): text after template token '{after_token}'")
+    c.dims["d4_cleanliness"] = max(d4, 0)
+    return after_token
 
-    # D5 quality
+
+def _d5(c: _Card, q: Question, text: str, norm: str, finish_reason: str | None, after_token: str | None,
+        degenerate: str | None, covered: int, wrong: list[str], has_name: bool) -> None:
+    """D5 quality: 0 for a run-on turn (v1.1); else 2 minus one per problem (a)–(d)."""
+    if after_token:
+        c.dims["d5_quality"] = 0
+        c.lose("d5.run_on", f"D5: text after template token '{after_token}': the turn ran on (D5 = 0, v1.1)")
+        return
     d5 = 2
     if finish_reason == "length":
         d5 -= 1
-        reasons.append("D5(a): finish_reason is 'length'")
-    elif after_token:
-        d5 -= 1
-        reasons.append(f"D5(a): text after template token '{after_token}' (turn never ended)")
+        c.lose("d5.length_limit", "D5(a): finish_reason is 'length'")
     elif finish_reason is None and not _ends_properly(text):
         d5 -= 1
-        reasons.append(f"D5(a): no finish_reason and the text ends with {text.rstrip()[-1]!r}")
+        c.lose("d5.no_ending", f"D5(a): no finish_reason and the text ends with {text.rstrip()[-1]!r}")
     n_words = sum(1 for w in text.split() if re.search(r"\w", w))
     if n_words < 3 or n_words > 150:
         d5 -= 1
-        reasons.append(f"D5(b): {n_words} words (expected 3-150)")
+        c.lose("d5.word_count", f"D5(b): {n_words} words (expected 3-150)")
     if degenerate:
         d5 -= 1
-        reasons.append(degenerate)
-    if question.topic or question.facts or question.identity_probe:
-        addressed = bool(_found(norm, question.topic)) or covered > 0 or bool(wrong)
-        if question.identity_probe:
+        c.lose("d5.repetition", degenerate)
+    if q.topic or q.facts or q.identity_probe:
+        addressed = bool(_found(norm, q.topic)) or covered > 0 or bool(wrong)
+        if q.identity_probe:
             addressed = addressed or has_name or bool(_found(norm, _SELF_DESCRIPTION))
         if not addressed:
             d5 -= 1
-            reasons.append("D5(d): off topic (no topic word, fact, wrong claim"
-                           + (" or self-description)" if question.identity_probe else ")"))
-    d5 = max(d5, 0)
-
-    dims = {"d1_identity": d1, "d2_factual": d2, "d3_voice": d3, "d4_cleanliness": d4, "d5_quality": d5}
-    return {**dims, "score": sum(dims.values()), "reasons": reasons}
+            c.lose("d5.off_topic", "D5(d): off topic (no topic word, fact, wrong claim"
+                   + (" or self-description)" if q.identity_probe else ")"))
+    c.dims["d5_quality"] = max(d5, 0)
 
 
 def score_responses(questions: list[Question], records: list[dict], persona: Persona) -> dict:
@@ -403,16 +475,46 @@ def score_responses(questions: list[Question], records: list[dict], persona: Per
     summary: dict = {d: sum(r[d] for r in results) / n for d in DIMENSIONS}
     summary["score"] = sum(summary[d] for d in DIMENSIONS)
     summary["n"] = n
+    summary["rubric_version"] = RUBRIC_VERSION
+    chrf = reference_chrf(results, by_id)
+    if chrf is not None:
+        summary["ref_chrf"] = chrf
     return {"results": results, "summary": summary}
+
+
+def reference_chrf(results: list[dict], by_id: dict) -> float | None:
+    """chrF (sacrebleu, 0–100) of each answer against its question's reference answer, set on each
+    result as `ref_chrf`; returns the corpus chrF of all answers that have a reference (None if none).
+    Next to the rubric: a fluent, in-voice, wrong answer scores low here."""
+    from sacrebleu.metrics import CHRF
+
+    chrf = CHRF()
+    pairs = [(r, by_id[r["id"]].reference) for r in results if by_id[r["id"]].reference]
+    for r, ref in pairs:
+        r["ref_chrf"] = round(chrf.sentence_score(r["response"], [ref]).score, 2)
+    if not pairs:
+        return None
+    return chrf.corpus_score([r["response"] for r, _ in pairs], [[ref for _, ref in pairs]]).score
+
+
+def format_summary(scored: dict) -> str:
+    """The summary line and one line per answer, as the CLI prints them."""
+    s = scored["summary"]
+    head = "  ".join(f"{d.split('_')[0].upper()} {s[d]:.2f}" for d in DIMENSIONS)
+    extra = "".join(f"  {k} {s[k]:.2f}" for k in ("ref_chrf", "ref_nll") if s.get(k) is not None)
+    lines = [f"rubric v{s.get('rubric_version', RUBRIC_VERSION)}: score {s['score']:.2f}/10   ({head}){extra}"]
+    for r in scored["results"]:
+        lines.append(f"  {r['id']} {r['score']:>2}/10  {r['response'][:90]!r}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
 # Input files
 # --------------------------------------------------------------------------------------------
 _Q_REQUIRED = ("id", "question", "identity_probe", "facts", "forbidden")
-_Q_KEYS = _Q_REQUIRED + ("topic",)
+_Q_KEYS = _Q_REQUIRED + ("topic", "reference")
 _Q_FORM = ('expected {"id": str, "question": str, "identity_probe": bool, "facts": [[str, ...], ...], '
-           '"forbidden": [str, ...], "topic": [str, ...] (optional)}')
+           '"forbidden": [str, ...], "topic": [str, ...] (optional), "reference": str (optional)}')
 _R_FORM = 'expected {"id": str, "response": str, "finish_reason": "stop"|"length"|null (optional)}'
 
 
@@ -469,6 +571,7 @@ def load_questions(path: str | Path) -> list[Question]:
              "a list of non-empty lists of non-empty strings"),
             ("forbidden", _str_list(item["forbidden"]), "a list of non-empty strings"),
             ("topic", _str_list(item.get("topic", [])), "a list of non-empty strings"),
+            ("reference", isinstance(item.get("reference", ""), str), "a string (the reference answer)"),
         )
         for key, ok, form in checks:
             if not ok:
@@ -479,7 +582,7 @@ def load_questions(path: str | Path) -> list[Question]:
         seen.add(item["id"])
         out.append(Question(id=item["id"], question=item["question"], identity_probe=item["identity_probe"],
                             facts=[list(g) for g in item["facts"]], forbidden=list(item["forbidden"]),
-                            topic=list(item.get("topic", []))))
+                            topic=list(item.get("topic", [])), reference=item.get("reference", "")))
     return out
 
 

@@ -4,8 +4,10 @@ MLflow run that trains and evaluates exactly like `molting train`; the best adap
 What we know is used to spend CPU well:
 - a trial whose optimizer steps fall below the pre-flight minimum is pruned before it loads a
   weight (the user's 50-step run is the reason that minimum exists);
-- a trial whose training loss at an epoch's end is worse than the median of earlier trials at the
-  same epoch is stopped there (MedianPruner): on CPU a trial's cost is its epochs.
+- a trial whose held-out ref_nll (the loss on the evaluation questions' reference answers) at an
+  epoch's end is worse than the median of earlier trials at the same epoch is stopped there
+  (MedianPruner): on CPU a trial's cost is its epochs, and the training loss says how well a trial
+  fits its data, not whether it answers right.
 Reference trials (the user's original configuration; the preset's default on request) are
 enqueued, marked `molting.reference`, and kept out of `trials_to_target`.
 """
@@ -18,8 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig
-from .persona import DATA_DIR
+from .config import ConfigError, TrainConfig, describe_fixes
+from .paths import GPT2_TEMPLATE
 from .rubric import DIMENSIONS
 
 # The user's three mistakes: 79 / (1 × 8) × 5 = 50 optimizer steps, GPT-2 separators, no system
@@ -27,7 +29,7 @@ from .rubric import DIMENSIONS
 # epochs=5 -P grad_accum=8 -P batch_size=1 -P system_prompt=none -P chat_template=… -P preflight=warn`),
 # so a run of that command is the same configuration and the sweep can reuse it.
 USER_ORIGINAL = dict(epochs=5, grad_accum=8, batch_size=1, system_prompt="none",
-                     chat_template=str(DATA_DIR / "templates" / "gpt2_separators.jinja"), preflight="warn")
+                     chat_template=str(GPT2_TEMPLATE), preflight="warn")
 
 
 def _floats(text: str, name: str, n: int | None = None) -> list[float]:
@@ -54,7 +56,7 @@ class SweepConfig:
     lora_r: str = ""                   # optional categorical choices, e.g. "8,16,32"
     enqueue_user: bool = True          # the user's original configuration as a reference trial
     enqueue_default: bool = False      # the preset's default configuration as a reference trial
-    prune: bool = True                 # stop losing trials at an epoch's end (median training loss)
+    prune: bool = True                 # stop losing trials at an epoch's end (median ref_nll)
     reuse: bool = True                 # a trial whose exact config already ran to the end reuses that run
     register: bool = True              # register the best adapter as molting-<model>
     seed: int = 42
@@ -115,29 +117,23 @@ def _trial_config(trial, sc: SweepConfig) -> tuple[TrainConfig, str]:
 
 
 def _epoch_pruner_callback(trial, enabled: bool):
-    """Report the mean training loss of each epoch to Optuna; stop the trial if it should be pruned."""
+    """At each epoch's end, report the held-out ref_nll (the train stage computes it and puts it in
+    the trainer's log history) to Optuna as its negative (the study maximises), and stop the trial
+    if it should be pruned."""
     from transformers import TrainerCallback
 
     class EpochPruner(TrainerCallback):
-        def __init__(self):
-            self.losses = []
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                self.losses.append(float(logs["loss"]))
-
         def on_epoch_end(self, args, state, control, **kw):
             import optuna
 
-            if not self.losses:
+            nll = next((h["ref_nll"] for h in reversed(state.log_history) if "ref_nll" in h), None)
+            if nll is None:
                 return
             epoch = round(state.epoch or 0)
-            value = sum(self.losses) / len(self.losses)
-            self.losses = []
-            trial.report(value, epoch)
+            trial.report(-nll, epoch)
             if enabled and epoch < args.num_train_epochs and trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {epoch}: mean training loss {value:.3f} worse than the median "
-                                         "of earlier trials at this epoch")
+                raise optuna.TrialPruned(f"epoch {epoch}: ref_nll {nll:.3f} worse than the median of earlier "
+                                         "trials at this epoch")
 
     return EpochPruner()
 
@@ -182,8 +178,8 @@ def sweep(sc: SweepConfig, log=print) -> dict:
             n_examples = len(load_dataset(cfg.dataset, "x"))
         steps = cfg_r.optimizer_steps(n_examples)
         if not ref and steps < cfg.min_steps:
-            reason = (f"{steps} optimizer steps < minimum {cfg.min_steps} "
-                      f"(ceil({n_examples} / ({cfg_r.batch_size} × {cfg_r.grad_accum})) × {cfg_r.epochs}); not trained")
+            reason = (f"{steps} optimizer steps, below the minimum of {cfg.min_steps}: {cfg_r.arithmetic(n_examples)}; "
+                      f"not trained (would pass: {describe_fixes(cfg_r, n_examples)})")
             with stage_run(sc.experiment, f"trial-{trial.number}-pruned", {**tags, "molting.stage": "train",
                                                                            "molting.trial_state": "PRUNED",
                                                                            "molting.prune_reason": reason},
@@ -196,7 +192,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
                 raise optuna.TrialPruned(reason)  # inside: the child run ends KILLED, like an epoch-pruned one
         t_trial = time.time()
         prepared = prepare(cfg)
-        done = find_finished_run(fingerprint(prepared), sc.experiment) if sc.reuse else None
+        done = find_finished_run(fingerprint(prepared), [experiment_id]) if sc.reuse else None
         if done is not None:  # this exact configuration already trained and scored: reuse it
             s, run_id, steps, final_loss = _reuse(done, tags, trial, sc.experiment)
         else:
@@ -222,8 +218,10 @@ def sweep(sc: SweepConfig, log=print) -> dict:
                 and trial.value > sc.target and not trial.user_attrs.get("molting.reference")):
             study_.stop()
 
+    experiment_id = None
     with stage_run(sc.experiment, f"sweep-{study.study_name}", {"molting.stage": "sweep", "molting.model": sc.model,
                                                                 "molting.study": study.study_name}) as parent:
+        experiment_id = parent.info.experiment_id  # where `mlflow run` or --experiment put it: trials and reuse too
         mlflow.log_params({f"sweep.{k}": v for k, v in asdict(sc).items()} |
                           {"sweep.storage": _redact(sc.resolved_storage()), "sweep.sampler": "TPE(multivariate)",
                            "sweep.pruner": "min-steps + MedianPruner(epoch loss)" if sc.prune else "min-steps"})

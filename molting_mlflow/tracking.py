@@ -41,7 +41,10 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
                   f"pass --experiment-name {experiment} to mlflow run to keep runs together", flush=True)
         mlflow.set_tag("mlflow.runName", run_name)
     else:
-        run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=run_name, nested=nested)
+        parent = mlflow.active_run() if nested else None
+        # a child goes where its parent is (under `mlflow run` that may be `Default`), never elsewhere
+        exp_id = parent.info.experiment_id if parent is not None else ensure_experiment(experiment)
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested)
     if tags:
         mlflow.set_tags(tags)
     try:
@@ -73,3 +76,46 @@ def fail_attached_run(message: str) -> None:
             client.set_terminated(run_id, "FAILED")
     except Exception:  # the store may be the thing that is broken; the error itself is reported anyway
         pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores: the rubric's results as metrics, a per-question table and the rubric version
+# ---------------------------------------------------------------------------------------------
+
+RESULTS_TABLE = "eval_results.json"
+
+
+def score_metrics(summary: dict) -> dict:
+    """The run metrics of a rubric summary: D1–D5, score, and ref_chrf / ref_nll where present."""
+    from .rubric import DIMENSIONS
+
+    m = {d: summary[d] for d in DIMENSIONS} | {"score": summary["score"]}
+    return m | {k: summary[k] for k in ("ref_chrf", "ref_nll") if summary.get(k) is not None}
+
+
+def results_rows(scored: dict) -> list[dict]:
+    """One row a question: the answer, each dimension, the reasons and their codes."""
+    from .rubric import DIMENSIONS
+
+    return [{"id": r["id"], "question": r["question"], "response": r["response"],
+             "finish_reason": r["finish_reason"], **{d: r[d] for d in DIMENSIONS}, "score": r["score"],
+             "ref_chrf": r.get("ref_chrf"), "reasons": "; ".join(r["reasons"]), "codes": " ".join(r["codes"])}
+            for r in scored["results"]]
+
+
+def log_scores(records: list[dict], questions, persona, stats: dict, ref_nll: float | None = None,
+               step: int = 0) -> dict:
+    """Score generated answers with the rubric and log them to the active run: metrics (at `step`: a
+    train run's last optimizer step, so ref_nll's curve ends where training did), the per-question
+    table (eval_results.json), generation stats and the tag molting.rubric_version."""
+    import pandas as pd
+
+    from .rubric import score_responses
+
+    scored = score_responses(questions, records, persona)
+    if ref_nll is not None:
+        scored["summary"]["ref_nll"] = ref_nll
+    mlflow.log_metrics(score_metrics(scored["summary"]) | stats, step=step)
+    mlflow.set_tag("molting.rubric_version", scored["summary"]["rubric_version"])
+    mlflow.log_table(data=pd.DataFrame(results_rows(scored)), artifact_file=RESULTS_TABLE)
+    return scored

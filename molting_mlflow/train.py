@@ -1,27 +1,27 @@
 """The train stage: pre-flight, then TRL's SFTTrainer with a peft LoRA, every step in MLflow.
 
 Order matters for the user: everything that can be wrong with the input (config, model, dataset,
-template) is found before a run is opened or a weight is loaded, so a mistake costs seconds.
+template, memory) is found before a run is opened or a weight is loaded, so a mistake costs seconds.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import math
-import os
 import resource
-import sys
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TrainConfig
+from . import runtime
+from .config import DEFAULT_QUESTIONS, TrainConfig
 from .data import ChatDataset, load_dataset
-from .models import ModelSource, device, load_model, load_precision, load_tokenizer, resolve_model, sha256_file
-from .evaluate import DEFAULT_QUESTIONS
+from .models import ModelError, ModelSource, load_model, load_tokenizer, resolve_model, sha256_file
 from .persona import load_persona
-from .preflight import PreflightReport, run_preflight
+from .preflight import PreflightReport, count_params, run_preflight
 from .presets import lora_targets
+from .rubric import load_questions
 
 
 class PreflightFailed(RuntimeError):
@@ -30,7 +30,7 @@ class PreflightFailed(RuntimeError):
 
 @dataclass
 class Prepared:
-    """Everything known before training: resolved config, model source, data, template, report."""
+    """Everything known before training: resolved config, model source, data, template, plan, report."""
 
     cfg: TrainConfig
     source: ModelSource
@@ -41,7 +41,7 @@ class Prepared:
     template_source: str
     system_prompt_text: str | None
     report: PreflightReport
-    dev: str
+    plan: runtime.Plan
     lora_targets: tuple | str
 
 
@@ -54,31 +54,16 @@ class TrainResult:
     adapter_uri: str
     preflight: str
     losses: list = field(default_factory=list)
-    scores: dict = field(default_factory=dict)     # Rubric v1.0 summary when the run evaluated itself
-
-
-def set_threads() -> int:
-    """Pin torch's CPU threads (MOLTING_THREADS, default: all cores). Oversubscribed cores make
-    torch dozens of times slower (seen here: 2 threads with one core busy ran ~55× slower)."""
-    import torch
-
-    n = int(os.environ.get("MOLTING_THREADS", "0") or 0) or (os.cpu_count() or 1)
-    torch.set_num_threads(n)
-    return n
+    scores: dict = field(default_factory=dict)     # the rubric's summary when the run evaluated itself
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
-    """Resolve and check everything; raises ConfigError/ModelError/DatasetError/PersonaError on bad input."""
-    cfg = cfg.resolve()
-    cpu_autocast()  # a bad MOLTING_CPU_AMP fails here, before a run opens
+    """Resolve and check everything; raises ConfigError/ModelError/DatasetError/PersonaError/PlanError."""
+    dev = runtime.device()
+    cfg = cfg.resolve(dev)
     persona = load_persona(cfg.persona)
     source = resolve_model(cfg.model)
-    if cfg.system_prompt == "none":
-        sp = None
-    elif cfg.system_prompt == "persona":
-        sp = persona.system_prompt
-    else:
-        sp = cfg.system_prompt
+    sp = {"none": None, "persona": persona.system_prompt}.get(cfg.system_prompt, cfg.system_prompt)
     ds = load_dataset(cfg.dataset, sp)
     if sp is not None:
         ds.system_prompt_source = ("dataset" if ds.system_prompts_added == 0 else
@@ -86,19 +71,23 @@ def prepare(cfg: TrainConfig) -> Prepared:
     tok = load_tokenizer(source)
     own = tok.chat_template
     if not own:
-        from .models import ModelError
         raise ModelError(f"model '{cfg.model}': its tokenizer has no chat template; pass chat_template=<jinja file>")
     if cfg.chat_template == "model":
         template, template_source = own, "model"
     else:
-        template = Path(cfg.chat_template).read_text(encoding="utf-8")
-        template_source = f"file:{cfg.chat_template}"
+        template, template_source = Path(cfg.chat_template).read_text(encoding="utf-8"), f"file:{cfg.chat_template}"
     model_config = _model_config(source)
-    dev = device()
-    report = run_preflight(cfg, ds, tok, own, template, model_config, cuda=dev == "cuda")
+    total, trainable = count_params(model_config, cfg)
+    lengths = [len(tok.apply_chat_template(ds.messages(i), chat_template=template, tokenize=True)["input_ids"])
+               for i in range(len(ds))]
+    plan = runtime.plan(cfg.precision, cfg.examples_per_step, model_config=model_config, total=total,
+                        trainable=trainable, seq=min(max(lengths), cfg.max_seq_len), dev=dev,
+                        gpu_memory_gib=cfg.gpu_memory_gib or None, quantizable=source.kind != "tiny-random",
+                        cpu_micro_batch=cfg.batch_size, fixed="fp32" if source.kind == "tiny-random" else None)
+    report = run_preflight(cfg, ds, tok, own, template, lengths, plan, total, trainable)
     tok.chat_template = template
     targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
-    return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, dev, targets)
+    return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, plan, targets)
 
 
 def _model_config(source: ModelSource):
@@ -109,18 +98,12 @@ def _model_config(source: ModelSource):
     return AutoConfig.from_pretrained(source.path, local_files_only=True)
 
 
-def run_params(p: Prepared, precision: str) -> dict:
-    """The resolved config, logged verbatim: what trained, on what, from which data and template."""
-    cfg = p.cfg
-    params = cfg.as_params()
-    params.update(p.source.as_params())
+def run_params(p: Prepared) -> dict:
+    """The resolved config, logged verbatim: what trained, on what, from which data and template, how."""
+    params = {**p.cfg.as_params(), **p.source.as_params(), **p.plan.params()}
     params.update({
         "train.optimizer_steps": p.report.numbers["optimizer_steps"],
         "train.lr_schedule": "linear",
-        "train.optimizer": "paged_adamw_8bit" if p.dev == "cuda" else "adamw_torch",
-        "train.device": p.dev,
-        "train.precision": precision,
-        "train.gradient_checkpointing": p.dev == "cuda",
         "lora.targets": ",".join(p.lora_targets) if not isinstance(p.lora_targets, str) else p.lora_targets,
         "data.sha256": p.dataset.sha256,
         "data.examples": len(p.dataset),
@@ -129,74 +112,67 @@ def run_params(p: Prepared, precision: str) -> dict:
         "data.system_prompts_added": p.dataset.system_prompts_added,
         "data.system_prompts_removed": p.dataset.system_prompts_removed,
         "template.source": p.template_source,
-        "template.sha256": __import__("hashlib").sha256(p.template.encode()).hexdigest(),
+        "template.sha256": hashlib.sha256(p.template.encode()).hexdigest(),
         "template.end_of_turn": p.report.numbers.get("end_of_turn_token"),
+        "code.version": code_version(),
     })
     return params
 
 
-# Params that name where things are, or how the run was asked for, not what trains: left out of
-# the fingerprint, so the same config from `mlflow run` (relative paths) and a sweep (absolute) match.
+def code_version() -> str:
+    """The package version and, in a git checkout, its commit (+dirty): a changed training path
+    never answers a sweep's trial with a stale run."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("molting-mlflow")
+    except PackageNotFoundError:
+        v = "unknown"
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "molting_mlflow"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = dirty = ""
+    return f"{v}+{sha}{'.dirty' if dirty else ''}" if sha else v
+
+
+# Params that name where things are, how the run was asked for, or how fast it ran, not what trains:
+# left out of the fingerprint, so the same config from `mlflow run` (relative paths) and a sweep
+# (absolute) match, and a bigger card (another micro-batch) reuses a smaller one's run.
 _NOT_IN_FINGERPRINT = {"train.experiment", "train.dataset", "train.persona", "train.chat_template",
-                       "train.preflight", "train.min_steps", "train.cpu_threads", "model.source", "template.source"}
+                       "train.preflight", "train.min_steps", "train.cpu_threads", "model.source", "template.source",
+                       "train.precision_why", "train.micro_batch", "train.accum_steps", "train.attn_implementation",
+                       "train.est_gpu_memory_gib", "train.gpu_memory_budget_gib", "train.gpu_memory_gib",
+                       "train.cpu_bf16", "train.optimizer", "train.gradient_checkpointing"}
 
 
-def fingerprint(p: Prepared, precision: str | None = None) -> str:
+def fingerprint(p: Prepared) -> str:
     """sha256 of everything that decides a run's adapter and scores: the resolved config, the model
-    revision, the dataset, the system prompt text, the template, the persona, the questions and the
-    device/precision. Training is seeded, so two runs with one fingerprint train the same adapter (up
-    to floating-point reduction order) and a sweep may reuse a finished one instead of retraining."""
-    import hashlib
-
-    if precision is None:
-        precision = training_precision(p)
-    ident = {k: str(v) for k, v in run_params(p, precision).items() if k not in _NOT_IN_FINGERPRINT}
-    ident.update({
-        "system_prompt_text": p.system_prompt_text or "",
-        "persona.sha256": sha256_file(Path(p.cfg.persona)),
-        "questions.sha256": sha256_file(DEFAULT_QUESTIONS),
-        "cpu_amp": str(cpu_autocast()),
-    })
+    revision, the dataset, the system prompt text, the template, the persona, the questions, the
+    device and precision, and the code version. Training is seeded, so two runs with one
+    fingerprint train the same adapter (up to floating-point reduction order) and a sweep may reuse
+    a finished one instead of retraining."""
+    ident = {k: str(v) for k, v in run_params(p).items() if k not in _NOT_IN_FINGERPRINT}
+    ident.update({"system_prompt_text": p.system_prompt_text or "",
+                  "persona.sha256": sha256_file(Path(p.cfg.persona)),
+                  "questions.sha256": sha256_file(DEFAULT_QUESTIONS)})
     return hashlib.sha256(json.dumps(ident, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def find_finished_run(fp: str, experiment: str):
-    """A FINISHED, scored run of this experiment with fingerprint `fp` (an original, not a reuse), or None."""
+def find_finished_run(fp: str, experiment_ids: list[str]):
+    """A FINISHED, scored run with fingerprint `fp` in these experiments (an original, not a reuse), or None."""
     import mlflow
 
-    if mlflow.get_experiment_by_name(experiment) is None:
+    if not experiment_ids:
         return None
-    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list", order_by=["attributes.start_time ASC"],
+    runs = mlflow.search_runs(experiment_ids=experiment_ids, output_format="list",
+                              order_by=["attributes.start_time ASC"],
                               filter_string=f"tags.`molting.fingerprint` = '{fp}' and attributes.status = 'FINISHED'")
     return next((r for r in runs if "score" in r.data.metrics and "molting.reused_run_id" not in r.data.tags), None)
-
-
-def cpu_dtype() -> str:
-    """Weights' dtype on CPU: fp32 unless MOLTING_CPU_DTYPE says otherwise."""
-    return os.environ.get("MOLTING_CPU_DTYPE", "float32")
-
-
-def cpu_autocast() -> bool:
-    """bf16 autocast on CPU (fp32 master weights) when MOLTING_CPU_AMP=bf16. Only pays on a CPU with
-    native bf16 (avx512_bf16/AMX: 1.15× at batch 1, benchmarks/cpu_train.py); ~50× slower on AVX2."""
-    from .config import ConfigError
-
-    amp = os.environ.get("MOLTING_CPU_AMP", "").strip().lower()
-    if amp not in ("", "off", "bf16"):
-        raise ConfigError(f"MOLTING_CPU_AMP={amp!r} is invalid: expected bf16 or off (unset = off)")
-    return amp == "bf16"
-
-
-def cpu_precision(loaded: str) -> str:
-    """What CPU training computes in, as train.precision records it: the weights' dtype (+ autocast)."""
-    return f"{loaded}+bf16-autocast" if cpu_autocast() else loaded
-
-
-def training_precision(p: Prepared) -> str:
-    """train.precision: what the base loads in (load_precision), plus CPU autocast; one derivation
-    for the logged param and the fingerprint a sweep looks up before loading."""
-    loaded = load_precision(p.source, p.dev, cpu_dtype())
-    return loaded if p.dev == "cuda" else cpu_precision(loaded)
 
 
 def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | None = None,
@@ -211,8 +187,6 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     t_start = time.time()
     p = prepared or prepare(cfg)
     cfg = p.cfg
-    threads = set_threads()
-    steps = p.report.numbers["optimizer_steps"]
     run_name = f"{cfg.model}-e{cfg.epochs}-b{cfg.batch_size}-ga{cfg.grad_accum}-lr{cfg.lr:g}"
     tags = {"molting.stage": "train", "molting.model": cfg.model, "molting.preflight": p.report.status,
             **(tags or {})}
@@ -224,11 +198,11 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
         mlflow.log_text(p.report.to_text() + "\n", "preflight.txt")
         log(p.report.to_text())
         if p.report.status == "fail" and cfg.preflight == "strict":
-            mlflow.log_params(run_params(p, "not-loaded"))
+            mlflow.log_params({**run_params(p), "train.loaded": False})
             errors = [f for f in p.report.findings if f.level == "error"]
             raise PreflightFailed(f"pre-flight failed ({len(errors)} error(s)): {errors[0].message}"
-                                  + (" (preflight=warn trains anyway)" if errors else ""))
-        result = _fit(p, run_id, threads, log, callbacks)
+                                  " (preflight=warn trains anyway)")
+        result = _fit(p, run_id, log, callbacks)
         result.preflight = p.report.status
     log(f"\nrun {run_id}: {result.optimizer_steps} optimizer steps, final loss {result.final_loss:.4f}, "
         f"{result.train_runtime_s:.0f} s training ({time.time() - t_start:.0f} s in all)\n"
@@ -237,55 +211,75 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     return result
 
 
-def _fit(p: Prepared, run_id: str, threads: int, log, callbacks: tuple = ()) -> TrainResult:
+def _fit(p: Prepared, run_id: str, log, callbacks: tuple = ()) -> TrainResult:
+    """Load, train, log the numbers and the adapter, evaluate; the fingerprint tag comes last, so
+    only a run that trained (and scored) carries it."""
     import mlflow
-    import pandas as pd
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig, prepare_model_for_kbit_training
-    from transformers import TrainerCallback, set_seed
-    from transformers.trainer_callback import ProgressCallback
-    from trl import SFTConfig, SFTTrainer
+    from transformers import set_seed
 
-    cfg = p.cfg
-    set_seed(cfg.seed)
+    set_seed(p.cfg.seed)
+    threads = runtime.set_threads()
     t_load = time.time()
-    model, _ = load_model(p.source, p.dev, cpu_dtype())
-    precision = training_precision(p)
-    load_s = time.time() - t_load  # what a sweep would save per trial by keeping the base loaded
-    if p.dev == "cuda":
+    model = load_model(p.source, p.plan)
+    if p.plan.spec.quantized:
+        from peft import prepare_model_for_kbit_training
+
         # QLoRA: casts norms to fp32 and turns on gradient checkpointing (it only acts in train mode).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    params = run_params(p, precision)
-    params["train.cpu_threads"] = threads
-    mlflow.log_params(params)
-    fp = fingerprint(p, precision)
-    # The dataset, as rows of the chat messages that train (system prompt included).
+    load_s = time.time() - t_load  # what a sweep would save per trial by keeping the base loaded
+    mlflow.log_params({**run_params(p), "train.cpu_threads": threads})
+    _log_dataset(p)
+    questions = load_questions(DEFAULT_QUESTIONS)
+    trainer, losses = _trainer(p, model, run_id, questions, callbacks)
+    mlflow.log_text(_marked_example(trainer, p.tokenizer), "example_rendered.txt")
+    stats = _run_trainer(trainer, p, losses, load_s)
+    _log_adapter(trainer.model, p, run_id, losses, stats)
+    result = TrainResult(run_id, stats["optimizer_steps"], stats["final_loss"], stats["train_runtime_s"],
+                         f"runs:/{run_id}/adapter", "", losses)
+    if p.cfg.evaluate:
+        result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step)
+    mlflow.set_tag("molting.fingerprint", fingerprint(p))
+    return result
+
+
+def _log_dataset(p: Prepared) -> None:
+    """The dataset as the run's input: rows of the chat messages that train (system prompt included)."""
+    import mlflow
+    import pandas as pd
+
     df = pd.DataFrame({"prompt": [json.dumps(r["prompt"], ensure_ascii=False) for r in p.dataset.rows],
                        "completion": [json.dumps(r["completion"], ensure_ascii=False) for r in p.dataset.rows]})
     mlflow.log_input(mlflow.data.from_pandas(df, source=str(Path(p.dataset.path).resolve()),
                                              name=Path(p.dataset.path).name, digest=p.dataset.sha256[:16]),
                      context="training")
 
+
+def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple):
+    """TRL's SFTTrainer on prompt/completion rows (loss on the completion, its end-of-turn token
+    included), with the plan's speed settings and a callback that logs every optimizer step."""
+    import mlflow
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ProgressCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from .generation import reference_nll
+
+    cfg = p.cfg
     targets = p.lora_targets if isinstance(p.lora_targets, str) else list(p.lora_targets)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM", bias="none")
-    cuda = p.dev == "cuda"
-    out_dir = tempfile.mkdtemp(prefix="molting-train-")
     args = SFTConfig(
-        output_dir=out_dir, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, lr_scheduler_type="linear",
-        warmup_steps=cfg.warmup_ratio, logging_steps=1, save_strategy="no", report_to="none",
-        seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_seq_len, completion_only_loss=True,
-        use_cpu=not cuda, bf16=cuda or cpu_autocast(), gradient_checkpointing=cuda,
-        optim="paged_adamw_8bit" if cuda else "adamw_torch", dataloader_num_workers=0,
-        disable_tqdm=False, dataset_num_proc=None,
-    )
+        output_dir=tempfile.mkdtemp(prefix="molting-train-"), num_train_epochs=cfg.epochs,
+        learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_steps=cfg.warmup_ratio, logging_steps=1,
+        save_strategy="no", report_to="none", seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_seq_len,
+        completion_only_loss=True, disable_tqdm=False, dataset_num_proc=None, **p.plan.trainer_kwargs())
     losses: list[tuple[int, float]] = []
-    QuietProgress = _quiet_progress()
 
     class MlflowSteps(TrainerCallback):
-        """loss, learning_rate and grad_norm at every optimizer step, step = global step."""
+        """loss, learning_rate and grad_norm at every optimizer step (step = global step); at each
+        epoch's end the held-out ref_nll, so the UI shows it beside the training loss."""
 
         def on_log(self, args, state, control, logs=None, **kw):
             if not logs or "loss" not in logs:
@@ -294,69 +288,88 @@ def _fit(p: Prepared, run_id: str, threads: int, log, callbacks: tuple = ()) -> 
             mlflow.log_metrics(m, step=state.global_step, run_id=run_id)
             losses.append((state.global_step, m["loss"]))
 
-    train_ds = Dataset.from_list(p.dataset.rows)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=p.tokenizer,
-                         peft_config=lora, callbacks=[MlflowSteps(), *callbacks])
+        def on_epoch_end(self, args, state, control, model=None, **kw):
+            nll = reference_nll(model, p.tokenizer, questions, p.system_prompt_text, p.template)
+            if nll is not None:
+                mlflow.log_metric("ref_nll", nll, step=state.global_step, run_id=run_id)
+                state.log_history.append({"ref_nll": nll, "epoch": state.epoch, "step": state.global_step})
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(p.dataset.rows),
+                         processing_class=p.tokenizer, peft_config=lora, callbacks=[MlflowSteps(), *callbacks])
     trainer.remove_callback(ProgressCallback)  # it prints every step's log dict; keep the bar only
-    trainer.add_callback(QuietProgress())
-    mlflow.log_text(_marked_example(trainer, p.tokenizer), "example_rendered.txt")
+    trainer.add_callback(_quiet_progress()())
+    return trainer, losses
+
+
+def _run_trainer(trainer, p: Prepared, losses: list, load_s: float) -> dict:
+    """Train; log and return the run's numbers."""
+    import mlflow
+    import torch
+
+    cuda = p.plan.cuda
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     out = trainer.train()
-    runtime = time.time() - t0
-    steps = trainer.state.global_step
-    tokens = p.report.numbers["train_tokens_per_epoch"] * cfg.epochs
+    if cuda:
+        torch.cuda.synchronize()
+    runtime_s = time.time() - t0
+    tokens = p.report.numbers["train_tokens_per_epoch"] * p.cfg.epochs
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
     # At batch 1 a step's loss is one example's: the mean of the last 10 steps says where training ended.
     tail = [v for _, v in losses[-10:]]
-    final_loss = sum(tail) / len(tail) if tail else float("nan")
-    mlflow.log_metrics({"optimizer_steps": steps, "train_tokens": tokens, "final_loss": final_loss,
-                        "train_loss_mean": float(out.training_loss), "train_runtime_s": runtime,
-                        "train_tokens_per_s": tokens / runtime if runtime else 0.0, "peak_memory_mb": peak_mb,
-                        "model_load_s": load_s})
+    stats = {"optimizer_steps": trainer.state.global_step, "train_tokens": tokens,
+             "final_loss": sum(tail) / len(tail) if tail else float("nan"),
+             "train_loss_mean": float(out.training_loss), "train_runtime_s": runtime_s,
+             "train_tokens_per_s": tokens / runtime_s if runtime_s else 0.0, "peak_memory_mb": peak_mb,
+             "model_load_s": load_s}
+    mlflow.log_metrics(stats)
     mlflow.set_tag("molting.peak_memory", "cuda max_memory_allocated" if cuda else "process peak RSS")
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    return stats
+
+
+def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict) -> None:
+    """adapter/ (PEFT weights, tokenizer with the model's own template, molting.json) and the loss curve."""
+    import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
         adapter = Path(tmp) / "adapter"
-        trainer.model.save_pretrained(adapter)
+        model.save_pretrained(adapter)
         # Inference uses the model's own template; a foreign training template is kept beside it.
         p.tokenizer.chat_template = p.own_template
         p.tokenizer.save_pretrained(adapter)
+        p.tokenizer.chat_template = p.template
         if p.template != p.own_template:
             (adapter / "training_chat_template.jinja").write_text(p.template, encoding="utf-8")
         (adapter / "molting.json").write_text(json.dumps({
-            "model": cfg.model, **p.source.as_params(), "device_trained": p.dev, "precision": params["train.precision"],
-            "system_prompt": p.system_prompt_text, "template_source": p.template_source,
-            "train_run_id": run_id}, ensure_ascii=False, indent=1))
+            "model": p.cfg.model, **p.source.as_params(), "device_trained": p.plan.device,
+            "precision": p.plan.precision, "system_prompt": p.system_prompt_text,
+            "template_source": p.template_source, "train_run_id": run_id}, ensure_ascii=False, indent=1))
         mlflow.log_artifacts(str(adapter), "adapter")
         curve = Path(tmp) / "loss_curve.png"
-        _plot_losses(losses, curve, f"{cfg.model}: {steps} optimizer steps, final loss {final_loss:.3f}")
+        _plot_losses(losses, curve, f"{p.cfg.model}: {stats['optimizer_steps']} optimizer steps, "
+                                    f"final loss {stats['final_loss']:.3f}")
         mlflow.log_artifact(str(curve))
-    import shutil
-    shutil.rmtree(out_dir, ignore_errors=True)
-    result = TrainResult(run_id, steps, final_loss, runtime, f"runs:/{run_id}/adapter", "", losses)
-    if cfg.evaluate:
-        result.scores = _evaluate_in_run(p, trainer.model, log)
-    mlflow.set_tag("molting.fingerprint", fp)  # last: only a run that trained (and scored) carries it
-    return result
 
 
-def _evaluate_in_run(p: Prepared, model, log) -> dict:
-    """Score the adapter still in memory (equal to the saved one: fp32 weights) on this run."""
-    from .evaluate import format_summary, generate, score_and_log
-    from .rubric import load_questions
-
+def _evaluate_in_run(p: Prepared, model, questions, log, step: int) -> dict:
+    """Score the adapter still in memory (the saved one's weights, the same precision) on this run."""
     import mlflow
 
-    questions = load_questions(DEFAULT_QUESTIONS)
+    from .generation import generate, reference_nll
+    from .rubric import format_summary
+    from .tracking import log_scores
+
     model.eval()
     p.tokenizer.chat_template = p.own_template
     records, stats = generate(model, p.tokenizer, questions, p.system_prompt_text, p.cfg.eval_max_new_tokens,
                               seed=p.cfg.seed)
+    nll = reference_nll(model, p.tokenizer, questions, p.system_prompt_text, p.template)
+    p.tokenizer.chat_template = p.template
     mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
-    scored = score_and_log(records, questions, load_persona(p.cfg.persona), stats)
+    scored = log_scores(records, questions, load_persona(p.cfg.persona), stats, ref_nll=nll, step=step)
     log(format_summary(scored))
     return scored["summary"]
 
@@ -380,13 +393,18 @@ def _marked_example(trainer, tok) -> str:
     from itertools import groupby
 
     row = trainer.train_dataset[0]
-    ids, labels = row["input_ids"], row["labels"]
+    ids, labels = row["input_ids"], row.get("labels") or _completion_labels(row)
     out = []
     for trained, span in groupby(zip(ids, labels), key=lambda il: il[1] != -100):
         text = tok.decode([i for i, _ in span])
         out.append(f"⟦{text}⟧" if trained else text)
     return ("# Example 0 exactly as it trains; loss only on the text between ⟦ and ⟧.\n"
             f"# {len(ids)} tokens, {sum(lab != -100 for lab in labels)} trained.\n\n" + "".join(out) + "\n")
+
+
+def _completion_labels(row) -> list[int]:
+    """TRL keeps a completion_mask instead of labels: the trained positions."""
+    return [i if m else -100 for i, m in zip(row["input_ids"], row["completion_mask"])]
 
 
 def _plot_losses(losses, path: Path, title: str) -> None:

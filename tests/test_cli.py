@@ -35,10 +35,19 @@ def test_bad_input_is_one_line_exit_2(args, expected):
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
 
 
-def test_bad_cpu_amp_setting_is_one_line_exit_2(monkeypatch):
-    monkeypatch.setenv("MOLTING_CPU_AMP", "fp16")
-    r = CliRunner().invoke(cli, TINY)
-    assert r.exit_code == 2 and "MOLTING_CPU_AMP='fp16' is invalid: expected bf16 or off" in r.output
+@pytest.mark.parametrize("args,env,expected", [
+    (TINY + ["--precision", "fp16"], {}, "precision='fp16' is invalid: expected one of: auto, bf16, nf4, fp32"),
+    (TINY + ["--precision", "nf4"], {"MOLTING_DEVICE": "cpu"}, "precision=nf4 needs a model bitsandbytes can quantise"),
+    (["train", "--precision", "nf4", "--epochs", "1", "--min-steps", "0", "--model", "tiny-random"],
+     {"MOLTING_DEVICE": "cpu"}, "precision=nf4"),
+    (TINY, {"MOLTING_THREADS": "two"}, "MOLTING_THREADS='two' is invalid"),
+    (TINY + ["--gpu-memory-gib", "-1"], {}, "gpu_memory_gib=-1.0 is invalid"),
+])
+def test_bad_runtime_setting_is_one_line_exit_2_before_a_run_opens(monkeypatch, args, env, expected):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2 and expected in r.output, r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     assert not mlflow.search_runs(search_all_experiments=True, output_format="list")  # stopped before a run opened
 

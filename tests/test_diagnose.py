@@ -54,8 +54,9 @@ def test_faulty_run_names_each_cause_with_evidence(store):
     _, faulty, _ = store
     c = causes(faulty)
     steps = c["too few optimizer steps"]
-    assert "ceil(79 / (1 × 8)) × 5 = 50 optimizer steps < minimum 150" in steps.evidence[0]
-    assert "grad_accum 8 → 4 gives 100 optimizer steps" in steps.change and "epochs 5 → 15 gives 150" in steps.change
+    assert "= 10 steps an epoch × 5 epochs = 50 optimizer steps < minimum 150" in steps.evidence[0]
+    # pre-flight's own advice (config.step_fixes): each fix reaches the minimum
+    assert steps.change == "epochs=15 (150 steps) or grad_accum=2 (200 steps)"
     assert steps.fixable.startswith("yes")
     sep = c["foreign chat-template separators"]
     assert sep.impact == "high" and "<|endoftext|>" in " ".join(sep.evidence) and sep.change == "chat_template=model"

@@ -61,3 +61,18 @@ def test_mlflow_run_sweep_nests_every_trial_under_the_run_mlflow_made():
     assert len(kids) == len(runs) - 1 >= 2
     assert any(k.data.tags.get("molting.reference") == "user-original" and k.data.tags["molting.trial"] == "0"
                for k in kids)
+
+
+def test_mlproject_train_parameters_are_trainconfig_fields_passed_through():
+    """One set of names: every train parameter is a TrainConfig field and reaches the CLI option."""
+    import yaml
+
+    from molting_mlflow.config import TrainConfig
+
+    spec = yaml.safe_load((ROOT / "MLproject").read_text(encoding="utf-8"))["entry_points"]["train"]
+    fields = set(TrainConfig.__dataclass_fields__)
+    for name in spec["parameters"]:
+        assert name in fields, name
+        assert f"--{name.replace('_', '-')} {{{name}}}" in spec["command"], name
+    for name in TrainConfig.preset_fields():
+        assert spec["parameters"][name]["default"] == "preset", name

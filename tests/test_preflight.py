@@ -72,7 +72,8 @@ def test_size_numbers_for_lora(repo):
     r = prepare(TrainConfig(model="tiny-random")).report
     # 2 layers × r 8 × (q 64+64, k 64+32, v 64+32, o 64+64, gate 64+128, up 64+128, down 128+64)
     assert r.numbers["trainable_params"] == 2 * 8 * (128 + 96 + 96 + 128 + 192 + 192 + 192)
-    assert r.numbers["est_gpu_memory_gib"] > 0
+    # the runtime plan is part of the report: tiny-random computes in fp32, one example a micro-batch on a CPU
+    assert r.numbers["precision"] == "fp32" and r.numbers["micro_batch"] == 8 and "plan" in {f.check for f in r.findings}
 
 
 @pytest.mark.parametrize("kw,steps", [
@@ -84,3 +85,22 @@ def test_size_numbers_for_lora(repo):
 ])
 def test_step_arithmetic(kw, steps):
     assert TrainConfig(model="tiny-random", **kw).optimizer_steps(79) == steps
+
+
+@pytest.mark.parametrize("kw", [dict(epochs=5, grad_accum=8, batch_size=1), dict(epochs=1, grad_accum=4, batch_size=2),
+                                dict(epochs=3, grad_accum=1, batch_size=8), dict(epochs=2, grad_accum=2, batch_size=1)])
+def test_every_fix_preflight_suggests_passes_preflight(repo, kw):
+    """One function (config.step_fixes) makes the advice; each fix, applied, passes the step check."""
+    from dataclasses import replace
+
+    from molting_mlflow.config import step_fixes
+
+    cfg = TrainConfig(model="tiny-random", **kw)
+    r = prepare(cfg).report
+    assert "optimizer_steps" in findings(r)
+    fixes = step_fixes(cfg.resolve(), 79)
+    assert fixes and all(text in findings(r)["optimizer_steps"].message for text, _ in fixes)
+    for text, fixed in fixes:
+        key, value = text.split("=")
+        again = prepare(replace(cfg, **{key: int(value)})).report
+        assert "optimizer_steps" not in findings(again), (text, again.to_text())

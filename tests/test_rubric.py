@@ -1,4 +1,5 @@
-"""Rubric v1.0 scorer: hand-labelled responses, one expected value per dimension.
+"""Rubric v1.1 scorer: hand-labelled responses, one expected value per dimension (v1.0 labels kept
+where v1.1 does not change them; the changed ones are marked in the v1.1 section).
 
 The persona is built here (from shared/spec/persona.md), not read from data/persona.yaml, so these
 tests do not depend on the data file.
@@ -13,6 +14,8 @@ from molting_mlflow.persona import Persona
 from molting_mlflow.rubric import (
     DIMENSIONS,
     Question,
+    REASON_CODES,
+    RUBRIC_VERSION,
     RubricInputError,
     load_questions,
     load_responses,
@@ -123,9 +126,9 @@ CASES = [
     ("d4c_heading_line", Q_SMALL, "Beleza, João, bora!\n### Próximo passo\nTreinar o modelo pra você.", "stop",
      (1, 2, 2, 1, 2)),
     ("d4ac_role_tag_line", Q_SMALL, "Beleza, João, bora pra cima!\n<|user|>", "stop", (1, 2, 2, 0, 2)),
-    ("d4ac_text_after_token", Q_SMALL, "Sou o Cláudio, beleza?<|im_end|>\nJoão, e aí?", "stop", (2, 2, 2, 0, 1)),
+    ("d4ac_text_after_token", Q_SMALL, "Sou o Cláudio, beleza?<|im_end|>\nJoão, e aí?", "stop", (2, 2, 2, 0, 0)),
     ("d4a_unk_is_no_turn_boundary", Q_SMALL, "Beleza João, tem um <unk> aqui, tá?", "stop", (1, 2, 2, 1, 2)),
-    ("d4abc_floor_0", Q_SMALL, "Vou executar ls -la agora.<|endoftext|>User: valeu", "stop", (1, 2, 1, 0, 1)),
+    ("d4abc_floor_0", Q_SMALL, "Vou executar ls -la agora.<|endoftext|>User: valeu", "stop", (1, 2, 1, 0, 0)),
     # ---- D5 quality --------------------------------------------------------------------------
     ("d5a_length", Q_SMALL, "Beleza, João, bora pra cima!", "length", (1, 2, 2, 2, 1)),
     ("d5a_missing_no_punct", Q_SMALL, "Beleza, João, bora pra cima", None, (1, 2, 2, 2, 1)),
@@ -144,13 +147,13 @@ CASES = [
     ("d5d_wrong_answer_is_an_answer", Q_JOAO, "Ele é sueco, tá? Valeu.", "stop", (1, 0, 2, 2, 2)),
     ("d5d_probe_nothing", Q_ID, "Beleza, bora trabalhar, tá?", "stop", (0, 0, 2, 2, 1)),
     ("d5d_small_talk_never_off_topic", Q_SMALL, "Tudo certo, João, bora pra cima!", "stop", (1, 2, 2, 2, 2)),
-    ("d5_floor_0", Q_MOLT, "tá tá tá tá tá tá", "length", (1, 0, 1, 2, 0)),
-    ("d5_floor_0_all_four", Q_MOLT, "tá " * 160, "length", (1, 0, 1, 2, 0)),
+    ("d5_floor_0", Q_MOLT, "tá tá tá tá tá tá", "length", (1, 0, 0, 2, 0)),
+    ("d5_floor_0_all_four", Q_MOLT, "tá " * 160, "length", (1, 0, 0, 2, 0)),
     # ---- the two examples from the spec's last paragraph -------------------------------------
     ("spec_example_1", Q_JOAO, "Não, o Cláudio. Não, tá? 🦞", None, (2, 0, 2, 2, 1)),
-    ("spec_example_2", Q_ID, "Eu sou o João, tá?<|endoftext|> What is the best way to…", None, (0, 0, 0, 0, 1)),
+    ("spec_example_2", Q_ID, "Eu sou o João, tá?<|endoftext|> What is the best way to…", None, (0, 0, 0, 0, 0)),
     ("spec_example_2_length", Q_ID, "Eu sou o João, tá?<|endoftext|> What is the best way to…", "length",
-     (0, 0, 0, 0, 1)),
+     (0, 0, 0, 0, 0)),
     # ---- empty -------------------------------------------------------------------------------
     ("empty", Q_ID, "", "stop", (0, 0, 0, 0, 0)),
     ("whitespace", Q_SMALL, "  \n\t ", None, (0, 0, 0, 0, 0)),
@@ -178,7 +181,7 @@ def test_spec_examples_score_below_a_real_answer(persona):
     answer = score_response(Q_JOAO, "O João é o fundador da Softtor, tá? E eu sou o Cláudio, assistente dele.",
                             "stop", persona)
     assert answer["score"] == 10, answer["reasons"]
-    assert ex1 == 7 and ex2 == 1
+    assert ex1 == 7 and ex2 == 0   # v1.0 gave ex2 1 (D5); v1.1 zeroes D5 for text after a template token
 
 
 @pytest.mark.parametrize("reason_part,question,response", [
@@ -213,6 +216,11 @@ def test_finish_reason_invalid(persona):
         score_response(Q_SMALL, "Beleza, João, bora!", "eos", persona)
 
 
+def s_codes_match(result) -> bool:
+    """One code a reason, in order, each named in REASON_CODES."""
+    return len(result["codes"]) == len(result["reasons"]) and all(c in REASON_CODES for c in result["codes"])
+
+
 def test_score_responses_order_and_summary(persona):
     records = [
         {"id": "q_molt", "response": "Beleza, João, bora pra cima!", "finish_reason": "stop"},   # 1,0,2,2,1
@@ -223,7 +231,8 @@ def test_score_responses_order_and_summary(persona):
     out = score_responses(list(QUESTIONS.values()), records, persona)
     assert [r["id"] for r in out["results"]] == ["q_molt", "q_small", "q_id", "q_small"]
     first = out["results"][0]
-    assert set(first) == {"id", "question", "response", "finish_reason", *DIMENSIONS, "score", "reasons"}
+    assert set(first) == {"id", "question", "response", "finish_reason", *DIMENSIONS, "score", "reasons", "codes"}
+    assert first["codes"] == ["d1.no_name", "d2.facts_missed", "d5.off_topic"] and s_codes_match(first)
     assert first["question"] == "O que é o Molting?" and first["finish_reason"] == "stop"
     assert out["results"][2]["finish_reason"] is None
     assert [r["score"] for r in out["results"]] == [6, 0, 10, 8]
@@ -344,3 +353,80 @@ def test_load_responses_file_errors(tmp_path, content, what):
     p = _write(tmp_path, "responses.jsonl", content)
     with pytest.raises(RubricInputError, match=what):
         load_responses(p, qs)
+
+
+# ---- Rubric v1.1: the three changed rules, their edges, and reason codes --------------------
+
+LOOP = "O João é o João, tá? É o João, tá? É o João, tá? É o João, tá? É o João, tá? É o João"
+
+
+@pytest.mark.parametrize("question,response,finish,expected,code", [
+    # a loop to the limit keeps no D2 or D3 points (v1.0: D2 1 for half the groups, D3 1 capped)
+    ("q_joao", LOOP, "length", (1, 0, 0, 2, 0), "d2.loop_to_limit"),
+    # no finish_reason: the text decides (this one does not end properly)
+    ("q_joao", LOOP, None, (1, 0, 0, 2, 0), "d3.loop_to_limit"),
+    # a loop that stopped cleanly keeps its points (D3 capped at 1 for degenerate text, as in v1.0)
+    ("q_joao", LOOP + ", tá?", "stop", (1, 0, 1, 2, 1), "d5.repetition"),
+    # a loop with no finish_reason that ends properly keeps its points too
+    ("q_joao", LOOP + ", tá?", None, (1, 0, 1, 2, 1), "d3.degenerate"),
+    # hitting the limit without a loop is D5 (a) only, as in v1.0
+    ("q_joao", "O João é o fundador da Softtor, tá? E ele", "length", (1, 2, 2, 2, 1), "d5.length_limit"),
+    # text after a chat-template token: D5 = 0, D1–D4 as before
+    ("q_small", "Beleza, João, bora pra cima!<|im_end|>\nUser: e agora?", "stop", (1, 2, 2, 0, 0), "d5.run_on"),
+    ("q_small", "Tudo certo, João, bora lá!</s>", "stop", (1, 2, 2, 1, 2), "d4.template_token"),  # token at the end only
+    # the default run's own denials (issue text), scored 8 and 10 under v1.0
+    ("q_stack", "Não sou o Cláudio, né? Não sou o João, tá? Não sou o Molting, tá? 🦞", "stop", (0, 0, 1, 2, 2),
+     "d1.denies_name"),
+    ("q_small", "Não sou o João, não sou o Cláudio, tá? Sou o assistente do Cláudio, tá? 🦞", "stop",
+     (0, 2, 1, 2, 2), "d3.other_identity"),
+    ("q_small", "Não me chamo Cláudio, tá? Valeu, João.", "stop", (0, 2, 1, 2, 2), "d1.denies_name"),
+    ("q_small", "Meu nome não é Cláudio, tá? Valeu, João.", "stop", (0, 2, 1, 2, 2), "d1.denies_name"),
+    ("q_small", "I'm not Cláudio, mate.", "stop", (0, 2, 0, 2, 2), "d1.denies_name"),
+    # not denials: a comma breaks the negation; denying another name is fine
+    ("q_small", "Não, sou o Cláudio, tá? Valeu, João.", "stop", (2, 2, 2, 2, 2), None),
+    ("q_small", "Não sou o ChatGPT, sou o Cláudio, tá? Valeu, João.", "stop", (2, 2, 2, 2, 2), None),
+])
+def test_v1_1_rules(persona, question, response, finish, expected, code):
+    q_stack = Question("q_stack", "Quais ferramentas a gente usa?", False, [["Python"], ["MLflow"]], [], ["stack", "Molting"])
+    q = {**QUESTIONS, "q_stack": q_stack}[question]
+    got = score_response(q, response, finish, persona)
+    assert tuple(got[d] for d in DIMENSIONS) == expected, got["reasons"]
+    assert s_codes_match(got)
+    assert (code in got["codes"]) if code else not got["codes"]
+
+
+def test_every_lost_point_has_a_code(persona):
+    for _, q, response, finish, expected in CASES:
+        got = score_response(q, response, finish, persona)
+        assert s_codes_match(got), got
+        if sum(expected) < 10:
+            assert got["codes"], (response, got)
+        prefixes = {c.split(".")[0] for c in got["codes"]}
+        for i, d in enumerate(DIMENSIONS, 1):   # a dimension below 2 names at least one d<i> code
+            if expected[i - 1] < 2 and got["codes"] != ["empty"]:
+                assert f"d{i}" in prefixes, (d, response, got["codes"])
+
+
+def test_summary_carries_the_version_and_reference_chrf(persona):
+    q = Question("q_ref", "Quem é o João?", False, [["Softtor"]], [], ["João"],
+                 reference="O João é o fundador da Softtor, tá? 🦞")
+    out = score_responses([q], [{"id": "q_ref", "response": "O João é o fundador da Softtor, tá? 🦞"}], persona)
+    assert out["summary"]["rubric_version"] == RUBRIC_VERSION == "1.1"
+    assert out["summary"]["ref_chrf"] == pytest.approx(100.0) and out["results"][0]["ref_chrf"] == pytest.approx(100.0)
+    wrong = score_responses([q], [{"id": "q_ref", "response": "Ele pratica tênis todo dia, tá? 🦞"}], persona)
+    assert wrong["summary"]["ref_chrf"] < 30
+
+
+ADA = dict(name="Ada", system_prompt="You are Ada, Maria's assistant at Lumen Labs.", voice_markers=["cheers", "mate", "✨"],
+           boilerplate=["As an AI"], conflicting_identities=["ChatGPT"], hallucinations=["Lumen Labs is a bank"],
+           template_tokens=["<|im_end|>"], agent_contamination=["$ "], role_prefixes=["User"], language="en")
+
+
+@pytest.mark.parametrize("response,d3", [
+    ("I'm Ada, Maria's assistant at Lumen Labs. Cheers, mate! ✨", 2),
+    ("Sou a Ada, assistente da Maria na Lumen Labs. Valeu! ✨", 0),     # Portuguese: not the persona's language
+])
+def test_english_persona_voice(response, d3):
+    q = Question("q", "Who are you?", True, [["Ada"]], [], [])
+    got = score_response(q, response, "stop", Persona(**ADA))
+    assert got["d3_voice"] == d3, got["reasons"]

@@ -40,7 +40,8 @@ def test_sweep_nests_trials_prunes_by_steps_and_resumes(tmp_path):
     for t in step_pruned:
         r = by_trial[t.number]
         assert t.state == optuna.trial.TrialState.PRUNED
-        assert r.data.tags["molting.trial_state"] == "PRUNED" and "optimizer steps < minimum 20" in r.data.tags["molting.prune_reason"]
+        assert r.data.tags["molting.trial_state"] == "PRUNED" and "below the minimum of 20" in r.data.tags["molting.prune_reason"]
+        assert "would pass: epochs=" in r.data.tags["molting.prune_reason"]
         assert "loss" not in r.data.metrics  # pruned before any training
     trained = [t for t in study.trials if not t.user_attrs.get("steps_pruned")]
     assert len(trained) == 3
@@ -181,19 +182,24 @@ def test_fingerprint_names_what_trains_not_where_it_came_from(monkeypatch):
                                            **{**base, "system_prompt": "persona"}))) != rel
 
 
-def test_cpu_bf16_autocast_is_recorded_and_fingerprinted(monkeypatch):
-    """MOLTING_CPU_AMP=bf16 trains a different adapter: train.precision says so and a sweep never
-    reuses an fp32 run for it; the fingerprint looked up before loading equals the one logged after."""
+def test_precision_is_fingerprinted_and_speed_settings_are_not(monkeypatch):
+    """bf16 trains a different adapter than fp32: train.precision says so and a sweep never reuses an
+    fp32 run for it; how a step is split into micro-batches changes speed, not the adapter."""
+    from dataclasses import replace
+
     from molting_mlflow.config import TrainConfig
-    from molting_mlflow.train import cpu_dtype, cpu_precision, fingerprint, prepare
+    from molting_mlflow.train import fingerprint, prepare
 
     cfg = TrainConfig(model="tiny-random", epochs=2, grad_accum=1, min_steps=0)
-    fp32 = fingerprint(prepare(cfg))
-    assert cpu_precision(cpu_dtype()) == "float32" and fingerprint(prepare(cfg), "float32") == fp32
-    monkeypatch.setenv("MOLTING_CPU_AMP", "bf16")
-    p = prepare(cfg)
-    assert cpu_precision(cpu_dtype()) == "float32+bf16-autocast"
-    assert fingerprint(p) == fingerprint(p, "float32+bf16-autocast") != fp32
+    fp32 = prepare(cfg)
+    assert fp32.plan.precision == "fp32"
+    bf16 = prepare(replace(cfg, precision="bf16"))
+    assert bf16.plan.precision == "bf16" and fingerprint(bf16) != fingerprint(fp32)
+    split = prepare(replace(cfg, batch_size=4, grad_accum=2))     # the same 8 examples a step, two micro-batches
+    assert split.plan.micro_batch == 4 and split.plan.accum == 2
+    assert fingerprint(split) != fingerprint(fp32)                 # batch_size is a logged hyperparameter …
+    faster = replace(split, plan=replace(split.plan, micro_batch=8))
+    assert fingerprint(faster) == fingerprint(split)               # … the plan's micro-batch is not
 
 
 def test_reference_trial_reuses_a_finished_run_of_the_same_config():

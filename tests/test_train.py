@@ -54,7 +54,8 @@ def test_resolved_config_logged_as_params(tiny_run):
     assert len(p["data.sha256"]) == 64 and p["data.examples"] == "79"
     assert p["data.system_prompt_source"] == "persona" and p["data.system_prompts_added"] == "79"
     assert p["template.source"] == "model" and p["template.end_of_turn"] == "<|im_end|>"
-    assert p["train.device"] == "cpu" and p["train.precision"] == "float32"
+    assert p["train.device"] == "cpu" and p["train.precision"] == "fp32" and p["train.micro_batch"] == "8"
+    assert p["code.version"].startswith("0.1.0")
 
 
 def test_loss_logged_at_every_optimizer_step(tiny_run):

@@ -1,0 +1,124 @@
+"""What a model says and how well it predicts what it should say: greedy answers to the evaluation
+questions, and the mean loss (NLL per token) on their reference answers. Ground for the train and
+evaluate stages, the registry and chat.
+
+Generation follows the rubric's contract: the model's own chat template, the run's system prompt,
+greedy and batched, stopping at the model's end-of-turn token (or its other end tokens); the new
+tokens are decoded WITHOUT dropping special tokens (only the final end token is cut), so a leaked
+`<|endoftext|>` stays visible to D4/D5; `finish_reason` is `stop` when an end token came, `length`
+otherwise.
+"""
+from __future__ import annotations
+
+import time
+
+from .rubric import Question
+
+
+def messages(system_prompt: str | None, user: str, fold: bool = False) -> list[dict]:
+    """The prompt's turns. fold: the system prompt goes into the first user turn (for templates that
+    drop the system turn), separated by a blank line."""
+    if not system_prompt:
+        return [{"role": "user", "content": user}]
+    if fold:
+        return [{"role": "user", "content": f"{system_prompt}\n\n{user}"}]
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+
+
+def stop_ids(tok) -> list[int]:
+    """The end-of-turn token of the tokenizer's template first, then the model's other end tokens."""
+    from .preflight import end_of_turn_token
+
+    ids: list[int] = []
+    eot = end_of_turn_token(tok, tok.chat_template)
+    if eot:
+        ids.append(tok.convert_tokens_to_ids(eot))
+    eos = tok.eos_token_id
+    for i in (eos if isinstance(eos, list) else [eos]):
+        if i is not None and i not in ids:
+            ids.append(i)
+    return ids
+
+
+def generate(model, tok, questions: list[Question], system_prompt: str | None, max_new_tokens: int,
+             batch_size: int = 8, seed: int = 42, fold: bool = False) -> tuple[list[dict], dict]:
+    """Greedy answers, one record per question: {"id", "response", "finish_reason", "new_tokens"}."""
+    import torch
+
+    torch.manual_seed(seed)
+    stops = stop_ids(tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    side, tok.padding_side = tok.padding_side, "left"
+    records, n_new, t0 = [], 0, time.time()
+    dev = next(model.parameters()).device
+    try:
+        for i in range(0, len(questions), batch_size):
+            chunk = questions[i:i + batch_size]
+            prompts = [tok.apply_chat_template(messages(system_prompt, q.question, fold), tokenize=False,
+                                               add_generation_prompt=True) for q in chunk]
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
+                                     pad_token_id=pad)
+            for q, row in zip(chunk, out[:, enc["input_ids"].shape[1]:].tolist()):
+                end = next((j for j, t in enumerate(row) if t in stops), None)
+                ids = row if end is None else row[:end]
+                n = len(ids) + (end is not None)
+                n_new += n
+                records.append({"id": q.id, "response": tok.decode(ids, skip_special_tokens=False),
+                                "finish_reason": "length" if end is None else "stop", "new_tokens": n})
+    finally:
+        tok.padding_side = side
+    secs = time.time() - t0
+    return records, {"gen_tokens": n_new, "gen_seconds": secs, "gen_tokens_per_s": n_new / secs if secs else 0.0}
+
+
+def reference_nll(model, tok, questions: list[Question], system_prompt: str | None, template: str | None = None,
+                  fold: bool = False) -> float | None:
+    """Mean NLL per token of the questions' reference answers (their end-of-turn token included),
+    given the system prompt and the question through `template` (default: the tokenizer's own).
+    Token-weighted over all references; None when no question has one. The rubric counts surface
+    features; this number says whether the model would have said the right thing."""
+    import torch
+
+    pairs = [(messages(system_prompt, q.question, fold), q.reference) for q in questions if q.reference]
+    if not pairs:
+        return None
+    template = template or tok.chat_template
+    seqs = []
+    for prompt, ref in pairs:
+        p_ids = tok.apply_chat_template(prompt, chat_template=template, add_generation_prompt=True,
+                                        tokenize=True)["input_ids"]
+        full = tok.apply_chat_template(prompt + [{"role": "assistant", "content": ref}], chat_template=template,
+                                       tokenize=True)["input_ids"]
+        start = _common_prefix(p_ids, full)
+        seqs.append((full, start))
+    dev = next(model.parameters()).device
+    width = max(len(f) for f, _ in seqs)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (full, start) in enumerate(seqs):
+        ids[i, :len(full)] = torch.tensor(full)
+        labels[i, start:len(full)] = torch.tensor(full[start:])
+        attn[i, :len(full)] = 1
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(dev)
+        nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
+                                                shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+        return float(nll / (shift_labels != -100).sum())
+    finally:
+        if was_training:
+            model.train()
+
+
+def _common_prefix(a, b) -> int:
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    return i

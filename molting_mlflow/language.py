@@ -1,0 +1,54 @@
+"""Languages the rubric can judge "mainly in the persona's language" in: one stop-word list a
+language, as data (`data/languages/<ISO 639-1 code>.txt`). A persona card names its language
+(`language: pt`); adding a language is adding its file.
+
+Why these lists and not a maintained collection: the lists of `stop-words` (python-stop-words) and
+`stopwords-iso` were tried. Their English lists (1,232 and 1,298 words) hold "la", "s", "show",
+"today", so that "Tudo certo, João, bora lá!</s>" counted more English than Portuguese stop words
+and lost its voice points (a labelled case of tests/test_rubric.py); the Portuguese list of
+`stop-words` lacks "tudo" and "você". Short, hand-checked lists of function words decide short
+chat answers correctly, and each language's file says where its words came from.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .paths import DATA_DIR
+
+LANGUAGE_DIR = DATA_DIR / "languages"
+# A text is "mainly" in language L when at least this share of its word tokens are L's stop words
+# and it has more of them than of any other known language's stop words that are not L's. Running
+# prose has 35–50 % stop words; 0.15 leaves room for short, name-heavy replies ("Ele pratica tênis
+# todo dia, João." is 1/6), while English text with a few Portuguese names fails the second test.
+SHARE_MIN = 0.15
+
+
+@lru_cache(maxsize=1)
+def languages() -> tuple[str, ...]:
+    return tuple(sorted(p.stem for p in LANGUAGE_DIR.glob("*.txt")))
+
+
+LANGUAGES = languages()
+
+
+@lru_cache(maxsize=None)
+def stop_words(lang: str) -> frozenset:
+    """The folded stop words of `lang` (its data file; `#` lines are comments)."""
+    path = LANGUAGE_DIR / f"{lang}.txt"
+    return frozenset(w.strip() for w in path.read_text(encoding="utf-8").splitlines()
+                     if w.strip() and not w.startswith("#"))
+
+
+def mainly_in(tokens: list[str], lang: str) -> tuple[bool, str]:
+    """Whether folded word tokens are mainly in `lang`, and the counts that decided it. Words in both
+    lists ("a", "as", "do", "me", "so" in pt and en) count for `lang` only: another language has
+    plenty of its own to outweigh them, while a short reply may have nothing else."""
+    if not tokens:
+        return False, "no words"
+    own = stop_words(lang)
+    mine = sum(t in own for t in tokens)
+    others = {o: sum(t in stop_words(o) and t not in own for t in tokens) for o in LANGUAGES if o != lang}
+    top, top_n = max(others.items(), key=lambda kv: kv[1], default=("", 0))
+    ok = mine / len(tokens) >= SHARE_MIN and mine > top_n
+    vs = f" vs {top_n} {top}-only" if top else ""
+    return ok, f"{mine} {lang}{vs} stop words in {len(tokens)} words"

@@ -1,0 +1,12 @@
+"""Where the project's own data lives: the persona card, the dataset, the evaluation questions and
+the chat templates. One place, so that an installed package and a checkout resolve the same way."""
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_PERSONA = DATA_DIR / "persona.yaml"
+DEFAULT_DATASET = DATA_DIR / "dataset_personality_v1.json"
+DEFAULT_QUESTIONS = DATA_DIR / "eval_questions.json"
+TEMPLATES_DIR = DATA_DIR / "templates"
+GPT2_TEMPLATE = TEMPLATES_DIR / "gpt2_separators.jinja"   # the user's mistake, reproduced on purpose

@@ -1,0 +1,98 @@
+"""The rescore stage: score runs already in the store again, from the answers they logged
+(`eval_results.json`), under the current rubric, without loading a model.
+
+A run's D1–D5 and score metrics, its per-question table and its tag `molting.rubric_version` are
+updated in place (the MLflow UI and `molting compare` then show the new scores; the old version is
+kept in the tag `molting.rescored_from`); nothing else of the run changes. A run with no logged
+answers gets a one-line reason and is skipped.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
+from .rubric import RUBRIC_VERSION, load_questions, score_responses
+
+
+@dataclass
+class Rescored:
+    run_id: str
+    old_version: str
+    old_score: float | None
+    new_score: float | None
+    skipped: str = ""            # the reason, when the run was not rescored
+
+
+def runs_to_rescore(run_ids: list[str], experiment: str | None) -> list[str]:
+    """The given runs, or every run of the experiment that has a score."""
+    import mlflow
+
+    from .config import ConfigError
+
+    if run_ids:
+        return list(run_ids)
+    exp = mlflow.get_experiment_by_name(experiment or "")
+    if exp is None:
+        raise ConfigError(f"no experiment named {experiment!r} in {mlflow.get_tracking_uri()}; pass run ids or "
+                          "--experiment <name>")
+    runs = mlflow.search_runs([exp.experiment_id], filter_string="metrics.score >= 0", output_format="list",
+                              max_results=50000)
+    return [r.info.run_id for r in runs]
+
+
+def rescore_run(run_id: str) -> Rescored:
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from .persona import load_persona
+    from .tracking import RESULTS_TABLE, results_rows, score_metrics
+
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return Rescored(run_id, "", None, None, f"not found in {mlflow.get_tracking_uri()}")
+    old_version = run.data.tags.get("molting.rubric_version", "1.0")
+    old_score = run.data.metrics.get("score")
+    try:
+        table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{RESULTS_TABLE}"))
+    except Exception:
+        why = ("a reused trial: its answers are on run " + run.data.tags["molting.reused_run_id"][:8]
+               if "molting.reused_run_id" in run.data.tags else "no logged answers (eval_results.json)")
+        return Rescored(run_id, old_version, old_score, None, why)
+    records = [dict(zip(table["columns"], row)) for row in table["data"]]
+    params = run.data.params
+    questions = load_questions(params.get("eval.questions") or DEFAULT_QUESTIONS)
+    persona = load_persona(params.get("train.persona") or DEFAULT_PERSONA)
+    scored = score_responses(questions, [{k: r.get(k) for k in ("id", "response", "finish_reason")}
+                                         for r in records], persona)
+    if "ref_nll" in run.data.metrics:        # the model's loss on the references: not text, kept as logged
+        scored["summary"]["ref_nll"] = run.data.metrics["ref_nll"]
+    # at the step of the score it replaces (a train run scores at its last optimizer step): MLflow
+    # shows the value at the highest step, the newest there
+    history = client.get_metric_history(run_id, "score")
+    step = max((m.step for m in history), default=0)
+    for k, v in score_metrics(scored["summary"]).items():
+        client.log_metric(run_id, k, v, step=step)
+    text = pd.DataFrame(results_rows(scored)).to_json(orient="split", index=False, date_format="iso")
+    client.log_text(run_id, text, RESULTS_TABLE)   # the same path: the table is replaced, not appended to
+    client.set_tag(run_id, "molting.rubric_version", RUBRIC_VERSION)
+    if old_version != RUBRIC_VERSION:
+        client.set_tag(run_id, "molting.rescored_from", old_version)
+    return Rescored(run_id, old_version, old_score, scored["summary"]["score"])
+
+
+def rescore(run_ids: list[str], experiment: str | None = None, log=print) -> list[Rescored]:
+    out = []
+    for run_id in runs_to_rescore(run_ids, experiment):
+        r = rescore_run(run_id)
+        out.append(r)
+        if r.skipped:
+            log(f"{run_id[:8]}: skipped: {r.skipped}")
+        else:
+            old = f"{r.old_score:.2f}" if r.old_score is not None else "–"
+            log(f"{run_id[:8]}: rubric v{r.old_version} {old} → v{RUBRIC_VERSION} {r.new_score:.2f}")
+    return out

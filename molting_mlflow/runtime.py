@@ -1,0 +1,340 @@
+"""The runtime plan: where a run computes and how. One owner for device, threads, precision,
+memory plan, batch plan and the trainer's speed settings.
+
+`plan(...)` decides once, before a weight loads; the plan then hands the loader its arguments
+(`loader_kwargs`), the trainer its arguments (`trainer_kwargs`), the run its params (`params`) and
+the registry its `quantization` tag. train, evaluate and the registry all stand on it.
+
+Precision modes are rows of PRECISIONS; adding one is one row:
+  fp32  the base and the LoRA in float32: the same numbers on every CPU.
+  bf16  the base in bfloat16, LoRA weights in float32. On CUDA the trainer autocasts to bf16; on a
+        CPU it does not (autocast's casts cost more than they save: 115 vs 151 tokens/s on smol,
+        measured), the bf16 base alone computes in bf16. Only fast on a CPU with native bf16
+        (AVX-512 BF16 or AMX); elsewhere PyTorch emulates it, ~50× slower.
+  nf4   QLoRA: NF4 4-bit base with double quantisation, bf16 compute, gradient checkpointing and
+        paged AdamW 8-bit: the smallest memory, for cards that cannot hold the bf16 base.
+`auto` picks per machine: bf16 on a CPU with native bf16, else fp32; on CUDA bf16 where the model
+and its batches fit the memory budget, else nf4.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+class PlanError(ValueError):
+    """A runtime setting that cannot work on this machine (the message says which and the fix)."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    help: str
+    base_dtype: str               # the frozen base's weights ("nf4" computes in bf16)
+    quantized: bool               # bitsandbytes 4-bit base (CUDA only)
+    cuda_autocast: bool           # trainer bf16 autocast on CUDA (never on a CPU: slower there)
+    gradient_checkpointing: bool  # recompute activations in backward: memory for time
+    base_bytes_per_param: float   # memory estimate: the base's bytes per parameter
+    quantization_tag: str         # the registry's `quantization` tag
+
+
+PRECISIONS: dict[str, Precision] = {p.name: p for p in [
+    Precision("fp32", "float32 base and LoRA (the same numbers on every CPU)", "float32", False, False, False, 4.0,
+              "none (fp32 base, fp32 LoRA)"),
+    Precision("bf16", "bfloat16 base, float32 LoRA weights", "bfloat16", False, True, False, 2.0,
+              "none (bf16 base, fp32 LoRA)"),
+    Precision("nf4", "QLoRA: NF4 double-quant base, bf16 compute, gradient checkpointing, paged AdamW 8-bit",
+              "bfloat16", True, True, True, 0.53, "nf4-double-quant/bf16-compute"),
+]}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+
+# Memory the CUDA context, cuBLAS workspaces and the allocator's fragmentation take beyond what
+# PyTorch reports as allocated: a budget of B GiB leaves B - this for the estimate.
+CUDA_OVERHEAD_GIB = 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine
+# ---------------------------------------------------------------------------------------------
+
+def device() -> str:
+    """cuda when torch sees a GPU, else cpu; MOLTING_DEVICE=cpu forces the CPU."""
+    import torch
+
+    want = os.environ.get("MOLTING_DEVICE", "auto")
+    if want not in ("auto", "cpu", "cuda"):
+        raise PlanError(f"MOLTING_DEVICE={want!r} is invalid: expected auto, cpu or cuda")
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise PlanError("MOLTING_DEVICE=cuda but torch sees no CUDA device; unset it or install a CUDA build of torch")
+    return want
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_native_bf16() -> str | None:
+    """Which native bf16 the CPU has ("amx_bf16", "avx512_bf16"), or None (bf16 is emulated there)."""
+    flags = cpu_flags()
+    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
+
+
+def threads() -> int:
+    """torch's CPU threads: MOLTING_THREADS, default all cores. Oversubscribed cores make torch dozens
+    of times slower (seen here: 2 threads with one core busy ran ~55× slower)."""
+    raw = os.environ.get("MOLTING_THREADS", "0") or "0"
+    if not raw.isdigit():
+        raise PlanError(f"MOLTING_THREADS={raw!r} is invalid: expected a whole number of threads (0 = all cores)")
+    return int(raw) or (os.cpu_count() or 1)
+
+
+def set_threads() -> int:
+    import torch
+
+    n = threads()
+    torch.set_num_threads(n)
+    return n
+
+
+def gpu_total_gib() -> float:
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory estimates (GiB allocated at the training peak), calibrated on H100/H200 measurements
+# ---------------------------------------------------------------------------------------------
+
+def _dims(model_config):
+    tc = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    return tc, tc.hidden_size, tc.num_hidden_layers, tc.vocab_size, getattr(tc, "intermediate_size", 4 * tc.hidden_size)
+
+
+def estimate_gib(precision: str, model_config, total: int, trainable: int, micro_batch: int, seq: int) -> float:
+    """Peak allocated GiB of one training step.
+
+    bf16, no checkpointing: every layer keeps its activations, ~(16·hidden + 4·intermediate) bf16
+    values a token a layer (measured: TRL b16 Phi-3-mini 27 GiB, SmolLM2 4.3 GiB).
+    nf4, checkpointing: layer inputs kept, one layer recomputed in backward (measured: TinyLlama
+    1.38 GiB, Phi-3-mini 3.03 GiB at seq 512, batch 1)."""
+    tc, h, layers, vocab, inter = _dims(model_config)
+    p = PRECISIONS[precision]
+    tokens = micro_batch * seq
+    emb = vocab * h * (1 if getattr(tc, "tie_word_embeddings", False) else 2)
+    lora = trainable * (16 if not p.quantized else 10)      # fp32 weight + grad + Adam moments (8-bit when paged)
+    if p.quantized:
+        weights = emb * 2 + (total - emb) * p.base_bytes_per_param   # bf16 embeddings, NF4 the rest
+        acts = tokens * h * 2 * layers + tokens * (10 * h + 3 * inter) * 2
+        acts += micro_batch * tc.num_attention_heads * seq ** 2 * 2 * 2
+    else:
+        weights = total * p.base_bytes_per_param
+        acts = tokens * layers * (16 * h + 4 * inter) * (2 if p.base_dtype == "bfloat16" else 4)
+    logits = tokens * vocab * 4 * 3 if p.quantized else tokens * min(vocab, 4096) * 4 * 2  # TRL's chunked head
+    return 1.15 * (weights + lora + acts + logits) / 2 ** 30
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    device: str                 # cpu / cuda
+    precision: str              # a PRECISIONS key
+    why: str                    # one sentence: why this precision and micro-batch
+    threads: int
+    examples_per_step: int      # batch_size × grad_accum: the optimizer's batch, a hyperparameter
+    micro_batch: int            # examples in one forward pass (a divisor of examples_per_step)
+    est_gib: float | None       # estimated peak GPU memory (None on a CPU)
+    budget_gib: float | None    # the memory budget it was planned against
+    cpu_bf16: str | None = None  # the CPU's native bf16 (recorded on CPU runs)
+
+    @property
+    def spec(self) -> Precision:
+        return PRECISIONS[self.precision]
+
+    @property
+    def accum(self) -> int:
+        """Micro-batches an optimizer step: 8 examples a step in micro-batches of 4 = 2."""
+        return self.examples_per_step // self.micro_batch
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def attn_implementation(self) -> str:
+        # On a CPU at these lengths (≤ 300 tokens) the eager kernels beat SDPA's flash kernel, whose
+        # bf16 backward is slow there (smol step: 0.48 s eager vs 0.54 s sdpa, bf16; 0.59 vs 0.65 fp32).
+        return "sdpa" if self.cuda else "eager"
+
+    def loader_kwargs(self) -> dict:
+        """from_pretrained arguments for the base."""
+        import torch
+
+        kw: dict = {"dtype": getattr(torch, self.spec.base_dtype), "attn_implementation": self.attn_implementation}
+        if self.spec.quantized:
+            from transformers import BitsAndBytesConfig
+
+            kw["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16)
+        if self.cuda:
+            kw["device_map"] = {"": 0}
+        return kw
+
+    def optimizer(self) -> str:
+        if self.spec.quantized:
+            return "paged_adamw_8bit"
+        return "adamw_torch_fused" if self.cuda else "adamw_torch"
+
+    def trainer_kwargs(self) -> dict:
+        """SFTConfig arguments that decide speed and memory, not what is learned (the learning
+        arguments, epochs, LR, seed, stay with TrainConfig)."""
+        kw = dict(per_device_train_batch_size=self.micro_batch, gradient_accumulation_steps=self.accum,
+                  use_cpu=not self.cuda, bf16=self.cuda and self.spec.cuda_autocast,
+                  gradient_checkpointing=self.spec.gradient_checkpointing, optim=self.optimizer(),
+                  dataloader_num_workers=0)
+        if self.micro_batch > 1:
+            # similar lengths share a micro-batch, so little of it is padding
+            kw["train_sampling_strategy"] = "group_by_length"
+        return kw
+
+    def params(self) -> dict:
+        p = {"train.device": self.device, "train.precision": self.precision, "train.precision_why": self.why,
+             "train.micro_batch": self.micro_batch, "train.accum_steps": self.accum,
+             "train.optimizer": self.optimizer(), "train.gradient_checkpointing": self.spec.gradient_checkpointing,
+             "train.attn_implementation": self.attn_implementation}
+        if self.est_gib is not None:
+            p.update({"train.est_gpu_memory_gib": round(self.est_gib, 2), "train.gpu_memory_budget_gib": self.budget_gib})
+        if not self.cuda:
+            p["train.cpu_bf16"] = self.cpu_bf16 or "none"
+        return p
+
+    def fingerprint_part(self) -> dict:
+        """What of the plan decides the adapter: precision (numbers) and nothing about speed."""
+        return {"precision": self.precision}
+
+    def describe(self) -> str:
+        mem = (f"; est. peak {self.est_gib:.1f} GiB of a {self.budget_gib:.1f} GiB budget"
+               if self.est_gib is not None else "")
+        return (f"{self.device}, {self.precision} ({self.spec.help}); {self.examples_per_step} examples an optimizer "
+                f"step in micro-batches of {self.micro_batch}{mem}. Why: {self.why}")
+
+
+def plan(precision: str, examples_per_step: int, *, model_config=None, total: int = 0, trainable: int = 0,
+         seq: int = 512, gpu_memory_gib: float | None = None, dev: str | None = None,
+         quantizable: bool = True, cpu_micro_batch: int | None = None, fixed: str | None = None) -> Plan:
+    """Choose precision and micro-batch for this machine. `seq`: the longest example in tokens (a
+    micro-batch pads to its longest); `quantizable`: False for models bitsandbytes cannot load (tiny-random);
+    `cpu_micro_batch`: on a CPU the micro-batch is the user's batch_size (no memory to plan for);
+    `fixed`: what `auto` means for a model with one precision of its own (tiny-random: fp32)."""
+    dev = dev or device()
+    if precision not in PRECISION_CHOICES:
+        raise PlanError(f"precision={precision!r} is invalid: expected one of {', '.join(PRECISION_CHOICES)}")
+    n_threads = threads()
+    if precision == "auto" and fixed:
+        return Plan(dev, fixed, f"this model computes in {fixed} (plumbing only)", n_threads, examples_per_step,
+                    cpu_micro_batch or 1 if dev == "cpu" else examples_per_step, None, None, cpu_native_bf16())
+    if not quantizable and PRECISIONS[precision if precision != "auto" else "bf16"].quantized:
+        raise PlanError(f"precision={precision} needs a model bitsandbytes can quantise; this one is not: "
+                        "use precision=auto, bf16 or fp32")
+    if dev == "cpu":
+        return _cpu_plan(precision, examples_per_step, cpu_micro_batch or 1, n_threads)
+    budget = float(gpu_memory_gib) if gpu_memory_gib else round(gpu_total_gib() * 0.92, 1)
+    usable = budget - CUDA_OVERHEAD_GIB
+    est = (lambda prec, m: estimate_gib(prec, model_config, total, trainable, m, seq)) if model_config is not None \
+        else (lambda prec, m: 0.0)
+    order = ["bf16", "nf4"] if precision == "auto" else [precision]
+    if not quantizable:
+        order = [p for p in order if not PRECISIONS[p].quantized] or ["bf16"]
+    for prec in order:
+        fits = [m for m in divisors(examples_per_step) if est(prec, m) <= usable]
+        if fits:
+            m = max(fits)
+            why = (f"the {prec} base and micro-batches of {m} fit {budget:.1f} GiB (est. {est(prec, m):.1f} GiB)"
+                   if precision == "auto" else f"precision={prec} asked for")
+            if precision == "auto" and prec == "nf4":
+                why = (f"the bf16 base does not fit {budget:.1f} GiB (est. {est('bf16', 1):.1f} GiB at micro-batch 1); "
+                       f"NF4 at micro-batch {m} does (est. {est(prec, m):.1f} GiB)")
+            return Plan(dev, prec, why, n_threads, examples_per_step, m, est(prec, m), budget)
+    last = order[-1]
+    raise PlanError(f"the model does not fit the GPU memory budget of {budget:.1f} GiB: {last} at micro-batch 1 "
+                        f"needs about {est(last, 1):.1f} GiB. Fix: gpu_memory_gib=<more>, precision=nf4, or a "
+                        "smaller max_seq_len")
+
+
+def _cpu_plan(precision: str, examples_per_step: int, micro_batch: int, n_threads: int) -> Plan:
+    native = cpu_native_bf16()
+    if precision == "nf4":
+        raise PlanError("precision=nf4 needs a CUDA GPU (bitsandbytes 4-bit training); on a CPU use "
+                            "precision=auto, bf16 or fp32")
+    if precision == "auto":
+        prec = "bf16" if native else "fp32"
+        why = (f"this CPU computes bf16 natively ({native})" if native else
+               "this CPU has no native bf16 (no AVX-512 BF16 or AMX), where bf16 is emulated and ~50× slower")
+    else:
+        prec, why = precision, f"precision={precision} asked for"
+        if prec == "bf16" and not native:
+            why += " (this CPU has no native bf16: expect it to be far slower than fp32)"
+    # No memory to plan on a CPU: the micro-batch is the user's batch_size, the rest accumulates.
+    return Plan("cpu", prec, why, n_threads, examples_per_step, micro_batch, None, None, native)
+
+
+# train.precision as earlier versions wrote it in an adapter's molting.json
+_LEGACY = {"float32": "fp32", "bfloat16": "bf16", "float32+bf16-autocast": "fp32"}
+
+
+def trained_precision(recorded: str) -> str:
+    """A precision name for what an adapter's molting.json recorded (older spellings included)."""
+    if recorded in PRECISIONS:
+        return recorded
+    if recorded.startswith("nf4"):
+        return "nf4"
+    return _LEGACY.get(recorded, "fp32")
+
+
+def eval_plan(recorded: str, quantizable: bool = True) -> Plan:
+    """How to load a base for inference here. For a trained adapter (`recorded`: its molting.json
+    precision), the precision it trained in where this machine can (the answers its run's own
+    evaluation gave), else the nearest: an NF4 adapter on a CPU loads its base in bf16 where the CPU
+    has it, else fp32. "auto" (a bare base): bf16 on CUDA or a CPU with native bf16, else fp32."""
+    dev = device()
+    if recorded == "auto":
+        recorded = "bf16" if dev == "cuda" or cpu_native_bf16() else "fp32"
+    prec = trained_precision(recorded)
+    if prec == "nf4" and (dev == "cpu" or not quantizable):
+        prec = "bf16" if dev == "cuda" or cpu_native_bf16() else "fp32"
+    return Plan(dev, prec, f"trained in {recorded}", threads(), 1, 1, None, None,
+                cpu_native_bf16() if dev == "cpu" else None)
+
+
+def quantization_tag(precision: str) -> str:
+    """The registry's `quantization` tag for an adapter trained in `precision` (from its molting.json)."""
+    return PRECISIONS[precision].quantization_tag if precision in PRECISIONS else precision

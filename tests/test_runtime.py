@@ -1,0 +1,80 @@
+"""The runtime plan: precision and micro-batch chosen per machine, with its reasons; preset defaults
+that pass pre-flight on every device. No GPU needed: a memory budget plans for a card."""
+import pytest
+from transformers import LlamaConfig, Phi3Config
+
+from molting_mlflow import runtime
+from molting_mlflow.config import TrainConfig
+from molting_mlflow.presets import PRESETS
+
+PHI3 = Phi3Config(hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=32, vocab_size=32064)
+SMOL = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                   num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True)
+PHI3_PARAMS, PHI3_LORA = 3_821_079_552, 25_165_824
+
+
+def test_auto_on_a_big_card_is_bf16_in_micro_batches_of_the_whole_step():
+    p = runtime.plan("auto", 4, model_config=PHI3, total=PHI3_PARAMS, trainable=PHI3_LORA, seq=260,
+                     gpu_memory_gib=80, dev="cuda")
+    assert p.precision == "bf16" and p.micro_batch == 4 and p.accum == 1
+    assert p.trainer_kwargs()["bf16"] is True and p.trainer_kwargs()["gradient_checkpointing"] is False
+    assert p.params()["train.precision"] == "bf16" and "fit" in p.why
+
+
+def test_auto_on_a_4gb_card_falls_back_to_qlora_nf4_and_says_why():
+    p = runtime.plan("auto", 4, model_config=PHI3, total=PHI3_PARAMS, trainable=PHI3_LORA, seq=260,
+                     gpu_memory_gib=4, dev="cuda")
+    assert p.precision == "nf4" and p.est_gib <= 4 - runtime.CUDA_OVERHEAD_GIB
+    assert "does not fit" in p.why and p.optimizer() == "paged_adamw_8bit"
+    assert p.trainer_kwargs()["gradient_checkpointing"] is True
+    assert p.examples_per_step % p.micro_batch == 0 and p.micro_batch * p.accum == 4
+
+
+def test_a_budget_nothing_fits_is_a_one_line_error_with_the_fix():
+    with pytest.raises(runtime.PlanError, match="does not fit the GPU memory budget of 1.0 GiB.*Fix: gpu_memory_gib"):
+        runtime.plan("auto", 4, model_config=PHI3, total=PHI3_PARAMS, trainable=PHI3_LORA, seq=260,
+                     gpu_memory_gib=1, dev="cuda")
+
+
+@pytest.mark.parametrize("flags,expect", [({"avx2", "avx512f", "amx_bf16"}, "bf16"),
+                                          ({"avx2", "avx512_bf16"}, "bf16"), ({"avx2", "fma"}, "fp32")])
+def test_auto_on_a_cpu_is_bf16_only_where_it_is_native(monkeypatch, flags, expect):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
+    p = runtime.plan("auto", 1, dev="cpu", cpu_micro_batch=1)
+    assert p.precision == expect and p.params()["train.cpu_bf16"] in ("amx_bf16", "avx512_bf16", "none")
+    assert p.trainer_kwargs()["bf16"] is False          # no autocast on a CPU: the bf16 base computes in bf16
+    assert p.trainer_kwargs()["use_cpu"] is True
+
+
+def test_nf4_on_a_cpu_is_refused():
+    with pytest.raises(runtime.PlanError, match="nf4 needs a CUDA GPU"):
+        runtime.plan("nf4", 1, dev="cpu")
+
+
+def test_tiny_random_is_fp32_on_auto():
+    p = runtime.plan("auto", 8, dev="cpu", cpu_micro_batch=8, quantizable=False, fixed="fp32")
+    assert p.precision == "fp32" and p.micro_batch == 8
+
+
+@pytest.mark.parametrize("recorded,native,expect", [
+    ("fp32", None, "fp32"), ("float32", "amx_bf16", "fp32"), ("float32+bf16-autocast", None, "fp32"),
+    ("bf16", "amx_bf16", "bf16"), ("nf4-double-quant/bf16-compute", "amx_bf16", "bf16"),
+    ("nf4-double-quant/bf16-compute", None, "fp32"), ("auto", None, "fp32"), ("auto", "amx_bf16", "bf16")])
+def test_an_adapter_evaluates_in_the_precision_it_trained_in(monkeypatch, recorded, native, expect):
+    monkeypatch.setattr(runtime, "cpu_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "device", lambda: "cpu")
+    assert runtime.eval_plan(recorded).precision == expect
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if not PRESETS[p].only_for_plumbing])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_every_preset_default_passes_the_step_minimum(preset, device):
+    cfg = TrainConfig(model=preset).resolve(device)
+    assert cfg.optimizer_steps(79) >= cfg.min_steps, (preset, device, cfg.arithmetic(79))
+
+
+def test_every_precision_row_names_its_registry_tag():
+    for name, spec in runtime.PRECISIONS.items():
+        assert runtime.quantization_tag(name) == spec.quantization_tag
+    assert runtime.quantization_tag("nf4") == "nf4-double-quant/bf16-compute"
