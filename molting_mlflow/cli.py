@@ -237,40 +237,73 @@ def compare(experiment, csv_path, all_columns):
         click.echo(table.to_string(index=False) if len(table) else f"no runs in experiment '{experiment}'")
 
 
+def search_options(fn):
+    """One option per row of sweep.SEARCH_SPACE (its default and help): adding a row adds the option."""
+    from .sweep import SEARCH_SPACE
+
+    for row in reversed(SEARCH_SPACE):
+        fn = click.option("--" + row.name.replace("_", "-"), row.name, default=row.default, show_default=True,
+                          help=row.help)(fn)
+    return fn
+
+
 @cli.command()
 @click.option("--model", default="smol", show_default=True, help="Preset, local folder or hub id (as train).")
 @click.option("--n-trials", default=12, show_default=True, type=int, help="Trials the study should reach, references included.")
 @click.option("--target", default=5.0, show_default=True, type=float, help="Rubric score to beat.")
 @click.option("--stop-at-target", default=False, type=click.BOOL, show_default=True, help="End the study once beaten.")
 @click.option("--storage", default="", help="Optuna storage (SQLAlchemy URL); default optuna.db beside a SQLite mlflow.db. "
-              "postgresql://… lets several workers share one study.")
+              "postgresql://… lets workers on several machines share one study.")
 @click.option("--study-name", default="", help="Default molting-<model>; the same name resumes the study.")
-@click.option("--grad-accum", default="1,2,4,8", show_default=True, help="Choices (comma-separated).")
-@click.option("--epochs", default="1,4", show_default=True, help="Range lo,hi.")
-@click.option("--lr", default="2e-4,3e-3", show_default=True, help="Log-uniform range lo,hi.")
-@click.option("--lora-r", default="", help="Optional choices for the LoRA rank, e.g. 8,16,32.")
+@search_options
+@click.option("--search", "search_text", default="", help="The searched ranges as one string, name=values;… "
+              "(the MLproject's form), e.g. 'lr=1e-4,1e-3;lora_r=8,16'; it overrides the options above.")
 @click.option("--enqueue-user", default=True, type=click.BOOL, show_default=True,
               help="The user's original configuration as a reference trial.")
 @click.option("--enqueue-default", default=False, type=click.BOOL, show_default=True,
               help="The preset's default configuration as a reference trial.")
 @click.option("--prune", default=True, type=click.BOOL, show_default=True,
-              help="Stop trials whose epoch loss is worse than the median.")
+              help="Stop trials whose epoch ref_nll is worse than the median.")
 @click.option("--reuse", default=True, type=click.BOOL, show_default=True,
               help="A trial whose exact config (fingerprint) already finished in the experiment reuses that run.")
 @click.option("--register", default=True, type=click.BOOL, show_default=True, help="Register the best adapter.")
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--experiment", default="molting", show_default=True)
 @click.option("--min-steps", default=150, show_default=True, type=int, help="Trials below it are pruned untrained.")
+@click.option("--workers", default=1, show_default=True, type=int,
+              help="Processes sharing the study, one per GPU; 0 = one per visible GPU.")
+@click.option("--precision", default="auto", show_default=True, help="Every trial's precision (as train).")
+@click.option("--heartbeat-s", default=10, show_default=True, type=int,
+              help="A worker's heartbeat; 3 missed beats fail its trial, which is retried once.")
 @user_errors
-def sweep(**kw):
-    """Search grad_accum, epochs and learning rate with Optuna; every trial a nested MLflow run.
+def sweep(search_text, **kw):
+    """Search the sweep's table (grad_accum, epochs, lr; lora_r and models on request) with Optuna;
+    every trial a nested MLflow run.
 
-    Example: molting sweep --n-trials 12 --stop-at-target true
+    Example: molting sweep --n-trials 12 --stop-at-target true --lora-r 8,16,32
     """
-    from .sweep import SweepConfig
+    from .sweep import SEARCH_SPACE, SweepConfig, parse_search
     from .sweep import sweep as run_sweep
 
-    run_sweep(SweepConfig(**kw))
+    search = {row.name: kw.pop(row.name) for row in SEARCH_SPACE}
+    search.update(parse_search(search_text))
+    run_sweep(SweepConfig(search={k: v for k, v in search.items() if v}, **kw))
+
+
+@cli.command(name="sweep-worker", hidden=True)
+@click.option("--config", required=True)
+@click.option("--parent-run-id", required=True)
+@click.option("--name", default="w0")
+@click.option("--gpu", default="")
+@user_errors
+def sweep_worker(config, parent_run_id, name, gpu):
+    """One worker of a sweep (started by `molting sweep --workers N`)."""
+    import json
+
+    from .sweep import SweepConfig, work
+
+    work(SweepConfig(**json.loads(config)), parent_run_id, name, gpu,
+         float(os.environ.get("MOLTING_SWEEP_T0", "0")) or None)
 
 
 @cli.command()

@@ -1,13 +1,18 @@
-"""The sweep stage: an Optuna study over grad_accum, epochs and learning rate, each trial a nested
-MLflow run that trains and evaluates exactly like `molting train`; the best adapter is registered.
+"""The sweep stage: an Optuna study over the SEARCH_SPACE table, each trial a nested MLflow run that
+trains and evaluates exactly like `molting train`; the best adapter is registered.
 
-What we know is used to spend CPU well:
+Workers: one process by default; `workers=N` (0: one per visible GPU) starts N processes, each on
+its own GPU, all in one study (Optuna's storage) and under one parent run (MLflow's store). Each
+worker loads a base once and lends it to its trials (train.BaseCache). A worker that dies stops
+its heartbeat: its trial is failed and retried once by a surviving worker.
+
+What we know is used to spend compute well:
 - a trial whose optimizer steps fall below the pre-flight minimum is pruned before it loads a
   weight (the user's 50-step run is the reason that minimum exists);
 - a trial whose held-out ref_nll (the loss on the evaluation questions' reference answers) at an
   epoch's end is worse than the median of earlier trials at the same epoch is stopped there
-  (MedianPruner): on CPU a trial's cost is its epochs, and the training loss says how well a trial
-  fits its data, not whether it answers right.
+  (MedianPruner): a trial's cost is its epochs, and the training loss says how well a trial fits
+  its data, not whether it answers right.
 Reference trials (the user's original configuration; the preset's default on request) are
 enqueued, marked `molting.reference`, and kept out of `trials_to_target`.
 """
@@ -15,31 +20,91 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import subprocess
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .config import ConfigError, TrainConfig, describe_fixes
 from .paths import GPT2_TEMPLATE
 from .rubric import DIMENSIONS
 
 # The user's three mistakes: 79 / (1 × 8) × 5 = 50 optimizer steps, GPT-2 separators, no system
-# prompt. The LR stays the preset's, as in the README's reproduction (`mlflow run . -e train -P
-# epochs=5 -P grad_accum=8 -P batch_size=1 -P system_prompt=none -P chat_template=… -P preflight=warn`),
-# so a run of that command is the same configuration and the sweep can reuse it.
+# prompt. The LR stays the preset's, as in the README's reproduction, so a run of that command is
+# the same configuration and the sweep can reuse it.
 USER_ORIGINAL = dict(epochs=5, grad_accum=8, batch_size=1, system_prompt="none",
                      chat_template=str(GPT2_TEMPLATE), preflight="warn")
 
 
-def _floats(text: str, name: str, n: int | None = None) -> list[float]:
-    try:
-        vals = [float(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        vals = []
-    if not vals or (n is not None and len(vals) != n):
-        raise ConfigError(f"{name}={text!r} is invalid: expected {n or 'one or more'} comma-separated numbers")
-    return vals
+# ---------------------------------------------------------------------------------------------
+# The search space: one row a searched parameter. The CLI's options, the MLproject's `search`
+# parameter and the trials all read it; adding a parameter is adding a row.
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Space:
+    name: str                      # the Optuna parameter (and the CLI option --<name>)
+    kind: str                      # choice: values a,b,c | int: range lo,hi | log: log-uniform range lo,hi
+    default: str                   # "" = not searched unless given
+    help: str
+    cast: Callable = float
+    to_config: Callable = None     # value → TrainConfig fields (default: {name: value})
+
+    def parse(self, text: str) -> list:
+        try:
+            vals = [self.cast(x.strip()) for x in str(text).split(",") if x.strip()]
+        except ValueError:
+            vals = []
+        ok = bool(vals) and (self.kind == "choice" or (len(vals) == 2 and vals[0] <= vals[1]))
+        if self.kind == "log":
+            ok = ok and 0 < vals[0] < vals[1] < 1
+        if not ok:
+            form = {"choice": "comma-separated choices", "int": "a range lo,hi with lo ≤ hi",
+                    "log": "a range lo,hi with 0 < lo < hi < 1"}[self.kind]
+            raise ConfigError(f"{self.name}={text!r} is invalid: expected {form}, e.g. {self.default or 'see --help'}")
+        return vals
+
+    def suggest(self, trial, vals: list):
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.name, vals)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, *vals)
+        return trial.suggest_float(self.name, *vals, log=True)
+
+    def config(self, value) -> dict:
+        return self.to_config(value) if self.to_config else {self.name: value}
+
+
+def _models(value: str) -> dict:
+    return {"model": value}
+
+
+SEARCH_SPACE: tuple[Space, ...] = (
+    Space("grad_accum", "choice", "1,2,4,8", "Micro-batches an optimizer step, at the preset's batch_size (choices).",
+          int),
+    Space("epochs", "int", "1,4", "Passes over the data (range lo,hi).", int),
+    Space("lr", "log", "2e-4,3e-3", "Peak learning rate (log-uniform range lo,hi).", float),
+    Space("lora_r", "choice", "", "LoRA rank, alpha = 2 × rank (choices, e.g. 8,16,32).", int,
+          lambda r: {"lora_r": r, "lora_alpha": 2 * r}),
+    Space("models", "choice", "", "Presets compared in one study (choices, e.g. tinyllama,phi3); empty: --model.",
+          str, _models),
+)
+SPACE = {s.name: s for s in SEARCH_SPACE}
+
+
+def parse_search(text: str) -> dict[str, str]:
+    """`grad_accum=1,2;lr=1e-4,1e-3` (the MLproject's `search` parameter) → {name: values}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in re.split(r"[;\s]+", text or ""))):
+        name, sep, vals = part.partition("=")
+        if not sep or name not in SPACE:
+            raise ConfigError(f"search={text!r} is invalid at {part!r}: expected name=values; names: "
+                              + ", ".join(SPACE))
+        out[name] = vals
+    return out
 
 
 @dataclass
@@ -50,10 +115,7 @@ class SweepConfig:
     stop_at_target: bool = False
     storage: str = ""                  # SQLAlchemy URL; "" = sqlite:///optuna.db beside mlflow.db
     study_name: str = ""               # "" = molting-<model>
-    grad_accum: str = "1,2,4,8"        # categorical choices
-    epochs: str = "1,4"                # int range lo,hi
-    lr: str = "2e-4,3e-3"              # log-uniform range lo,hi
-    lora_r: str = ""                   # optional categorical choices, e.g. "8,16,32"
+    search: dict = field(default_factory=dict)  # {space name: values}; rows not given take their default
     enqueue_user: bool = True          # the user's original configuration as a reference trial
     enqueue_default: bool = False      # the preset's default configuration as a reference trial
     prune: bool = True                 # stop losing trials at an epoch's end (median ref_nll)
@@ -63,21 +125,28 @@ class SweepConfig:
     experiment: str = "molting"
     dataset: str = TrainConfig.dataset
     min_steps: int = TrainConfig.min_steps
+    workers: int = 1                   # processes sharing the study; 0 = one per visible GPU
+    heartbeat_s: int = 10              # a worker's beat; after 3 missed beats its trial is failed and retried
+    precision: str = "auto"            # passed to every trial (runtime plan)
 
     def __post_init__(self):
         if not isinstance(self.n_trials, int) or self.n_trials < 1:
             raise ConfigError(f"n_trials={self.n_trials!r} is invalid: expected a whole number ≥ 1")
         if not 0 < float(self.target) <= 10:
             raise ConfigError(f"target={self.target!r} is invalid: expected a rubric score in (0, 10]")
-        self.ga_choices = [int(x) for x in _floats(self.grad_accum, "grad_accum")]
-        self.epoch_range = [int(x) for x in _floats(self.epochs, "epochs", 2)]
-        self.lr_range = _floats(self.lr, "lr", 2)
-        self.r_choices = [int(x) for x in _floats(self.lora_r, "lora_r")] if self.lora_r.strip() else []
-        if min(self.ga_choices) < 1 or not 1 <= self.epoch_range[0] <= self.epoch_range[1]:
-            raise ConfigError("grad_accum choices must be ≥ 1 and epochs a range lo,hi with 1 ≤ lo ≤ hi")
-        if not 0 < self.lr_range[0] < self.lr_range[1] < 1:
-            raise ConfigError(f"lr={self.lr!r} is invalid: expected lo,hi with 0 < lo < hi < 1, e.g. 2e-4,3e-3")
-        TrainConfig(model=self.model, dataset=self.dataset, min_steps=self.min_steps, seed=self.seed)
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"workers={self.workers!r} is invalid: expected a whole number ≥ 0 (0 = one per GPU)")
+        unknown = set(self.search) - set(SPACE)
+        if unknown:
+            raise ConfigError(f"unknown searched parameter(s) {sorted(unknown)}; known: {', '.join(SPACE)}")
+        self.space = {s.name: s.parse(self.search.get(s.name) or s.default) for s in SEARCH_SPACE
+                      if self.search.get(s.name) or s.default}
+        for model in self.models():
+            TrainConfig(model=model, dataset=self.dataset, min_steps=self.min_steps, seed=self.seed,
+                        precision=self.precision)
+
+    def models(self) -> list[str]:
+        return self.space.get("models") or [self.model]
 
     def resolved_storage(self) -> str:
         """The given URL; else optuna.db beside a SQLite MLflow store (sqlite:///…/mlflow.db), else here."""
@@ -90,16 +159,20 @@ class SweepConfig:
         return f"sqlite:///{folder.resolve() / 'optuna.db'}"
 
     def resolved_study(self) -> str:
-        return self.study_name or f"molting-{self.model}"
+        return self.study_name or f"molting-{'-'.join(self.models())}"
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items()})
 
 
-class StepPruned(Exception):
-    """Marker: a trial pruned before training (too few optimizer steps)."""
-
+# ---------------------------------------------------------------------------------------------
+# One trial
+# ---------------------------------------------------------------------------------------------
 
 def _trial_config(trial, sc: SweepConfig) -> tuple[TrainConfig, str]:
     ref = trial.user_attrs.get("molting.reference", "")
-    common = dict(model=sc.model, dataset=sc.dataset, seed=sc.seed, experiment=sc.experiment, min_steps=sc.min_steps)
+    common = dict(model=sc.models()[0], dataset=sc.dataset, seed=sc.seed, experiment=sc.experiment,
+                  min_steps=sc.min_steps, precision=sc.precision)
     if ref == "user-original":
         cfg = TrainConfig(**common, **USER_ORIGINAL)
         for k in ("grad_accum", "epochs", "lr"):
@@ -107,13 +180,10 @@ def _trial_config(trial, sc: SweepConfig) -> tuple[TrainConfig, str]:
         return cfg, ref
     if ref == "preset-default":
         return TrainConfig(**common), ref
-    kw = dict(grad_accum=trial.suggest_categorical("grad_accum", sc.ga_choices),
-              epochs=trial.suggest_int("epochs", *sc.epoch_range),
-              lr=trial.suggest_float("lr", *sc.lr_range, log=True))
-    if sc.r_choices:
-        r = trial.suggest_categorical("lora_r", sc.r_choices)
-        kw.update(lora_r=r, lora_alpha=2 * r)
-    return TrainConfig(**common, **kw), ""
+    kw: dict = {}
+    for name, vals in sc.space.items():
+        kw.update(SPACE[name].config(SPACE[name].suggest(trial, vals)))
+    return TrainConfig(**{**common, **kw}), ""
 
 
 def _epoch_pruner_callback(trial, enabled: bool):
@@ -138,100 +208,99 @@ def _epoch_pruner_callback(trial, enabled: bool):
     return EpochPruner()
 
 
-def sweep(sc: SweepConfig, log=print) -> dict:
-    import mlflow
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-    from optuna.trial import TrialState
+@dataclass
+class Worker:
+    """What a worker keeps between trials: its name and device, the parent run, the bases it has
+    loaded, and the study's start for time-to-target."""
+    sc: SweepConfig
+    parent_run_id: str
+    experiment_id: str
+    name: str = "w0"
+    gpu: str = ""
+    t0: float = field(default_factory=time.time)
+    n_examples: int | None = None
 
-    from .tracking import stage_run
-    from .train import find_finished_run, fingerprint, prepare, train
+    def __post_init__(self):
+        from .train import BaseCache
 
-    import warnings
+        self.bases = BaseCache()
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # A worker that dies stops beating; after grace_period its trial is marked FAIL and re-queued once.
-    storage = _open_storage(RDBStorage, sc.resolved_storage(), heartbeat_interval=30, grace_period=120,
-                            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    sampler = optuna.samplers.TPESampler(seed=sc.seed, multivariate=True, n_startup_trials=4)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    study = optuna.create_study(study_name=sc.resolved_study(), storage=storage, direction="maximize",
-                                sampler=sampler, pruner=pruner, load_if_exists=True)
-    if not study.user_attrs.get("molting.references_enqueued"):
-        study.set_user_attr("molting.references_enqueued", True)
-        if sc.enqueue_user:
-            study.enqueue_trial({}, user_attrs={"molting.reference": "user-original"})
-        if sc.enqueue_default:
-            study.enqueue_trial({}, user_attrs={"molting.reference": "preset-default"})
-    t0 = time.time()
-    n_examples = None
+    def objective(self, trial):
+        """Train one configuration (or reuse its finished run) and return its rubric score."""
+        import optuna
 
-    def objective(trial):
-        nonlocal n_examples
-        cfg, ref = _trial_config(trial, sc)
-        tags = {"molting.trial": str(trial.number), "molting.study": study.study_name,
-                "molting.reference": ref or "no"}
-        cfg_r = cfg.resolve()
-        if n_examples is None:
-            from .data import load_dataset
-            n_examples = len(load_dataset(cfg.dataset, "x"))
-        steps = cfg_r.optimizer_steps(n_examples)
-        if not ref and steps < cfg.min_steps:
-            reason = (f"{steps} optimizer steps, below the minimum of {cfg.min_steps}: {cfg_r.arithmetic(n_examples)}; "
-                      f"not trained (would pass: {describe_fixes(cfg_r, n_examples)})")
-            with stage_run(sc.experiment, f"trial-{trial.number}-pruned", {**tags, "molting.stage": "train",
-                                                                           "molting.trial_state": "PRUNED",
-                                                                           "molting.prune_reason": reason},
-                           nested=True):
-                mlflow.log_params({f"train.{k}": v for k, v in asdict(cfg_r).items()
-                                   if k in ("epochs", "grad_accum", "batch_size", "lr", "lora_r")})
-                mlflow.log_metric("optimizer_steps", steps)
-                trial.set_user_attr("prune_reason", reason)
-                trial.set_user_attr("steps_pruned", True)
-                raise optuna.TrialPruned(reason)  # inside: the child run ends KILLED, like an epoch-pruned one
         t_trial = time.time()
+        cfg, ref = _trial_config(trial, self.sc)
+        tags = {"molting.trial": str(trial.number), "molting.study": trial.study.study_name,
+                "molting.reference": ref or "no", "molting.worker": self.name, "molting.gpu": self.gpu or "none"}
+        trial.set_user_attr("worker", self.name)
+        trial.set_user_attr("model", cfg.model)
+        if not ref:
+            self._prune_by_steps(trial, cfg, tags)
+        from .train import find_finished_run, fingerprint, prepare, train
+
         prepared = prepare(cfg)
-        done = find_finished_run(fingerprint(prepared), [experiment_id]) if sc.reuse else None
-        if done is not None:  # this exact configuration already trained and scored: reuse it
-            s, run_id, steps, final_loss = _reuse(done, tags, trial, sc.experiment)
+        done = find_finished_run(fingerprint(prepared), [self.experiment_id]) if self.sc.reuse else None
+        if done is not None:   # this exact configuration already trained and scored: reuse it
+            s, run_id, steps, final_loss = _reuse(done, tags, trial, self.parent_run_id)
+            busy = 0.0
         else:
             try:
-                result = train(cfg, log=lambda *a: None, nested=True, tags=tags, prepared=prepared,
-                               callbacks=(_epoch_pruner_callback(trial, sc.prune and not ref),))
+                result = train(cfg, log=lambda *a: None, tags=tags, prepared=prepared, bases=self.bases,
+                               parent_run_id=self.parent_run_id,
+                               callbacks=(_epoch_pruner_callback(trial, self.sc.prune and not ref),))
             except optuna.TrialPruned as e:
                 trial.set_user_attr("prune_reason", str(e))
                 raise
             s, run_id, steps, final_loss = result.scores, result.run_id, result.optimizer_steps, result.final_loss
-        for k in (*DIMENSIONS, "score"):
-            trial.set_user_attr(k, s[k])
-        trial.set_user_attr("run_id", run_id)
-        trial.set_user_attr("optimizer_steps", steps)
-        trial.set_user_attr("final_loss", final_loss)
-        trial.set_user_attr("elapsed_s", time.time() - t0)
-        log(f"trial {trial.number}{' (reference: ' + ref + ')' if ref else ''}: score {s['score']:.2f} "
-            f"({steps} steps, {time.time() - t_trial:.0f} s{', reused run ' + run_id[:8] if done else ''})")
+            busy = result.train_runtime_s + s.get("eval_seconds", 0.0)
+        wall = time.time() - t_trial
+        attrs = {**{k: s[k] for k in (*DIMENSIONS, "score")}, "run_id": run_id, "optimizer_steps": steps,
+                 "final_loss": final_loss, "elapsed_s": time.time() - self.t0, "trial_wall_s": wall}
+        if busy:
+            attrs["overhead_share"] = max(0.0, 1 - busy / wall)
+            _log_trial_time(run_id, wall, attrs["overhead_share"])
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        print(f"trial {trial.number} [{self.name}]{' (reference: ' + ref + ')' if ref else ''}: score "
+              f"{s['score']:.2f} ({steps} steps, {wall:.0f} s{', reused run ' + run_id[:8] if done else ''})", flush=True)
         return s["score"]
 
-    def stop_at_target(study_, trial):
-        if (sc.stop_at_target and trial.state == TrialState.COMPLETE and trial.value is not None
-                and trial.value > sc.target and not trial.user_attrs.get("molting.reference")):
-            study_.stop()
+    def _prune_by_steps(self, trial, cfg: TrainConfig, tags: dict) -> None:
+        """Below the step minimum: a child run that says why, and no training."""
+        import mlflow
+        import optuna
 
-    experiment_id = None
-    with stage_run(sc.experiment, f"sweep-{study.study_name}", {"molting.stage": "sweep", "molting.model": sc.model,
-                                                                "molting.study": study.study_name}) as parent:
-        experiment_id = parent.info.experiment_id  # where `mlflow run` or --experiment put it: trials and reuse too
-        mlflow.log_params({f"sweep.{k}": v for k, v in asdict(sc).items()} |
-                          {"sweep.storage": _redact(sc.resolved_storage()), "sweep.sampler": "TPE(multivariate)",
-                           "sweep.pruner": "min-steps + MedianPruner(epoch loss)" if sc.prune else "min-steps"})
-        study.optimize(objective, catch=(Exception,), gc_after_trial=True,
-                       callbacks=[_enough_trials(sc.n_trials), stop_at_target])
-        summary = _log_study(study, sc, time.time() - t0, parent.info.run_id, log)
-    return summary
+        from .tracking import stage_run
+
+        cfg_r = cfg.resolve()
+        if self.n_examples is None:
+            from .data import load_dataset
+            self.n_examples = len(load_dataset(cfg.dataset, "x"))
+        steps = cfg_r.optimizer_steps(self.n_examples)
+        if steps >= cfg.min_steps:
+            return
+        reason = (f"{steps} optimizer steps, below the minimum of {cfg.min_steps}: {cfg_r.arithmetic(self.n_examples)}; "
+                  f"not trained (would pass: {describe_fixes(cfg_r, self.n_examples)})")
+        with stage_run(self.sc.experiment, f"trial-{trial.number}-pruned",
+                       {**tags, "molting.stage": "train", "molting.trial_state": "PRUNED",
+                        "molting.prune_reason": reason}, parent_run_id=self.parent_run_id):
+            mlflow.log_params({f"train.{k}": v for k, v in asdict(cfg_r).items()
+                               if k in ("model", "epochs", "grad_accum", "batch_size", "lr", "lora_r")})
+            mlflow.log_metric("optimizer_steps", steps)
+            trial.set_user_attr("prune_reason", reason)
+            trial.set_user_attr("steps_pruned", True)
+            raise optuna.TrialPruned(reason)  # inside: the child run ends KILLED, like an epoch-pruned one
 
 
-def _reuse(done, tags: dict, trial, experiment: str):
+def _log_trial_time(run_id: str, wall: float, share: float) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().log_metric(run_id, "trial_wall_s", wall)
+    MlflowClient().log_metric(run_id, "trial_overhead_share", share)
+
+
+def _reuse(done, tags: dict, trial, parent_run_id: str):
     """Record a trial answered by an earlier run with the same fingerprint: a nested run that copies
     its config and results and points at it (`molting.reused_run_id`; the adapter, loss curve and
     answers stay there). Seeded training makes retraining it cost time and change nothing."""
@@ -240,8 +309,9 @@ def _reuse(done, tags: dict, trial, experiment: str):
     from .tracking import stage_run
 
     m = done.data.metrics
-    with stage_run(experiment, f"trial-{trial.number}-reused", {**tags, "molting.stage": "train",
-                                                                 "molting.reused_run_id": done.info.run_id}, nested=True):
+    with stage_run("", f"trial-{trial.number}-reused", {**tags, "molting.stage": "train",
+                                                         "molting.reused_run_id": done.info.run_id},
+                   parent_run_id=parent_run_id):
         mlflow.log_params({k: v for k, v in done.data.params.items()
                            if k.startswith(("train.", "model.", "data.", "template.", "lora.", "eval."))})
         mlflow.log_metrics({k: v for k, v in m.items() if k not in ("loss", "learning_rate", "grad_norm")})
@@ -250,16 +320,39 @@ def _reuse(done, tags: dict, trial, experiment: str):
     return scores, done.info.run_id, int(m.get("optimizer_steps", 0)), m.get("final_loss", float("nan"))
 
 
+# ---------------------------------------------------------------------------------------------
+# The study: storage, stopping, workers
+# ---------------------------------------------------------------------------------------------
+
+def open_study(sc: SweepConfig):
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # A worker that dies stops beating; 3 beats later its trial is failed and re-queued once.
+    storage = _open_storage(RDBStorage, sc.resolved_storage(), heartbeat_interval=sc.heartbeat_s,
+                            grace_period=3 * sc.heartbeat_s,
+                            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    sampler = optuna.samplers.TPESampler(seed=sc.seed, multivariate=True, n_startup_trials=4)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    return optuna.create_study(study_name=sc.resolved_study(), storage=storage, direction="maximize",
+                               sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
 def _open_storage(cls, url: str, **kw):
     """Open Optuna's RDB storage. Workers started together on an empty database race to create its
-    schema (PostgreSQL: duplicate `CREATE TYPE studydirection`); the loser retries and finds it made."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    schema (PostgreSQL: duplicate `CREATE TYPE studydirection`; SQLite: table exists); the loser
+    retries and finds it made."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-    for attempt in range(6):
+    for attempt in range(8):
         try:
             return cls(url, **kw)
-        except (IntegrityError, ProgrammingError):
-            if attempt == 5:
+        except (IntegrityError, ProgrammingError, OperationalError):
+            if attempt == 7:
                 raise
             time.sleep(0.5 * (attempt + 1))
 
@@ -267,116 +360,142 @@ def _open_storage(cls, url: str, **kw):
 def _enough_trials(n: int):
     """Stop once the study holds n trials that trained (step-pruned ones cost seconds and don't
     count), or 5·n trials in all, so a search space with no valid configuration still ends.
-    Counted from the storage, so every worker sharing the study stops at the same total."""
+    Counted from the storage, so every worker sharing the study stops at the same total; a failed
+    trial that will be retried does not count."""
     from optuna.trial import TrialState
 
     def callback(study, trial):
         trials = study.get_trials(deepcopy=False)
+        retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
         trained = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-                   and not t.user_attrs.get("steps_pruned")]
+                   and not t.user_attrs.get("steps_pruned") and t.number not in retried]
         if len(trained) >= n or len(trials) >= 5 * n:
             study.stop()
 
     return callback
 
 
-def _redact(url: str) -> str:
-    """Storage URL without a password."""
-    import re
-
-    return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)
-
-
-def _log_study(study, sc: SweepConfig, wall_s: float, parent_run_id: str, log) -> dict:
-    import mlflow
+def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t0: float | None = None) -> None:
+    """One worker's loop: trials until the study holds enough, then the stale trials of dead workers
+    are failed and their retries run, so no trial is left RUNNING."""
+    from mlflow.tracking import MlflowClient
+    from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
-    searched = [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("molting.reference")]
-    refs = [t for t in trials if t.user_attrs.get("molting.reference") and t.state == TrialState.COMPLETE]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    best = max(searched, key=lambda t: t.value, default=None)
-    hit = [t for t in sorted(searched, key=lambda t: t.number) if t.value > sc.target]
-    metrics = {"n_trials": len(trials), "n_complete": len(searched) + len(refs), "n_pruned": len(pruned),
-               "sweep_wall_s": wall_s}
-    if best is not None:
-        metrics["best_score"] = best.value
-        metrics.update({f"best_{d}": best.user_attrs[d] for d in DIMENSIONS})
-    if hit:
-        metrics["trials_to_target"] = hit[0].number
-        metrics["time_to_target_s"] = hit[0].user_attrs.get("elapsed_s", float("nan"))
-    mlflow.log_metrics(metrics)
-    mlflow.set_tag("molting.trials_to_target", str(hit[0].number) if hit else "none")
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        df = study.trials_dataframe()
-        df.to_csv(t / "trials.csv", index=False)
-        _write_plots(study, t)
-        (t / "sweep_summary.md").write_text(_summary_md(sc, best, refs, pruned, hit, wall_s), encoding="utf-8")
-        mlflow.log_artifacts(tmp, "study")
-    out = {"best": best, "refs": refs, "metrics": metrics, "parent_run_id": parent_run_id}
-    log(_summary_md(sc, best, refs, pruned, hit, wall_s))
-    user = next((t for t in refs if t.user_attrs["molting.reference"] == "user-original"), None)
-    if best is not None and not _in_this_store(best.user_attrs["run_id"]):
-        # Workers sharing a study but not a tracking server: the best run lives in another store.
-        log(f"best trial #{best.number} ran on another worker (run {best.user_attrs['run_id'][:8]} is not in "
-            f"{mlflow.get_tracking_uri()}): no diagnosis or registration here; share one tracking server "
-            "(MLFLOW_TRACKING_URI) across workers to get them")
-        return out
-    if best is not None:
-        from .diagnose import report
+    from .runtime import set_threads
+    from .tracking import open_store
 
-        user_id = user.user_attrs["run_id"] if user and _in_this_store(user.user_attrs["run_id"]) else None
-        mlflow.log_text(report(best.user_attrs["run_id"], user_id), "diagnosis_best_vs_user.md")
-    if sc.register and best is not None:
-        from .registry import register_best
-
-        out["version"] = register_best(best.user_attrs["run_id"], sc.model, sc.target, log)
-    return out
+    set_threads()
+    open_store()
+    study = open_study(sc)
+    exp_id = MlflowClient().get_run(parent_run_id).info.experiment_id
+    w = Worker(sc, parent_run_id, exp_id, name, gpu, t0 or time.time())
+    callbacks = [_enough_trials(sc.n_trials), _stop_at_target(sc)]
+    study.optimize(w.objective, catch=(Exception,), gc_after_trial=True, callbacks=callbacks)
+    deadline = time.time() + 4 * sc.heartbeat_s
+    while time.time() < deadline:
+        fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):        # a retry of a dead worker's trial
+            study.optimize(w.objective, catch=(Exception,), n_trials=1, gc_after_trial=True)
+            continue
+        if not any(t.state == TrialState.RUNNING for t in trials):
+            break
+        time.sleep(sc.heartbeat_s / 2)
+    _end_runs_of_failed_trials(study, exp_id)
 
 
-def _in_this_store(run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
+def _end_runs_of_failed_trials(study, experiment_id: str) -> None:
+    """A dead worker's trial: its MLflow run, still RUNNING, ends FAILED with the reason."""
+    import mlflow
     from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
 
-    try:
-        MlflowClient().get_run(run_id)
-        return True
-    except MlflowException:
-        return False
-
-
-def _write_plots(study, folder: Path) -> None:
-    """Optuna's plots as self-contained HTML (plotly.js inlined: they open offline)."""
-    import optuna.visualization as vis
-
-    for name, fn in (("optimization_history", vis.plot_optimization_history),
-                     ("param_importances", vis.plot_param_importances),
-                     ("parallel_coordinate", vis.plot_parallel_coordinate)):
-        try:
-            fn(study).write_html(folder / f"{name}.html", include_plotlyjs=True)
-        except Exception as e:  # importances need ≥ 2 completed trials with varied params
-            (folder / f"{name}.txt").write_text(f"not drawn: {e}\n", encoding="utf-8")
+    client = MlflowClient()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        for run in mlflow.search_runs([experiment_id], output_format="list", filter_string=(
+                f"tags.`molting.study` = '{study.study_name}' and tags.`molting.trial` = '{t.number}' "
+                "and attributes.status = 'RUNNING'")):
+            client.set_tag(run.info.run_id, "molting.error", f"worker {t.user_attrs.get('worker', '?')} stopped "
+                           "beating (killed or lost); the trial was failed and retried")
+            client.set_terminated(run.info.run_id, "FAILED")
 
 
-def _summary_md(sc, best, refs, pruned, hit, wall_s) -> str:
-    lines = [f"# Sweep {sc.resolved_study()} ({sc.model})", "",
-             f"- trials: best score **{best.value:.2f}**" if best else "- no searched trial completed",
-             f"- target {sc.target}: " + (f"first beaten by trial {hit[0].number} after "
-                                          f"{hit[0].user_attrs.get('elapsed_s', 0):.0f} s" if hit else "not reached"),
-             f"- pruned: {len(pruned)} ({sum('optimizer steps' in t.user_attrs.get('prune_reason', '') for t in pruned)} "
-             "for too few optimizer steps, before training)",
-             f"- wall time: {wall_s:.0f} s", ""]
-    rows = [("best", best)] + [(f"reference: {t.user_attrs['molting.reference']}", t) for t in refs]
-    rows = [(n, t) for n, t in rows if t is not None]
-    if rows:
-        lines += ["| trial | grad_accum | epochs | lr | steps | " + " | ".join(DIMENSIONS) + " | score |",
-                  "|---" * (6 + len(DIMENSIONS)) + "|"]
-        for name, t in rows:
-            ga = t.params.get("grad_accum", t.user_attrs.get("grad_accum", "preset"))
-            ep = t.params.get("epochs", t.user_attrs.get("epochs", "preset"))
-            lr = t.params.get("lr", t.user_attrs.get("lr", "preset"))
-            lr = f"{lr:.2e}" if isinstance(lr, float) else lr
-            lines.append(f"| {name} (#{t.number}) | {ga} | {ep} | {lr} | {t.user_attrs.get('optimizer_steps')} | "
-                         + " | ".join(f"{t.user_attrs[d]:.2f}" for d in DIMENSIONS) + f" | {t.value:.2f} |")
-    return "\n".join(lines) + "\n"
+def _stop_at_target(sc: SweepConfig):
+    from optuna.trial import TrialState
+
+    def callback(study, trial):
+        if (sc.stop_at_target and trial.state == TrialState.COMPLETE and trial.value is not None
+                and trial.value > sc.target and not trial.user_attrs.get("molting.reference")):
+            study.stop()
+
+    return callback
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices this process may use (CUDA_VISIBLE_DEVICES, else all torch sees)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [g for g in env.split(",") if g.strip()] if env else [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _spawn_workers(sc: SweepConfig, parent_run_id: str, n: int, t0: float, log) -> None:
+    """n worker processes, worker i on GPU i (when there are GPUs); waits for all of them."""
+    gpus = visible_gpus()
+    procs = []
+    for i in range(n):
+        env = {**os.environ, "MOLTING_SWEEP_T0": str(t0)}
+        env.pop("MLFLOW_RUN_ID", None)
+        gpu = gpus[i % len(gpus)] if gpus else ""
+        if gpu:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        cmd = [sys.executable, "-m", "molting_mlflow.cli", "sweep-worker", "--config", sc.to_json(),
+               "--parent-run-id", parent_run_id, "--name", f"w{i}-of-{n}", "--gpu", gpu]
+        procs.append(subprocess.Popen(cmd, env=env))
+    codes = [p.wait() for p in procs]
+    dead = [f"w{i} (exit {c})" for i, c in enumerate(codes) if c]
+    if dead:
+        log(f"worker(s) {', '.join(dead)} stopped early; the others finished the study")
+
+
+def sweep(sc: SweepConfig, log=print) -> dict:
+    """Open the parent run and the study, run the workers, and report."""
+    import mlflow
+
+    from .models import resolve_model
+    from .sweep_report import log_study
+    from .tracking import open_store, stage_run
+
+    for model in sc.models():
+        resolve_model(model)                 # an unknown model fails here, in one line, before any trial
+    n = sc.workers or max(1, len(visible_gpus()))
+    open_store()
+    study = open_study(sc)                   # made here, once: workers only open it
+    if not study.user_attrs.get("molting.references_enqueued"):
+        study.set_user_attr("molting.references_enqueued", True)
+        if sc.enqueue_user:
+            study.enqueue_trial({}, user_attrs={"molting.reference": "user-original"})
+        if sc.enqueue_default:
+            study.enqueue_trial({}, user_attrs={"molting.reference": "preset-default"})
+    t0 = time.time()
+    with stage_run(sc.experiment, f"sweep-{study.study_name}", {"molting.stage": "sweep", "molting.model": sc.model,
+                                                                "molting.study": study.study_name}) as parent:
+        mlflow.log_params({f"sweep.{k}": v for k, v in asdict(sc).items() if k not in ("search", "storage")}
+                          | {f"sweep.search.{k}": ",".join(map(str, v)) for k, v in sc.space.items()}
+                          | {"sweep.storage": _redact(sc.resolved_storage()), "sweep.sampler": "TPE(multivariate)",
+                             "sweep.workers": n, "sweep.pruner": "min-steps + MedianPruner(epoch ref_nll)"
+                             if sc.prune else "min-steps"})
+        if n == 1:
+            work(sc, parent.info.run_id, f"w0-pid{os.getpid()}", (visible_gpus() or [""])[0], t0)
+        else:
+            _spawn_workers(sc, parent.info.run_id, n, t0, log)
+        summary = log_study(study, sc, time.time() - t0, parent.info.run_id, log)
+    return summary
+
+
+def _redact(url: str) -> str:
+    """Storage URL without a password."""
+    return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)

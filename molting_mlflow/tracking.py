@@ -13,6 +13,25 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 
+def open_store() -> None:
+    """Make sure the tracking store exists, created once. Several processes starting together on a
+    new SQLite mlflow.db race through MLflow's schema migration (`table _alembic_tmp_tags already
+    exists`); a file lock beside the database lets one create it while the others wait."""
+    import fcntl
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient().search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def ensure_experiment(name: str) -> str:
     """The experiment's id, created on first use with an absolute artifact location: MLflow's
     default with the SQLite store is ./mlruns of whatever directory the run started in."""
@@ -27,10 +46,17 @@ def ensure_experiment(name: str) -> str:
 
 
 @contextmanager
-def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: bool = False):
-    """Attach to MLFLOW_RUN_ID (set by `mlflow run`) or start a run in `experiment`."""
+def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: bool = False,
+              parent_run_id: str | None = None):
+    """Attach to MLFLOW_RUN_ID (set by `mlflow run`) or start a run in `experiment`; nested: a child of
+    the active run, or of `parent_run_id` (a sweep worker in another process than its parent run)."""
+    open_store()
     run_id = os.environ.get("MLFLOW_RUN_ID")
-    if run_id and not nested and mlflow.active_run() is None:
+    if parent_run_id:
+        exp_id = MlflowClient().get_run(parent_run_id).info.experiment_id
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent_run_id,
+                               nested=mlflow.active_run() is not None)
+    elif run_id and not nested and mlflow.active_run() is None:
         run = mlflow.start_run(run_id=run_id)
         # Consumed, as mlflow.start_run() does when it reads it itself: left set, the first nested
         # start_run (a sweep's first trial) would resume this run instead of making a child.

@@ -175,11 +175,50 @@ def find_finished_run(fp: str, experiment_ids: list[str]):
     return next((r for r in runs if "score" in r.data.metrics and "molting.reused_run_id" not in r.data.tags), None)
 
 
+class BaseCache:
+    """A process's base models, loaded once and lent to each training in turn (a sweep worker's
+    trials): every trial gets a fresh LoRA on the same frozen base, and hands the base back clean —
+    LoRA layers removed, TRL's patched forward dropped — so that it trains the adapter a fresh
+    process would (tests/test_sweep.py compares the two)."""
+
+    def __init__(self):
+        self._models: dict = {}
+
+    def take(self, p: Prepared):
+        """(model, seconds spent loading it: 0 when it was already here)."""
+        key = (p.source.path or p.source.name, p.plan.precision, p.plan.device)
+        if key in self._models:
+            return self._models[key], 0.0
+        self._models.clear()                   # one base at a time: a study over two presets swaps them
+        t = time.time()
+        self._models[key] = _load_for_training(p)
+        return self._models[key], time.time() - t
+
+    @staticmethod
+    def give_back(peft_model) -> None:
+        base = peft_model.unload()             # removes the LoRA layers without merging them
+        base.__dict__.pop("forward", None)     # TRL's fused-head forward, bound to this object
+
+    def drop(self) -> None:
+        self._models.clear()
+
+
+def _load_for_training(p: Prepared):
+    model = load_model(p.source, p.plan)
+    if p.plan.spec.quantized:
+        from peft import prepare_model_for_kbit_training
+
+        # QLoRA: casts norms to fp32 and turns on gradient checkpointing (it only acts in train mode).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    return model
+
+
 def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | None = None,
-          callbacks: tuple = (), prepared: Prepared | None = None) -> TrainResult:
+          callbacks: tuple = (), prepared: Prepared | None = None, bases: BaseCache | None = None,
+          parent_run_id: str | None = None) -> TrainResult:
     """Train (and evaluate) in one MLflow run: attached to `mlflow run`'s, a new one, or a
-    nested child of the active run (`nested=True`, the sweep's trials). `callbacks` are extra
-    transformers TrainerCallbacks (the sweep's pruner)."""
+    nested child of the active run or of `parent_run_id` (the sweep's trials). `callbacks` are
+    extra transformers TrainerCallbacks (the sweep's pruner); `bases` lends an already loaded base."""
     import mlflow
 
     from .tracking import stage_run
@@ -192,7 +231,7 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
             **(tags or {})}
     if p.source.preset is not None and p.source.preset.only_for_plumbing:
         tags["molting.plumbing_only"] = "true"
-    with stage_run(cfg.experiment, run_name, tags, nested=nested) as run:
+    with stage_run(cfg.experiment, run_name, tags, nested=nested, parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
         mlflow.log_text(p.report.to_json(), "preflight.json")
         mlflow.log_text(p.report.to_text() + "\n", "preflight.txt")
@@ -202,7 +241,7 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
             errors = [f for f in p.report.findings if f.level == "error"]
             raise PreflightFailed(f"pre-flight failed ({len(errors)} error(s)): {errors[0].message}"
                                   " (preflight=warn trains anyway)")
-        result = _fit(p, run_id, log, callbacks)
+        result = _fit(p, run_id, log, callbacks, bases)
         result.preflight = p.report.status
     log(f"\nrun {run_id}: {result.optimizer_steps} optimizer steps, final loss {result.final_loss:.4f}, "
         f"{result.train_runtime_s:.0f} s training ({time.time() - t_start:.0f} s in all)\n"
@@ -211,33 +250,36 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     return result
 
 
-def _fit(p: Prepared, run_id: str, log, callbacks: tuple = ()) -> TrainResult:
-    """Load, train, log the numbers and the adapter, evaluate; the fingerprint tag comes last, so
-    only a run that trained (and scored) carries it."""
+def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache | None = None) -> TrainResult:
+    """Load (or borrow), train, log the numbers and the adapter, evaluate; the fingerprint tag comes
+    last, so only a run that trained (and scored) carries it. A borrowed base goes back clean after
+    success; after a failure it is dropped (it may still hold this trial's LoRA layers)."""
     import mlflow
     from transformers import set_seed
 
-    set_seed(p.cfg.seed)
     threads = runtime.set_threads()
+    p.plan.configure_backends()
     t_load = time.time()
-    model = load_model(p.source, p.plan)
-    if p.plan.spec.quantized:
-        from peft import prepare_model_for_kbit_training
-
-        # QLoRA: casts norms to fp32 and turns on gradient checkpointing (it only acts in train mode).
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    load_s = time.time() - t_load  # what a sweep would save per trial by keeping the base loaded
-    mlflow.log_params({**run_params(p), "train.cpu_threads": threads})
-    _log_dataset(p)
-    questions = load_questions(DEFAULT_QUESTIONS)
-    trainer, losses = _trainer(p, model, run_id, questions, callbacks)
-    mlflow.log_text(_marked_example(trainer, p.tokenizer), "example_rendered.txt")
-    stats = _run_trainer(trainer, p, losses, load_s)
-    _log_adapter(trainer.model, p, run_id, losses, stats)
-    result = TrainResult(run_id, stats["optimizer_steps"], stats["final_loss"], stats["train_runtime_s"],
-                         f"runs:/{run_id}/adapter", "", losses)
-    if p.cfg.evaluate:
-        result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step)
+    model, load_s = bases.take(p) if bases is not None else (_load_for_training(p), time.time() - t_load)
+    set_seed(p.cfg.seed)                      # after loading: a borrowed base and a fresh one start alike
+    try:
+        mlflow.log_params({**run_params(p), "train.cpu_threads": threads})
+        _log_dataset(p)
+        questions = load_questions(DEFAULT_QUESTIONS)
+        trainer, losses = _trainer(p, model, run_id, questions, callbacks)
+        mlflow.log_text(_marked_example(trainer, p.tokenizer), "example_rendered.txt")
+        stats = _run_trainer(trainer, p, losses, load_s)
+        _log_adapter(trainer.model, p, run_id, losses, stats)
+        result = TrainResult(run_id, stats["optimizer_steps"], stats["final_loss"], stats["train_runtime_s"],
+                             f"runs:/{run_id}/adapter", "", losses)
+        if p.cfg.evaluate:
+            result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step)
+    except BaseException:
+        if bases is not None:
+            bases.drop()
+        raise
+    if bases is not None:
+        bases.give_back(trainer.model)
     mlflow.set_tag("molting.fingerprint", fingerprint(p))
     return result
 
@@ -285,7 +327,8 @@ def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple):
             if not logs or "loss" not in logs:
                 return
             m = {k: float(logs[k]) for k in ("loss", "learning_rate", "grad_norm") if k in logs}
-            mlflow.log_metrics(m, step=state.global_step, run_id=run_id)
+            # asynchronous: a step on a GPU takes milliseconds, a store write as long; the run's end flushes
+            mlflow.log_metrics(m, step=state.global_step, run_id=run_id, synchronous=False)
             losses.append((state.global_step, m["loss"]))
 
         def on_epoch_end(self, args, state, control, model=None, **kw):
@@ -314,6 +357,7 @@ def _run_trainer(trainer, p: Prepared, losses: list, load_s: float) -> dict:
     if cuda:
         torch.cuda.synchronize()
     runtime_s = time.time() - t0
+    mlflow.flush_async_logging()
     tokens = p.report.numbers["train_tokens_per_epoch"] * p.cfg.epochs
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
@@ -362,12 +406,14 @@ def _evaluate_in_run(p: Prepared, model, questions, log, step: int) -> dict:
     from .rubric import format_summary
     from .tracking import log_scores
 
+    t0 = time.time()
     model.eval()
     p.tokenizer.chat_template = p.own_template
     records, stats = generate(model, p.tokenizer, questions, p.system_prompt_text, p.cfg.eval_max_new_tokens,
                               seed=p.cfg.seed)
     nll = reference_nll(model, p.tokenizer, questions, p.system_prompt_text, p.template)
     p.tokenizer.chat_template = p.template
+    stats["eval_seconds"] = time.time() - t0     # answers and ref_nll: the sweep's time accounting
     mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
     scored = log_scores(records, questions, load_persona(p.cfg.persona), stats, ref_nll=nll, step=step)
     log(format_summary(scored))

@@ -51,7 +51,7 @@ def test_mlflow_run_user_config_stops_at_preflight():
 
 def test_mlflow_run_sweep_nests_every_trial_under_the_run_mlflow_made():
     """`mlflow run` hands its run over in MLFLOW_RUN_ID; the first trial must still be a child."""
-    r = mlflow_run("model=tiny-random", "n_trials=2", "epochs=1,2", "min_steps=10", "register=false", "seed=3",
+    r = mlflow_run("model=tiny-random", "n_trials=2", "search=epochs=1,2", "min_steps=10", "register=false", "seed=3",
                    entry="sweep")
     assert r.returncode == 0, r.stderr[-3000:]
     runs = mlflow.search_runs(experiment_names=["molting"], output_format="list")

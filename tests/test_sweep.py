@@ -15,7 +15,7 @@ from molting_mlflow.config import ConfigError
 from molting_mlflow.sweep import SweepConfig, sweep
 
 # tiny-random: batch 8 → 10 steps an epoch; min_steps 20 prunes grad_accum ≥ 2 at ≤ 3 epochs
-SMALL = dict(model="tiny-random", epochs="1,3", min_steps=20, seed=7)
+SMALL = dict(model="tiny-random", search={"epochs": "1,3"}, min_steps=20, seed=7)
 
 
 def children(parent_id):
@@ -58,21 +58,47 @@ def test_sweep_nests_trials_prunes_by_steps_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("kw,msg", [
     (dict(n_trials=0), "n_trials=0 is invalid"),
-    (dict(lr="1e-3"), "expected 2 comma-separated numbers"),
-    (dict(lr="3e-3,1e-4"), "lr='3e-3,1e-4' is invalid"),
-    (dict(epochs="0,2"), "1 ≤ lo ≤ hi"),
+    (dict(search={"lr": "1e-3"}), "lr='1e-3' is invalid: expected a range lo,hi with 0 < lo < hi < 1"),
+    (dict(search={"lr": "3e-3,1e-4"}), "lr='3e-3,1e-4' is invalid"),
+    (dict(search={"epochs": "2,1"}), "epochs='2,1' is invalid: expected a range lo,hi with lo ≤ hi"),
+    (dict(search={"width": "1,2"}), "unknown searched parameter(s) ['width']"),
     (dict(target=11), "target=11 is invalid"),
-    (dict(model="gpt5"), None),
+    (dict(workers=-1), "workers=-1 is invalid"),
 ])
 def test_bad_sweep_settings(kw, msg):
-    from molting_mlflow.models import ModelError, resolve_model
-
-    if msg is None:  # an unknown model fails at resolve time, before any trial
-        with pytest.raises(ModelError):
-            resolve_model(kw["model"])
-        return
-    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("]", r"\]")):
         SweepConfig(**kw)
+
+
+def test_unknown_model_fails_before_any_trial_in_one_line():
+    from click.testing import CliRunner
+
+    from molting_mlflow.cli import cli
+
+    r = CliRunner().invoke(cli, ["sweep", "--model", "gpt5", "--n-trials", "2"])
+    assert r.exit_code == 2 and "unknown model 'gpt5'" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not mlflow.search_runs(search_all_experiments=True, output_format="list")   # no parent, no trial
+
+
+def test_search_space_is_one_table_read_by_the_cli_and_the_mlproject():
+    """A row of SEARCH_SPACE is the CLI option, the `search` string's name and the trial's parameter."""
+    from click.testing import CliRunner
+
+    from molting_mlflow.cli import cli
+    from molting_mlflow.sweep import SEARCH_SPACE, parse_search
+
+    help_text = CliRunner().invoke(cli, ["sweep", "--help"]).output
+    for row in SEARCH_SPACE:
+        assert "--" + row.name.replace("_", "-") in help_text
+    assert parse_search("lr=1e-4,1e-3;lora_r=8,16") == {"lr": "1e-4,1e-3", "lora_r": "8,16"}
+    sc = SweepConfig(model="tiny-random", search={"lora_r": "4,8", "models": "tiny-random"})
+    assert sc.space["lora_r"] == [4, 8] and sc.models() == ["tiny-random"] and sc.space["grad_accum"] == [1, 2, 4, 8]
+    trial = optuna.trial.FixedTrial({"grad_accum": 2, "epochs": 3, "lr": 1e-3, "lora_r": 8, "models": "tiny-random"})
+    from molting_mlflow.sweep import _trial_config
+
+    cfg, _ = _trial_config(trial, sc)
+    assert (cfg.grad_accum, cfg.epochs, cfg.lora_r, cfg.lora_alpha, cfg.model) == (2, 3, 8, 16, "tiny-random")
 
 
 def test_registry_aliases_and_fresh_process_load(tmp_path):
@@ -218,3 +244,109 @@ def test_reference_trial_reuses_a_finished_run_of_the_same_config():
     (child,) = [r for r in children(out["parent_run_id"]) if r.data.tags["molting.trial"] == str(t0.number)]
     assert child.data.tags["molting.reused_run_id"] == done.run_id and child.data.metrics["score"] == score
     assert child.data.params["train.optimizer_steps"] == "50" and "loss" not in child.data.metrics
+
+
+# ---- Sweep at scale: bases lent between trials, workers, a killed worker, a fresh store --------
+
+def _adapter_tensors(run_id):
+    from safetensors.torch import load_file
+
+    path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter/adapter_model.safetensors")
+    return load_file(path)
+
+
+def test_a_lent_base_trains_the_adapter_a_fresh_process_trains(tmp_path):
+    """Two trials in one worker (the base loaded once, lent twice) against the second trial's config
+    trained in a fresh process: the same adapter, weight for weight."""
+    import torch
+
+    from molting_mlflow.config import TrainConfig
+    from molting_mlflow.train import BaseCache, train
+
+    first = TrainConfig(model="tiny-random", epochs=1, min_steps=0, lr=5e-3, seed=1, evaluate=False)
+    second = TrainConfig(model="tiny-random", epochs=2, min_steps=0, lr=2e-3, seed=2, evaluate=False)
+    bases = BaseCache()
+    train(first, log=lambda *a: None, bases=bases)
+    lent = train(second, log=lambda *a: None, bases=bases)
+    assert len(bases._models) == 1                       # loaded once
+    code = ("import mlflow;from molting_mlflow.config import TrainConfig;from molting_mlflow.train import train;"
+            "print('RUN', train(TrainConfig(model='tiny-random', epochs=2, min_steps=0, lr=2e-3, seed=2, "
+            "evaluate=False), log=lambda *a: None).run_id)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MOLTING_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    fresh_id = next(ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("RUN "))
+    a, b = _adapter_tensors(lent.run_id), _adapter_tensors(fresh_id)
+    assert a.keys() == b.keys() and len(a) > 0
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)   # it trained: B starts at zero
+
+
+def test_two_worker_processes_share_one_study_and_one_parent_run():
+    out = sweep(SweepConfig(n_trials=3, register=False, workers=2, enqueue_user=False, **SMALL), log=lambda *a: None)
+    kids = children(out["parent_run_id"])
+    assert {r.data.tags["molting.worker"] for r in kids} == {"w0-of-2", "w1-of-2"}
+    numbers = [int(r.data.tags["molting.trial"]) for r in kids]
+    assert len(numbers) == len(set(numbers))                     # every trial number once
+    assert not [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+                if r.info.status == "RUNNING"]
+    parent = MlflowClient().get_run(out["parent_run_id"]).data
+    assert parent.params["sweep.workers"] == "2" and parent.metrics["sweep_wall_s"] > 0
+    assert 0 <= parent.metrics["overhead_share_mean"] <= 1 and parent.metrics["trials_per_hour"] > 0
+
+
+def test_several_workers_start_together_on_a_fresh_sqlite_store(tmp_path):
+    """The default mlflow.db beside them, new: both `molting sweep` processes start and finish."""
+    cmd = [sys.executable, "-m", "molting_mlflow.cli", "sweep", "--model", "tiny-random", "--epochs", "1,1",
+           "--grad-accum", "1", "--min-steps", "0", "--n-trials", "2", "--register", "false",
+           "--enqueue-user", "false", "--study-name", "together"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}", "MOLTING_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-1500:] + outs[1][-1500:]
+    assert not any("Traceback" in o for o in outs)
+
+
+@pytest.mark.timeout(900) if hasattr(pytest.mark, "timeout") else (lambda f: f)
+def test_a_killed_worker_trial_is_failed_and_retried_by_the_other(tmp_path, fresh_postgres):
+    """Two workers on one PostgreSQL study and one MLflow store; SIGKILL one mid-trial: the other
+    finishes the study, the dead trial ends FAILED (Optuna and MLflow) and its retry completes."""
+    import signal
+    import time
+
+    url, name = fresh_postgres, f"molting-kill-{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "molting_mlflow.cli", "sweep", "--model", "tiny-random", "--epochs", "2,3",
+           "--grad-accum", "1", "--min-steps", "0", "--n-trials", "4", "--storage", url, "--study-name", name,
+           "--register", "false", "--enqueue-user", "false", "--heartbeat-s", "2", "--seed", "5"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MOLTING_THREADS": "1"}
+    victim = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:            # wait until the victim is inside a trial
+        try:
+            trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+        except KeyError:
+            trials = []
+        if any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
+            break
+        time.sleep(0.5)
+    survivor = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    time.sleep(2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    out = survivor.communicate(timeout=600)[0]
+    assert survivor.returncode == 0, out[-3000:]
+    study = optuna.load_study(study_name=name, storage=url)
+    states = {t.number: t.state for t in study.trials}
+    assert sorted(states) == list(range(len(states)))            # no duplicate, no gap
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed, "the killed worker's trial must end FAILED"
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") in {f.number for f in failed}]
+    assert retries and all(t.state == optuna.trial.TrialState.COMPLETE for t in retries)
+    assert optuna.trial.TrialState.RUNNING not in states.values()
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    dead = [r for r in runs if r.data.tags.get("molting.trial") in {str(f.number) for f in failed}
+            and r.data.tags.get("molting.study") == name]
+    assert dead and all(r.info.status == "FAILED" for r in dead)

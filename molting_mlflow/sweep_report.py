@@ -1,0 +1,122 @@
+"""The sweep's report on its parent run: the study's numbers and time accounting as metrics, the
+trials table, Optuna's plots, a summary, the diagnosis of the best trial against the user's
+original configuration, and the best adapter registered."""
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+
+from .rubric import DIMENSIONS
+
+
+def time_accounting(trials, wall_s: float, target: float) -> dict:
+    """sweep_wall_s, trials an hour, time to target, and the share of each trained trial's wall
+    spent outside training and evaluation (loading, opening runs, reuse look-ups, logging)."""
+    from optuna.trial import TrialState
+
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    m = {"sweep_wall_s": wall_s, "trials_per_hour": 3600 * len(done) / wall_s if wall_s else 0.0}
+    shares = [t.user_attrs["overhead_share"] for t in done if "overhead_share" in t.user_attrs]
+    if shares:
+        m.update(overhead_share_mean=statistics.fmean(shares), overhead_share_max=max(shares))
+    hit = sorted((t for t in done if t.value is not None and t.value > target
+                  and not t.user_attrs.get("molting.reference")), key=lambda t: t.user_attrs.get("elapsed_s", 0))
+    if hit:
+        m["time_to_target_s"] = hit[0].user_attrs.get("elapsed_s", float("nan"))
+        m["trials_to_target"] = hit[0].number
+    return m
+
+
+def log_study(study, sc, wall_s: float, parent_run_id: str, log) -> dict:
+    import mlflow
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    searched = [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("molting.reference")]
+    refs = [t for t in trials if t.user_attrs.get("molting.reference") and t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    best = max(searched, key=lambda t: t.value, default=None)
+    hit = [t for t in sorted(searched, key=lambda t: t.number) if t.value > sc.target]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    metrics = {"n_trials": len(trials), "n_complete": len(searched) + len(refs), "n_pruned": len(pruned),
+               "n_failed": len(failed), **time_accounting(trials, wall_s, sc.target)}
+    if best is not None:
+        metrics["best_score"] = best.value
+        metrics.update({f"best_{d}": best.user_attrs[d] for d in DIMENSIONS})
+    mlflow.log_metrics(metrics, run_id=parent_run_id)
+    mlflow.MlflowClient().set_tag(parent_run_id, "molting.trials_to_target", str(hit[0].number) if hit else "none")
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        df = study.trials_dataframe()
+        df.to_csv(t / "trials.csv", index=False)
+        _write_plots(study, t)
+        (t / "sweep_summary.md").write_text(_summary_md(sc, best, refs, pruned, hit, wall_s), encoding="utf-8")
+        mlflow.MlflowClient().log_artifacts(parent_run_id, tmp, "study")
+    out = {"best": best, "refs": refs, "metrics": metrics, "parent_run_id": parent_run_id}
+    log(_summary_md(sc, best, refs, pruned, hit, wall_s))
+    user = next((t for t in refs if t.user_attrs["molting.reference"] == "user-original"), None)
+    if best is not None and not _in_this_store(best.user_attrs["run_id"]):
+        # Workers sharing a study but not a tracking server: the best run lives in another store.
+        log(f"best trial #{best.number} ran on another worker (run {best.user_attrs['run_id'][:8]} is not in "
+            f"{mlflow.get_tracking_uri()}): no diagnosis or registration here; share one tracking server "
+            "(MLFLOW_TRACKING_URI) across workers to get them")
+        return out
+    if best is not None:
+        from .diagnose import report
+
+        user_id = user.user_attrs["run_id"] if user and _in_this_store(user.user_attrs["run_id"]) else None
+        mlflow.MlflowClient().log_text(parent_run_id, report(best.user_attrs["run_id"], user_id),
+                                       "diagnosis_best_vs_user.md")
+    if sc.register and best is not None:
+        from .registry import register_best
+
+        out["version"] = register_best(best.user_attrs["run_id"], best.user_attrs.get("model", sc.model), sc.target, log)
+    return out
+
+
+def _in_this_store(run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient().get_run(run_id)
+        return True
+    except MlflowException:
+        return False
+
+
+def _write_plots(study, folder: Path) -> None:
+    """Optuna's plots as self-contained HTML (plotly.js inlined: they open offline)."""
+    import optuna.visualization as vis
+
+    for name, fn in (("optimization_history", vis.plot_optimization_history),
+                     ("param_importances", vis.plot_param_importances),
+                     ("parallel_coordinate", vis.plot_parallel_coordinate)):
+        try:
+            fn(study).write_html(folder / f"{name}.html", include_plotlyjs=True)
+        except Exception as e:  # importances need ≥ 2 completed trials with varied params
+            (folder / f"{name}.txt").write_text(f"not drawn: {e}\n", encoding="utf-8")
+
+
+def _summary_md(sc, best, refs, pruned, hit, wall_s) -> str:
+    lines = [f"# Sweep {sc.resolved_study()} ({sc.model})", "",
+             f"- trials: best score **{best.value:.2f}**" if best else "- no searched trial completed",
+             f"- target {sc.target}: " + (f"first beaten by trial {hit[0].number} after "
+                                          f"{hit[0].user_attrs.get('elapsed_s', 0):.0f} s" if hit else "not reached"),
+             f"- pruned: {len(pruned)} ({sum('optimizer steps' in t.user_attrs.get('prune_reason', '') for t in pruned)} "
+             "for too few optimizer steps, before training)",
+             f"- wall time: {wall_s:.0f} s", ""]
+    rows = [("best", best)] + [(f"reference: {t.user_attrs['molting.reference']}", t) for t in refs]
+    rows = [(n, t) for n, t in rows if t is not None]
+    if rows:
+        lines += ["| trial | grad_accum | epochs | lr | steps | " + " | ".join(DIMENSIONS) + " | score |",
+                  "|---" * (6 + len(DIMENSIONS)) + "|"]
+        for name, t in rows:
+            ga = t.params.get("grad_accum", t.user_attrs.get("grad_accum", "preset"))
+            ep = t.params.get("epochs", t.user_attrs.get("epochs", "preset"))
+            lr = t.params.get("lr", t.user_attrs.get("lr", "preset"))
+            lr = f"{lr:.2e}" if isinstance(lr, float) else lr
+            lines.append(f"| {name} (#{t.number}) | {ga} | {ep} | {lr} | {t.user_attrs.get('optimizer_steps')} | "
+                         + " | ".join(f"{t.user_attrs[d]:.2f}" for d in DIMENSIONS) + f" | {t.value:.2f} |")
+    return "\n".join(lines) + "\n"
