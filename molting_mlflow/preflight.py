@@ -197,18 +197,29 @@ def _common_prefix(a, b) -> int:
     return i
 
 
+_COUNTS: dict = {}
+
+
 def count_params(model_config, cfg: TrainConfig) -> tuple[int, int]:
-    """Total parameters and LoRA-trainable ones, from a meta-device model (no memory, no weights)."""
+    """Total parameters and LoRA-trainable ones, from a meta-device model (no memory, no weights);
+    remembered per architecture and rank (a sweep worker asks once a trial: ~1 s for Phi-3-mini)."""
+    from .presets import lora_targets
+
+    targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
+    key = (model_config.to_json_string(), cfg.lora_r, str(targets))
+    if key not in _COUNTS:
+        _COUNTS[key] = _count_params(model_config, cfg.lora_r, targets)
+    return _COUNTS[key]
+
+
+def _count_params(model_config, lora_r: int, targets) -> tuple[int, int]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .presets import lora_targets
-
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(model_config)
-    targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
     total = sum(p.numel() for p in m.parameters())
-    trainable = sum(cfg.lora_r * (mod.in_features + mod.out_features) for name, mod in m.named_modules()
+    trainable = sum(lora_r * (mod.in_features + mod.out_features) for name, mod in m.named_modules()
                     if isinstance(mod, torch.nn.Linear) and name != "lm_head"
                     and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets))
     return total, trainable

@@ -183,6 +183,13 @@ class BaseCache:
 
     def __init__(self):
         self._models: dict = {}
+        self._datasets: dict = {}   # TRL's tokenized dataset, by data, template, length and tokenizer
+
+    def dataset(self, key):
+        return self._datasets.get(key)
+
+    def keep_dataset(self, key, ds) -> None:
+        self._datasets[key] = ds
 
     def take(self, p: Prepared):
         """(model, seconds spent loading it: 0 when it was already here)."""
@@ -266,7 +273,7 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
         mlflow.log_params({**run_params(p), "train.cpu_threads": threads})
         _log_dataset(p)
         questions = load_questions(DEFAULT_QUESTIONS)
-        trainer, losses = _trainer(p, model, run_id, questions, callbacks)
+        trainer, losses = _trainer(p, model, run_id, questions, callbacks, bases)
         mlflow.log_text(_marked_example(trainer, p.tokenizer), "example_rendered.txt")
         stats = _run_trainer(trainer, p, losses, load_s)
         _log_adapter(trainer.model, p, run_id, losses, stats)
@@ -296,9 +303,10 @@ def _log_dataset(p: Prepared) -> None:
                      context="training")
 
 
-def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple):
+def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple, bases: BaseCache | None = None):
     """TRL's SFTTrainer on prompt/completion rows (loss on the completion, its end-of-turn token
-    included), with the plan's speed settings and a callback that logs every optimizer step."""
+    included), with the plan's speed settings and a callback that logs every optimizer step. A
+    worker's later trials hand TRL the rows it tokenized for the first (it skips tokenizing them)."""
     import mlflow
     from datasets import Dataset
     from peft import LoraConfig
@@ -337,8 +345,13 @@ def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple):
                 mlflow.log_metric("ref_nll", nll, step=state.global_step, run_id=run_id)
                 state.log_history.append({"ref_nll": nll, "epoch": state.epoch, "step": state.global_step})
 
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(p.dataset.rows),
+    key = (p.dataset.sha256, p.system_prompt_text, hashlib.sha256(p.template.encode()).hexdigest(), cfg.max_seq_len,
+           p.source.revision)
+    rows = (bases.dataset(key) if bases is not None else None) or Dataset.from_list(p.dataset.rows)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=rows,
                          processing_class=p.tokenizer, peft_config=lora, callbacks=[MlflowSteps(), *callbacks])
+    if bases is not None:
+        bases.keep_dataset(key, trainer.train_dataset)
     trainer.remove_callback(ProgressCallback)  # it prints every step's log dict; keep the bar only
     trainer.add_callback(_quiet_progress()())
     return trainer, losses
