@@ -51,12 +51,13 @@ def user_errors(fn):
         from .diagnose import DiagnoseError
         from .models import AdapterError, ModelError
         from .persona import PersonaError
+        from .rehearsal import RehearsalError
         from .rubric import RubricInputError
         from .runtime import PlanError
         from .train import PreflightFailed
 
         errors = (ConfigError, DatasetError, ModelError, PersonaError, AdapterError, RubricInputError,
-                  PreflightFailed, DiagnoseError, PlanError)
+                  PreflightFailed, DiagnoseError, PlanError, RehearsalError)
         try:
             return fn(*a, **kw)
         except errors as e:
@@ -149,15 +150,30 @@ def train(**kw):
 
 @cli.command()
 @train_options
+@click.option("--template-revision", default=None,
+              help="Rehearse without the weights with this revision of the model's chat template "
+              "(phi3: original, later; tinyllama: v1.0; data/templates/real_templates.json). "
+              "Without weights, phi3 and tinyllama rehearse with today's revision anyway.")
 @user_errors
-def preflight(**kw):
+def preflight(template_revision, **kw):
     """Check a training configuration without training: steps, template, system prompt, sizes.
 
     Exit code 1 when it finds errors. Example: molting preflight --epochs 5 --grad-accum 8 --batch-size 1
+
+    Works without the weights for phi3 and tinyllama (a rehearsal from the template and config,
+    planned for a 4 GB card unless --gpu-memory-gib says otherwise): molting preflight --model phi3
     """
+    from .models import WeightsNotFound
+    from .rehearsal import has_templates
     from .train import prepare
 
-    p = prepare(_config(kw))
+    cfg = _config(kw)
+    try:
+        p = prepare(cfg, rehearse=template_revision is not None, template_revision=template_revision)
+    except WeightsNotFound:
+        if not has_templates(cfg.model):
+            raise
+        p = prepare(cfg, rehearse=True)
     click.echo(p.report.to_text())
     if p.report.status == "fail":
         sys.exit(1)
@@ -369,14 +385,15 @@ def chat(ref, max_new_tokens, question):
         def answer(q):
             return model.predict([q], params={"max_new_tokens": max_new_tokens})[0]
     else:
-        from .generation import generate
+        from .generation import adapter_prompt, generate
         from .models import load_adapter_model, resolve_adapter
         from .rubric import Question
 
         m, tok, meta, _ = load_adapter_model(resolve_adapter(ref))
+        system_prompt, fold = adapter_prompt(meta, tok)
 
         def answer(q):
-            recs, _ = generate(m, tok, [Question("0", q, False, [], [], [])], meta.get("system_prompt"), max_new_tokens)
+            recs, _ = generate(m, tok, [Question("0", q, False, [], [], [])], system_prompt, max_new_tokens, fold=fold)
             return recs[0]["response"]
     if question:
         click.echo(answer(question))

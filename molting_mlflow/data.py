@@ -34,6 +34,8 @@ class ChatDataset:
     system_prompts_added: int = 0       # examples that had no system turn and got one
     system_prompts_removed: int = 0     # system turns dropped because system_prompt=none
     formats: dict = field(default_factory=dict)
+    folded: bool = False                # system turns merged into the first user turn (fold_system)
+    system_prompts: list = field(default_factory=list)  # each example's system text (None: none), before folding
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -42,8 +44,20 @@ class ChatDataset:
         return self.rows[i]["prompt"] + self.rows[i]["completion"]
 
 
-def load_dataset(path: str | Path, system_prompt: str | None) -> ChatDataset:
-    """Read, validate and normalise a dataset. `system_prompt`: text to add where none is, or None for none."""
+def fold_system(msgs: list[dict]) -> list[dict]:
+    """The system turn merged into the first user turn, "<system>\n\n<user>": how a system prompt reaches
+    a model whose template drops the system turn (Phi-3-mini's first template). Unchanged without one."""
+    if not msgs or msgs[0]["role"] != "system":
+        return msgs
+    rest = [dict(m) for m in msgs[1:]]
+    first = next(i for i, m in enumerate(rest) if m["role"] == "user")
+    rest[first]["content"] = f"{msgs[0]['content']}\n\n{rest[first]['content']}"
+    return rest
+
+
+def load_dataset(path: str | Path, system_prompt: str | None, fold: bool = False) -> ChatDataset:
+    """Read, validate and normalise a dataset. `system_prompt`: text to add where none is, or None for
+    none; `fold`: merge each example's system turn into its first user turn (fold_system)."""
     p = Path(path)
     if not p.is_file():
         raise DatasetError(f"{p}: dataset file not found; pass dataset=<path to a JSON or JSONL file>")
@@ -55,7 +69,7 @@ def load_dataset(path: str | Path, system_prompt: str | None) -> ChatDataset:
     items = _parse(p, text)
     if not items:
         raise DatasetError(f"{p}: no examples; expected a JSON list or JSONL of chat examples")
-    rows, formats = [], {}
+    rows, formats, systems = [], {}, []
     added = removed = 0
     for i, item in enumerate(items):
         fmt, msgs = _to_messages(p, i, item)
@@ -68,10 +82,14 @@ def load_dataset(path: str | Path, system_prompt: str | None) -> ChatDataset:
         elif not has_system:
             msgs = [{"role": "system", "content": system_prompt}] + msgs
             added += 1
+        systems.append(msgs[0]["content"] if msgs[0]["role"] == "system" else None)
+        if fold:
+            msgs = fold_system(msgs)
         rows.append({"prompt": msgs[:-1], "completion": msgs[-1:]})
     source = "none" if system_prompt is None else ("dataset" if added == 0 else "persona-or-custom")
     return ChatDataset(str(p), hashlib.sha256(raw).hexdigest(), rows,
-                       next(iter(formats)) if len(formats) == 1 else "mixed", source, added, removed, formats)
+                       next(iter(formats)) if len(formats) == 1 else "mixed", source, added, removed, formats,
+                       fold and any(systems), systems)
 
 
 def _parse(p: Path, text: str) -> list:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from . import runtime
 from .config import ConfigError
-from .generation import generate, reference_nll
+from .generation import adapter_prompt, generate, reference_nll
 from .models import AdapterError, load_adapter_model, load_model, load_tokenizer, resolve_adapter, resolve_model
 from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from .persona import load_persona
+from .preflight import folds
 from .rubric import format_summary, load_questions
 
 __all__ = ["EvalConfig", "evaluate", "AdapterError"]
@@ -49,6 +50,7 @@ class _Subject:
     plan: runtime.Plan
     tags: dict
     name: str
+    fold: bool = False               # the system prompt goes into the first user turn (preflight.folds)
 
 
 def _adapter_subject(ref: str) -> _Subject:
@@ -59,16 +61,18 @@ def _adapter_subject(ref: str) -> _Subject:
         tags["molting.train_run_id"] = meta["train_run_id"]
     trained_with = adapter_dir / "training_chat_template.jinja"
     template = trained_with.read_text(encoding="utf-8") if trained_with.is_file() else None
-    return _Subject(model, tok, meta.get("system_prompt"), template, plan, tags,
-                    f"eval-{meta['model']}-{(meta.get('train_run_id') or 'adapter')[:8]}")
+    system_prompt, fold = adapter_prompt(meta, tok)
+    return _Subject(model, tok, system_prompt, template, plan, tags,
+                    f"eval-{meta['model']}-{(meta.get('train_run_id') or 'adapter')[:8]}", fold)
 
 
 def _baseline_subject(model_name: str, system_prompt: str) -> _Subject:
     source = resolve_model(model_name)
     plan = runtime.eval_plan("fp32" if source.kind == "tiny-random" else "auto")
     model = load_model(source, plan).eval()
-    return _Subject(model, load_tokenizer(source), system_prompt, None, plan,
-                    {"molting.baseline": "true", "molting.model": model_name}, f"baseline-{model_name}")
+    tok = load_tokenizer(source)
+    return _Subject(model, tok, system_prompt, None, plan, {"molting.baseline": "true", "molting.model": model_name},
+                    f"baseline-{model_name}", folds(system_prompt, "persona", tok, tok.chat_template))
 
 
 def evaluate(cfg: EvalConfig, log=print) -> dict:
@@ -84,10 +88,11 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     with stage_run(cfg.experiment, sub.name, {"molting.stage": "evaluate", **sub.tags}):
         mlflow.log_params({"eval.questions": cfg.questions, "eval.max_new_tokens": cfg.max_new_tokens,
                            "eval.seed": cfg.seed, "eval.system_prompt": (sub.system_prompt or "none")[:500],
-                           "eval.greedy": True, "eval.precision": sub.plan.precision, "eval.device": sub.plan.device})
+                           "eval.greedy": True, "eval.precision": sub.plan.precision, "eval.device": sub.plan.device,
+                           "eval.system_prompt_fold": sub.fold})
         records, stats = generate(sub.model, sub.tok, questions, sub.system_prompt, cfg.max_new_tokens,
-                                  cfg.batch_size, cfg.seed)
-        nll = reference_nll(sub.model, sub.tok, questions, sub.system_prompt, sub.training_template)
+                                  cfg.batch_size, cfg.seed, sub.fold)
+        nll = reference_nll(sub.model, sub.tok, questions, sub.system_prompt, sub.training_template, sub.fold)
         scored = log_scores(records, questions, persona, stats, ref_nll=nll)
     log(format_summary(scored))
     return scored

@@ -12,31 +12,43 @@ from __future__ import annotations
 
 import time
 
+from .data import fold_system
 from .rubric import Question
 
 
 def messages(system_prompt: str | None, user: str, fold: bool = False) -> list[dict]:
-    """The prompt's turns. fold: the system prompt goes into the first user turn (for templates that
-    drop the system turn), separated by a blank line."""
+    """The prompt's turns. fold: the system prompt goes into the first user turn (data.fold_system),
+    as training folded it, for templates that drop the system turn."""
     if not system_prompt:
         return [{"role": "user", "content": user}]
-    if fold:
-        return [{"role": "user", "content": f"{system_prompt}\n\n{user}"}]
-    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+    turns = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+    return fold_system(turns) if fold else turns
 
 
-def stop_ids(tok) -> list[int]:
-    """The end-of-turn token of the tokenizer's template first, then the model's other end tokens."""
+def adapter_prompt(meta: dict, tok) -> tuple[str | None, bool]:
+    """The system prompt an adapter trained with and whether it is folded into the first user turn, as
+    its molting.json recorded; adapters written before the decision was recorded decide as training
+    does (preflight.folds). Evaluation, chat and the registered model all ask here."""
+    from .preflight import folds
+
+    sp, fold = meta.get("system_prompt"), meta.get("system_prompt_fold")
+    return sp, bool(fold) if fold is not None else folds(sp, "persona", tok, tok.chat_template)
+
+
+def stop_ids(tok, model=None) -> list[int]:
+    """The end-of-turn token of the tokenizer's template first (Phi-3: <|end|>), then the tokenizer's
+    eos and the model's generation_config end tokens (Phi-3: <|endoftext|>, <|assistant|>, <|end|>)."""
     from .preflight import end_of_turn_token
 
     ids: list[int] = []
     eot = end_of_turn_token(tok, tok.chat_template)
     if eot:
         ids.append(tok.convert_tokens_to_ids(eot))
-    eos = tok.eos_token_id
-    for i in (eos if isinstance(eos, list) else [eos]):
-        if i is not None and i not in ids:
-            ids.append(i)
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for eos in (tok.eos_token_id, gen):
+        for i in (eos if isinstance(eos, list) else [eos]):
+            if i is not None and i not in ids:
+                ids.append(i)
     return ids
 
 
@@ -51,7 +63,7 @@ def generate(model, tok, questions: list[Question], system_prompt: str | None, m
     import torch
 
     torch.manual_seed(seed)
-    stops = stop_ids(tok)
+    stops = stop_ids(tok, model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
     side, tok.padding_side = tok.padding_side, "left"
     records, n_new, t0 = [], 0, time.time()

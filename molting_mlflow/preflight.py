@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
-from .config import TrainConfig, describe_fixes
+from .config import TrainConfig, describe_fixes, step_fixes
 from .data import ChatDataset
 
 SENTINEL = "MOLTINGSENTINEL"
+SYSTEM_SENTINEL = "MOLTINGSYSTEMPROMPT"
 
 
 @dataclass
@@ -24,6 +26,7 @@ class Finding:
     level: str        # error / warn / info
     message: str
     evidence: str = ""
+    fixes: list = field(default_factory=list)   # settings that resolve it, e.g. [{"chat_template": "model"}]
 
 
 @dataclass
@@ -38,8 +41,8 @@ class PreflightReport:
         levels = {f.level for f in self.findings}
         return "fail" if "error" in levels else ("warn" if "warn" in levels else "pass")
 
-    def add(self, check, level, message, evidence=""):
-        self.findings.append(Finding(check, level, message, evidence))
+    def add(self, check, level, message, evidence="", fixes=()):
+        self.findings.append(Finding(check, level, message, evidence, list(fixes)))
 
     def to_json(self) -> str:
         return json.dumps({"status": self.status, "numbers": self.numbers,
@@ -75,13 +78,36 @@ def end_of_turn_token(tok, template: str) -> str | None:
 
 
 def default_system_prompt(tok, template: str) -> str | None:
-    """The system text a template injects when the conversation has none (SmolLM2: 'You are … SmolLM …')."""
+    """The system text a template injects when the conversation has none (SmolLM2: 'You are … SmolLM …');
+    role markers, special or plain text (TinyLlama's <|user|>), are not text."""
     text = tok.apply_chat_template([{"role": "user", "content": SENTINEL}], chat_template=template, tokenize=False)
     head = text.split(SENTINEL, 1)[0]
     for s in special_tokens(tok):
         head = head.replace(s, "\n")
-    head = "\n".join(line for line in head.splitlines() if line.strip() not in ("", "system", "user", "<|system|>"))
+    head = re.sub(r"<\|?/?[A-Za-z_]+\|?>", "\n", head)
+    head = "\n".join(line for line in head.splitlines() if line.strip() not in ("", "system", "user"))
     return head.strip() or None
+
+
+def template_drops_system(tok, template: str) -> bool:
+    """Whether a system message renders to nothing through `template` (Phi-3-mini's first template renders
+    only user and assistant turns; a template that refuses the role drops it too)."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        text = tok.apply_chat_template([{"role": "system", "content": SYSTEM_SENTINEL},
+                                        {"role": "user", "content": "u"}], chat_template=template,
+                                       add_generation_prompt=True, tokenize=False)
+    except TemplateError:
+        return True
+    return SYSTEM_SENTINEL not in text
+
+
+def folds(system_prompt: str | None, mode: str, tok, own_template: str) -> bool:
+    """Whether the system prompt goes into the first user turn (data.fold_system), in training and at
+    inference alike: asked for (system_prompt=fold), or the model's own template drops the system turn,
+    where folding is the only way the prompt reaches the model."""
+    return bool(system_prompt) and (mode == "fold" or template_drops_system(tok, own_template))
 
 
 def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, template: str,
@@ -97,9 +123,11 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
     r.numbers.update(examples=n, steps_per_epoch=cfg.steps_per_epoch(n), optimizer_steps=steps,
                      min_steps=cfg.min_steps)
     if steps < cfg.min_steps:
+        fixes = [{k: getattr(alt, k) for k in ("epochs", "grad_accum", "batch_size")
+                  if getattr(alt, k) != getattr(cfg, k)} for _, alt in step_fixes(cfg, n)]
         r.add("optimizer_steps", "error",
               f"{steps} optimizer steps, below the minimum of {cfg.min_steps}: {arith}. "
-              f"Fix: {describe_fixes(cfg, n)} (or min_steps=… if you know better)", arith)
+              f"Fix: {describe_fixes(cfg, n)} (or min_steps=… if you know better)", arith, fixes)
     else:
         r.add("optimizer_steps", "info", arith)
 
@@ -116,7 +144,7 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
         r.add("chat_template", "error",
               f"the training template uses {', '.join(foreign)}, which the model's own template never emits "
               f"(its turns end with {eot}); the model would learn a separator it never sees at inference. "
-              "Fix: chat_template=model", f"rendered: {r.rendered[:300]!r}")
+              "Fix: chat_template=model", f"rendered: {r.rendered[:300]!r}", [{"chat_template": "model"}])
     if eot:
         bad_ends = []
         for m in msgs:
@@ -128,27 +156,15 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
         if bad_ends:
             r.add("end_of_turn", "error",
                   f"an assistant turn does not end with the model's end-of-turn token {eot} (found {bad_ends[0]!r}); "
-                  "the model never learns to stop. Fix: chat_template=model", f"rendered: {r.rendered[:300]!r}")
+                  "the model never learns to stop. Fix: chat_template=model", f"rendered: {r.rendered[:300]!r}",
+                  [{"chat_template": "model"}])
     if template != own_template and r.rendered != r.rendered_model and not foreign:
         r.add("chat_template", "warn", "the training template renders differently from the model's own",
               f"training: {r.rendered[:200]!r} model: {r.rendered_model[:200]!r}")
 
     # 3. System prompt: without one SmolLM2's template injects "You are … named SmolLM"; the user's
-    #    TinyLlama run answered as other identities.
-    injected = default_system_prompt(tok, own_template)
-    if ds.system_prompt_source == "none":
-        extra = f" The model's template then injects its own: {injected!r}." if injected else ""
-        r.add("system_prompt", "error",
-              "no system prompt: the persona's identity is never stated, so the model keeps its own." + extra +
-              " Fix: system_prompt=persona", f"removed {ds.system_prompts_removed} system turns; injected: {injected!r}")
-    else:
-        sys_text = ds.rows[0]["prompt"][0]["content"] if ds.rows[0]["prompt"][0]["role"] == "system" else ""
-        if sys_text and sys_text not in r.rendered:
-            r.add("system_prompt", "error", "the chat template drops the system turn, so the system prompt never "
-                  "reaches the model. Fix: chat_template=model", f"rendered: {r.rendered[:200]!r}")
-        else:
-            r.add("system_prompt", "info", f"system prompt present ({ds.system_prompt_source}; added to "
-                  f"{ds.system_prompts_added} of {n} examples): {sys_text[:80]!r}")
+    #    TinyLlama run answered as other identities. Phi-3-mini's first template drops it: folded.
+    _system_prompt_check(r, cfg, ds, tok, own_template, template)
 
     # 4. The end-of-turn token must carry loss (pad == eos trap: a collator that masks pads would
     #    mask it; TRL's completion mask keeps it).
@@ -161,11 +177,19 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
         trained = eot_id in completion_ids
         r.numbers["end_of_turn_trained"] = trained
         if not trained:
-            r.add("end_of_turn", "error", f"the end-of-turn token {eot} is not in the trained span; "
-                  "the model never learns to stop", f"completion: {tok.decode(completion_ids)!r}")
+            foreign_template = template != own_template
+            r.add("end_of_turn", "error", f"the end-of-turn token {eot} is not in the trained span; the model never "
+                  "learns to stop" + (". Fix: chat_template=model" if foreign_template else ""),
+                  f"completion: {tok.decode(completion_ids)!r}", [{"chat_template": "model"}] if foreign_template else [])
         elif tok.pad_token == tok.eos_token:
             r.add("pad_eos", "info", f"pad == eos ({tok.pad_token}); the end-of-turn token is still trained "
                   "(loss comes from the completion mask, not the pad mask)")
+    if not any(f.level == "error" and f.check in ("chat_template", "end_of_turn") for f in r.findings):
+        trained_text = tok.decode(completion_ids, skip_special_tokens=False)
+        end = msgs[-1]["content"][-12:]   # the answer's last characters, then what the template closes it with
+        tail = trained_text[trained_text.rfind(end):] if end in trained_text else trained_text[-40:]
+        which = "the model's own template" if template == own_template else "the template file"
+        r.add("chat_template", "info", f"{which}: an assistant turn ends with {eot}; the trained span ends …{tail!r}")
 
     # 5. Truncation at max_seq_len.
     cut = sum(length > cfg.max_seq_len for length in lengths)
@@ -223,3 +247,39 @@ def _count_params(model_config, lora_r: int, targets) -> tuple[int, int]:
                     if isinstance(mod, torch.nn.Linear) and name != "lm_head"
                     and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets))
     return total, trainable
+
+
+def _system_prompt_check(r: PreflightReport, cfg: TrainConfig, ds: ChatDataset, tok, own_template: str,
+                         template: str) -> None:
+    """The system prompt must reach the rendered example: present, folded (and why), or an error whose
+    fixes each make it reach the model (a test applies every one)."""
+    n = len(ds)
+    injected = default_system_prompt(tok, own_template)
+    if ds.system_prompt_source == "none":
+        extra = f" The model's template then injects its own: {injected!r}." if injected else ""
+        if template_drops_system(tok, template) and not template_drops_system(tok, own_template):
+            # the persona's prompt alone would be dropped by this training template (unfolded: the model's keeps it)
+            fixes, fix = ([{"system_prompt": "persona", "chat_template": "model"}, {"system_prompt": "fold"}],
+                          "system_prompt=persona with chat_template=model, or system_prompt=fold")
+        else:
+            fixes, fix = [{"system_prompt": "persona"}], "system_prompt=persona"
+        r.add("system_prompt", "error",
+              "no system prompt: the persona's identity is never stated, so the model keeps its own." + extra +
+              f" Fix: {fix}", f"removed {ds.system_prompts_removed} system turns; injected: {injected!r}", fixes)
+        return
+    sys_text = ds.system_prompts[0] or ""
+    if sys_text and sys_text not in r.rendered:
+        # Unfolded, so the model's own template keeps the system turn and the training template drops it.
+        r.add("system_prompt", "error", "the training template drops the system turn, so the system prompt never "
+              "reaches the model. Fix: chat_template=model (the model's own keeps it) or system_prompt=fold (into "
+              "the first user turn, in training and at inference)", f"rendered: {r.rendered[:200]!r}",
+              [{"chat_template": "model"}, {"system_prompt": "fold"}])
+    elif ds.folded:
+        why = ("asked for (system_prompt=fold)" if cfg.system_prompt == "fold" else
+               "the model's own template drops the system turn (a system message renders to nothing through it), "
+               "so folding is how the prompt reaches the model")
+        r.add("system_prompt", "info", f"system prompt folded into the first user turn of {n} examples, and so at "
+              f"evaluation, in chat and in the registered model: {why}: {sys_text[:80]!r}")
+    else:
+        r.add("system_prompt", "info", f"system prompt present ({ds.system_prompt_source}; added to "
+              f"{ds.system_prompts_added} of {n} examples): {sys_text[:80]!r}")

@@ -46,12 +46,13 @@ class PersonaAdapterModel(mlflow.pyfunc.PythonModel):
         elif hasattr(model_input, "tolist"):     # a Series or an array
             model_input = model_input.tolist()
         questions = [model_input] if isinstance(model_input, str) else [str(q) for q in model_input]
-        from .generation import generate
+        from .generation import adapter_prompt, generate
 
         qs = [Question(id=str(i), question=q, identity_probe=False, facts=[], forbidden=[], topic=[])
               for i, q in enumerate(questions)]
         max_new = int((params or {}).get("max_new_tokens", 128))
-        records, _ = generate(self.model, self.tok, qs, self.meta.get("system_prompt"), max_new)
+        system_prompt, fold = adapter_prompt(self.meta, self.tok)   # folded as it trained (molting.json)
+        records, _ = generate(self.model, self.tok, qs, system_prompt, max_new, fold=fold)
         return [r["response"] for r in records]
 
 

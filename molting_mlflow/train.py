@@ -19,7 +19,7 @@ from .config import DEFAULT_QUESTIONS, TrainConfig
 from .data import ChatDataset, load_dataset
 from .models import ModelError, ModelSource, load_model, load_tokenizer, resolve_model, sha256_file
 from .persona import load_persona
-from .preflight import PreflightReport, count_params, run_preflight
+from .preflight import Finding, PreflightReport, count_params, folds, run_preflight
 from .presets import lora_targets
 from .rubric import load_questions
 
@@ -43,6 +43,7 @@ class Prepared:
     report: PreflightReport
     plan: runtime.Plan
     lora_targets: tuple | str
+    fold: bool = False          # the system prompt goes into the first user turn (preflight.folds)
 
 
 @dataclass
@@ -57,40 +58,63 @@ class TrainResult:
     scores: dict = field(default_factory=dict)     # the rubric's summary when the run evaluated itself
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
-    """Resolve and check everything; raises ConfigError/ModelError/DatasetError/PersonaError/PlanError."""
-    dev = runtime.device()
+def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | None = None) -> Prepared:
+    """Resolve and check everything; raises ConfigError/ModelError/DatasetError/PersonaError/PlanError.
+    rehearse: pre-flight without the weights, from the template and config alone (rehearsal.py),
+    planned for a card (gpu_memory_gib, default 4 GB) with `template_revision` (None: today's)."""
+    if rehearse:
+        from .rehearsal import REHEARSAL_GPU_GIB, rehearsal_source
+
+        source, dev = rehearsal_source(cfg.model, template_revision), "cuda"
+    else:
+        source, dev = resolve_model(cfg.model), runtime.device()
     cfg = cfg.resolve(dev)
     persona = load_persona(cfg.persona)
-    source = resolve_model(cfg.model)
-    sp = {"none": None, "persona": persona.system_prompt}.get(cfg.system_prompt, cfg.system_prompt)
-    ds = load_dataset(cfg.dataset, sp)
-    if sp is not None:
-        ds.system_prompt_source = ("dataset" if ds.system_prompts_added == 0 else
-                                   "persona" if cfg.system_prompt == "persona" else "custom")
-    tok = load_tokenizer(source)
+    tok = _tokenizer(source, rehearse, template_revision)
     own = tok.chat_template
     if not own:
         raise ModelError(f"model '{cfg.model}': its tokenizer has no chat template; pass chat_template=<jinja file>")
+    sp = {"none": None, "persona": persona.system_prompt, "fold": persona.system_prompt}.get(cfg.system_prompt,
+                                                                                           cfg.system_prompt)
+    fold = folds(sp, cfg.system_prompt, tok, own)
+    ds = load_dataset(cfg.dataset, sp, fold)
+    if sp is not None:
+        ds.system_prompt_source = ("dataset" if ds.system_prompts_added == 0 else
+                                   "persona" if cfg.system_prompt in ("persona", "fold") else "custom")
     if cfg.chat_template == "model":
         template, template_source = own, "model"
     else:
         template, template_source = Path(cfg.chat_template).read_text(encoding="utf-8"), f"file:{cfg.chat_template}"
-    model_config = _model_config(source)
+    model_config = _model_config(source, rehearse)
     total, trainable = count_params(model_config, cfg)
     lengths = [len(tok.apply_chat_template(ds.messages(i), chat_template=template, tokenize=True)["input_ids"])
                for i in range(len(ds))]
+    budget = cfg.gpu_memory_gib or (REHEARSAL_GPU_GIB if rehearse else None)
     plan = runtime.plan(cfg.precision, cfg.examples_per_step, model_config=model_config, total=total,
                         trainable=trainable, seq=min(max(lengths), cfg.max_seq_len), dev=dev,
-                        gpu_memory_gib=cfg.gpu_memory_gib or None, quantizable=source.kind != "tiny-random",
+                        gpu_memory_gib=budget, quantizable=source.kind != "tiny-random",
                         cpu_micro_batch=cfg.batch_size, fixed="fp32" if source.kind == "tiny-random" else None)
     report = run_preflight(cfg, ds, tok, own, template, lengths, plan, total, trainable)
+    if rehearse:
+        from .rehearsal import describe
+
+        report.findings.insert(0, Finding("rehearsal", "info", describe(source, template_revision)))
     tok.chat_template = template
     targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
-    return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, plan, targets)
+    return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, plan, targets, fold)
 
 
-def _model_config(source: ModelSource):
+def _tokenizer(source: ModelSource, rehearse: bool, template_revision: str | None):
+    if rehearse:
+        from .rehearsal import rehearsal_tokenizer
+        return rehearsal_tokenizer(source, template_revision)
+    return load_tokenizer(source)
+
+
+def _model_config(source: ModelSource, rehearse: bool = False):
+    if rehearse:
+        from .rehearsal import rehearsal_config
+        return rehearsal_config(source)
     if source.kind == "tiny-random":
         from .models import build_tiny_random
         return build_tiny_random()[0].config
@@ -111,6 +135,7 @@ def run_params(p: Prepared) -> dict:
         "data.system_prompt_source": p.dataset.system_prompt_source,
         "data.system_prompts_added": p.dataset.system_prompts_added,
         "data.system_prompts_removed": p.dataset.system_prompts_removed,
+        "data.system_prompt_fold": p.fold,
         "template.source": p.template_source,
         "template.sha256": hashlib.sha256(p.template.encode()).hexdigest(),
         "template.end_of_turn": p.report.numbers.get("end_of_turn_token"),
@@ -340,7 +365,7 @@ def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple, bases
             losses.append((state.global_step, m["loss"]))
 
         def on_epoch_end(self, args, state, control, model=None, **kw):
-            nll = reference_nll(model, p.tokenizer, questions, p.system_prompt_text, p.template)
+            nll = reference_nll(model, p.tokenizer, questions, p.system_prompt_text, p.template, p.fold)
             if nll is not None:
                 mlflow.log_metric("ref_nll", nll, step=state.global_step, run_id=run_id)
                 state.log_history.append({"ref_nll": nll, "epoch": state.epoch, "step": state.global_step})
@@ -402,7 +427,7 @@ def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict) -> 
             (adapter / "training_chat_template.jinja").write_text(p.template, encoding="utf-8")
         (adapter / "molting.json").write_text(json.dumps({
             "model": p.cfg.model, **p.source.as_params(), "device_trained": p.plan.device,
-            "precision": p.plan.precision, "system_prompt": p.system_prompt_text,
+            "precision": p.plan.precision, "system_prompt": p.system_prompt_text, "system_prompt_fold": p.fold,
             "template_source": p.template_source, "train_run_id": run_id}, ensure_ascii=False, indent=1))
         mlflow.log_artifacts(str(adapter), "adapter")
         curve = Path(tmp) / "loss_curve.png"
@@ -423,8 +448,8 @@ def _evaluate_in_run(p: Prepared, model, questions, log, step: int) -> dict:
     model.eval()
     p.tokenizer.chat_template = p.own_template
     records, stats = generate(model, p.tokenizer, questions, p.system_prompt_text, p.cfg.eval_max_new_tokens,
-                              seed=p.cfg.seed)
-    nll = reference_nll(model, p.tokenizer, questions, p.system_prompt_text, p.template)
+                              seed=p.cfg.seed, fold=p.fold)
+    nll = reference_nll(model, p.tokenizer, questions, p.system_prompt_text, p.template, p.fold)
     p.tokenizer.chat_template = p.template
     stats["eval_seconds"] = time.time() - t0     # answers and ref_nll: the sweep's time accounting
     mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
