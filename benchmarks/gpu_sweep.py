@@ -48,6 +48,10 @@ def run_sweep(arch: str, workers: int, n_trials: int, search: str, min_steps: in
     kids = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     numbers = [int(x.data.tags["molting.trial"]) for x in kids]
     shares = [x.data.metrics["trial_overhead_share"] for x in kids if "trial_overhead_share" in x.data.metrics]
+    phases = {k: round(sum(x.data.metrics.get(k, 0) for x in kids) / max(1, len(kids)), 2) for k in (
+        "trial_wall_s", "time_prepare_s", "time_trainer_setup_s", "train_runtime_s", "eval_seconds",
+        "time_adapter_log_s", "model_load_s")}
+    errors = sorted({x.data.tags.get("molting.error", "")[:160] for x in kids if x.info.status == "FAILED"})
     m = parent.data.metrics
     return {"workers": workers, "wall_s": round(wall, 1), "sweep_wall_s": round(m["sweep_wall_s"], 1),
             "trials": len(trials), "complete": sum(t.state.name == "COMPLETE" for t in trials),
@@ -56,7 +60,8 @@ def run_sweep(arch: str, workers: int, n_trials: int, search: str, min_steps: in
             "numbers_once": sorted(numbers) == sorted(set(numbers)) == list(range(len(trials))),
             "running_left": sum(x.info.status == "RUNNING" for x in runs),
             "workers_seen": sorted({x.data.tags.get("molting.worker", "") for x in kids}),
-            "gpus_seen": sorted({x.data.tags.get("molting.gpu", "") for x in kids})}
+            "gpus_seen": sorted({x.data.tags.get("molting.gpu", "") for x in kids}), "phases_mean_s": phases,
+            "errors": errors}
 
 
 def main() -> None:
@@ -89,6 +94,9 @@ def main() -> None:
         lines.append(f"| {r['workers']} | {r['wall_s']} | {r['sweep_wall_s']} | {r['trials']} | {r['complete']} | "
                      f"{r['trials_per_hour']} | {r['overhead_mean']} / {r['overhead_max']} | {r['numbers_once']} | "
                      f"{r['running_left']} | {','.join(r['workers_seen'])} | {','.join(r['gpus_seen'])} |")
+    lines += ["", "Mean seconds a trial, by phase: " + "; ".join(f"{r['workers']} worker(s): {r.get('phases_mean_s')}"
+                                                              for r in rows)]
+    lines += [f"errors ({r['workers']} worker(s)): {r.get('errors')}" for r in rows if r.get("errors")]
     if all("error" not in r for r in rows):
         lines.append(f"\n{a.workers} workers / 1 worker wall: {rows[1]['wall_s'] / rows[0]['wall_s']:.2f}×")
     text = "\n".join(lines)

@@ -225,6 +225,13 @@ class Worker:
 
         self.bases = BaseCache()
 
+    def preload(self) -> float:
+        """Load the study's (first) base before the first trial: a worker's cost, not a trial's."""
+        from .train import prepare
+
+        cfg = TrainConfig(model=self.sc.models()[0], dataset=self.sc.dataset, min_steps=0, precision=self.sc.precision)
+        return self.bases.take(prepare(cfg))[1]
+
     def objective(self, trial):
         """Train one configuration (or reuse its finished run) and return its rubric score."""
         import optuna
@@ -239,7 +246,9 @@ class Worker:
             self._prune_by_steps(trial, cfg, tags)
         from .train import find_finished_run, fingerprint, prepare, train
 
+        t_prepare = time.time()
         prepared = prepare(cfg)
+        prepare_s = time.time() - t_prepare
         done = find_finished_run(fingerprint(prepared), [self.experiment_id]) if self.sc.reuse else None
         if done is not None:   # this exact configuration already trained and scored: reuse it
             s, run_id, steps, final_loss = _reuse(done, tags, trial, self.parent_run_id)
@@ -247,7 +256,7 @@ class Worker:
         else:
             try:
                 result = train(cfg, log=lambda *a: None, tags=tags, prepared=prepared, bases=self.bases,
-                               parent_run_id=self.parent_run_id,
+                               parent_run_id=self.parent_run_id, loss_plot=False,
                                callbacks=(_epoch_pruner_callback(trial, self.sc.prune and not ref),))
             except optuna.TrialPruned as e:
                 trial.set_user_attr("prune_reason", str(e))
@@ -259,7 +268,7 @@ class Worker:
                  "final_loss": final_loss, "elapsed_s": time.time() - self.t0, "trial_wall_s": wall}
         if busy:
             attrs["overhead_share"] = max(0.0, 1 - busy / wall)
-            _log_trial_time(run_id, wall, attrs["overhead_share"])
+            _log_trial_time(run_id, wall, attrs["overhead_share"], prepare_s)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         print(f"trial {trial.number} [{self.name}]{' (reference: ' + ref + ')' if ref else ''}: score "
@@ -293,11 +302,14 @@ class Worker:
             raise optuna.TrialPruned(reason)  # inside: the child run ends KILLED, like an epoch-pruned one
 
 
-def _log_trial_time(run_id: str, wall: float, share: float) -> None:
+def _log_trial_time(run_id: str, wall: float, share: float, prepare_s: float) -> None:
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    MlflowClient().log_metric(run_id, "trial_wall_s", wall)
-    MlflowClient().log_metric(run_id, "trial_overhead_share", share)
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric("trial_wall_s", wall, now, 0),
+                                              Metric("trial_overhead_share", share, now, 0),
+                                              Metric("time_prepare_s", prepare_s, now, 0)])
 
 
 def _reuse(done, tags: dict, trial, parent_run_id: str):
@@ -390,6 +402,7 @@ def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t
     study = open_study(sc)
     exp_id = MlflowClient().get_run(parent_run_id).info.experiment_id
     w = Worker(sc, parent_run_id, exp_id, name, gpu, t0 or time.time())
+    MlflowClient().log_metric(parent_run_id, f"worker_load_s.{name}", w.preload())
     callbacks = [_enough_trials(sc.n_trials), _stop_at_target(sc)]
     study.optimize(w.objective, catch=(Exception,), gc_after_trial=True, callbacks=callbacks)
     deadline = time.time() + 4 * sc.heartbeat_s

@@ -5,6 +5,7 @@ template, memory) is found before a run is opened or a weight is loaded, so a mi
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import resource
@@ -144,6 +145,7 @@ def run_params(p: Prepared) -> dict:
     return params
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """The package version and, in a git checkout, its commit (+dirty): a changed training path
     never answers a sweep's trial with a stale run."""
@@ -247,10 +249,11 @@ def _load_for_training(p: Prepared):
 
 def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | None = None,
           callbacks: tuple = (), prepared: Prepared | None = None, bases: BaseCache | None = None,
-          parent_run_id: str | None = None) -> TrainResult:
+          parent_run_id: str | None = None, loss_plot: bool = True) -> TrainResult:
     """Train (and evaluate) in one MLflow run: attached to `mlflow run`'s, a new one, or a
     nested child of the active run or of `parent_run_id` (the sweep's trials). `callbacks` are
-    extra transformers TrainerCallbacks (the sweep's pruner); `bases` lends an already loaded base."""
+    extra transformers TrainerCallbacks (the sweep's pruner); `bases` lends an already loaded base;
+    `loss_plot=False` skips loss_curve.png (~0.4 s a run; the MLflow UI draws the logged loss itself)."""
     import mlflow
 
     from .tracking import stage_run
@@ -273,7 +276,7 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
             errors = [f for f in p.report.findings if f.level == "error"]
             raise PreflightFailed(f"pre-flight failed ({len(errors)} error(s)): {errors[0].message}"
                                   " (preflight=warn trains anyway)")
-        result = _fit(p, run_id, log, callbacks, bases)
+        result = _fit(p, run_id, log, callbacks, bases, loss_plot)
         result.preflight = p.report.status
     log(f"\nrun {run_id}: {result.optimizer_steps} optimizer steps, final loss {result.final_loss:.4f}, "
         f"{result.train_runtime_s:.0f} s training ({time.time() - t_start:.0f} s in all)\n"
@@ -282,7 +285,8 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     return result
 
 
-def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache | None = None) -> TrainResult:
+def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache | None = None,
+         loss_plot: bool = True) -> TrainResult:
     """Load (or borrow), train, log the numbers and the adapter, evaluate; the fingerprint tag comes
     last, so only a run that trained (and scored) carries it. A borrowed base goes back clean after
     success; after a failure it is dropped (it may still hold this trial's LoRA layers)."""
@@ -298,10 +302,15 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
         mlflow.log_params({**run_params(p), "train.cpu_threads": threads})
         _log_dataset(p)
         questions = load_questions(DEFAULT_QUESTIONS)
+        t_setup = time.time()
         trainer, losses = _trainer(p, model, run_id, questions, callbacks, bases)
         mlflow.log_text(_marked_example(trainer, p.tokenizer), "example_rendered.txt")
+        setup_s = time.time() - t_setup
         stats = _run_trainer(trainer, p, losses, load_s)
-        _log_adapter(trainer.model, p, run_id, losses, stats)
+        t_save = time.time()
+        _log_adapter(trainer.model, p, run_id, losses, stats, loss_plot)
+        # where a run's time goes besides training and evaluation (the sweep's overhead share)
+        mlflow.log_metrics({"time_trainer_setup_s": setup_s, "time_adapter_log_s": time.time() - t_save})
         result = TrainResult(run_id, stats["optimizer_steps"], stats["final_loss"], stats["train_runtime_s"],
                              f"runs:/{run_id}/adapter", "", losses)
         if p.cfg.evaluate:
@@ -350,6 +359,12 @@ def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple, bases
         learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_steps=cfg.warmup_ratio, logging_steps=1,
         save_strategy="no", report_to="none", seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_seq_len,
         completion_only_loss=True, disable_tqdm=False, dataset_num_proc=None, **p.plan.trainer_kwargs())
+    if p.plan.cuda:
+        # One process trains on one GPU, the plan's (cuda:0 of what it sees): with several visible,
+        # Trainer would wrap the model in DataParallel, which TRL refuses. Several GPUs are the
+        # sweep's workers, one process each.
+        _ = args.device
+        args._n_gpu = 1
     losses: list[tuple[int, float]] = []
 
     class MlflowSteps(TrainerCallback):
@@ -412,7 +427,7 @@ def _run_trainer(trainer, p: Prepared, losses: list, load_s: float) -> dict:
     return stats
 
 
-def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict) -> None:
+def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict, loss_plot: bool = True) -> None:
     """adapter/ (PEFT weights, tokenizer with the model's own template, molting.json) and the loss curve."""
     import mlflow
 
@@ -430,6 +445,8 @@ def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict) -> 
             "precision": p.plan.precision, "system_prompt": p.system_prompt_text, "system_prompt_fold": p.fold,
             "template_source": p.template_source, "train_run_id": run_id}, ensure_ascii=False, indent=1))
         mlflow.log_artifacts(str(adapter), "adapter")
+        if not loss_plot:
+            return
         curve = Path(tmp) / "loss_curve.png"
         _plot_losses(losses, curve, f"{p.cfg.model}: {stats['optimizer_steps']} optimizer steps, "
                                     f"final loss {stats['final_loss']:.3f}")
@@ -455,7 +472,7 @@ def _evaluate_in_run(p: Prepared, model, questions, log, step: int) -> dict:
     mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
     scored = log_scores(records, questions, load_persona(p.cfg.persona), stats, ref_nll=nll, step=step)
     log(format_summary(scored))
-    return scored["summary"]
+    return {**scored["summary"], "eval_seconds": stats["eval_seconds"]}
 
 
 def _quiet_progress():
