@@ -1,7 +1,8 @@
 """MLflow plumbing shared by every stage: one run per stage, attached when `mlflow run` made it.
 
 A stage never leaves a run RUNNING: an exception ends it FAILED (KILLED on Ctrl-C) with the
-error in the tag `molting.error`.
+error in the tag `molting.error`; a run whose process died is ended FAILED by the next command on
+its host (reaper.py: each run records its host and pid).
 """
 from __future__ import annotations
 
@@ -23,12 +24,20 @@ def ensure_experiment(name: str) -> str:
     location = None
     if uri.startswith("sqlite:///") or uri.startswith("file:") or "://" not in uri:
         location = (Path.cwd() / "mlruns").resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException as e:  # another process created it since the lookup
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow.get_experiment_by_name(name).experiment_id
 
 
 @contextmanager
 def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: bool = False):
     """Attach to MLFLOW_RUN_ID (set by `mlflow run`) or start a run in `experiment`."""
+    from .reaper import process_tags, touch_store
+
+    touch_store()
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id and not nested and mlflow.active_run() is None:
         run = mlflow.start_run(run_id=run_id)
@@ -45,8 +54,7 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
         # a child goes where its parent is (under `mlflow run` that may be `Default`), never elsewhere
         exp_id = parent.info.experiment_id if parent is not None else ensure_experiment(experiment)
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested)
-    if tags:
-        mlflow.set_tags(tags)
+    mlflow.set_tags({**process_tags(), **(tags or {})})
     try:
         yield run
     except BaseException as e:
