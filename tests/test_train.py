@@ -83,8 +83,9 @@ def test_artifacts_and_dataset_input(tiny_run):
     example = client.download_artifacts(result.run_id, "example_rendered.txt")
     text = Path(example).read_text(encoding="utf-8")
     answer = load_dataset(str(DEFAULT_DATASET), None).rows[0]["completion"][-1]["content"]
+    body = text.split("\n\n", 1)[1]  # after the header, which names the marks
     # the loss falls on example 0's answer and its end-of-turn token, and nowhere else
-    assert [s.rstrip("\n") for s in re.findall("⟦(.*?)⟧", text, flags=re.S)] == [answer + "<|im_end|>"], text
+    assert [s.rstrip("\n") for s in re.findall("⟦(.*?)⟧", body, flags=re.S)] == [answer + "<|im_end|>"], text
     pre = json.loads(Path(client.download_artifacts(result.run_id, "preflight.json")).read_text())
     assert pre["status"] == "pass" and pre["numbers"]["optimizer_steps"] == 20
     run = client.get_run(result.run_id)
