@@ -51,23 +51,56 @@ def user_errors(fn):
         from .diagnose import DiagnoseError
         from .models import AdapterError, ModelError
         from .persona import PersonaError
+        from .reaper import StoreUnreachable
         from .rehearsal import RehearsalError
         from .rubric import RubricInputError
         from .runtime import PlanError
-        from .train import PreflightFailed
+        from .train import PreflightFailed, TrainingDiverged
 
         errors = (ConfigError, DatasetError, ModelError, PersonaError, AdapterError, RubricInputError,
-                  PreflightFailed, DiagnoseError, PlanError, RehearsalError)
+                  PreflightFailed, DiagnoseError, PlanError, RehearsalError, TrainingDiverged, StoreUnreachable)
         try:
             return fn(*a, **kw)
-        except errors as e:
+        except Exception as e:
+            if isinstance(e, errors):
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            elif (msg := _world_error(e)) is None:
+                raise
             from .tracking import fail_attached_run
 
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             fail_attached_run(msg)
             raise UserError(msg) from None
 
     return wrapper
+
+
+def _world_error(e: Exception) -> str | None:
+    """The world's faults a user fixes, not bugs: a full disk, a tracking server that refuses these
+    credentials. One line too (a run they hit has ended FAILED with the error); None for anything else."""
+    import errno
+
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = getattr(e, "filename2", None) or e.filename or "the artifact store"  # shutil.copy: (src, dst)
+        return (f"no space left on the device holding {where}: free space there "
+                "(or give the experiment an artifact location elsewhere) and run again")
+    status = e.get_http_status_code() if isinstance(e, MlflowException) else None
+    if status in (401, 403):
+        import mlflow
+
+        from .reaper import redact
+
+        who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        server = f"tracking server {redact(mlflow.get_tracking_uri())}"
+        if not who:
+            return (f"{server} refused a request without credentials: set MLFLOW_TRACKING_USERNAME and "
+                    "MLFLOW_TRACKING_PASSWORD")
+        if status == 401:
+            return f"{server} refused the credentials of user '{who}' (HTTP 401): check MLFLOW_TRACKING_PASSWORD"
+        return (f"{server}: user '{who}' may not do this (HTTP 403); ask its admin for EDIT on the experiment "
+                "(or the registered model)")
+    return None
 
 
 class MoltingGroup(click.Group):
@@ -103,9 +136,15 @@ def _config(kw) -> TrainConfig:
     return TrainConfig.from_dict(kw)
 
 
+# The commands that read or write the tracking store: before they run, a server must answer and runs
+# this host's dead processes left RUNNING are ended FAILED (reaper.py).
+STORE_COMMANDS = ("train", "evaluate", "sweep", "compare", "registry", "promote", "rescore", "diagnose")
+
+
 @click.group(cls=MoltingGroup)
 @click.version_option(package_name="molting-mlflow")
-def cli():
+@click.pass_context
+def cli(ctx):
     """Fine-tune a small chat model into a persona, every run tracked in MLflow.
 
     Start with: molting train   (SmolLM2-135M on the shipped Cláudio dataset, CPU is fine)
@@ -114,6 +153,10 @@ def cli():
     # the artifacts read here are kilobytes: MLflow's per-download progress bar is only noise
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     _sigterm_as_interrupt()
+    if ctx.invoked_subcommand in STORE_COMMANDS:
+        from .reaper import touch_store
+
+        user_errors(touch_store)(create=False)
 
 
 def _sigterm_as_interrupt() -> None:

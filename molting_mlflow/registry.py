@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from . import runtime
 from .paths import DATA_DIR
+from .reaper import process_tags
 from .rubric import DIMENSIONS
 
 
@@ -72,12 +73,13 @@ def register_adapter(run_id: str, preset: str, target: float = 5.0, log=print) -
 
     signature = infer_signature(["Quem é você?"], ["Sou o Cláudio."], params={"max_new_tokens": 128})
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        mlflow.set_tags(process_tags())  # RUNNING again, held by this process: not a zombie to the reaper
         info = mlflow.pyfunc.log_model(
             name="persona_model", python_model=PersonaAdapterModel(), artifacts={"adapter": str(local)},
             signature=signature,
-            # the package and its data/ side by side, as in the repo: persona, questions and the
-            # tiny-random tokenizer's corpus resolve from the copy when the model loads elsewhere
-            code_paths=[str(Path(__file__).parent), str(DATA_DIR)], registered_model_name=name,
+            # the package with its data (persona, questions, the tiny-random tokenizer's corpus): the
+            # model loads where no checkout nor install of molting is (paths.py finds either layout)
+            code_paths=_code_paths(), registered_model_name=name,
             pip_requirements=["torch", "transformers", "peft", "bitsandbytes", "mlflow", "gguf", "pyyaml"])
     version = str(info.registered_model_version)
     quant = runtime.quantization_tag(runtime.trained_precision(str(meta.get("precision", "fp32"))))
@@ -101,6 +103,12 @@ def register_adapter(run_id: str, preset: str, target: float = 5.0, log=print) -
 
 
 register_best = register_adapter
+
+
+def _code_paths() -> list[str]:
+    """The package folder, and data/ beside it where it is not inside (a checkout; a wheel has it inside)."""
+    package = Path(__file__).resolve().parent
+    return [str(package)] + ([] if DATA_DIR.resolve().is_relative_to(package) else [str(DATA_DIR)])
 
 
 def current_champion(name: str):

@@ -395,10 +395,10 @@ def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t
     from optuna.trial import TrialState
 
     from .runtime import set_threads
-    from .tracking import open_store
+    from .reaper import touch_store
 
     set_threads()
-    open_store()
+    touch_store()
     study = open_study(sc)
     exp_id = MlflowClient().get_run(parent_run_id).info.experiment_id
     w = Worker(sc, parent_run_id, exp_id, name, gpu, t0 or time.time())
@@ -480,12 +480,13 @@ def sweep(sc: SweepConfig, log=print) -> dict:
 
     from .models import resolve_model
     from .sweep_report import log_study
-    from .tracking import open_store, stage_run
+    from .reaper import touch_store
+    from .tracking import stage_run
 
     for model in sc.models():
         resolve_model(model)                 # an unknown model fails here, in one line, before any trial
     n = sc.workers or max(1, len(visible_gpus()))
-    open_store()
+    touch_store()
     study = open_study(sc)                   # made here, once: workers only open it
     if not study.user_attrs.get("molting.references_enqueued"):
         study.set_user_attr("molting.references_enqueued", True)

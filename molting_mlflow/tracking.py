@@ -1,7 +1,8 @@
 """MLflow plumbing shared by every stage: one run per stage, attached when `mlflow run` made it.
 
 A stage never leaves a run RUNNING: an exception ends it FAILED (KILLED on Ctrl-C) with the
-error in the tag `molting.error`.
+error in the tag `molting.error`; a run whose process died is ended FAILED by the next command on
+its host (reaper.py: each run records its host and pid).
 """
 from __future__ import annotations
 
@@ -11,25 +12,6 @@ from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
-
-
-def open_store() -> None:
-    """Make sure the tracking store exists, created once. Several processes starting together on a
-    new SQLite mlflow.db race through MLflow's schema migration (`table _alembic_tmp_tags already
-    exists`); a file lock beside the database lets one create it while the others wait."""
-    import fcntl
-
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
-        return
-    db = Path(uri[len("sqlite:///"):])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            MlflowClient().search_experiments(max_results=1)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_experiment(name: str) -> str:
@@ -42,7 +24,12 @@ def ensure_experiment(name: str) -> str:
     location = None
     if uri.startswith("sqlite:///") or uri.startswith("file:") or "://" not in uri:
         location = (Path.cwd() / "mlruns").resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException as e:  # another process created it since the lookup
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow.get_experiment_by_name(name).experiment_id
 
 
 @contextmanager
@@ -50,7 +37,9 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
               parent_run_id: str | None = None):
     """Attach to MLFLOW_RUN_ID (set by `mlflow run`) or start a run in `experiment`; nested: a child of
     the active run, or of `parent_run_id` (a sweep worker in another process than its parent run)."""
-    open_store()
+    from .reaper import process_tags, touch_store
+
+    touch_store()
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if parent_run_id:
         exp_id = MlflowClient().get_run(parent_run_id).info.experiment_id
@@ -71,8 +60,7 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
         # a child goes where its parent is (under `mlflow run` that may be `Default`), never elsewhere
         exp_id = parent.info.experiment_id if parent is not None else ensure_experiment(experiment)
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested)
-    if tags:
-        mlflow.set_tags(tags)
+    mlflow.set_tags({**process_tags(), **(tags or {})})
     try:
         yield run
     except BaseException as e:

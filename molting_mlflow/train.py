@@ -29,6 +29,15 @@ class PreflightFailed(RuntimeError):
     """Pre-flight found errors and preflight=strict."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite: training stopped at that optimizer step."""
+
+    def __init__(self, step: int, what: str, cfg: TrainConfig):
+        self.step = step
+        super().__init__(f"training diverged: {what} at optimizer step {step} (lr={cfg.lr:g}, lora_alpha/lora_r="
+                         f"{cfg.lora_alpha / cfg.lora_r:g}); lower the learning rate or lora_alpha")
+
+
 @dataclass
 class Prepared:
     """Everything known before training: resolved config, model source, data, template, plan, report."""
@@ -358,7 +367,9 @@ def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple, bases
         output_dir=tempfile.mkdtemp(prefix="molting-train-"), num_train_epochs=cfg.epochs,
         learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_steps=cfg.warmup_ratio, logging_steps=1,
         save_strategy="no", report_to="none", seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_seq_len,
-        completion_only_loss=True, disable_tqdm=False, dataset_num_proc=None, **p.plan.trainer_kwargs())
+        completion_only_loss=True, disable_tqdm=False, dataset_num_proc=None,
+        # a NaN/inf step's loss is logged as it is (the default logs the window's mean instead)
+        logging_nan_inf_filter=False, **p.plan.trainer_kwargs())
     if p.plan.cuda:
         # One process trains on one GPU, the plan's (cuda:0 of what it sees): with several visible,
         # Trainer would wrap the model in DataParallel, which TRL refuses. Several GPUs are the
@@ -388,12 +399,13 @@ def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple, bases
     key = (p.dataset.sha256, p.system_prompt_text, hashlib.sha256(p.template.encode()).hexdigest(), cfg.max_seq_len,
            p.source.revision)
     rows = (bases.dataset(key) if bases is not None else None) or Dataset.from_list(p.dataset.rows)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=rows,
-                         processing_class=p.tokenizer, peft_config=lora, callbacks=[MlflowSteps(), *callbacks])
+    progress = _quiet_progress()()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=p.tokenizer, peft_config=lora,
+                         callbacks=[MlflowSteps(), _stop_on_divergence(cfg, run_id, progress), *callbacks])
     if bases is not None:
         bases.keep_dataset(key, trainer.train_dataset)
     trainer.remove_callback(ProgressCallback)  # it prints every step's log dict; keep the bar only
-    trainer.add_callback(_quiet_progress()())
+    trainer.add_callback(progress)
     return trainer, losses
 
 
@@ -473,6 +485,28 @@ def _evaluate_in_run(p: Prepared, model, questions, log, step: int) -> dict:
     scored = log_scores(records, questions, load_persona(p.cfg.persona), stats, ref_nll=nll, step=step)
     log(format_summary(scored))
     return {**scored["summary"], "eval_seconds": stats["eval_seconds"]}
+
+
+def _stop_on_divergence(cfg: TrainConfig, run_id: str, progress):
+    """After MlflowSteps has logged a step: a NaN/inf loss or gradient norm ends training there, raising
+    TrainingDiverged (the run ends FAILED, no adapter is logged); the step is also the tag molting.diverged_step.
+    The progress bar is closed first, so the error is a line of its own."""
+    import math
+
+    from transformers import TrainerCallback
+
+    class StopOnDivergence(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            bad = [k for k in ("loss", "grad_norm") if k in (logs or {}) and not math.isfinite(float(logs[k]))]
+            if bad:
+                from mlflow.tracking import MlflowClient
+
+                MlflowClient().set_tag(run_id, "molting.diverged_step", str(state.global_step))
+                if progress.training_bar is not None:
+                    progress.training_bar.close()
+                raise TrainingDiverged(state.global_step, f"{bad[0]} = {float(logs[bad[0]])}", cfg)
+
+    return StopOnDivergence()
 
 
 def _quiet_progress():

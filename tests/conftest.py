@@ -20,3 +20,46 @@ def isolated_tracking(tmp_path, monkeypatch):
     yield tmp_path
     while mlflow.active_run():
         mlflow.end_run()
+
+
+# ---------------------------------------------------------------------------------------------
+# The fault-injection suite (tests/test_faults.py, marker `faults`): each test records the fault it
+# injected and the outcome it measured; the table is printed at the end of the session.
+# ---------------------------------------------------------------------------------------------
+
+FAULT_TABLE: list[tuple[str, str]] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def fault(request):
+    """fault(name, outcome) records one row; a test that fails records its row as failed."""
+    rows = []
+
+    def record(name: str, outcome: str):
+        rows.append((name, outcome))
+
+    yield record
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        rows = rows or [(request.node.name, "")]
+        rows = [(name, f"TEST FAILED ({outcome})" if outcome else "TEST FAILED") for name, outcome in rows]
+    elif rep is not None and rep.skipped:
+        rows = rows or [(request.node.name, "not run: " + str(rep.longrepr[-1] if isinstance(rep.longrepr, tuple)
+                                                               else rep.longrepr))]
+    FAULT_TABLE.extend(rows)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FAULT_TABLE:
+        return
+    width = max(len(name) for name, _ in FAULT_TABLE)
+    terminalreporter.section("fault → outcome")
+    for name, outcome in FAULT_TABLE:
+        terminalreporter.write_line(f"{name:<{width}}  {outcome}")

@@ -101,13 +101,23 @@ def test_preflight_command():
     assert r.exit_code == 1 and "no system prompt" in r.output
 
 
-def test_no_run_left_running_after_bad_inputs():
+def test_no_run_left_running_after_bad_inputs(monkeypatch):
+    """Each bad input under `mlflow run` (the run exists before our code starts) ends that run FAILED with
+    the error; with no run handed over, none is opened. Then no run of the store is RUNNING."""
+    client = MlflowClient()
+    exp = mlflow.create_experiment("molting")
+    for args, expected in BAD:
+        attached = client.create_run(exp).info.run_id
+        monkeypatch.setenv("MLFLOW_RUN_ID", attached)
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2, r.output
+        got = client.get_run(attached)
+        assert got.info.status == "FAILED" and expected in got.data.tags["molting.error"], (args, got.info.status)
+    monkeypatch.delenv("MLFLOW_RUN_ID")
     for args, _ in BAD:
         CliRunner().invoke(cli, args)
-    exp = mlflow.get_experiment_by_name("molting")
-    if exp is not None:
-        assert not [r for r in mlflow.search_runs([exp.experiment_id], output_format="list")
-                    if r.info.status == "RUNNING"]
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == len(BAD) and not [r for r in runs if r.info.status == "RUNNING"]
 
 
 def test_score_round_trip(tmp_path):

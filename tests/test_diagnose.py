@@ -81,7 +81,8 @@ def test_report_and_cli_log_diagnosis_md(store):
     _, faulty, clean = store
     text = report(clean, vs=faulty)
     assert "## Root causes" in text and "## Hypotheses, ranked" in text and f"## Against {faulty[:8]}" in text
-    assert "train.optimizer_steps: 50 → 150" in text or "optimizer_steps: 50 → 150" in text
+    config = next(line for line in text.splitlines() if line.startswith("- config: "))
+    assert "train.optimizer_steps: 50 → 150" in config[len("- config: "):].split("; "), config  # the other → this
     r = CliRunner().invoke(cli, ["diagnose", faulty])
     assert r.exit_code == 0, r.output
     assert "too few optimizer steps" in r.output

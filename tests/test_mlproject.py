@@ -76,3 +76,12 @@ def test_mlproject_train_parameters_are_trainconfig_fields_passed_through():
         assert f"--{name.replace('_', '-')} {{{name}}}" in spec["command"], name
     for name in TrainConfig.preset_fields():
         assert spec["parameters"][name]["default"] == "preset", name
+
+
+def test_mlflow_run_with_a_missing_dataset_ends_its_run_failed():
+    """MLflow made the run before our code started; the missing file must end it FAILED, not RUNNING."""
+    r = mlflow_run("model=tiny-random", "dataset=/nonexistent/data.json")
+    assert r.returncode != 0
+    assert "Error: /nonexistent/data.json: dataset file not found" in r.stderr
+    (run,) = mlflow.search_runs(experiment_names=["molting"], output_format="list")
+    assert run.info.status == "FAILED" and "dataset file not found" in run.data.tags["molting.error"]

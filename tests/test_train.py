@@ -1,12 +1,14 @@
 """End-to-end train on tiny-random, checked through the MLflow client (plumbing: no score claims)."""
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from molting_mlflow.config import TrainConfig
+from molting_mlflow.config import DEFAULT_DATASET, TrainConfig
+from molting_mlflow.data import load_dataset
 from molting_mlflow.rubric import DIMENSIONS
 
 
@@ -80,7 +82,10 @@ def test_artifacts_and_dataset_input(tiny_run):
     assert {"adapter_config.json", "adapter_model.safetensors", "molting.json", "tokenizer.json"} <= adapter
     example = client.download_artifacts(result.run_id, "example_rendered.txt")
     text = Path(example).read_text(encoding="utf-8")
-    assert "⟦" in text and text.rstrip().endswith("<|im_end|>\n⟧") or "<|im_end|>" in text.split("⟦")[-1]
+    answer = load_dataset(str(DEFAULT_DATASET), None).rows[0]["completion"][-1]["content"]
+    body = text.split("\n\n", 1)[1]  # after the header, which names the marks
+    # the loss falls on example 0's answer and its end-of-turn token, and nowhere else
+    assert [s.rstrip("\n") for s in re.findall("⟦(.*?)⟧", body, flags=re.S)] == [answer + "<|im_end|>"], text
     pre = json.loads(Path(client.download_artifacts(result.run_id, "preflight.json")).read_text())
     assert pre["status"] == "pass" and pre["numbers"]["optimizer_steps"] == 20
     run = client.get_run(result.run_id)
