@@ -370,18 +370,20 @@ def _open_storage(cls, url: str, **kw):
 
 
 def _enough_trials(n: int):
-    """Stop once the study holds n trials that trained (step-pruned ones cost seconds and don't
-    count), or 5·n trials in all, so a search space with no valid configuration still ends.
-    Counted from the storage, so every worker sharing the study stops at the same total; a failed
-    trial that will be retried does not count."""
+    """Stop once the study holds n trials that trained or are training (step-pruned ones cost seconds
+    and don't count), or 5·n trials in all, so a search space with no valid configuration still
+    ends. Counted from the storage after each trial, running ones included, so workers sharing the
+    study stop at the same total instead of each starting one more; a failed trial that is retried
+    counts once."""
     from optuna.trial import TrialState
 
     def callback(study, trial):
         trials = study.get_trials(deepcopy=False)
         retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
-        trained = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                                    TrialState.RUNNING)
                    and not t.user_attrs.get("steps_pruned") and t.number not in retried]
-        if len(trained) >= n or len(trials) >= 5 * n:
+        if len(counted) >= n or len(trials) >= 5 * n:
             study.stop()
 
     return callback
