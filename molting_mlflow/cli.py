@@ -451,8 +451,10 @@ def chat(ref, max_new_tokens, question):
 @cli.command()
 @click.argument("run_ids", nargs=-1)
 @click.option("--experiment", default=None, help="Rescore every scored run of this experiment (with no RUN_IDS).")
+@click.option("--persona", default=None, help="Persona card to score with (default: the one each run logged).")
+@click.option("--questions", default=None, help="Questions file (default: the one each run logged).")
 @user_errors
-def rescore(run_ids, experiment):
+def rescore(run_ids, experiment, persona, questions):
     """Score runs again from their logged answers under the current rubric; no model is loaded.
 
     Updates each run's D1–D5 and score metrics, its eval_results.json table and its rubric version.
@@ -461,13 +463,14 @@ def rescore(run_ids, experiment):
     Examples:
       molting rescore 3f2c9a81 7b1d0e44          # these runs
       molting rescore --experiment molting       # every scored run of the experiment
+      molting rescore 3f2c9a81 --persona data/persona.yaml   # a run whose own card is gone or older
     """
     from .config import ConfigError
     from .rescore import rescore as run_rescore
 
     if not run_ids and not experiment:
         raise ConfigError("give run ids or --experiment <name> (see: molting rescore --help)")
-    out = run_rescore(list(run_ids), experiment, log=click.echo)
+    out = run_rescore(list(run_ids), experiment, log=click.echo, persona=persona, questions=questions)
     if out and all(r.skipped for r in out):
         sys.exit(1)
 

@@ -41,7 +41,8 @@ def runs_to_rescore(run_ids: list[str], experiment: str | None) -> list[str]:
     return [r.info.run_id for r in runs]
 
 
-def rescore_run(run_id: str) -> Rescored:
+def rescore_run(run_id: str, persona_path: str | None = None, questions_path: str | None = None) -> Rescored:
+    """Rescore one run with its own persona card and questions (the paths it logged), or the ones given."""
     import mlflow
     import pandas as pd
     from mlflow.exceptions import MlflowException
@@ -64,9 +65,16 @@ def rescore_run(run_id: str) -> Rescored:
                if "molting.reused_run_id" in run.data.tags else "no logged answers (eval_results.json)")
         return Rescored(run_id, old_version, old_score, None, why)
     records = [dict(zip(table["columns"], row)) for row in table["data"]]
+    from .persona import PersonaError
+    from .rubric import RubricInputError
+
     params = run.data.params
-    questions = load_questions(params.get("eval.questions") or DEFAULT_QUESTIONS)
-    persona = load_persona(params.get("train.persona") or DEFAULT_PERSONA)
+    try:
+        questions = load_questions(questions_path or params.get("eval.questions") or DEFAULT_QUESTIONS)
+        persona = load_persona(persona_path or params.get("train.persona") or DEFAULT_PERSONA)
+    except (PersonaError, RubricInputError) as e:
+        return Rescored(run_id, old_version, old_score, None, f"{str(e).splitlines()[0]}; rescore it with "
+                        "--persona <card> / --questions <file>")
     scored = score_responses(questions, [{k: r.get(k) for k in ("id", "response", "finish_reason")}
                                          for r in records], persona)
     if "ref_nll" in run.data.metrics:        # the model's loss on the references: not text, kept as logged
@@ -85,10 +93,11 @@ def rescore_run(run_id: str) -> Rescored:
     return Rescored(run_id, old_version, old_score, scored["summary"]["score"])
 
 
-def rescore(run_ids: list[str], experiment: str | None = None, log=print) -> list[Rescored]:
+def rescore(run_ids: list[str], experiment: str | None = None, log=print, persona: str | None = None,
+            questions: str | None = None) -> list[Rescored]:
     out = []
     for run_id in runs_to_rescore(run_ids, experiment):
-        r = rescore_run(run_id)
+        r = rescore_run(run_id, persona, questions)
         out.append(r)
         if r.skipped:
             log(f"{run_id[:8]}: skipped: {r.skipped}")
