@@ -14,6 +14,7 @@ from molting_mlflow.cli import cli
 from molting_mlflow.paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from molting_mlflow.persona import PersonaError, load_persona
 from molting_mlflow.rubric import DIMENSIONS, RUBRIC_VERSION, load_questions, score_response
+from helpers import store_in
 
 ADA = Path(__file__).parent / "data" / "ada"
 
@@ -52,24 +53,14 @@ def test_persona_language_is_named_and_known(tmp_path, line, msg):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny-random train run (evaluated) and its standalone evaluation, in one store."""
-    import os
-
     from molting_mlflow.config import TrainConfig
     from molting_mlflow.evaluate import EvalConfig, evaluate
     from molting_mlflow.train import train
 
     d = tmp_path_factory.mktemp("ev")
-    uri = f"sqlite:///{d / 'mlflow.db'}"
-    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(d)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
+    with store_in(d) as uri:
         run = train(TrainConfig(model="tiny-random", epochs=2, min_steps=0, eval_max_new_tokens=12), log=lambda *a: None)
         evaluate(EvalConfig(run_id=run.run_id, max_new_tokens=12), log=lambda *a: None)
-    finally:
-        os.chdir(old_cwd)
-        os.environ.pop("MLFLOW_TRACKING_URI", None) if old_uri is None else os.environ.update(MLFLOW_TRACKING_URI=old_uri)
     return run.run_id, uri
 
 

@@ -37,13 +37,16 @@ def test_a_budget_nothing_fits_is_a_one_line_error_with_the_fix():
                      gpu_memory_gib=1, dev="cuda")
 
 
-@pytest.mark.parametrize("flags,expect", [({"avx2", "avx512f", "amx_bf16"}, "bf16"),
-                                          ({"avx2", "avx512_bf16"}, "bf16"), ({"avx2", "fma"}, "fp32")])
-def test_auto_on_a_cpu_is_bf16_only_where_it_is_native(monkeypatch, flags, expect):
+@pytest.mark.parametrize("flags,native", [({"avx2", "avx512f", "amx_bf16"}, "amx_bf16"),
+                                          ({"avx2", "avx512_bf16"}, "avx512_bf16"), ({"avx2", "fma"}, "none")])
+def test_auto_on_a_cpu_is_fp32_and_records_the_native_bf16(monkeypatch, flags, native):
+    """fp32 on every CPU (bf16 measured slower for the whole run); bf16 on request, no autocast."""
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
     p = runtime.plan("auto", 1, dev="cpu", cpu_micro_batch=1)
-    assert p.precision == expect and p.params()["train.cpu_bf16"] in ("amx_bf16", "avx512_bf16", "none")
-    assert p.trainer_kwargs()["bf16"] is False          # no autocast on a CPU: the bf16 base computes in bf16
+    assert p.precision == "fp32" and p.params()["train.cpu_bf16"] == native
+    bf16 = runtime.plan("bf16", 1, dev="cpu", cpu_micro_batch=1)
+    assert bf16.precision == "bf16" and ("far slower" in bf16.why) == (native == "none")
+    assert bf16.trainer_kwargs()["bf16"] is False       # no autocast on a CPU: the bf16 base computes in bf16
     assert p.trainer_kwargs()["use_cpu"] is True
 
 
@@ -59,8 +62,8 @@ def test_tiny_random_is_fp32_on_auto():
 
 @pytest.mark.parametrize("recorded,native,expect", [
     ("fp32", None, "fp32"), ("float32", "amx_bf16", "fp32"), ("float32+bf16-autocast", None, "fp32"),
-    ("bf16", "amx_bf16", "bf16"), ("nf4-double-quant/bf16-compute", "amx_bf16", "bf16"),
-    ("nf4-double-quant/bf16-compute", None, "fp32"), ("auto", None, "fp32"), ("auto", "amx_bf16", "bf16")])
+    ("bf16", "amx_bf16", "bf16"), ("nf4-double-quant/bf16-compute", "amx_bf16", "fp32"),
+    ("nf4-double-quant/bf16-compute", None, "fp32"), ("auto", None, "fp32"), ("auto", "amx_bf16", "fp32")])
 def test_an_adapter_evaluates_in_the_precision_it_trained_in(monkeypatch, recorded, native, expect):
     monkeypatch.setattr(runtime, "cpu_native_bf16", lambda: native)
     monkeypatch.setattr(runtime, "device", lambda: "cpu")

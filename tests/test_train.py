@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from molting_mlflow.config import DEFAULT_DATASET, TrainConfig
 from molting_mlflow.data import load_dataset
 from molting_mlflow.rubric import DIMENSIONS
+from helpers import store_in
 
 
 @pytest.fixture(scope="module")
@@ -20,20 +21,9 @@ def tiny_run(tmp_path_factory):
     from molting_mlflow.train import train
 
     d = tmp_path_factory.mktemp("tiny")
-    uri = f"sqlite:///{d / 'mlflow.db'}"
-    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(d)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
+    with store_in(d) as uri:
         result = train(TrainConfig(model="tiny-random", epochs=2, min_steps=0, eval_max_new_tokens=8),
                        log=lambda *a: None)
-    finally:
-        os.chdir(old_cwd)
-        if old_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
     return result, MlflowClient(tracking_uri=uri), d
 
 
