@@ -12,7 +12,11 @@ from dataclasses import fields
 
 import click
 
-from .config import TrainConfig
+from .offline import stay_offline
+
+stay_offline()   # before anything imports mlflow: its telemetry starts at import
+
+from .config import TrainConfig  # noqa: E402
 
 class UserError(click.ClickException):
     """A mistake in the input: one line, exit code 2."""
