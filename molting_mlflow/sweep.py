@@ -192,7 +192,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
                 raise optuna.TrialPruned(reason)  # inside: the child run ends KILLED, like an epoch-pruned one
         t_trial = time.time()
         prepared = prepare(cfg)
-        done = find_finished_run(fingerprint(prepared), lookup_order(experiment_id)) if sc.reuse else None
+        done = find_finished_run(fingerprint(prepared), reuse_in) if sc.reuse else None
         if done is not None:  # this exact configuration already trained and scored: reuse it
             s, run_id, steps, final_loss = _reuse(done, tags, trial, sc.experiment)
         else:
@@ -218,12 +218,12 @@ def sweep(sc: SweepConfig, log=print) -> dict:
                 and trial.value > sc.target and not trial.user_attrs.get("molting.reference")):
             study_.stop()
 
-    experiment_id = None
+    reuse_in: list[str] = []      # set once the parent run exists (the objective reads it)
     with stage_run(sc.experiment, f"sweep-{study.study_name}", {"molting.stage": "sweep", "molting.model": sc.model,
                                                                 "molting.study": study.study_name}) as parent:
         # where `mlflow run` or --experiment put it: the trials go there; reuse looks in every experiment
         # holding the project's runs (a train run `mlflow run . -e train` put in `Default`, say)
-        experiment_id = parent.info.experiment_id
+        reuse_in[:] = lookup_order(parent.info.experiment_id) if sc.reuse else []   # once, not per trial
         mlflow.log_params({f"sweep.{k}": v for k, v in asdict(sc).items()} |
                           {"sweep.storage": _redact(sc.resolved_storage()), "sweep.sampler": "TPE(multivariate)",
                            "sweep.pruner": "min-steps + MedianPruner(epoch loss)" if sc.prune else "min-steps"})

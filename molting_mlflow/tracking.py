@@ -37,11 +37,17 @@ def mark_experiment(exp) -> None:
     """Give an experiment that holds our runs (`Default` too, where `mlflow run` puts them) the
     fine-tuning kind and the UI's saved view of the runs by score (ui_view), each unless it is
     there already (a kind or a view someone chose stays theirs)."""
+    from mlflow.exceptions import MlflowException
+
     from .ui_view import view_tag
 
     for key, value in (*EXPERIMENT_KIND.items(), view_tag()):
         if key not in exp.tags:
-            MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+            try:
+                MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+            except MlflowException as e:   # a server that lets us log runs but not tag experiments: runs first
+                print(f"molting: note: experiment '{exp.name}' keeps no tag {key} "
+                      f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})", flush=True)
 
 
 def _system_metrics() -> bool:
