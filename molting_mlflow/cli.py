@@ -12,7 +12,11 @@ from dataclasses import fields
 
 import click
 
-from .config import TrainConfig
+from .offline import stay_offline
+
+stay_offline()   # before anything imports mlflow: its telemetry starts at import
+
+from .config import TrainConfig  # noqa: E402
 
 class UserError(click.ClickException):
     """A mistake in the input: one line, exit code 2."""
@@ -271,7 +275,8 @@ def score(questions, responses, persona):
 
 
 @cli.command()
-@click.option("--experiment", default="molting", show_default=True, help="MLflow experiment name.")
+@click.option("--experiment", default=None, help="MLflow experiment name. Default: every experiment holding the "
+              "project's runs (`Default` too, where `mlflow run` puts them without --experiment-name).")
 @click.option("--csv", "csv_path", default=None, help="Also write the table to this CSV file.")
 @click.option("--all-columns", is_flag=True, help="Show every config column, not only those that differ.")
 @user_errors
@@ -286,14 +291,18 @@ def compare(experiment, csv_path, all_columns):
     versions = rubric_versions(table)
     if len(versions) > 1:
         click.echo(f"note: these runs were scored under rubric versions {', '.join(versions)}, whose scores are not "
-                   f"comparable; each version is ranked on its own. Bring them to one: molting rescore --experiment "
-                   f"{experiment}", err=True)
+                   f"comparable; each version is ranked on its own. Bring them to one: "
+                   + "; ".join(f"molting rescore --experiment {e}" for e in
+                               ([experiment] if experiment else sorted(table["experiment"].unique()))), err=True)
     if csv_path:
         table.to_csv(csv_path, index=False)
+    import mlflow
     import pandas as pd
 
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 40):
-        click.echo(table.to_string(index=False) if len(table) else f"no runs in experiment '{experiment}'")
+        click.echo(table.to_string(index=False) if len(table) else
+                   f"no runs in experiment '{experiment}'" if experiment else
+                   f"no molting runs in {mlflow.get_tracking_uri()}")
 
 
 def search_options(fn):
@@ -465,11 +474,8 @@ def rescore(run_ids, experiment, persona, questions):
       molting rescore --experiment molting       # every scored run of the experiment
       molting rescore 3f2c9a81 --persona data/persona.yaml   # a run whose own card is gone or older
     """
-    from .config import ConfigError
     from .rescore import rescore as run_rescore
 
-    if not run_ids and not experiment:
-        raise ConfigError("give run ids or --experiment <name> (see: molting rescore --help)")
     out = run_rescore(list(run_ids), experiment, log=click.echo, persona=persona, questions=questions)
     if out and all(r.skipped for r in out):
         sys.exit(1)

@@ -8,21 +8,26 @@ from .rubric import DIMENSIONS
 METRICS = ["optimizer_steps", "final_loss", "ref_nll", "ref_chrf", *DIMENSIONS, "score"]
 
 
-def compare_runs(experiment: str, all_columns: bool = False):
+def compare_runs(experiment: str | None = None, all_columns: bool = False):
+    """experiment: its runs; None: the runs of every experiment holding the project's runs (`Default`
+    too, where `mlflow run` puts them without --experiment-name), with an `experiment` column."""
     import mlflow
     import pandas as pd
 
-    from .config import ConfigError
+    from .tracking import experiments_to_search
 
-    if mlflow.get_experiment_by_name(experiment) is None:
-        raise ConfigError(f"no experiment named '{experiment}' in {mlflow.get_tracking_uri()}; "
-                          "pass --experiment <name> (or set MLFLOW_TRACKING_URI)")
-    runs = mlflow.search_runs(experiment_names=[experiment], max_results=1000)
+    exps = experiments_to_search(experiment)
+    if not exps:
+        return pd.DataFrame()
+    runs = mlflow.search_runs(experiment_ids=[e.experiment_id for e in exps], max_results=1000)
     if runs.empty:
         return pd.DataFrame()
     out = pd.DataFrame({"run_id": runs["run_id"].str[:8], "status": runs["status"],
                         "stage": runs.get("tags.molting.stage"), "model": runs.get("tags.molting.model"),
                         "preflight": runs.get("tags.molting.preflight")})
+    if experiment is None:      # looked in several: say where each run is
+        names = {e.experiment_id: e.name for e in exps}
+        out.insert(1, "experiment", runs["experiment_id"].map(names))
     # config columns: the resolved train.* params, only those that differ between runs
     cfg_cols = [c for c in runs.columns if c.startswith("params.train.")
                 and c not in ("params.train.dataset", "params.train.persona", "params.train.experiment")]

@@ -96,15 +96,21 @@ def rubric_version(run: RunData) -> str:
 
 
 def find_baseline(run: RunData) -> RunData | None:
+    """The newest finished bare-model evaluation of the run's model: in the run's experiment, else in
+    the project's other experiments (`mlflow run . -e evaluate` may have put it in `Default`)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    exp = MlflowClient().get_run(run.run_id).info.experiment_id
+    from .tracking import lookup_order
+
     model = run.tags.get("molting.model", "")
-    found = mlflow.search_runs([exp], filter_string=f"tags.`molting.baseline` = 'true' and "
-                               f"tags.`molting.model` = '{model}' and attributes.status = 'FINISHED'",
-                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
-    return load_run(found[0].info.run_id) if found else None
+    for exp in lookup_order(MlflowClient().get_run(run.run_id).info.experiment_id):
+        found = mlflow.search_runs([exp], filter_string=f"tags.`molting.baseline` = 'true' and "
+                                   f"tags.`molting.model` = '{model}' and attributes.status = 'FINISHED'",
+                                   order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        if found:
+            return load_run(found[0].info.run_id)
+    return None
 
 
 def _has(a: dict, *codes: str) -> bool:

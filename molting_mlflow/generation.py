@@ -54,7 +54,11 @@ def stop_ids(tok, model=None) -> list[int]:
 
 def generate(model, tok, questions: list[Question], system_prompt: str | None, max_new_tokens: int,
              batch_size: int = 8, seed: int = 42, fold: bool = False, static: bool = False) -> tuple[list[dict], dict]:
-    """Greedy answers, one record per question: {"id", "response", "finish_reason", "new_tokens"}.
+    """Greedy answers, one record per question: {"id", "response", "finish_reason", "new_tokens"}, and
+    what the generation was: "prompt" (the text the model was given), "max_new_tokens", "batch" (the
+    question's batch number and size) and "started_ns"/"ended_ns" (that batch's wall clock, epoch ns;
+    the batch is one model.generate call, so its questions share them). The evaluation traces
+    (eval_view) are built from these.
 
     static: a static KV cache, with which transformers compiles the decoding step on CUDA (CUDA
     graphs). Greedy decoding on a GPU is bound by kernel launches: 8 answers × 96 tokens took 4.3 s
@@ -72,19 +76,23 @@ def generate(model, tok, questions: list[Question], system_prompt: str | None, m
     try:
         for i in range(0, len(questions), batch_size):
             chunk = questions[i:i + batch_size]
+            started_ns = time.time_ns()
             prompts = [tok.apply_chat_template(messages(system_prompt, q.question, fold), tokenize=False,
                                                add_generation_prompt=True) for q in chunk]
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
             with torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
                                      pad_token_id=pad, **cache)
-            for q, row in zip(chunk, out[:, enc["input_ids"].shape[1]:].tolist()):
+            ended_ns = time.time_ns()
+            for q, prompt, row in zip(chunk, prompts, out[:, enc["input_ids"].shape[1]:].tolist()):
                 end = next((j for j, t in enumerate(row) if t in stops), None)
                 ids = row if end is None else row[:end]
                 n = len(ids) + (end is not None)
                 n_new += n
                 records.append({"id": q.id, "response": tok.decode(ids, skip_special_tokens=False),
-                                "finish_reason": "length" if end is None else "stop", "new_tokens": n})
+                                "finish_reason": "length" if end is None else "stop", "new_tokens": n,
+                                "prompt": prompt, "max_new_tokens": max_new_tokens,
+                                "batch": [i // batch_size, len(chunk)], "started_ns": started_ns, "ended_ns": ended_ns})
     finally:
         tok.padding_side = side
     secs = time.time() - t0

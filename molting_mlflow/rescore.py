@@ -29,13 +29,15 @@ def runs_to_rescore(run_ids: list[str], experiment: str | None) -> list[str]:
     import mlflow
 
     from .config import ConfigError
+    from .tracking import experiments_to_search, project_experiments
 
     if run_ids:
         return list(run_ids)
-    exp = mlflow.get_experiment_by_name(experiment or "")
-    if exp is None:
-        raise ConfigError(f"no experiment named {experiment!r} in {mlflow.get_tracking_uri()}; pass run ids or "
-                          "--experiment <name>")
+    if not experiment:
+        where = ", ".join(e.name for e in project_experiments()) or "none yet"
+        raise ConfigError(f"give run ids or --experiment <name> (experiments holding the project's runs: {where}; "
+                          "see: molting rescore --help)")
+    exp = experiments_to_search(experiment)[0]
     runs = mlflow.search_runs([exp.experiment_id], filter_string="metrics.score >= 0", output_format="list",
                               max_results=50000)
     return [r.info.run_id for r in runs]

@@ -221,9 +221,13 @@ class Worker:
     n_examples: int | None = None
 
     def __post_init__(self):
+        from .tracking import lookup_order
         from .train import BaseCache
 
         self.bases = BaseCache()
+        # reuse looks here first, then in every experiment holding the project's runs (`mlflow run .
+        # -e train` puts them in `Default`): looked up once, not per trial
+        self.reuse_in = lookup_order(self.experiment_id) if self.sc.reuse else []
 
     def preload(self) -> float:
         """Load the study's (first) base before the first trial: a worker's cost, not a trial's."""
@@ -249,7 +253,7 @@ class Worker:
         t_prepare = time.time()
         prepared = prepare(cfg)
         prepare_s = time.time() - t_prepare
-        done = find_finished_run(fingerprint(prepared), [self.experiment_id]) if self.sc.reuse else None
+        done = find_finished_run(fingerprint(prepared), self.reuse_in) if self.sc.reuse else None
         if done is not None:   # this exact configuration already trained and scored: reuse it
             s, run_id, steps, final_loss = _reuse(done, tags, trial, self.parent_run_id)
             busy = 0.0

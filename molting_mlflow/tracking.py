@@ -14,22 +14,59 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 
+# MLflow's experiment kind (the UI's enum value `finetuning`, MLflow 3.17): what these experiments hold.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "finetuning"}
+
+
 def ensure_experiment(name: str) -> str:
     """The experiment's id, created on first use with an absolute artifact location: MLflow's
     default with the SQLite store is ./mlruns of whatever directory the run started in."""
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        mark_experiment(exp)
         return exp.experiment_id
     uri = mlflow.get_tracking_uri()
     location = None
     if uri.startswith("sqlite:///") or uri.startswith("file:") or "://" not in uri:
         location = (Path.cwd() / "mlruns").resolve().as_uri()
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        exp_id = mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except mlflow.exceptions.MlflowException as e:  # another process created it since the lookup
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-        return mlflow.get_experiment_by_name(name).experiment_id
+        exp_id = mlflow.get_experiment_by_name(name).experiment_id
+    mark_experiment(mlflow.get_experiment(exp_id))
+    return exp_id
+
+
+def mark_experiment(exp) -> None:
+    """Give an experiment that holds our runs (`Default` too, where `mlflow run` puts them) the
+    fine-tuning kind and the UI's saved view of the runs by score (ui_view), each unless it is
+    there already (a kind or a view someone chose stays theirs)."""
+    from mlflow.exceptions import MlflowException
+
+    from .ui_view import view_tag
+
+    for key, value in (*EXPERIMENT_KIND.items(), view_tag()):
+        if key not in exp.tags:
+            try:
+                MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+            except MlflowException as e:   # a server that lets us log runs but not tag experiments: runs first
+                print(f"molting: note: experiment '{exp.name}' keeps no tag {key} "
+                      f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})", flush=True)
+
+
+def _system_metrics() -> bool:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU utilisation and memory through
+    nvidia-ml-py where there is one) on every stage run, unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+    says otherwise. Sampled every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL s (MLflow's default 10)."""
+    import logging
+
+    from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING as setting
+
+    # its start/stop lines at INFO, three a run (a sweep's every trial), say nothing the run does not
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    return setting.get() if setting.defined else True
 
 
 @contextmanager
@@ -44,13 +81,14 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
     if parent_run_id:
         exp_id = MlflowClient().get_run(parent_run_id).info.experiment_id
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent_run_id,
-                               nested=mlflow.active_run() is not None)
+                               nested=mlflow.active_run() is not None, log_system_metrics=_system_metrics())
     elif run_id and not nested and mlflow.active_run() is None:
-        run = mlflow.start_run(run_id=run_id)
+        run = mlflow.start_run(run_id=run_id, log_system_metrics=_system_metrics())
         # Consumed, as mlflow.start_run() does when it reads it itself: left set, the first nested
         # start_run (a sweep's first trial) would resume this run instead of making a child.
         os.environ.pop("MLFLOW_RUN_ID", None)
         exp = mlflow.get_experiment(run.info.experiment_id)
+        mark_experiment(exp)
         if exp.name != experiment:
             print(f"molting: note: `mlflow run` put this run in experiment '{exp.name}', not '{experiment}'; "
                   f"pass --experiment-name {experiment} to mlflow run to keep runs together", flush=True)
@@ -59,7 +97,8 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
         parent = mlflow.active_run() if nested else None
         # a child goes where its parent is (under `mlflow run` that may be `Default`), never elsewhere
         exp_id = parent.info.experiment_id if parent is not None else ensure_experiment(experiment)
-        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested)
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested,
+                               log_system_metrics=_system_metrics())
     mlflow.set_tags({**process_tags(), **(tags or {})})
     try:
         yield run
@@ -121,7 +160,8 @@ def log_scores(records: list[dict], questions, persona, stats: dict, ref_nll: fl
                step: int = 0) -> dict:
     """Score generated answers with the rubric and log them to the active run: metrics (at `step`: a
     train run's last optimizer step, so ref_nll's curve ends where training did), the per-question
-    table (eval_results.json), generation stats and the tag molting.rubric_version."""
+    table (eval_results.json), generation stats, the tag molting.rubric_version, and MLflow's
+    evaluation view of the same answers (eval_view)."""
     import pandas as pd
 
     from .rubric import score_responses
@@ -132,4 +172,46 @@ def log_scores(records: list[dict], questions, persona, stats: dict, ref_nll: fl
     mlflow.log_metrics(score_metrics(scored["summary"]) | stats, step=step)
     mlflow.set_tag("molting.rubric_version", scored["summary"]["rubric_version"])
     mlflow.log_table(data=pd.DataFrame(results_rows(scored)), artifact_file=RESULTS_TABLE)
+    from .eval_view import log_evaluation   # the same answers as MLflow evaluation results (traces + scorers)
+
+    log_evaluation(records, questions, persona)
     return scored
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the project's runs are: `mlflow run` puts them in the experiment named on its command line,
+# or in `Default`; `molting …` in `--experiment` (default molting). Lookups search them all.
+# ---------------------------------------------------------------------------------------------
+
+def project_experiments() -> list:
+    """Every active experiment holding at least one run of ours (tag molting.stage), oldest first."""
+    client = MlflowClient()
+    found = []
+    for exp in mlflow.search_experiments():          # every page
+        if client.search_runs([exp.experiment_id], "tags.`molting.stage` LIKE '%'", max_results=1):
+            found.append(exp)
+    return sorted(found, key=lambda e: int(e.experiment_id) if e.experiment_id.isdigit() else 0)
+
+
+def experiments_to_search(name: str | None) -> list:
+    """The experiment named (by the option, else $MLFLOW_EXPERIMENT_NAME), or, with none named, every
+    experiment holding the project's runs. A name that is not there is a user error naming where the
+    runs are."""
+    from .config import ConfigError
+
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
+    if name is None:
+        return project_experiments()
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return [exp]
+    where = ", ".join(f"'{e.name}'" for e in project_experiments())
+    hint = f"the project's runs are in {where}" if where else "it holds no molting runs yet"
+    raise ConfigError(f"no experiment named '{name}' in {mlflow.get_tracking_uri()} ({hint}); pass --experiment "
+                      "<name>, or none to search them all (or set MLFLOW_TRACKING_URI)")
+
+
+def lookup_order(experiment_id: str) -> list[str]:
+    """This experiment first, then the project's other experiments: where a baseline or a reusable
+    run of the same configuration may be when `mlflow run` put them in another one."""
+    return [experiment_id] + [e.experiment_id for e in project_experiments() if e.experiment_id != experiment_id]
