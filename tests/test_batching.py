@@ -1,0 +1,69 @@
+"""Batches instead of single examples change speed, not what is learned: a step's examples in one
+padded micro-batch give the same loss and the same LoRA gradients as one example at a time with
+gradient accumulation (TRL divides by the step's answer tokens either way), and the loss is on
+answer tokens only."""
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from molting_mlflow.data import load_dataset
+    from molting_mlflow.models import build_tiny_random
+    from molting_mlflow.paths import DEFAULT_DATASET
+    from molting_mlflow.persona import load_persona
+
+    model, tok = build_tiny_random()
+    rows = load_dataset(DEFAULT_DATASET, load_persona().system_prompt).rows[:4]
+    args = SFTConfig(output_dir="/tmp/molting-test-batching", use_cpu=True, report_to="none", max_length=128,
+                     completion_only_loss=True, per_device_train_batch_size=4)
+    t = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                   peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                          target_modules=["q_proj", "v_proj"]))
+    for n, p in t.model.named_parameters():      # a trained-looking adapter: B is zero at init
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)
+    t.model.train()
+    return t
+
+
+def _loss_and_grads(trainer, batches, n_tokens):
+    trainer.model.zero_grad()
+    total = 0.0
+    for b in batches:
+        loss = trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=n_tokens)
+        loss.backward()
+        total += float(loss)
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    return total, grads
+
+
+def test_one_micro_batch_of_four_equals_four_of_one(trainer):
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    collate = trainer.data_collator
+    together = collate(examples)
+    lengths = {len(e["input_ids"]) for e in examples}
+    assert len(lengths) > 1 and (together["labels"] == -100).any()       # padded: the case that could differ
+    n_tokens = int((together["labels"][:, 1:] != -100).sum())            # answer tokens the step predicts
+    singles = [collate([e]) for e in examples]
+    assert n_tokens == sum(int((s["labels"][:, 1:] != -100).sum()) for s in singles)
+    loss_b, grads_b = _loss_and_grads(trainer, [together], n_tokens)
+    loss_1, grads_1 = _loss_and_grads(trainer, singles, n_tokens)
+    assert loss_b == pytest.approx(loss_1, rel=1e-5)
+    assert grads_b.keys() == grads_1.keys() and grads_b
+    for n in grads_b:
+        assert torch.allclose(grads_b[n], grads_1[n], rtol=1e-4, atol=1e-7), n
+
+
+def test_the_loss_is_on_answer_tokens_only(trainer):
+    """The collated labels train exactly the answer and its end-of-turn token, never the prompt."""
+    e = trainer.train_dataset[0]
+    labels = trainer.data_collator([e])["labels"][0].tolist()
+    trained = trainer.processing_class.decode([i for i, lab in zip(e["input_ids"], labels) if lab != -100])
+    answer = e["completion"][0]["content"]
+    assert trained.startswith(answer) and trained[len(answer):].strip() == "<|im_end|>", trained
+    assert e["prompt"][0]["content"] not in trained        # the system prompt carries no loss
