@@ -116,9 +116,14 @@ def touch_store(create: bool = True) -> None:
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)  # creates (and migrates) the store, inside the lock
     _touched.add(uri)
+    sweep_up(client)
+
+
+def sweep_up(client=None) -> None:
+    """reap(), as housekeeping: a failure to look is a note, never the reason a command fails."""
     try:
         reap(client)
-    except Exception as e:  # housekeeping: never the reason a command fails
+    except Exception as e:
         print(f"molting: note: could not look for abandoned runs ({str(e).splitlines()[0][:200]})",
               file=sys.stderr, flush=True)
 

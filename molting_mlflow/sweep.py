@@ -401,7 +401,7 @@ def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t
     from optuna.trial import TrialState
 
     from .runtime import set_threads
-    from .reaper import touch_store
+    from .reaper import sweep_up, touch_store
 
     set_threads()
     touch_store()
@@ -422,6 +422,7 @@ def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t
             break
         time.sleep(sc.heartbeat_s / 2)
     _end_runs_of_failed_trials(study, exp_id)
+    sweep_up()  # a worker that died mid-study (this host) also left its own sweep run RUNNING
 
 
 def _end_runs_of_failed_trials(study, experiment_id: str) -> None:

@@ -71,7 +71,7 @@ def test_the_design_cards_commands_find_each_others_runs_without_flags(tmp_path)
     assert base is not None and base.tags["molting.baseline"] == "true"
 
     # a sweep in `molting` reuses the user's configuration that `mlflow run` trained in Default
-    res = sweep(SweepConfig(model="tiny-random", n_trials=1, epochs="1,3", min_steps=20, seed=7, register=False),
+    res = sweep(SweepConfig(model="tiny-random", n_trials=1, search={"epochs": "1,3"}, min_steps=20, seed=7, register=False),
                 log=lambda *a: None)
     kids = mlflow.search_runs(experiment_names=["molting"], output_format="list",
                               filter_string=f"tags.`mlflow.parentRunId` = '{res['parent_run_id']}'")

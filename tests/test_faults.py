@@ -163,7 +163,7 @@ def test_nan_loss_in_a_sweep_fails_that_trial_and_the_study_goes_on(monkeypatch,
         return cfg, ref
 
     monkeypatch.setattr(sweep_mod, "_trial_config", trial_config)
-    sweep_mod.sweep(sweep_mod.SweepConfig(model="tiny-random", n_trials=2, epochs="1,1", min_steps=0,
+    sweep_mod.sweep(sweep_mod.SweepConfig(model="tiny-random", n_trials=2, search={"epochs": "1,1"}, min_steps=0,
                                                     enqueue_user=False, prune=False, reuse=False, target=0.1),
                               log=lambda *a: None)
     study = optuna.load_study(study_name="molting-tiny-random", storage=sweep_mod.SweepConfig(

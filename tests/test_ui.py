@@ -74,7 +74,7 @@ def fill_store(uri: str, smol_baseline: bool = False, log=lambda *a: None) -> St
         r = train(TrainConfig(model="tiny-random", epochs=epochs, lr=lr, min_steps=0, eval_max_new_tokens=16),
                   log=log)
         store.runs.append(r.run_id)
-    out = sweep(SweepConfig(model="tiny-random", n_trials=2, epochs="1,2", grad_accum="1,2", min_steps=0,
+    out = sweep(SweepConfig(model="tiny-random", n_trials=2, search={"epochs": "1,2", "grad_accum": "1,2"}, min_steps=0,
                             enqueue_user=False, seed=7), log=log)
     store.parent, store.version = out["parent_run_id"], out["version"]
     store.model = "molting-tiny-random"
