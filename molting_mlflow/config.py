@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from .presets import PRESETS
+from .runtime import PRECISION_CHOICES
 
 __all__ = ["ConfigError", "TrainConfig", "steps_per_epoch", "step_fixes", "DEFAULT_DATASET", "DEFAULT_PERSONA",
            "DEFAULT_QUESTIONS", "DEFAULT_MIN_STEPS", "PREFLIGHT_MODES", "SYSTEM_PROMPT_MODES"]
@@ -96,9 +97,9 @@ class TrainConfig:
                          lambda v: isinstance(v, bool), "true or false")
     eval_max_new_tokens: int = opt(96, "Token limit of each evaluation answer.",
                                    lambda v: isinstance(v, int) and 1 <= v <= 4096, "a whole number in 1..4096")
-    precision: str = opt("auto", "auto (bf16 where the CPU or card does it and it fits, else fp32 on a CPU and "
-                         "QLoRA nf4 on a GPU), bf16, nf4 (CUDA) or fp32.",
-                         lambda v: v in ("auto", "bf16", "nf4", "fp32"), "one of: auto, bf16, nf4, fp32")
+    precision: str = opt("auto", "auto (fp32 on a CPU; on a GPU bf16 where the model and its batches fit the "
+                         "memory budget, else QLoRA nf4), bf16, nf4 (CUDA) or fp32.",
+                         lambda v: v in PRECISION_CHOICES, "one of: " + ", ".join(PRECISION_CHOICES))
     gpu_memory_gib: float = opt(0.0, "GPU memory budget for the plan, GiB (0: the card's); 4 rehearses a 4 GB card "
                                 "on a bigger one.", lambda v: isinstance(v, (int, float)) and 0 <= v <= 4096,
                                 "GiB in 0..4096 (0 = the card's memory)")

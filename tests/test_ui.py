@@ -167,6 +167,19 @@ def open_page(ctx, url: str, ready: str):
     return page
 
 
+def metric_link(page, name: str):
+    """A metric's link on the compare page. Its metrics table renders only the rows in view (37 metrics
+    here, alphabetical): scroll the last rendered one into view until `name`'s row is rendered."""
+    link = page.get_by_role("link", name=name, exact=True)
+    for _ in range(40):
+        if link.count():
+            return link.first
+        page.locator("a[href^='#/metric?']").last.scroll_into_view_if_needed()
+        page.mouse.wheel(0, 300)
+        time.sleep(0.25)
+    return link.first            # not rendered: the click that follows fails with playwright's message
+
+
 def shot(page, shots: Path | None, name: str) -> None:
     if shots is not None:
         time.sleep(1.0)        # let charts finish their transitions
@@ -243,7 +256,7 @@ def check_compare(ctx, base: str, experiment_id: str, a: str, b: str, shots: Pat
         assert ra.data.params[key] in cells and rb.data.params[key] in cells, (key, cells)
     page.get_by_text("Parameters", exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
     shot(page, shots, "ui_compare_params.png")
-    page.get_by_role("link", name="loss", exact=True).first.click()
+    metric_link(page, "loss").click()
     page.locator(".js-plotly-plot").first.wait_for()
     names = {ra.info.run_name, rb.info.run_name}
     curves: list = []
