@@ -36,7 +36,7 @@ def test_bad_input_is_one_line_exit_2(args, expected):
 
 
 @pytest.mark.parametrize("args,env,expected", [
-    (TINY + ["--precision", "fp16"], {}, "precision='fp16' is invalid: expected one of: auto, bf16, nf4, fp32"),
+    (TINY + ["--precision", "fp16"], {}, "precision='fp16' is invalid: expected one of: auto, fp32, bf16, nf4"),
     (TINY + ["--precision", "nf4"], {"MOLTING_DEVICE": "cpu"}, "precision=nf4 needs a model bitsandbytes can quantise"),
     (["train", "--precision", "nf4", "--epochs", "1", "--min-steps", "0", "--model", "tiny-random"],
      {"MOLTING_DEVICE": "cpu"}, "precision=nf4"),
