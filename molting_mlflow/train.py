@@ -18,6 +18,7 @@ from pathlib import Path
 from . import runtime
 from .config import DEFAULT_QUESTIONS, TrainConfig
 from .data import ChatDataset, load_dataset
+from .interrupt import stop_at_step_end
 from .models import ModelError, ModelSource, load_model, load_tokenizer, resolve_model, sha256_file
 from .persona import load_persona
 from .preflight import Finding, PreflightReport, count_params, folds, run_preflight
@@ -418,7 +419,9 @@ def _run_trainer(trainer, p: Prepared, losses: list, load_s: float) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
-    out = trainer.train()
+    with stop_at_step_end() as stop:          # Ctrl-C / SIGTERM: after this step, then KeyboardInterrupt
+        trainer.add_callback(stop.callback())
+        out = trainer.train()
     if cuda:
         torch.cuda.synchronize()
     runtime_s = time.time() - t0

@@ -53,14 +53,24 @@ def one_error_line(output: str) -> str:
     return errors[0]
 
 
-def start_train(cwd, *args, env=None, store_ready=True):
+def start_train(cwd, *args, env=None, store_ready=True, log: Path | None = None):
     """A `molting train` process. store_ready: the store is made here first, so this test's own polling
-    never races the child's creation of it (molting's processes serialise that; MLflow's client alone does not)."""
+    never races the child's creation of it (molting's processes serialise that; MLflow's client alone does not).
+    log: its output goes to this file, for a process nobody reads from while it runs (its progress bar
+    would fill a 64 KiB pipe and block it: a hang that looks like the signal not working); else pipes
+    for communicate()."""
     if store_ready:
         runs()
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), **(env or {})}
-    return subprocess.Popen([*TRAIN, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    out = open(log, "w") if log else subprocess.PIPE
+    proc = subprocess.Popen([*TRAIN, *args], cwd=cwd, env=env, stdout=out,
+                            stderr=subprocess.STDOUT if log else subprocess.PIPE, text=True, start_new_session=True)
+    proc.log = log
+    return proc
+
+
+def output(proc) -> str:
+    return proc.log.read_text() if proc.log else proc.stderr.read()
 
 
 def wait_until_training(proc, client=None, timeout=120):
@@ -71,7 +81,7 @@ def wait_until_training(proc, client=None, timeout=120):
         if found:
             return found[0]
         if proc.poll() is not None:
-            pytest.fail(f"train exited {proc.returncode} before training: {proc.stderr.read()[-3000:]}")
+            pytest.fail(f"train exited {proc.returncode} before training: {output(proc)[-3000:]}")
         time.sleep(0.3)
     pytest.fail("no loss logged in time")
 
@@ -88,7 +98,7 @@ def free_port() -> int:
 
 def test_sigkill_mid_training_then_any_command(tmp_path, fault):
     """SIGKILL runs no handler: the run stays RUNNING until the next command on this host ends it FAILED."""
-    proc = start_train(tmp_path, "--epochs", "200", "--evaluate", "false")
+    proc = start_train(tmp_path, "--epochs", "200", "--evaluate", "false", log=tmp_path / "train.log")
     run = wait_until_training(proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -110,11 +120,17 @@ def test_sigkill_mid_training_then_any_command(tmp_path, fault):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_sigterm_and_ctrl_c_mid_training_end_killed(tmp_path, fault, sig):
-    proc = start_train(tmp_path, "--epochs", "200", "--evaluate", "false")
+    proc = start_train(tmp_path, "--epochs", "200", "--evaluate", "false", log=tmp_path / "train.log")
     run = wait_until_training(proc)
     os.kill(proc.pid, sig)
-    proc.wait(timeout=60)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"train did not exit within 60 s of {signal.Signals(sig).name}: {output(proc)[-3000:]}")
     assert proc.returncode != 0
+    # training was asked to stop, and stopped at a step's end (interrupt.py), not wherever the signal landed
+    assert f"signal {signal.Signals(sig).name}: stopping after this optimizer step" in output(proc)
     got = MlflowClient().get_run(run.info.run_id)
     assert got.info.status == "KILLED" and got.data.tags["molting.error"] == "interrupted"
     fault(f"{signal.Signals(sig).name} mid-training",
