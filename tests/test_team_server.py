@@ -94,6 +94,7 @@ def server(tmp_path_factory):
             for user, perm in (("reader", "READ"), ("writer", "EDIT")):
                 admin.create_user(user, pw[user])
                 admin.grant_user_permission(user, "experiment", exp, perm)
+        _cheap_password_hashes(dbs[1], pw)
         yield {"uri": uri, "pw": pw, "dir": d, "dbs": dbs, "experiment_id": exp}
     finally:
         if proc.poll() is None:
@@ -105,6 +106,20 @@ def server(tmp_path_factory):
         with _pg() as conn, conn.cursor() as cur:
             for db in dbs:
                 cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def _cheap_password_hashes(users_db: str, pw: dict) -> None:
+    """The server checks the password on every request, with werkzeug's default hash (scrypt): ~0.1-0.3 s
+    each, two minutes of this suite's CI time over the writer's few hundred requests. The test users get
+    the same check at one PBKDF2 iteration (the method is read from the stored hash); who may do what is
+    unchanged."""
+    from werkzeug.security import generate_password_hash
+
+    with _pg(users_db) as conn, conn.cursor() as cur:
+        for user, password in pw.items():
+            cur.execute("UPDATE users SET password_hash = %s WHERE username = %s",
+                        (generate_password_hash(password, method="pbkdf2:sha256:1"), user))
+        conn.commit()
 
 
 def as_user(mp, server, user):

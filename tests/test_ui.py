@@ -377,7 +377,11 @@ def check_sweep_parent(ctx, base: str, experiment_id: str, parent: str, trials: 
     page = open_page(ctx, f"{base}/#/experiments/{experiment_id}/runs/{parent}?{ML}", "Child runs")
     section = page.get_by_text("Child runs", exact=True).first.locator("xpath=ancestor::*[.//a][1]")
     names = {mlflow.MlflowClient().get_run(t).info.run_name for t in trials}
-    text = section.inner_text()
+    for _ in range(60):         # the section renders first ("Child runs loading"), then fills in
+        text = section.inner_text()
+        if all(n in text for n in names):
+            break
+        time.sleep(0.5)
     assert len(trials) == 2 and all(n in text for n in names), (names, text[:500])
     page.close()
 
