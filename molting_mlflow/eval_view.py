@@ -5,9 +5,9 @@ each dimension's points with the rubric's reason, per run and side by side for t
 trace per question and the five rubric dimensions as scorers. Each scorer returns the dimension's
 points (0–2) as the value and the rubric's reasons for that dimension (chosen by reason code,
 `d1.` … `d5.`, never by wording) as the rationale, with the codes and the rubric version as
-metadata. The scorers run the rubric itself (`rubric.score_response`, once per answer), so the
-points in the UI are the points behind the run's `d1_identity` … `score` metrics; MLflow adds its
-own aggregates (`d1_identity/mean` …) beside them.
+metadata. The scorers read the rubric's results that `tracking.log_scores` computed for the run's
+metrics (the rubric runs once per answer), so the points in the UI are the points behind the run's
+`d1_identity` … `score` metrics; MLflow adds its own aggregates (`d1_identity/mean` …) beside them.
 
 How generation is traced, and why this way: the answers are generated before they are scored, in
 batches (`generation.generate`: one `model.generate` call answers up to 8 questions), and a
@@ -31,7 +31,7 @@ import sys
 import time
 from contextlib import contextmanager
 
-from .rubric import DIMENSIONS, RUBRIC_VERSION, score_response
+from .rubric import DIMENSIONS, RUBRIC_VERSION
 
 TRACE_NOTE = ("replayed: the answer was generated before scoring, in a batched model.generate call; "
               "start and end are that batch's")
@@ -53,25 +53,16 @@ def _root(trace):
     return next(s for s in trace.data.spans if s.parent_id is None)
 
 
-def rubric_scorers(questions, persona) -> list:
-    """Five scorers, one a dimension. Each reads the question id and finish_reason from the trace's
-    root span and the answer from its outputs; the rubric runs once per trace (memoised)."""
+def rubric_scorers(results: list[dict]) -> list:
+    """Five scorers, one a dimension, over the rubric's `results` (rubric.score_responses: one per
+    answer, with its id): each finds its answer's result by the question id on the trace's root span."""
     from mlflow.genai.scorers import scorer
 
-    by_id = {q.id: q for q in questions}
-    memo: dict[str, dict] = {}
-
-    def rubric(trace) -> dict:
-        key = trace.info.trace_id
-        if key not in memo:
-            attrs = _root(trace).attributes
-            memo[key] = score_response(by_id[attrs["molting.question_id"]], _root(trace).outputs,
-                                       attrs.get("molting.finish_reason"), persona)
-        return memo[key]
+    by_id = {r["id"]: r for r in results}
 
     def make(dim):
         def points(trace):
-            return dimension_feedback(rubric(trace), dim)
+            return dimension_feedback(by_id[_root(trace).attributes["molting.question_id"]], dim)
         return scorer(points, name=dim)
 
     return [make(d) for d in DIMENSIONS]
@@ -100,9 +91,10 @@ def generation_traces(records: list[dict], questions) -> list:
     return [mlflow.get_trace(t, flush=True) for t in traces]
 
 
-def log_evaluation(records: list[dict], questions, persona) -> dict | None:
-    """Run the rubric through mlflow.genai.evaluate on the active run; its aggregates, or None when
-    MLflow's evaluation failed (the reason is then in the tag molting.eval_view)."""
+def log_evaluation(records: list[dict], questions, results: list[dict]) -> dict | None:
+    """Log the rubric's `results` for the generation `records` through mlflow.genai.evaluate on the
+    active run; its aggregates, or None when MLflow's evaluation failed (the reason is then in the tag
+    molting.eval_view)."""
     import mlflow
     import pandas as pd
 
@@ -114,7 +106,7 @@ def log_evaluation(records: list[dict], questions, persona) -> dict | None:
             data = pd.DataFrame({"trace": traces,
                                  "expectations": [{"reference": by_id[r["id"]].reference} if by_id[r["id"]].reference
                                                   else {} for r in records]})
-            result = _quiet(lambda: mlflow.genai.evaluate(data=data, scorers=rubric_scorers(questions, persona)))
+            result = _quiet(lambda: mlflow.genai.evaluate(data=data, scorers=rubric_scorers(results)))
     except Exception as e:
         why = (str(e).splitlines() or [type(e).__name__])[0][:400]
         mlflow.MlflowClient().set_tag(run.info.run_id, STATUS_TAG, f"failed: {type(e).__name__}: {why}")

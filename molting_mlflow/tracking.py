@@ -174,7 +174,7 @@ def log_scores(records: list[dict], questions, persona, stats: dict, ref_nll: fl
     mlflow.log_table(data=pd.DataFrame(results_rows(scored)), artifact_file=RESULTS_TABLE)
     from .eval_view import log_evaluation   # the same answers as MLflow evaluation results (traces + scorers)
 
-    log_evaluation(records, questions, persona)
+    log_evaluation(records, questions, scored["results"])
     return scored
 
 
