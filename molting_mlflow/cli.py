@@ -156,24 +156,13 @@ def cli(ctx):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # the artifacts read here are kilobytes: MLflow's per-download progress bar is only noise
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    _sigterm_as_interrupt()
+    from .interrupt import sigterm_as_interrupt
+
+    sigterm_as_interrupt()       # a run killed with SIGTERM ends KILLED, not RUNNING
     if ctx.invoked_subcommand in STORE_COMMANDS:
         from .reaper import touch_store
 
         user_errors(touch_store)(create=False)
-
-
-def _sigterm_as_interrupt() -> None:
-    """A worker stopped with SIGTERM (kill, a scheduler, a closed terminal) unwinds like Ctrl-C, so its
-    MLflow run ends KILLED instead of staying RUNNING forever."""
-    import signal
-    import threading
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt(f"stopped by signal {signum}")
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
 
 
 @cli.command()
