@@ -339,11 +339,12 @@ def eval_plan(recorded: str, quantizable: bool = True) -> Plan:
     evaluation gave), else the nearest that runs well here: an NF4 adapter loads its base in bf16 on a
     GPU without bitsandbytes, in fp32 on a CPU. "auto" (a bare base): bf16 on CUDA, fp32 on a CPU."""
     dev = device()
+    native = "bf16" if dev == "cuda" else "fp32"   # what runs well here without 4-bit
     if recorded == "auto":
-        recorded = "bf16" if dev == "cuda" else "fp32"
+        recorded = native
     prec = trained_precision(recorded)
     if prec == "nf4" and (dev == "cpu" or not quantizable):
-        prec = "bf16" if dev == "cuda" else "fp32"
+        prec = native
     return Plan(dev, prec, f"trained in {recorded}", threads(), 1, 1, None, None,
                 cpu_native_bf16() if dev == "cpu" else None)
 
