@@ -3,6 +3,15 @@ import os
 from contextlib import contextmanager
 
 
+def use_store(monkeypatch, uri: str) -> None:
+    """Point this test at the store `uri`: the environment (child processes, new clients) and this
+    process's MLflow; monkeypatch puts the environment back afterwards."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+
+
 @contextmanager
 def store_in(folder):
     """For module-scoped fixtures (one training shared by several tests): an MLflow store and cwd in

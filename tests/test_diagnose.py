@@ -9,6 +9,7 @@ from molting_mlflow.config import TrainConfig
 from molting_mlflow.diagnose import findings, load_run, report
 from molting_mlflow.persona import DATA_DIR
 from molting_mlflow.train import train
+from helpers import use_store
 
 GPT2 = str(DATA_DIR / "templates" / "gpt2_separators.jinja")
 
@@ -39,10 +40,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture
 def store(runs, monkeypatch):
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", runs[0])
-    mlflow.set_tracking_uri(runs[0])
+    use_store(monkeypatch, runs[0])
     return runs
 
 

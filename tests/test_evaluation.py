@@ -14,7 +14,7 @@ from molting_mlflow.cli import cli
 from molting_mlflow.paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from molting_mlflow.persona import PersonaError, load_persona
 from molting_mlflow.rubric import DIMENSIONS, RUBRIC_VERSION, load_questions, score_response
-from helpers import store_in
+from helpers import store_in, use_store
 
 ADA = Path(__file__).parent / "data" / "ada"
 
@@ -91,8 +91,7 @@ def _downgrade_to_v1_0(client, run_id):
 
 def test_rescore_brings_v1_0_runs_to_the_current_rubric_with_the_fresh_scores(trained, monkeypatch):
     run_id, uri = trained
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(monkeypatch, uri)
     client = MlflowClient()
     fresh = client.get_run(run_id)
     _downgrade_to_v1_0(client, run_id)
@@ -116,8 +115,7 @@ def test_rescore_brings_v1_0_runs_to_the_current_rubric_with_the_fresh_scores(tr
 
 def test_rescore_skips_a_run_without_answers_in_one_line(trained, monkeypatch):
     run_id, uri = trained
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(monkeypatch, uri)
     with mlflow.start_run(experiment_id=MlflowClient().get_run(run_id).info.experiment_id) as bare:
         mlflow.log_metric("score", 1.0)
     r = CliRunner().invoke(cli, ["rescore", bare.info.run_id])
@@ -128,8 +126,7 @@ def test_rescore_skips_a_run_without_answers_in_one_line(trained, monkeypatch):
 
 def test_compare_says_when_rubric_versions_are_mixed(trained, monkeypatch):
     run_id, uri = trained
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(monkeypatch, uri)
     client = MlflowClient()
     _downgrade_to_v1_0(client, run_id)
     r = CliRunner().invoke(cli, ["compare"])

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
+from helpers import use_store
 
 pytestmark = pytest.mark.faults
 
@@ -340,8 +341,7 @@ def test_artifact_store_disk_full(tmp_path, fault):
 
 def test_tracking_server_down_at_start(monkeypatch, fault):
     uri = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(monkeypatch, uri)
     t0 = time.time()
     r = CliRunner().invoke(cli, ["train", "--model", "tiny-random", "--epochs", "1", "--min-steps", "0"])
     took = time.time() - t0

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
+from helpers import use_store
 
 PG = dict(host="127.0.0.1", port=5432, user=os.environ.get("PGUSER") or getpass.getuser())
 TINY = ["train", "--model", "tiny-random", "--epochs", "1", "--min-steps", "0", "--eval-max-new-tokens", "8"]
@@ -124,8 +125,7 @@ def _cheap_password_hashes(users_db: str, pw: dict) -> None:
 
 def as_user(mp, server, user):
     """Point MLflow (and the commands) at the server as `user` (None: no credentials)."""
-    mp.setenv("MLFLOW_TRACKING_URI", server["uri"])
-    mlflow.set_tracking_uri(server["uri"])
+    use_store(mp, server["uri"])
     if user is None:
         mp.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
         mp.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)

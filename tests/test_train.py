@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from molting_mlflow.config import DEFAULT_DATASET, TrainConfig
 from molting_mlflow.data import load_dataset
 from molting_mlflow.rubric import DIMENSIONS
-from helpers import store_in
+from helpers import store_in, use_store
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +119,7 @@ def test_compare_table(tiny_run, monkeypatch):
     from molting_mlflow.cli import cli
 
     result, client, d = tiny_run
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
-    import mlflow
-
-    mlflow.set_tracking_uri(client.tracking_uri)
+    use_store(monkeypatch, client.tracking_uri)
     r = CliRunner().invoke(cli, ["compare", "--csv", "runs.csv"])
     assert r.exit_code == 0, r.output
     header = r.output.splitlines()[0].split()

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers import use_store
 
 CHROMIUM = os.environ.get("MOLTING_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -432,10 +433,7 @@ def ui(tmp_path_factory):
 @pytest.fixture
 def at(ui, monkeypatch):
     """Point the client at the module's server for this test (conftest gives every test its own store)."""
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", ui[0])
-    mlflow.set_tracking_uri(ui[0])
+    use_store(monkeypatch, ui[0])
     return ui
 
 
