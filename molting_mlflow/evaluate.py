@@ -6,10 +6,11 @@ evaluation here gives the answers the train run's own evaluation gave.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from . import runtime
 from .config import ConfigError
-from .generation import adapter_prompt, generate, reference_nll
+from .generation import adapter_prompt, generate, merged_lora, reference_nll
 from .models import AdapterError, load_adapter_model, load_model, load_tokenizer, resolve_adapter, resolve_model
 from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from .persona import load_persona
@@ -90,9 +91,11 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                            "eval.seed": cfg.seed, "eval.system_prompt": (sub.system_prompt or "none")[:500],
                            "eval.greedy": True, "eval.precision": sub.plan.precision, "eval.device": sub.plan.device,
                            "eval.system_prompt_fold": sub.fold})
-        records, stats = generate(sub.model, sub.tok, questions, sub.system_prompt, cfg.max_new_tokens,
-                                  cfg.batch_size, cfg.seed, sub.fold)
-        nll = reference_nll(sub.model, sub.tok, questions, sub.system_prompt, sub.training_template, sub.fold)
+        # the model is thrown away after: merged in place, no copy
+        with merged_lora(sub.model, restore=False) if sub.plan.eval_merge else nullcontext():
+            records, stats = generate(sub.model, sub.tok, questions, sub.system_prompt, cfg.max_new_tokens,
+                                      cfg.batch_size, cfg.seed, sub.fold)
+            nll = reference_nll(sub.model, sub.tok, questions, sub.system_prompt, sub.training_template, sub.fold)
         scored = log_scores(records, questions, persona, stats, ref_nll=nll)
     log(format_summary(scored))
     return scored

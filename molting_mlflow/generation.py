@@ -11,6 +11,7 @@ otherwise.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 from .data import fold_system
 from .rubric import Question
@@ -99,6 +100,39 @@ def generate(model, tok, questions: list[Question], system_prompt: str | None, m
     return records, {"gen_tokens": n_new, "gen_seconds": secs, "gen_tokens_per_s": n_new / secs if secs else 0.0}
 
 
+@contextmanager
+def merged_lora(model, restore: bool = True):
+    """Decode with each LoRA folded into its base weight: one matmul a wrapped layer instead of the
+    base's, the LoRA's two and their sum, so a decoding step launches about half the kernels.
+
+    restore=True merges into copies (one more copy of the wrapped weights in memory) and puts the
+    original tensors back afterwards, bit for bit: a sweep worker's base trains the next trial.
+    restore=False merges in place (peft's merge_adapter), for a model thrown away after evaluating.
+    A model without LoRA layers is yielded as it is."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]
+    if not layers:
+        yield model
+        return
+    if not restore:
+        model.merge_adapter()
+        yield model
+        return
+    saved = []
+    try:
+        for layer in layers:
+            base = layer.get_base_layer()
+            delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A)
+            saved.append((base, base.weight.data))
+            base.weight.data = base.weight.data + delta.to(base.weight.dtype)
+        with model.disable_adapter():
+            yield model
+    finally:
+        for base, original in saved:
+            base.weight.data = original
+
+
 def reference_nll(model, tok, questions: list[Question], system_prompt: str | None, template: str | None = None,
                   fold: bool = False) -> float | None:
     """Mean NLL per token of the questions' reference answers (their end-of-turn token included),
@@ -133,14 +167,22 @@ def reference_nll(model, tok, questions: list[Question], system_prompt: str | No
     model.eval()
     try:
         with torch.no_grad():
-            logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits.float()
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(dev)
-        nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
-                                                shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
-        return float(nll / (shift_labels != -100).sum())
+            backbone, head = _backbone_and_head(model)
+            hidden = backbone(input_ids=ids.to(dev), attention_mask=attn.to(dev)).last_hidden_state
+            # the output layer on the reference tokens only: position t predicts token t + 1
+            targets = labels[:, 1:].to(dev)
+            mask = targets != -100
+            logits = head(hidden[:, :-1][mask]).float()
+            return float(torch.nn.functional.cross_entropy(logits, targets[mask], reduction="mean"))
     finally:
         if was_training:
             model.train()
+
+
+def _backbone_and_head(model):
+    """A causal LM's decoder stack and its output layer (through a peft wrapper, LoRA layers live)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return lm.base_model, lm.get_output_embeddings()
 
 
 def _common_prefix(a, b) -> int:

@@ -125,6 +125,13 @@ def gpu_total_gib() -> float:
     return torch.cuda.get_device_properties(0).total_memory / 2 ** 30
 
 
+def gpu_free_gib() -> float:
+    """What the first visible card has free now (other processes' memory excluded)."""
+    import torch
+
+    return torch.cuda.mem_get_info(0)[0] / 2 ** 30
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory estimates (GiB allocated at the training peak), calibrated on H100/H200 measurements
 # ---------------------------------------------------------------------------------------------
@@ -157,8 +164,42 @@ def estimate_gib(precision: str, model_config, total: int, trainable: int, micro
     return 1.15 * (weights + lora + acts + logits) / 2 ** 30
 
 
+def merged_eval_gib(precision: str, model_config, total: int, trainable: int) -> float:
+    """Peak allocated GiB of decoding with the LoRA merged into a copy of its target weights: the
+    base, the LoRA with its optimizer state (the trainer still holds them), and the merged copy of
+    every linear layer outside the embeddings (all-linear targets: nearly the whole model)."""
+    tc, h, layers, vocab, inter = _dims(model_config)
+    p = PRECISIONS[precision]
+    emb = vocab * h * (1 if getattr(tc, "tie_word_embeddings", False) else 2)
+    weights = total * p.base_bytes_per_param
+    return 1.15 * (2 * weights - emb * p.base_bytes_per_param + trainable * 16) / 2 ** 30
+
+
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def answer_logits_only() -> bool:
+    """The output layer only where the loss is. TRL's fused LM head projects only the positions that
+    carry a label on CUDA, and every position elsewhere (a Neuron device would recompile for each
+    new count). A CPU recompiles nothing, and the output layer on prompt tokens (49,152 words a token
+    for smol) is arithmetic whose loss is zero: project the answers only there too. Loss and
+    gradients are unchanged (tests/test_answer_logits.py). False where this TRL has no such switch
+    (then every position is projected, as TRL does); the run logs which (train.answer_logits_only)."""
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        return False
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        return False
+    if not getattr(original, "molting_answers_only", False):
+        def answers_only(device) -> bool:     # "compact": score hidden_states[label_mask] only
+            return device.type == "cpu" or original(device)
+
+        answers_only.molting_answers_only = True
+        trl_utils._use_triton = answers_only
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +217,10 @@ class Plan:
     est_gib: float | None       # estimated peak GPU memory (None on a CPU)
     budget_gib: float | None    # the memory budget it was planned against
     cpu_bf16: str | None = None  # the CPU's native bf16 (recorded on CPU runs)
+    # Evaluation decodes with the LoRA merged into a copy of its target weights (CUDA, unquantized
+    # base, the copy within the budget): half the kernels a decoding step (generation.merged_lora).
+    eval_merge: bool = False
+    eval_gib: float | None = None   # estimated peak while decoding merged (None: not merging)
 
     @property
     def spec(self) -> Precision:
@@ -218,6 +263,7 @@ class Plan:
             import torch
 
             torch.backends.cuda.enable_cudnn_sdp(False)
+        answer_logits_only()
 
     def optimizer(self) -> str:
         if self.spec.quantized:
@@ -240,9 +286,10 @@ class Plan:
         p = {"train.device": self.device, "train.precision": self.precision, "train.precision_why": self.why,
              "train.micro_batch": self.micro_batch, "train.accum_steps": self.accum,
              "train.optimizer": self.optimizer(), "train.gradient_checkpointing": self.spec.gradient_checkpointing,
-             "train.attn_implementation": self.attn_implementation}
+             "train.attn_implementation": self.attn_implementation, "train.answer_logits_only": answer_logits_only()}
         if self.est_gib is not None:
-            p.update({"train.est_gpu_memory_gib": round(self.est_gib, 2), "train.gpu_memory_budget_gib": self.budget_gib})
+            p.update({"train.est_gpu_memory_gib": round(self.est_gib, 2), "train.gpu_memory_budget_gib": self.budget_gib,
+                      "train.eval_merge": self.eval_merge})
         if not self.cuda:
             p["train.cpu_bf16"] = self.cpu_bf16 or "none"
         return p
@@ -250,6 +297,13 @@ class Plan:
     def fingerprint_part(self) -> dict:
         """What of the plan decides the adapter: precision (numbers) and nothing about speed."""
         return {"precision": self.precision}
+
+    @property
+    def peak_gib(self) -> float | None:
+        """The run's estimated peak: training's, or the merged evaluation's where that is higher."""
+        if self.est_gib is None:
+            return None
+        return max(self.est_gib, self.eval_gib or 0.0)
 
     def describe(self) -> str:
         mem = (f"; est. peak {self.est_gib:.1f} GiB of a {self.budget_gib:.1f} GiB budget"
@@ -293,7 +347,11 @@ def plan(precision: str, examples_per_step: int, *, model_config=None, total: in
             if precision == "auto" and prec == "nf4":
                 why = (f"the bf16 base does not fit {budget:.1f} GiB (est. {est('bf16', 1):.1f} GiB at micro-batch 1); "
                        f"NF4 at micro-batch {m} does (est. {est(prec, m):.1f} GiB)")
-            return Plan(dev, prec, why, n_threads, examples_per_step, m, est(prec, m), budget)
+            eval_gib = (merged_eval_gib(prec, model_config, total, trainable)
+                        if model_config is not None and not PRECISIONS[prec].quantized else None)
+            merge = eval_gib is not None and eval_gib <= usable
+            return Plan(dev, prec, why, n_threads, examples_per_step, m, est(prec, m), budget,
+                        eval_merge=merge, eval_gib=eval_gib if merge else None)
     last = order[-1]
     raise PlanError(f"the model does not fit the GPU memory budget of {budget:.1f} GiB: {last} at micro-batch 1 "
                         f"needs about {est(last, 1):.1f} GiB. Fix: gpu_memory_gib=<more>, precision=nf4, or a "
@@ -346,9 +404,29 @@ def eval_plan(recorded: str, quantizable: bool = True) -> Plan:
     if prec == "nf4" and (dev == "cpu" or not quantizable):
         prec = native
     return Plan(dev, prec, f"trained in {recorded}", threads(), 1, 1, None, None,
-                cpu_native_bf16() if dev == "cpu" else None)
+                cpu_native_bf16() if dev == "cpu" else None, eval_merge=dev == "cuda" and not PRECISIONS[prec].quantized)
 
 
 def quantization_tag(precision: str) -> str:
     """The registry's `quantization` tag for an adapter trained in `precision` (from its molting.json)."""
     return PRECISIONS[precision].quantization_tag if precision in PRECISIONS else precision
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials per GPU: a sweep's trials are host- and launch-bound at these sizes, so several share a card
+# ---------------------------------------------------------------------------------------------
+
+CORES_PER_TRIAL = 2    # a trial's Python thread launching kernels, and one for its data and logging threads
+
+
+def trials_per_gpu(peak_gib: float, budget_gib: float, cpu_cores: int, gpus: int) -> tuple[int, str]:
+    """How many trials share one card, and why: as many as their planned peaks fit the card's budget
+    (each process with its own CUDA context), and no more than the host's cores give
+    CORES_PER_TRIAL each. 128 GiB free / (14.3 + 0.5) GiB a trial = 8; 16 cores / (2 × 1 GPU) = 8."""
+    by_memory = int(budget_gib // (peak_gib + CUDA_OVERHEAD_GIB))
+    by_cores = cpu_cores // (CORES_PER_TRIAL * max(1, gpus))
+    k = max(1, min(by_memory, by_cores))
+    limit = "memory" if by_memory <= by_cores else "CPU cores"
+    return k, (f"{k} trial(s) a GPU, bound by {limit}: a trial peaks at ~{peak_gib:.1f} GiB (+{CUDA_OVERHEAD_GIB} "
+               f"GiB CUDA context) of {budget_gib:.1f} GiB free → {by_memory}; {cpu_cores} CPU cores / "
+               f"({CORES_PER_TRIAL} a trial × {gpus} GPU(s)) → {by_cores}")

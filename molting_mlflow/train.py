@@ -5,6 +5,7 @@ template, memory) is found before a run is opened or a weight is loaded, so a mi
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -22,7 +23,7 @@ from .interrupt import stop_at_step_end
 from .models import ModelError, ModelSource, load_model, load_tokenizer, resolve_model, sha256_file
 from .persona import load_persona
 from .preflight import Finding, PreflightReport, count_params, folds, run_preflight
-from .presets import lora_targets
+from .presets import PRESETS, defaults_preset, lora_targets
 from .rubric import load_questions
 
 
@@ -110,6 +111,8 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
         from .rehearsal import describe
 
         report.findings.insert(0, Finding("rehearsal", "info", describe(source, template_revision)))
+    if cfg.model not in PRESETS:
+        report.add("defaults", "info", f"settings left at 'preset' take {defaults_preset(cfg.model)[1]} defaults")
     tok.chat_template = template
     targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
     return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, plan, targets, fold)
@@ -183,7 +186,8 @@ def code_version() -> str:
 _NOT_IN_FINGERPRINT = {"train.experiment", "train.dataset", "train.persona", "train.chat_template",
                        "train.preflight", "train.min_steps", "train.cpu_threads", "model.source", "template.source",
                        "train.precision_why", "train.micro_batch", "train.accum_steps", "train.attn_implementation",
-                       "train.est_gpu_memory_gib", "train.gpu_memory_budget_gib", "train.gpu_memory_gib",
+                       "train.est_gpu_memory_gib", "train.gpu_memory_budget_gib", "train.gpu_memory_gib", "train.eval_merge",
+                       "train.answer_logits_only",
                        "train.cpu_bf16", "train.optimizer", "train.gradient_checkpointing"}
 
 
@@ -257,6 +261,31 @@ def _load_for_training(p: Prepared):
     return model
 
 
+class _Clock:
+    """Seconds a run spends in each phase outside the training loop, logged as time_<phase>_s
+    metrics: where a trial's fat is (the sweep's overhead share, the GPU benchmark's breakdown)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        t = time.time()
+        try:
+            yield
+        finally:
+            key = f"time_{phase}_s"
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.time() - t
+
+
+def _since_process_start() -> float:
+    """Seconds from this process's start to now: interpreter start-up and imports, for a train run
+    that is the process's first work (`molting train`, `mlflow run`'s child)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
 def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | None = None,
           callbacks: tuple = (), prepared: Prepared | None = None, bases: BaseCache | None = None,
           parent_run_id: str | None = None, loss_plot: bool = True) -> TrainResult:
@@ -268,16 +297,21 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
 
     from .tracking import stage_run
 
-    t_start = time.time()
-    p = prepared or prepare(cfg)
+    t_start, clock = time.time(), _Clock()
+    if prepared is None and bases is None:   # the process's own run (a sweep's trials come later in a worker)
+        clock.seconds["time_before_train_s"] = _since_process_start()
+    with clock("prepare"):
+        p = prepared or prepare(cfg)
     cfg = p.cfg
     run_name = f"{cfg.model}-e{cfg.epochs}-b{cfg.batch_size}-ga{cfg.grad_accum}-lr{cfg.lr:g}"
     tags = {"molting.stage": "train", "molting.model": cfg.model, "molting.preflight": p.report.status,
             **(tags or {})}
     if p.source.preset is not None and p.source.preset.only_for_plumbing:
         tags["molting.plumbing_only"] = "true"
+    t_open = time.time()
     with stage_run(cfg.experiment, run_name, tags, nested=nested, parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
+        clock.seconds["time_run_open_s"] = time.time() - t_open
         mlflow.log_text(p.report.to_json(), "preflight.json")
         mlflow.log_text(p.report.to_text() + "\n", "preflight.txt")
         log(p.report.to_text())
@@ -286,8 +320,9 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
             errors = [f for f in p.report.findings if f.level == "error"]
             raise PreflightFailed(f"pre-flight failed ({len(errors)} error(s)): {errors[0].message}"
                                   " (preflight=warn trains anyway)")
-        result = _fit(p, run_id, log, callbacks, bases, loss_plot)
+        result = _fit(p, run_id, log, callbacks, bases, loss_plot, clock)
         result.preflight = p.report.status
+        mlflow.log_metrics({**clock.seconds, "time_in_train_s": time.time() - t_start})
     log(f"\nrun {run_id}: {result.optimizer_steps} optimizer steps, final loss {result.final_loss:.4f}, "
         f"{result.train_runtime_s:.0f} s training ({time.time() - t_start:.0f} s in all)\n"
         f"adapter: {result.adapter_uri}\n"
@@ -296,7 +331,7 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
 
 
 def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache | None = None,
-         loss_plot: bool = True) -> TrainResult:
+         loss_plot: bool = True, clock: _Clock | None = None) -> TrainResult:
     """Load (or borrow), train, log the numbers and the adapter, evaluate; the fingerprint tag comes
     last, so only a run that trained (and scored) carries it. A borrowed base goes back clean after
     success; after a failure it is dropped (it may still hold this trial's LoRA layers)."""
@@ -308,9 +343,11 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
     t_load = time.time()
     model, load_s = bases.take(p) if bases is not None else (_load_for_training(p), time.time() - t_load)
     set_seed(p.cfg.seed)                      # after loading: a borrowed base and a fresh one start alike
+    clock = clock or _Clock()
     try:
-        mlflow.log_params({**run_params(p), "train.cpu_threads": threads})
-        _log_dataset(p)
+        with clock("params"):
+            mlflow.log_params({**run_params(p), "train.cpu_threads": threads})
+            _log_dataset(p)
         questions = load_questions(DEFAULT_QUESTIONS)
         t_setup = time.time()
         trainer, losses = _trainer(p, model, run_id, questions, callbacks, bases)
@@ -324,7 +361,7 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
         result = TrainResult(run_id, stats["optimizer_steps"], stats["final_loss"], stats["train_runtime_s"],
                              f"runs:/{run_id}/adapter", "", losses)
         if p.cfg.evaluate:
-            result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step)
+            result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step, clock)
     except BaseException:
         if bases is not None:
             bases.drop()
@@ -468,24 +505,27 @@ def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict, los
         mlflow.log_artifact(str(curve))
 
 
-def _evaluate_in_run(p: Prepared, model, questions, log, step: int) -> dict:
+def _evaluate_in_run(p: Prepared, model, questions, log, step: int, clock: _Clock) -> dict:
     """Score the adapter still in memory (the saved one's weights, the same precision) on this run."""
     import mlflow
 
-    from .generation import generate, reference_nll
+    from .generation import generate, merged_lora, reference_nll
     from .rubric import format_summary
     from .tracking import log_scores
 
     t0 = time.time()
     model.eval()
     p.tokenizer.chat_template = p.own_template
-    records, stats = generate(model, p.tokenizer, questions, p.system_prompt_text, p.cfg.eval_max_new_tokens,
-                              seed=p.cfg.seed, fold=p.fold)
-    nll = reference_nll(model, p.tokenizer, questions, p.system_prompt_text, p.template, p.fold)
+    # merged into copies: a lent base goes back to the sweep worker as it was
+    with merged_lora(model) if p.plan.eval_merge else contextlib.nullcontext():
+        records, stats = generate(model, p.tokenizer, questions, p.system_prompt_text, p.cfg.eval_max_new_tokens,
+                                  seed=p.cfg.seed, fold=p.fold)
+        nll = reference_nll(model, p.tokenizer, questions, p.system_prompt_text, p.template, p.fold)
     p.tokenizer.chat_template = p.template
     stats["eval_seconds"] = time.time() - t0     # answers and ref_nll: the sweep's time accounting
-    mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
-    scored = log_scores(records, questions, load_persona(p.cfg.persona), stats, ref_nll=nll, step=step)
+    with clock("eval_log"):
+        mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
+        scored = log_scores(records, questions, load_persona(p.cfg.persona), stats, ref_nll=nll, step=step)
     log(format_summary(scored))
     return {**scored["summary"], "eval_seconds": stats["eval_seconds"]}
 
