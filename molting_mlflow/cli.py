@@ -327,8 +327,12 @@ def search_options(fn):
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--experiment", default="molting", show_default=True)
 @click.option("--min-steps", default=150, show_default=True, type=int, help="Trials below it are pruned untrained.")
-@click.option("--workers", default=1, show_default=True, type=int,
-              help="Processes sharing the study, one per GPU; 0 = one per visible GPU.")
+@click.option("--workers", default=0, show_default=True, type=int,
+              help="Processes sharing the study; 0 = --trials-per-gpu × visible GPUs (1 on a CPU).")
+@click.option("--trials-per-gpu", default=0, show_default=True, type=int,
+              help="Trials sharing one GPU; 0 = as many as the card's free memory and the CPU cores allow.")
+@click.option("--gpu-memory-gib", default=0.0, show_default=True, type=float,
+              help="A card's memory budget for its trials, GiB (0 = its free memory).")
 @click.option("--precision", default="auto", show_default=True, help="Every trial's precision (as train).")
 @click.option("--heartbeat-s", default=10, show_default=True, type=int,
               help="A worker's heartbeat; 3 missed beats fail its trial, which is retried once.")
@@ -352,15 +356,16 @@ def sweep(search_text, **kw):
 @click.option("--parent-run-id", required=True)
 @click.option("--name", default="w0")
 @click.option("--gpu", default="")
+@click.option("--slot", default=0, type=int)
 @user_errors
-def sweep_worker(config, parent_run_id, name, gpu):
+def sweep_worker(config, parent_run_id, name, gpu, slot):
     """One worker of a sweep (started by `molting sweep --workers N`)."""
     import json
 
     from .sweep import SweepConfig, work
 
     work(SweepConfig(**json.loads(config)), parent_run_id, name, gpu,
-         float(os.environ.get("MOLTING_SWEEP_T0", "0")) or None)
+         float(os.environ.get("MOLTING_SWEEP_T0", "0")) or None, slot)
 
 
 @cli.command()

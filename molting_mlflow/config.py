@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
-from .presets import PRESETS
+from .presets import PRESETS, defaults_preset
 from .runtime import PRECISION_CHOICES
 
 __all__ = ["ConfigError", "TrainConfig", "steps_per_epoch", "step_fixes", "DEFAULT_DATASET", "DEFAULT_PERSONA",
@@ -123,9 +123,9 @@ class TrainConfig:
         return tuple(f.name for f in fields(TrainConfig) if f.metadata.get("preset"))
 
     def resolve(self, device: str = "cpu") -> "TrainConfig":
-        """Fill every None from the preset's defaults for this device (custom models take smol's)."""
-        preset = PRESETS.get(self.model, PRESETS["smol"])
-        defaults = preset.defaults(device)
+        """Fill every None from the preset's defaults for this device (a model folder takes its
+        architecture's preset: presets.defaults_preset)."""
+        defaults = defaults_preset(self.model)[0].defaults(device)
         return replace(self, **{f: defaults[f] for f in self.preset_fields() if getattr(self, f) is None})
 
     @property

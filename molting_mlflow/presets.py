@@ -7,7 +7,9 @@ checks each preset on each device). `gpu` overrides a default where a GPU afford
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Every linear layer of a Llama-style block: attention projections and the MLP.
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -106,6 +108,32 @@ PRESETS: dict[str, Preset] = {
         ),
     ]
 }
+
+
+# A model folder (not a preset name) takes the defaults of the preset of its architecture: the
+# model_type in its config.json, and for Llama-style models the size (SmolLM2-135M: 576 hidden,
+# TinyLlama-1.1B: 2048), so a random-init or fine-tuned Phi-3 folder trains as phi3 would.
+_ARCH_PRESET = {"phi3": "phi3"}
+_LLAMA_TYPES = ("llama", "mistral", "qwen2")
+_LARGE_HIDDEN = 1024    # hidden size from which a Llama-style folder takes tinyllama's defaults
+
+
+def defaults_preset(model: str) -> tuple[Preset, str]:
+    """The preset whose defaults `model` takes, and why: its own; for a folder, its architecture's;
+    anything else (a hub id whose config is not at hand) smol's."""
+    if model in PRESETS:
+        return PRESETS[model], f"preset {model}"
+    config = Path(model).expanduser() / "config.json"
+    try:
+        arch = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return PRESETS["smol"], "smol's (no config.json to read the architecture from)"
+    if not isinstance(arch, dict):
+        return PRESETS["smol"], "smol's (config.json is not an object)"
+    kind, hidden = arch.get("model_type", ""), arch.get("hidden_size") or 0
+    name = _ARCH_PRESET.get(kind) or (("tinyllama" if hidden >= _LARGE_HIDDEN else "smol") if kind in _LLAMA_TYPES
+                                      else "smol")
+    return PRESETS[name], f"preset {name}'s (config.json: model_type {kind or '?'}, hidden_size {hidden or '?'})"
 
 
 def lora_targets(model: str, model_type: str | None = None) -> tuple[str, ...] | str:

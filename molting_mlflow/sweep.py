@@ -24,7 +24,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -125,9 +125,11 @@ class SweepConfig:
     experiment: str = "molting"
     dataset: str = TrainConfig.dataset
     min_steps: int = TrainConfig.min_steps
-    workers: int = 1                   # processes sharing the study; 0 = one per visible GPU
+    workers: int = 0                   # processes sharing the study; 0 = trials_per_gpu × visible GPUs (CPU: 1)
+    trials_per_gpu: int = 0            # trials sharing one card; 0 = as many as memory and cores allow (runtime)
     heartbeat_s: int = 10              # a worker's beat; after 3 missed beats its trial is failed and retried
     precision: str = "auto"            # passed to every trial (runtime plan)
+    gpu_memory_gib: float = 0.0        # a card's budget for the trials on it, GiB (0: its free memory)
 
     def __post_init__(self):
         if not isinstance(self.n_trials, int) or self.n_trials < 1:
@@ -135,7 +137,11 @@ class SweepConfig:
         if not 0 < float(self.target) <= 10:
             raise ConfigError(f"target={self.target!r} is invalid: expected a rubric score in (0, 10]")
         if not isinstance(self.workers, int) or self.workers < 0:
-            raise ConfigError(f"workers={self.workers!r} is invalid: expected a whole number ≥ 0 (0 = one per GPU)")
+            raise ConfigError(f"workers={self.workers!r} is invalid: expected a whole number ≥ 0 "
+                              "(0 = trials_per_gpu × visible GPUs)")
+        if not isinstance(self.trials_per_gpu, int) or self.trials_per_gpu < 0:
+            raise ConfigError(f"trials_per_gpu={self.trials_per_gpu!r} is invalid: expected a whole number ≥ 0 "
+                              "(0 = as many as the card's memory and the CPU cores allow)")
         unknown = set(self.search) - set(SPACE)
         if unknown:
             raise ConfigError(f"unknown searched parameter(s) {sorted(unknown)}; known: {', '.join(SPACE)}")
@@ -172,7 +178,7 @@ class SweepConfig:
 def _trial_config(trial, sc: SweepConfig) -> tuple[TrainConfig, str]:
     ref = trial.user_attrs.get("molting.reference", "")
     common = dict(model=sc.models()[0], dataset=sc.dataset, seed=sc.seed, experiment=sc.experiment,
-                  min_steps=sc.min_steps, precision=sc.precision)
+                  min_steps=sc.min_steps, precision=sc.precision, gpu_memory_gib=sc.gpu_memory_gib)
     if ref == "user-original":
         cfg = TrainConfig(**common, **USER_ORIGINAL)
         for k in ("grad_accum", "epochs", "lr"):
@@ -218,6 +224,7 @@ class Worker:
     name: str = "w0"
     gpu: str = ""
     t0: float = field(default_factory=time.time)
+    slot: int = 0                      # which of the trials sharing this worker's GPU
     n_examples: int | None = None
 
     def __post_init__(self):
@@ -233,7 +240,8 @@ class Worker:
         """Load the study's (first) base before the first trial: a worker's cost, not a trial's."""
         from .train import prepare
 
-        cfg = TrainConfig(model=self.sc.models()[0], dataset=self.sc.dataset, min_steps=0, precision=self.sc.precision)
+        cfg = TrainConfig(model=self.sc.models()[0], dataset=self.sc.dataset, min_steps=0, precision=self.sc.precision,
+                          gpu_memory_gib=self.sc.gpu_memory_gib)
         return self.bases.take(prepare(cfg))[1]
 
     def objective(self, trial):
@@ -243,7 +251,8 @@ class Worker:
         t_trial = time.time()
         cfg, ref = _trial_config(trial, self.sc)
         tags = {"molting.trial": str(trial.number), "molting.study": trial.study.study_name,
-                "molting.reference": ref or "no", "molting.worker": self.name, "molting.gpu": self.gpu or "none"}
+                "molting.reference": ref or "no", "molting.worker": self.name, "molting.gpu": self.gpu or "none",
+                "molting.slot": str(self.slot)}
         trial.set_user_attr("worker", self.name)
         trial.set_user_attr("model", cfg.model)
         if not ref:
@@ -393,7 +402,8 @@ def _enough_trials(n: int):
     return callback
 
 
-def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t0: float | None = None) -> None:
+def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t0: float | None = None,
+         slot: int = 0) -> None:
     """One worker's loop: trials until the study holds enough, then the stale trials of dead workers
     are failed and their retries run, so no trial is left RUNNING."""
     from mlflow.tracking import MlflowClient
@@ -407,7 +417,7 @@ def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t
     touch_store()
     study = open_study(sc)
     exp_id = MlflowClient().get_run(parent_run_id).info.experiment_id
-    w = Worker(sc, parent_run_id, exp_id, name, gpu, t0 or time.time())
+    w = Worker(sc, parent_run_id, exp_id, name, gpu, t0 or time.time(), slot)
     MlflowClient().log_metric(parent_run_id, f"worker_load_s.{name}", w.preload())
     callbacks = [_enough_trials(sc.n_trials), _stop_at_target(sc)]
     study.optimize(w.objective, catch=(Exception,), gc_after_trial=True, callbacks=callbacks)
@@ -462,18 +472,69 @@ def visible_gpus() -> list[str]:
     return [g for g in env.split(",") if g.strip()] if env else [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _spawn_workers(sc: SweepConfig, parent_run_id: str, n: int, t0: float, log) -> None:
-    """n worker processes, worker i on GPU i (when there are GPUs); waits for all of them."""
-    gpus = visible_gpus()
+@dataclass(frozen=True)
+class Layout:
+    """Where the sweep's workers run: n workers, worker i on GPU gpus[i % len(gpus)] in slot
+    i // len(gpus) (round-robin, so the cards fill evenly), each card's budget split between its slots."""
+    workers: int
+    gpus: tuple[str, ...]
+    per_gpu: int                       # trials sharing one card (1 on a CPU)
+    why: str
+    share_gib: float = 0.0             # each trial's memory budget (0: the card's, one trial a card)
+
+    def place(self, i: int) -> tuple[str, int]:
+        """(GPU, slot) of worker i."""
+        return (self.gpus[i % len(self.gpus)], i // len(self.gpus)) if self.gpus else ("", 0)
+
+
+def layout(sc: SweepConfig, gpus: list[str]) -> Layout:
+    """How many workers and where: on a CPU one (or `workers`); on GPUs `workers` if given, else
+    trials_per_gpu per card (0: runtime.trials_per_gpu from the first model's plan), never more
+    workers than trials."""
+    from . import runtime
+
+    if not gpus:
+        return Layout(sc.workers or 1, (), 1, "no GPU: trials run one after another in this process")
+    if sc.workers:
+        k = max(1, -(-sc.workers // len(gpus)))       # ceil: the fullest card's trials
+        return Layout(sc.workers, tuple(gpus), k, f"workers={sc.workers} asked for", _share(sc, k))
+    if sc.trials_per_gpu:
+        k, why = sc.trials_per_gpu, f"trials_per_gpu={sc.trials_per_gpu} asked for"
+    else:
+        from .train import prepare
+
+        p = prepare(TrainConfig(model=sc.models()[0], dataset=sc.dataset, min_steps=0, precision=sc.precision,
+                                gpu_memory_gib=sc.gpu_memory_gib, seed=sc.seed))
+        budget = sc.gpu_memory_gib or runtime.gpu_free_gib()
+        k, why = runtime.trials_per_gpu(p.plan.peak_gib or 0.0, budget, os.cpu_count() or 1, len(gpus))
+    k = min(k, max(1, -(-sc.n_trials // len(gpus))))
+    return Layout(min(k * len(gpus), max(sc.n_trials, len(gpus))), tuple(gpus), k, why, _share(sc, k))
+
+
+def _share(sc: SweepConfig, k: int) -> float:
+    """A trial's memory budget when k share a card: the card's budget / k (0 when one trial has it all)."""
+    from . import runtime
+
+    if k == 1:
+        return sc.gpu_memory_gib
+    return round((sc.gpu_memory_gib or runtime.gpu_free_gib()) / k, 2)
+
+
+def _spawn_workers(sc: SweepConfig, parent_run_id: str, lay: Layout, t0: float, log) -> None:
+    """The layout's worker processes, each seeing only its GPU and a share of the host's cores; waits
+    for all of them."""
     procs = []
-    for i in range(n):
-        env = {**os.environ, "MOLTING_SWEEP_T0": str(t0)}
+    threads = max(1, (os.cpu_count() or 1) // lay.workers)
+    wsc = replace(sc, gpu_memory_gib=lay.share_gib) if lay.gpus else sc
+    for i in range(lay.workers):
+        gpu, slot = lay.place(i)
+        env = {**os.environ, "MOLTING_SWEEP_T0": str(t0), "MOLTING_THREADS": str(threads)}
         env.pop("MLFLOW_RUN_ID", None)
-        gpu = gpus[i % len(gpus)] if gpus else ""
         if gpu:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        cmd = [sys.executable, "-m", "molting_mlflow.cli", "sweep-worker", "--config", sc.to_json(),
-               "--parent-run-id", parent_run_id, "--name", f"w{i}-of-{n}", "--gpu", gpu]
+        cmd = [sys.executable, "-m", "molting_mlflow.cli", "sweep-worker", "--config", wsc.to_json(),
+               "--parent-run-id", parent_run_id, "--name", f"w{i}-of-{lay.workers}", "--gpu", gpu,
+               "--slot", str(slot)]
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     dead = [f"w{i} (exit {c})" for i, c in enumerate(codes) if c]
@@ -492,7 +553,8 @@ def sweep(sc: SweepConfig, log=print) -> dict:
 
     for model in sc.models():
         resolve_model(model)                 # an unknown model fails here, in one line, before any trial
-    n = sc.workers or max(1, len(visible_gpus()))
+    lay = layout(sc, visible_gpus())
+    log(f"sweep: {lay.workers} worker(s){' on GPU(s) ' + ','.join(lay.gpus) if lay.gpus else ''}; {lay.why}")
     touch_store()
     study = open_study(sc)                   # made here, once: workers only open it
     if not study.user_attrs.get("molting.references_enqueued"):
@@ -507,12 +569,13 @@ def sweep(sc: SweepConfig, log=print) -> dict:
         mlflow.log_params({f"sweep.{k}": v for k, v in asdict(sc).items() if k not in ("search", "storage")}
                           | {f"sweep.search.{k}": ",".join(map(str, v)) for k, v in sc.space.items()}
                           | {"sweep.storage": _redact(sc.resolved_storage()), "sweep.sampler": "TPE(multivariate)",
-                             "sweep.workers": n, "sweep.pruner": "min-steps + MedianPruner(epoch ref_nll)"
-                             if sc.prune else "min-steps"})
-        if n == 1:
-            work(sc, parent.info.run_id, f"w0-pid{os.getpid()}", (visible_gpus() or [""])[0], t0)
+                             "sweep.workers": lay.workers, "sweep.trials_per_gpu": lay.per_gpu,
+                             "sweep.trials_per_gpu_why": lay.why[:500], "sweep.trial_memory_gib": lay.share_gib,
+                             "sweep.pruner": "min-steps + MedianPruner(epoch ref_nll)" if sc.prune else "min-steps"})
+        if lay.workers == 1:
+            work(sc, parent.info.run_id, f"w0-pid{os.getpid()}", lay.place(0)[0], t0)
         else:
-            _spawn_workers(sc, parent.info.run_id, n, t0, log)
+            _spawn_workers(sc, parent.info.run_id, lay, t0, log)
         summary = log_study(study, sc, time.time() - t0, parent.info.run_id, log)
     return summary
 
