@@ -61,7 +61,7 @@ def child(arch: str, variant: str, overrides: dict, smoke: bool) -> None:
         "tok_s": round(m["train_tokens_per_s"]), "train_s": round(m["train_runtime_s"], 1),
         "load_s": round(m["model_load_s"], 2), "gen_s": round(m.get("gen_seconds", float("nan")), 2),
         "peak_gib": round(m["peak_memory_mb"] / 1024, 2), "est_gib": p.get("train.est_gpu_memory_gib"),
-        "eval_again_s": evals}), flush=True)
+        "eval_again_s": evals, "phases": {k: round(v, 2) for k, v in m.items() if k.startswith("time_")}}), flush=True)
 
 
 def _patch(patches: dict) -> None:
@@ -74,20 +74,32 @@ def _patch(patches: dict) -> None:
         runtime.PRECISIONS["bf16"] = replace(runtime.PRECISIONS["bf16"], cuda_autocast=bool(patches["_autocast"]))
 
 
-def eval_again(run_id: str, static=None) -> list[float]:
-    """The evaluate stage's generation twice on the saved adapter (a fresh load): cold and warm seconds."""
-    from molting_mlflow.generation import generate
+def eval_again(run_id: str, static=None) -> dict:
+    """The saved adapter on a fresh load: the evaluate stage's generation unmerged, then merged into
+    copies (generation.merged_lora, as train's in-run evaluation does) twice, cold and warm; and how
+    many of the merged answers' tokens equal the unmerged ones (bf16 rounds the merged weights, and
+    random-init logits are nearly flat, so greedy tokens may part; fp32 equality is a CPU test)."""
+    from molting_mlflow.generation import generate, merged_lora
     from molting_mlflow.models import load_adapter_model, resolve_adapter
     from molting_mlflow.paths import DEFAULT_QUESTIONS
     from molting_mlflow.rubric import load_questions
 
     model, tok, meta, _ = load_adapter_model(resolve_adapter(f"runs:/{run_id}/adapter"))
     qs = load_questions(DEFAULT_QUESTIONS)
-    out = []
-    for _ in range(2):
-        _, stats = generate(model, tok, qs, meta.get("system_prompt"), 96, static=static)
-        out.append(round(stats["gen_seconds"], 2))
-    return out
+    unmerged, s_unmerged = generate(model, tok, qs, meta.get("system_prompt"), 96, static=static)
+    times = []
+    with merged_lora(model):
+        for _ in range(2):
+            merged, stats = generate(model, tok, qs, meta.get("system_prompt"), 96, static=static)
+            times.append(round(stats["gen_seconds"], 2))
+    same = total = 0
+    for u, m in zip(unmerged, merged):
+        a, b = tok(u["response"])["input_ids"], tok(m["response"])["input_ids"]
+        same += next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        total += max(len(a), len(b))
+    return {"unmerged_s": round(s_unmerged["gen_seconds"], 2), "merged_s": times,
+            "token_agreement": round(same / total, 3) if total else None,
+            "answers_equal": sum(u["response"] == m["response"] for u, m in zip(unmerged, merged))}
 
 
 def run_child(arch: str, variant: str, overrides: dict, smoke: bool) -> dict:
@@ -116,24 +128,39 @@ def baselines(folder: Path, archs: list[str]) -> list[str]:
 
 
 def time_mlflow_run(arch: str, smoke: bool) -> str:
-    """Wall time of the design card's command with the preset's defaults, load to logging."""
+    """Wall time of the design card's command on a random-init model folder (not the preset name: the
+    folder takes its architecture's defaults), and where it went: training and evaluation as the
+    run logged them, the rest outside them."""
+    import mlflow
+
     from gpu_train import build_folder
 
     folder, _ = build_folder(arch, smoke)
-    env = {**os.environ, f"MOLTING_{arch.upper()}_PATH": str(folder)}
     t = time.time()
     r = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "--env-manager", "local",
-                        "--experiment-name", "gpu-speed", "-P", f"model={arch}"], cwd=ROOT, env=env,
+                        "--experiment-name", "gpu-mlflow-run", "-P", f"model={folder}"], cwd=ROOT,
                        capture_output=True, text=True)
     wall = time.time() - t
     tail = (r.stdout + r.stderr).strip().splitlines()[-3:]
-    return f"`mlflow run . -e train -P model={arch}` (MOLTING_{arch.upper()}_PATH=random-init): rc {r.returncode}, " \
-           f"{wall:.1f} s wall\n" + "\n".join("    " + ln for ln in tail)
+    runs = mlflow.search_runs(experiment_names=["gpu-mlflow-run"], output_format="list",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    phases = ""
+    if runs:
+        m, p = runs[0].data.metrics, runs[0].data.params
+        train_s, eval_s = m.get("train_runtime_s", 0.0), m.get("eval_seconds", m.get("gen_seconds", 0.0))
+        phases = (f"; training {train_s:.1f} s, evaluation {eval_s:.1f} s (generation {m.get('gen_seconds', 0):.2f} s), "
+                  f"outside them {wall - train_s - eval_s:.1f} s; model_load_s {m.get('model_load_s', 0):.1f}, "
+                  f"trainer setup {m.get('time_trainer_setup_s', 0):.1f}, adapter log {m.get('time_adapter_log_s', 0):.1f}; "
+                  f"defaults: {p.get('train.epochs')} epochs × {p.get('train.grad_accum')} grad_accum × "
+                  f"{p.get('train.batch_size')} = {p.get('train.optimizer_steps')} steps, max_seq_len "
+                  f"{p.get('train.max_seq_len')}, precision {p.get('train.precision')}")
+    return (f"`mlflow run . -e train -P model=<random-init {arch} folder>`: rc {r.returncode}, {wall:.1f} s wall"
+            f"{phases}\n" + "\n".join("    " + ln for ln in tail))
 
 
 def table(rows: list[dict]) -> str:
     head = ("| arch | variant | precision | examples/step | micro-batch | steps | train tok/s | train s | load s | "
-            "eval (8 answers) s | eval again, cold/warm s | peak GiB | est GiB | train() wall s |")
+            "eval (8 answers) s | again: unmerged s, merged cold/warm s, bf16 token agreement | peak GiB | est GiB | train() wall s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if "error" in r:
@@ -141,9 +168,16 @@ def table(rows: list[dict]) -> str:
             continue
         lines.append(f"| {LABEL.get(r['arch'], r['arch'])} | {r['variant']} | {r['precision']} | {r['examples_per_step']} | "
                      f"{r['micro_batch']} | {r['steps']} | {r['tok_s']:,} | {r['train_s']} | {r['load_s']} | "
-                     f"{r['gen_s']} | {'/'.join(map(str, r.get('eval_again_s', [])))} | {r['peak_gib']} | {r['est_gib']} | "
+                     f"{r['gen_s']} | {_again(r.get('eval_again_s'))} | {r['peak_gib']} | {r['est_gib']} | "
                      f"{r['wall_s']} |")
     return "\n".join(lines)
+
+
+def _again(e) -> str:
+    if not e:
+        return ""
+    return (f"{e['unmerged_s']}, {'/'.join(map(str, e['merged_s']))}, {e['token_agreement']} "
+            f"({e['answers_equal']}/8 answers equal)")
 
 
 def main() -> None:
@@ -164,7 +198,11 @@ def main() -> None:
         for name, js in variants:
             rows.append(run_child(arch, name, json.loads(js), a.smoke))
             print(json.dumps(rows[-1]), flush=True)
-    report = [f"# gpu_speed ({time.strftime('%Y-%m-%d %H:%M')}, {gpu_name()})", "", table(rows), ""]
+            if os.environ.get("OUT"):            # as it goes: a timeout still returns the rows done
+                Path(os.environ["OUT"], "gpu_speed.md").write_text(table(rows) + "\n", encoding="utf-8")
+    report = [f"# gpu_speed ({time.strftime('%Y-%m-%d %H:%M')}, {gpu_name()})", "", table(rows), "",
+              "Seconds outside the training loop, by phase (time_*_s metrics of each run):"]
+    report += [f"- {LABEL.get(r['arch'], r['arch'])} {r['variant']}: {r.get('phases')}" for r in rows] + [""]
     if a.mlflow_run:
         report.append(time_mlflow_run(a.mlflow_run, a.smoke))
     if a.baselines:

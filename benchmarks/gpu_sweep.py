@@ -1,12 +1,15 @@
-"""A sweep on several GPUs against the same sweep on one, in one device call, printed as one table.
+"""Several trials on one GPU against one trial a GPU, in one device call, printed as one table.
 
 Random-init Phi-3-mini behind the phi3 preset (MOLTING_PHI3_PATH; no score claim: random weights
-learn nothing), the same 16 trials (seeded sampler, no pruning, no reuse, no reference trials) run
-with `molting sweep --workers 1` and then `--workers N` into one MLflow store, each with its own
-study. Read back from the stores: wall time, trials per hour, the share of each trial's wall spent
-outside training and evaluation, every trial number once, and no run left RUNNING.
+learn nothing), the same trials (seeded sampler, no pruning, no reuse, no reference trials) run with
+`molting sweep --trials-per-gpu 1` and then with the automatic number of trials a GPU
+(`--trials-per-gpu 0`, the runtime plan's), into one MLflow store, each with its own study; then,
+optionally, a longer sweep with the automatic number. Read back from the stores: wall time, trials
+per hour, the share of each trial's wall spent outside training and evaluation, every trial number
+once, and no run left RUNNING. Each row is written to $OUT as it comes.
 
-    python3 benchmarks/gpu_sweep.py --workers 2 --n-trials 16
+    python3 benchmarks/gpu_sweep.py --n-trials 16 --then 20          # one GPU: 1 a GPU, auto, then 20 at auto
+    python3 benchmarks/gpu_sweep.py --gpus-first 1 --n-trials 16     # several GPUs: 1 GPU at auto, then all at auto
     python3 benchmarks/gpu_sweep.py --smoke --arch smol --n-trials 2     # toy shapes, checks the script on a CPU
 """
 from __future__ import annotations
@@ -26,21 +29,25 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{WORK}/sweep-mlflow.db"
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
-def run_sweep(arch: str, workers: int, n_trials: int, search: str, min_steps: int, tag: str) -> dict:
+def run_sweep(arch: str, per_gpu: int, n_trials: int, search: str, min_steps: int, tag: str,
+              gpus: str | None = None) -> dict:
+    """One `molting sweep` in a child process: per_gpu trials a GPU (0: automatic) on `gpus` (None: all)."""
     import mlflow
     from optuna import load_study
 
-    study = f"bench-{tag}-w{workers}-{int(time.time())}"
+    label = f"{per_gpu or 'auto'} a GPU" + (f", GPUs {gpus}" if gpus is not None else "")
+    study = f"bench-{tag}-k{per_gpu}-n{n_trials}-{int(time.time())}"
     storage = f"sqlite:///{WORK}/optuna-{study}.db"
     cmd = [sys.executable, "-m", "molting_mlflow.cli", "sweep", "--model", arch, "--n-trials", str(n_trials),
-           "--workers", str(workers), "--search", search, "--min-steps", str(min_steps), "--prune", "false",
+           "--trials-per-gpu", str(per_gpu), "--search", search, "--min-steps", str(min_steps), "--prune", "false",
            "--reuse", "false", "--register", "false", "--enqueue-user", "false", "--study-name", study,
            "--storage", storage, "--experiment", "gpu-sweep", "--seed", "11"]
+    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else {})}
     t = time.time()
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     wall = time.time() - t
     if r.returncode:
-        return {"workers": workers, "error": (r.stderr or r.stdout).strip().splitlines()[-1][:300]}
+        return {"setting": label, "error": (r.stderr or r.stdout).strip().splitlines()[-1][:300]}
     trials = load_study(study_name=study, storage=storage).trials
     runs = mlflow.search_runs(experiment_names=["gpu-sweep"], output_format="list",
                               filter_string=f"tags.`molting.study` = '{study}'")
@@ -53,7 +60,10 @@ def run_sweep(arch: str, workers: int, n_trials: int, search: str, min_steps: in
         "time_adapter_log_s", "model_load_s")}
     errors = sorted({x.data.tags.get("molting.error", "")[:160] for x in kids if x.info.status == "FAILED"})
     m = parent.data.metrics
-    return {"workers": workers, "wall_s": round(wall, 1), "sweep_wall_s": round(m["sweep_wall_s"], 1),
+    p = parent.data.params
+    return {"setting": label, "n_trials": n_trials, "workers": int(p["sweep.workers"]),
+            "per_gpu": int(p["sweep.trials_per_gpu"]), "why": p.get("sweep.trials_per_gpu_why", ""),
+            "wall_s": round(wall, 1), "sweep_wall_s": round(m["sweep_wall_s"], 1),
             "trials": len(trials), "complete": sum(t.state.name == "COMPLETE" for t in trials),
             "trials_per_hour": round(m.get("trials_per_hour", 0)), "overhead_mean": round(m.get("overhead_share_mean", -1), 3),
             "overhead_max": round(max(shares), 3) if shares else None,
@@ -64,14 +74,48 @@ def run_sweep(arch: str, workers: int, n_trials: int, search: str, min_steps: in
             "errors": errors}
 
 
+def fmt(rows: list[dict], a) -> str:
+    head = "| setting | trials | workers | wall s | sweep_wall_s | complete | trials/hour | overhead share mean / max | " \
+           "every number once | RUNNING left | GPUs |"
+    lines = [f"# gpu_sweep {a.arch} ({time.strftime('%Y-%m-%d %H:%M')}, {gpu_name()}), search {a.search!r}", "", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['setting']} | error: {r['error']} |")
+            continue
+        lines.append(f"| {r['setting']} | {r['trials']} | {r['workers']} | {r['wall_s']} | {r['sweep_wall_s']} | "
+                     f"{r['complete']} | {r['trials_per_hour']} | {r['overhead_mean']} / {r['overhead_max']} | "
+                     f"{r['numbers_once']} | {r['running_left']} | {','.join(r['gpus_seen'])} |")
+    lines += ["", "Mean seconds a trial, by phase:"] + [f"- {r['setting']}: {r.get('phases_mean_s')}" for r in rows]
+    lines += ["", "Trials a GPU, as the sweep decided:"] + [f"- {r['setting']}: {r.get('why')}" for r in rows]
+    lines += [f"errors ({r['setting']}): {r.get('errors')}" for r in rows if r.get("errors")]
+    ok = [r for r in rows if "error" not in r and r["n_trials"] == a.n_trials]
+    if len(ok) >= 2:
+        lines.append(f"\n{ok[1]['setting']} / {ok[0]['setting']} wall ({a.n_trials} trials): "
+                     f"{ok[1]['wall_s'] / ok[0]['wall_s']:.2f}×")
+    return "\n".join(lines)
+
+
+def gpu_name() -> str:
+    try:
+        import torch
+
+        return f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU"
+    except (ImportError, RuntimeError):
+        return "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="phi3")
-    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--n-trials", type=int, default=16)
-    ap.add_argument("--search", default="epochs=3,5;grad_accum=16;lr=1e-4,1e-3",
-                    help="the trials' space; 16 examples a step: 5 steps an epoch on the 79 examples")
+    ap.add_argument("--search", default="epochs=3,3;grad_accum=4;lr=1e-4,1e-3",
+                    help="the trials' space: the preset's 4 examples a step (20 steps an epoch), 3 epochs")
     ap.add_argument("--min-steps", type=int, default=0)
+    ap.add_argument("--gpus-first", default=None,
+                    help="compare GPUs instead of trials a GPU: the first row on these (e.g. 0), automatic K")
+    ap.add_argument("--then", type=int, default=0, help="then a sweep of this many trials at the automatic K")
+    ap.add_argument("--then-search", default="", help="its search (default: --search)")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -79,30 +123,20 @@ def main() -> None:
 
     folder, _ = build_folder(a.arch, a.smoke)
     os.environ[f"MOLTING_{a.arch.upper()}_PATH"] = str(folder)
-    rows = [run_sweep(a.arch, 1, a.n_trials, a.search, a.min_steps, a.arch)]
-    print(rows[-1], flush=True)
-    rows.append(run_sweep(a.arch, a.workers, a.n_trials, a.search, a.min_steps, a.arch))
-    print(rows[-1], flush=True)
-    head = "| workers | wall s | sweep_wall_s | trials | complete | trials/hour | overhead share mean / max | " \
-           "every number once | RUNNING left | workers | GPUs |"
-    lines = [f"# gpu_sweep {a.arch} ({time.strftime('%Y-%m-%d %H:%M')}), search {a.search!r}", "", head,
-             "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['workers']} | error: {r['error']} |")
-            continue
-        lines.append(f"| {r['workers']} | {r['wall_s']} | {r['sweep_wall_s']} | {r['trials']} | {r['complete']} | "
-                     f"{r['trials_per_hour']} | {r['overhead_mean']} / {r['overhead_max']} | {r['numbers_once']} | "
-                     f"{r['running_left']} | {','.join(r['workers_seen'])} | {','.join(r['gpus_seen'])} |")
-    lines += ["", "Mean seconds a trial, by phase: " + "; ".join(f"{r['workers']} worker(s): {r.get('phases_mean_s')}"
-                                                              for r in rows)]
-    lines += [f"errors ({r['workers']} worker(s)): {r.get('errors')}" for r in rows if r.get("errors")]
-    if all("error" not in r for r in rows):
-        lines.append(f"\n{a.workers} workers / 1 worker wall: {rows[1]['wall_s'] / rows[0]['wall_s']:.2f}×")
-    text = "\n".join(lines)
+    if a.gpus_first is not None:
+        plan = [(0, a.n_trials, a.search, a.gpus_first), (0, a.n_trials, a.search, None)]
+    else:
+        plan = [(1, a.n_trials, a.search, None), (0, a.n_trials, a.search, None)]
+    if a.then:
+        plan.append((0, a.then, a.then_search or a.search, None))
+    rows = []
+    for per_gpu, n, search, gpus in plan:
+        rows.append(run_sweep(a.arch, per_gpu, n, search, a.min_steps, a.arch, gpus))
+        print(rows[-1], flush=True)
+        text = fmt(rows, a)
+        if os.environ.get("OUT"):                 # as it goes: a timeout still returns the rows done
+            Path(os.environ["OUT"], "gpu_sweep.md").write_text(text + "\n", encoding="utf-8")
     print(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gpu_sweep.md").write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
