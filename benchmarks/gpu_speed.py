@@ -84,9 +84,12 @@ def eval_again(run_id: str, static=None) -> dict:
     from molting_mlflow.paths import DEFAULT_QUESTIONS
     from molting_mlflow.rubric import load_questions
 
-    model, tok, meta, _ = load_adapter_model(resolve_adapter(f"runs:/{run_id}/adapter"))
+    model, tok, meta, plan = load_adapter_model(resolve_adapter(f"runs:/{run_id}/adapter"))
     qs = load_questions(DEFAULT_QUESTIONS)
     unmerged, s_unmerged = generate(model, tok, qs, meta.get("system_prompt"), 96, static=static)
+    if not plan.eval_merge:                       # an NF4 base: its 4-bit weights take no merged copy
+        return {"unmerged_s": round(s_unmerged["gen_seconds"], 2), "merged_s": [], "token_agreement": None,
+                "answers_equal": None}
     times = []
     with merged_lora(model):
         for _ in range(2):

@@ -26,12 +26,19 @@ support, say), the run keeps its metrics and eval_results.json; the error goes t
 """
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
 from contextlib import contextmanager
 
 from .rubric import DIMENSIONS, RUBRIC_VERSION
+
+# Traces are written when their span ends, not by MLflow's background queue: the queue's consumer
+# waits up to 1 s for work before it sees a flush, and each flush (the read-back below, the
+# evaluation's own, the one at process exit) paid that wait. Read when the first span of the process
+# opens (this module is imported before any), and left alone where the user set it.
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
 
 TRACE_NOTE = ("replayed: the answer was generated before scoring, in a batched model.generate call; "
               "start and end are that batch's")
@@ -87,7 +94,7 @@ def generation_traces(records: list[dict], questions) -> list:
                                             tags={"molting.question_id": q.id}, start_time_ns=start)
         span.end(outputs=rec["response"], end_time_ns=max(end, start))
         traces.append(span.trace_id)
-    # written asynchronously: flush=True waits for each to reach the store
+    # flush=True: with asynchronous trace logging switched back on, wait for each to reach the store
     return [mlflow.get_trace(t, flush=True) for t in traces]
 
 
