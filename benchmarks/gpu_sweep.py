@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
 def run_sweep(arch: str, per_gpu: int, n_trials: int, search: str, min_steps: int, tag: str,
-              gpus: str | None = None) -> dict:
+              gpus: str | None = None, timeout_s: int = 0) -> dict:
     """One `molting sweep` in a child process: per_gpu trials a GPU (0: automatic) on `gpus` (None: all)."""
     import mlflow
     from optuna import load_study
@@ -43,23 +44,35 @@ def run_sweep(arch: str, per_gpu: int, n_trials: int, search: str, min_steps: in
            "--reuse", "false", "--register", "false", "--enqueue-user", "false", "--study-name", study,
            "--storage", storage, "--experiment", "gpu-sweep", "--seed", "11"]
     env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else {})}
-    t = time.time()
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    log_path = Path(os.environ.get("OUT") or WORK, f"sweep-k{per_gpu}-n{n_trials}.log")
+    t, timed_out = time.time(), False
+    with open(log_path, "w", encoding="utf-8") as log:     # streamed: a timeout still leaves what it said
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s or None)
+        except subprocess.TimeoutExpired:                # the sweep and its workers: one process group
+            os.killpg(proc.pid, signal.SIGKILL)
+            rc, timed_out = proc.wait(), True
     wall = time.time() - t
-    if r.returncode:
-        return {"setting": label, "error": (r.stderr or r.stdout).strip().splitlines()[-1][:300]}
+    if rc and not timed_out:
+        return {"setting": label, "error": log_path.read_text(encoding="utf-8").strip().splitlines()[-1][:300]}
+    if timed_out:
+        label += f" (killed at {timeout_s} s)"
     trials = load_study(study_name=study, storage=storage).trials
     runs = mlflow.search_runs(experiment_names=["gpu-sweep"], output_format="list",
                               filter_string=f"tags.`molting.study` = '{study}'")
-    parent = next(x for x in runs if x.data.tags.get("molting.stage") == "sweep")
+    parent = next((x for x in runs if x.data.tags.get("molting.stage") == "sweep"), None)
+    if parent is None:
+        return {"setting": label, "error": f"no sweep run in the store after {wall:.0f} s"}
     kids = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     numbers = [int(x.data.tags["molting.trial"]) for x in kids]
     shares = [x.data.metrics["trial_overhead_share"] for x in kids if "trial_overhead_share" in x.data.metrics]
     phases = {k: round(sum(x.data.metrics.get(k, 0) for x in kids) / max(1, len(kids)), 2) for k in (
         "trial_wall_s", "time_prepare_s", "time_trainer_setup_s", "train_runtime_s", "eval_seconds",
-        "time_adapter_log_s", "model_load_s")}
+        "time_adapter_log_s", "model_load_s", "time_run_open_s", "time_eval_log_s", "time_in_train_s")}
     errors = sorted({x.data.tags.get("molting.error", "")[:160] for x in kids if x.info.status == "FAILED"})
-    m = parent.data.metrics
+    m = {"sweep_wall_s": wall, **parent.data.metrics}
     p = parent.data.params
     return {"setting": label, "n_trials": n_trials, "workers": int(p["sweep.workers"]),
             "per_gpu": int(p["sweep.trials_per_gpu"]), "why": p.get("sweep.trials_per_gpu_why", ""),
@@ -116,6 +129,8 @@ def main() -> None:
                     help="compare GPUs instead of trials a GPU: the first row on these (e.g. 0), automatic K")
     ap.add_argument("--then", type=int, default=0, help="then a sweep of this many trials at the automatic K")
     ap.add_argument("--then-search", default="", help="its search (default: --search)")
+    ap.add_argument("--only-auto", action="store_true", help="the automatic number's row alone")
+    ap.add_argument("--timeout", type=int, default=0, help="kill a sweep after this many seconds, then read it back")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -126,12 +141,12 @@ def main() -> None:
     if a.gpus_first is not None:
         plan = [(0, a.n_trials, a.search, a.gpus_first), (0, a.n_trials, a.search, None)]
     else:
-        plan = [(1, a.n_trials, a.search, None), (0, a.n_trials, a.search, None)]
+        plan = [(1, a.n_trials, a.search, None)] * (not a.only_auto) + [(0, a.n_trials, a.search, None)]
     if a.then:
         plan.append((0, a.then, a.then_search or a.search, None))
     rows = []
     for per_gpu, n, search, gpus in plan:
-        rows.append(run_sweep(a.arch, per_gpu, n, search, a.min_steps, a.arch, gpus))
+        rows.append(run_sweep(a.arch, per_gpu, n, search, a.min_steps, a.arch, gpus, a.timeout))
         print(rows[-1], flush=True)
         text = fmt(rows, a)
         if os.environ.get("OUT"):                 # as it goes: a timeout still returns the rows done
