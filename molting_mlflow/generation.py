@@ -119,6 +119,7 @@ def merged_lora(model, restore: bool = True):
         model.merge_adapter()
         yield model
         return
+    _release_cached_blocks()      # training's freed activations: the copies would otherwise sit beside them
     saved = []
     try:
         for layer in layers:
@@ -131,6 +132,16 @@ def merged_lora(model, restore: bool = True):
     finally:
         for base, original in saved:
             base.weight.data = original
+
+
+def _release_cached_blocks() -> None:
+    """Give the CUDA allocator's cached, unused blocks back to the card. Several trials share a card,
+    each planned for its own peak (runtime.trials_per_gpu); a trial that keeps training's cache while it
+    allocates the merged copies holds both at once, and a neighbour runs out of memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def reference_nll(model, tok, questions: list[Question], system_prompt: str | None, template: str | None = None,
