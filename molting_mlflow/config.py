@@ -16,12 +16,9 @@ from .presets import PRESETS
 from .runtime import PRECISION_CHOICES
 
 __all__ = ["ConfigError", "TrainConfig", "steps_per_epoch", "step_fixes", "DEFAULT_DATASET", "DEFAULT_PERSONA",
-           "DEFAULT_QUESTIONS", "DEFAULT_MIN_STEPS", "PREFLIGHT_MODES", "SYSTEM_PROMPT_MODES"]
+           "DEFAULT_QUESTIONS", "DEFAULT_MIN_STEPS", "PREFLIGHT_MODES"]
 
 PREFLIGHT_MODES = ("strict", "warn")
-# How the system prompt reaches the model: the persona's, none, or folded into the first user turn
-# (for templates that drop the system turn); any other value is the prompt's text itself.
-SYSTEM_PROMPT_MODES = ("persona", "none", "fold")
 # Below this many optimizer steps the user's TinyLlama run (50 steps) never learned the persona
 # and smol did not either (50 steps: degenerate, 150: in persona). Overridable per run.
 DEFAULT_MIN_STEPS = 150
@@ -122,10 +119,10 @@ class TrainConfig:
     def preset_fields() -> tuple[str, ...]:
         return tuple(f.name for f in fields(TrainConfig) if f.metadata.get("preset"))
 
-    def resolve(self, device: str = "cpu") -> "TrainConfig":
-        """Fill every None from the preset's defaults for this device (custom models take smol's)."""
+    def resolve(self) -> "TrainConfig":
+        """Fill every None from the preset's defaults (custom models take smol's)."""
         preset = PRESETS.get(self.model, PRESETS["smol"])
-        defaults = preset.defaults(device)
+        defaults = preset.defaults()
         return replace(self, **{f: defaults[f] for f in self.preset_fields() if getattr(self, f) is None})
 
     @property

@@ -2,12 +2,11 @@
 
 A preset's defaults are the values `molting train` uses when the user passes nothing; every
 default here must pass the pre-flight step minimum on the shipped 79-example dataset (a test
-checks each preset on each device). `gpu` overrides a default where a GPU affords another
-(larger batches); the resolved values are logged, so a run says which it got.
+checks each preset). The resolved values are logged, so a run says which it got.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Every linear layer of a Llama-style block: attention projections and the MLP.
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -31,12 +30,10 @@ class Preset:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     only_for_plumbing: bool = False  # True: random weights, never used to claim a score
-    gpu: dict = field(default_factory=dict)  # defaults that differ on a CUDA device
 
-    def defaults(self, device: str = "cpu") -> dict:
-        base = {k: getattr(self, k) for k in ("epochs", "grad_accum", "batch_size", "lr", "max_seq_len",
+    def defaults(self) -> dict:
+        return {k: getattr(self, k) for k in ("epochs", "grad_accum", "batch_size", "lr", "max_seq_len",
                                               "lora_r", "lora_alpha", "lora_dropout")}
-        return {**base, **(self.gpu if device == "cuda" else {})}
 
 
 PRESETS: dict[str, Preset] = {

@@ -102,9 +102,6 @@ def register_adapter(run_id: str, preset: str, target: float = 5.0, log=print) -
     return version
 
 
-register_best = register_adapter
-
-
 def _code_paths() -> list[str]:
     """The package folder, and data/ beside it where it is not inside (a checkout; a wheel has it inside)."""
     package = Path(__file__).resolve().parent

@@ -247,10 +247,6 @@ class Plan:
             p["train.cpu_bf16"] = self.cpu_bf16 or "none"
         return p
 
-    def fingerprint_part(self) -> dict:
-        """What of the plan decides the adapter: precision (numbers) and nothing about speed."""
-        return {"precision": self.precision}
-
     def describe(self) -> str:
         mem = (f"; est. peak {self.est_gib:.1f} GiB of a {self.budget_gib:.1f} GiB budget"
                if self.est_gib is not None else "")

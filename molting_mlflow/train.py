@@ -79,7 +79,7 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
         source, dev = rehearsal_source(cfg.model, template_revision), "cuda"
     else:
         source, dev = resolve_model(cfg.model), runtime.device()
-    cfg = cfg.resolve(dev)
+    cfg = cfg.resolve()
     persona = load_persona(cfg.persona)
     tok = _tokenizer(source, rehearse, template_revision)
     own = tok.chat_template
