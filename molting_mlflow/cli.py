@@ -16,7 +16,8 @@ from .offline import stay_offline
 
 stay_offline()   # before anything imports mlflow: its telemetry starts at import
 
-from .config import TrainConfig  # noqa: E402
+from .config import (DEFAULT_EXPERIMENT, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MIN_STEPS, DEFAULT_SEED,  # noqa: E402
+                     DEFAULT_TARGET, TrainConfig)
 
 class UserError(click.ClickException):
     """A mistake in the input: one line, exit code 2."""
@@ -220,10 +221,11 @@ def preflight(template_revision, **kw):
 @click.option("--adapter", default="", help="runs:/…/adapter, models:/<name>@<alias>, or a local adapter folder.")
 @click.option("--model", default="", help="With no adapter: score this bare base model (baseline). Default smol.")
 @click.option("--questions", default=None, help="Evaluation questions (JSON). Default: data/eval_questions.json.")
-@click.option("--max-new-tokens", default=96, show_default=True, type=int, help="Token limit of each answer.")
+@click.option("--max-new-tokens", default=DEFAULT_MAX_NEW_TOKENS, show_default=True, type=int,
+              help="Token limit of each answer.")
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Questions generated together.")
-@click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--experiment", default="molting", show_default=True, help="MLflow experiment name.")
+@click.option("--seed", default=DEFAULT_SEED, show_default=True, type=int)
+@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment name.")
 @user_errors
 def evaluate(run_id, adapter, model, questions, max_new_tokens, batch_size, seed, experiment):
     """Answer the evaluation questions and score them with the rubric (D1–D5, ref_nll, ref_chrf) in a new MLflow run.
@@ -307,7 +309,7 @@ def search_options(fn):
 @cli.command()
 @click.option("--model", default="smol", show_default=True, help="Preset, local folder or hub id (as train).")
 @click.option("--n-trials", default=12, show_default=True, type=int, help="Trials the study should reach, references included.")
-@click.option("--target", default=5.0, show_default=True, type=float, help="Rubric score to beat.")
+@click.option("--target", default=DEFAULT_TARGET, show_default=True, type=float, help="Rubric score to beat.")
 @click.option("--stop-at-target", default=False, type=click.BOOL, show_default=True, help="End the study once beaten.")
 @click.option("--storage", default="", help="Optuna storage (SQLAlchemy URL); default optuna.db beside a SQLite mlflow.db. "
               "postgresql://… lets workers on several machines share one study.")
@@ -324,9 +326,10 @@ def search_options(fn):
 @click.option("--reuse", default=True, type=click.BOOL, show_default=True,
               help="A trial whose exact config (fingerprint) already finished in the experiment reuses that run.")
 @click.option("--register", default=True, type=click.BOOL, show_default=True, help="Register the best adapter.")
-@click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--experiment", default="molting", show_default=True)
-@click.option("--min-steps", default=150, show_default=True, type=int, help="Trials below it are pruned untrained.")
+@click.option("--seed", default=DEFAULT_SEED, show_default=True, type=int)
+@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True)
+@click.option("--min-steps", default=DEFAULT_MIN_STEPS, show_default=True, type=int,
+              help="Trials below it are pruned untrained.")
 @click.option("--workers", default=1, show_default=True, type=int,
               help="Processes sharing the study, one per GPU; 0 = one per visible GPU.")
 @click.option("--precision", default="auto", show_default=True, help="Every trial's precision (as train).")

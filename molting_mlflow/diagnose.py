@@ -14,12 +14,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, describe_fixes
+from .config import DEFAULT_MIN_STEPS, DEFAULT_TARGET, ConfigError, TrainConfig, describe_fixes
 from .rubric import DIMENSIONS, REASON_CODES
 
 THRESHOLDS = {
     # Impact by the rubric points (of 10) a cause plausibly cost: a point is a tenth of the scale,
-    # and the user's target (5.0) sits 2.1 points above their 2.9.
+    # and the user's target (config.DEFAULT_TARGET) sits 2.1 points above their 2.9.
     "impact_high_points": 1.0,
     "impact_medium_points": 0.3,
     # "Still falling": the loss dropped by more than this share over the last quarter of the
@@ -149,9 +149,9 @@ def findings(run: RunData) -> list[Finding]:
     p, m, pre = run.params, run.metrics, run.preflight
     nums = pre.get("numbers", {})
     steps = int(m.get("optimizer_steps", nums.get("optimizer_steps", 0)) or 0)
-    min_steps = int(nums.get("min_steps", p.get("train.min_steps", 150)))
+    min_steps = int(nums.get("min_steps", p.get("train.min_steps", DEFAULT_MIN_STEPS)))
     score = m.get("score")
-    below = score is not None and score <= 5.0
+    below = score is not None and score <= DEFAULT_TARGET
 
     # Convergence: too few optimizer steps. The advice is pre-flight's own (config.step_fixes).
     if steps and steps < min_steps:

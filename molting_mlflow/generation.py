@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from .config import DEFAULT_SEED
 from .data import fold_system
 from .rubric import Question
 
@@ -53,7 +54,7 @@ def stop_ids(tok, model=None) -> list[int]:
 
 
 def generate(model, tok, questions: list[Question], system_prompt: str | None, max_new_tokens: int,
-             batch_size: int = 8, seed: int = 42, fold: bool = False, static: bool = False) -> tuple[list[dict], dict]:
+             batch_size: int = 8, seed: int = DEFAULT_SEED, fold: bool = False, static: bool = False) -> tuple[list[dict], dict]:
     """Greedy answers, one record per question: {"id", "response", "finish_reason", "new_tokens"}, and
     what the generation was: "prompt" (the text the model was given), "max_new_tokens", "batch" (the
     question's batch number and size) and "started_ns"/"ended_ns" (that batch's wall clock, epoch ns;

@@ -19,6 +19,7 @@ import mlflow.pyfunc
 from mlflow.tracking import MlflowClient
 
 from . import runtime
+from .config import DEFAULT_TARGET
 from .paths import DATA_DIR
 from .reaper import process_tags
 from .rubric import DIMENSIONS
@@ -61,7 +62,7 @@ def model_name(preset: str) -> str:
     return f"molting-{preset}"
 
 
-def register_adapter(run_id: str, preset: str, target: float = 5.0, log=print) -> str:
+def register_adapter(run_id: str, preset: str, target: float = DEFAULT_TARGET, log=print) -> str:
     """Register a train run's adapter as a new version; tag it; move the aliases. Returns the version."""
     client = MlflowClient()
     run = client.get_run(run_id)

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError, TrainConfig, describe_fixes
+from .config import (DEFAULT_EXPERIMENT, DEFAULT_SEED, DEFAULT_TARGET, ConfigError, TrainConfig, check_fields,
+                     describe_fixes, opt)
 from .paths import GPT2_TEMPLATE
 from .rubric import DIMENSIONS
 
@@ -109,33 +110,33 @@ def parse_search(text: str) -> dict[str, str]:
 
 @dataclass
 class SweepConfig:
-    model: str = "smol"
-    n_trials: int = 12                 # trials this study should reach (across workers), references included
-    target: float = 5.0                # rubric score to beat
-    stop_at_target: bool = False
-    storage: str = ""                  # SQLAlchemy URL; "" = sqlite:///optuna.db beside mlflow.db
-    study_name: str = ""               # "" = molting-<model>
-    search: dict = field(default_factory=dict)  # {space name: values}; rows not given take their default
-    enqueue_user: bool = True          # the user's original configuration as a reference trial
-    enqueue_default: bool = False      # the preset's default configuration as a reference trial
-    prune: bool = True                 # stop losing trials at an epoch's end (median ref_nll)
-    reuse: bool = True                 # a trial whose exact config already ran to the end reuses that run
-    register: bool = True              # register the best adapter as molting-<model>
-    seed: int = 42
-    experiment: str = "molting"
-    dataset: str = TrainConfig.dataset
-    min_steps: int = TrainConfig.min_steps
-    workers: int = 1                   # processes sharing the study; 0 = one per visible GPU
-    heartbeat_s: int = 10              # a worker's beat; after 3 missed beats its trial is failed and retried
-    precision: str = "auto"            # passed to every trial (runtime plan)
+    """A sweep's settings, each field with its default, help and bound (config.opt, as TrainConfig);
+    the trials' own settings are TrainConfig's, checked for each searched model on construction."""
+    model: str = opt("smol", "Preset, local folder or hub id (as train).")
+    n_trials: int = opt(12, "Trials the study should reach (across workers), references included.",
+                        lambda v: isinstance(v, int) and v >= 1, "a whole number ≥ 1")
+    target: float = opt(DEFAULT_TARGET, "Rubric score to beat.", lambda v: 0 < float(v) <= 10,
+                        "a rubric score in (0, 10]")
+    stop_at_target: bool = opt(False, "End the study once the target is beaten.")
+    storage: str = opt("", "Optuna storage (SQLAlchemy URL); empty: sqlite:///optuna.db beside a SQLite mlflow.db.")
+    study_name: str = opt("", "Empty: molting-<model>; the same name resumes the study.")
+    search: dict = opt(None, "{space name: values}; rows not given take their default.", factory=dict)
+    enqueue_user: bool = opt(True, "The user's original configuration as a reference trial.")
+    enqueue_default: bool = opt(False, "The preset's default configuration as a reference trial.")
+    prune: bool = opt(True, "Stop losing trials at an epoch's end (median ref_nll).")
+    reuse: bool = opt(True, "A trial whose exact config already ran to the end reuses that run.")
+    register: bool = opt(True, "Register the best adapter as molting-<model>.")
+    seed: int = opt(DEFAULT_SEED, "Random seed (the sampler's, and every trial's).")
+    experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name.")
+    dataset: str = opt(TrainConfig.dataset, "Chat examples every trial trains on (as train).")
+    min_steps: int = opt(TrainConfig.min_steps, "Trials below it are pruned untrained.")
+    workers: int = opt(1, "Processes sharing the study, one per GPU; 0 = one per visible GPU.",
+                       lambda v: isinstance(v, int) and v >= 0, "a whole number ≥ 0 (0 = one per GPU)")
+    heartbeat_s: int = opt(10, "A worker's beat; after 3 missed beats its trial is failed and retried.")
+    precision: str = opt("auto", "Every trial's precision (runtime plan, as train).")
 
     def __post_init__(self):
-        if not isinstance(self.n_trials, int) or self.n_trials < 1:
-            raise ConfigError(f"n_trials={self.n_trials!r} is invalid: expected a whole number ≥ 1")
-        if not 0 < float(self.target) <= 10:
-            raise ConfigError(f"target={self.target!r} is invalid: expected a rubric score in (0, 10]")
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise ConfigError(f"workers={self.workers!r} is invalid: expected a whole number ≥ 0 (0 = one per GPU)")
+        check_fields(self)
         unknown = set(self.search) - set(SPACE)
         if unknown:
             raise ConfigError(f"unknown searched parameter(s) {sorted(unknown)}; known: {', '.join(SPACE)}")
