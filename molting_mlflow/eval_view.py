@@ -31,7 +31,7 @@ import sys
 import time
 from contextlib import contextmanager
 
-from .rubric import DIMENSIONS, RUBRIC_VERSION
+from .rubric import DIMENSIONS, RUBRIC_VERSION, code_prefix
 
 TRACE_NOTE = ("replayed: the answer was generated before scoring, in a batched model.generate call; "
               "start and end are that batch's")
@@ -43,7 +43,7 @@ def dimension_feedback(result: dict, dim: str):
     belongs to this dimension (`d1.` for d1_identity; `empty` costs every dimension)."""
     from mlflow.entities import Feedback
 
-    prefix = dim.split("_")[0] + "."
+    prefix = code_prefix(dim)
     lost = [(c, r) for c, r in zip(result["codes"], result["reasons"]) if c.startswith(prefix) or c == "empty"]
     return Feedback(value=result[dim], rationale="; ".join(r for _, r in lost) or "full points",
                     metadata={"codes": " ".join(c for c, _ in lost), "rubric_version": RUBRIC_VERSION})
