@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from .config import DEFAULT_SEED
-from .data import fold_system
+from .data import common_prefix, fold_system
 from .rubric import Question
 
 
@@ -118,7 +118,7 @@ def reference_nll(model, tok, questions: list[Question], system_prompt: str | No
                                         tokenize=True)["input_ids"]
         full = tok.apply_chat_template(prompt + [{"role": "assistant", "content": ref}], chat_template=template,
                                        tokenize=True)["input_ids"]
-        start = _common_prefix(p_ids, full)
+        start = common_prefix(p_ids, full)
         seqs.append((full, start))
     dev = next(model.parameters()).device
     width = max(len(f) for f, _ in seqs)
@@ -142,10 +142,3 @@ def reference_nll(model, tok, questions: list[Question], system_prompt: str | No
     finally:
         if was_training:
             model.train()
-
-
-def _common_prefix(a, b) -> int:
-    i = 0
-    while i < min(len(a), len(b)) and a[i] == b[i]:
-        i += 1
-    return i

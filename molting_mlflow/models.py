@@ -317,23 +317,31 @@ CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\
           "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
-def tiny_tokenizer(vocab_size: int = 1024):
-    """A ChatML byte-level BPE trained on the shipped data in a second (ids: <|endoftext|> 0,
-    <|im_start|> 1, <|im_end|> 2). tiny-random's tokenizer; the GPU benchmark's with a smaller vocab."""
+def shipped_bpe(vocab_size: int, specials: list[str]):
+    """A byte-level BPE (a `tokenizers.Tokenizer`) trained in a second on the shipped dataset and persona
+    card, `specials` at ids 0, 1, … and the first of them its unknown token: tiny-random's tokenizer
+    and the rehearsal's stand-in (rehearsal.stand_in_tokenizer) are built on it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    from .persona import DATA_DIR
+    from .paths import DATA_DIR
 
     corpus = [(DATA_DIR / "dataset_personality_v1.json").read_text(encoding="utf-8"),
               (DATA_DIR / "persona.yaml").read_text(encoding="utf-8")]
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
+    bpe = Tokenizer(models.BPE(unk_token=specials[0]))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                         show_progress=False,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return bpe
+
+
+def tiny_tokenizer(vocab_size: int = 1024):
+    """A ChatML byte-level BPE trained on the shipped data in a second (ids: <|endoftext|> 0,
+    <|im_start|> 1, <|im_end|> 2). tiny-random's tokenizer; the GPU benchmark's with a smaller vocab."""
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = shipped_bpe(vocab_size, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<|endoftext|>", bos_token="<|im_start|>",
                                   eos_token="<|im_end|>", pad_token="<|im_end|>")
     tok.chat_template = CHATML

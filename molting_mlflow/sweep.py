@@ -488,7 +488,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
 
     from .models import resolve_model
     from .sweep_report import log_study
-    from .reaper import touch_store
+    from .reaper import redact, touch_store
     from .tracking import stage_run
 
     for model in sc.models():
@@ -507,7 +507,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
                                                                 "molting.study": study.study_name}) as parent:
         mlflow.log_params({f"sweep.{k}": v for k, v in asdict(sc).items() if k not in ("search", "storage")}
                           | {f"sweep.search.{k}": ",".join(map(str, v)) for k, v in sc.space.items()}
-                          | {"sweep.storage": _redact(sc.resolved_storage()), "sweep.sampler": "TPE(multivariate)",
+                          | {"sweep.storage": redact(sc.resolved_storage()), "sweep.sampler": "TPE(multivariate)",
                              "sweep.workers": n, "sweep.pruner": "min-steps + MedianPruner(epoch ref_nll)"
                              if sc.prune else "min-steps"})
         if n == 1:
@@ -516,8 +516,3 @@ def sweep(sc: SweepConfig, log=print) -> dict:
             _spawn_workers(sc, parent.info.run_id, n, t0, log)
         summary = log_study(study, sc, time.time() - t0, parent.info.run_id, log)
     return summary
-
-
-def _redact(url: str) -> str:
-    """Storage URL without a password."""
-    return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)
