@@ -442,11 +442,15 @@ def chat(ref, max_new_tokens, question):
     if question:
         click.echo(answer(question))
         return
+    from .language import YOU
+    from .persona import load_persona
+
+    persona = load_persona()       # the labels: the persona card's name, the word for "you" in its language
     while True:
-        q = click.prompt("você", default="", show_default=False)
+        q = click.prompt(YOU.get(persona.language, YOU["en"]), default="", show_default=False)
         if not q.strip():
             break
-        click.echo(f"cláudio: {answer(q)}")
+        click.echo(f"{persona.name.lower()}: {answer(q)}")
 
 
 @cli.command()

@@ -72,7 +72,8 @@ def register_adapter(run_id: str, preset: str, target: float = DEFAULT_TARGET, l
     m = run.data.metrics
     from mlflow.models import infer_signature
 
-    signature = infer_signature(["Quem é você?"], ["Sou o Cláudio."], params={"max_new_tokens": 128})
+    # the values only give the types (a string in, a string out); the persona's words live in its card
+    signature = infer_signature(["a question"], ["its answer"], params={"max_new_tokens": 128})
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         mlflow.set_tags(process_tags())  # RUNNING again, held by this process: not a zombie to the reaper
         info = mlflow.pyfunc.log_model(
