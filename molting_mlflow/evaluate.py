@@ -69,7 +69,7 @@ def _adapter_subject(ref: str) -> _Subject:
 
 def _baseline_subject(model_name: str, system_prompt: str) -> _Subject:
     source = resolve_model(model_name)
-    plan = runtime.eval_plan("fp32" if source.kind == "tiny-random" else "auto")
+    plan = runtime.eval_plan(source.auto_precision or "auto")
     model = load_model(source, plan).eval()
     tok = load_tokenizer(source)
     return _Subject(model, tok, system_prompt, None, plan, {"molting.baseline": "true", "molting.model": model_name},

@@ -36,10 +36,23 @@ class ModelSource:
 
     name: str                 # preset name, or the id/path the user gave
     preset: Preset | None
-    kind: str                 # "hf" (a hub id or local folder), "tiny-random"
-    path: str                 # folder to pass to from_pretrained ("" for tiny-random)
+    kind: str                 # "hf" (a hub id or local folder), or a built preset's name ("tiny-random")
+    path: str                 # folder to pass to from_pretrained ("" for a built preset)
     model_id: str             # hub id or path, for the logs
     revision: str             # commit hash in the HF cache, or a file's sha256, or "random-init"
+
+    @property
+    def built(self) -> bool:
+        """Weights built in this process (the preset's trait), not read from a folder."""
+        return self.preset is not None and self.preset.built
+
+    @property
+    def quantizable(self) -> bool:
+        return self.preset is None or self.preset.quantizable
+
+    @property
+    def auto_precision(self) -> str | None:
+        return self.preset.auto_precision if self.preset is not None else None
 
     def as_params(self) -> dict:
         return {"model.name": self.name, "model.id": self.model_id, "model.revision": self.revision,
@@ -64,8 +77,8 @@ def resolve_model(name: str) -> ModelSource:
     """Map `model` (a preset, a local folder or a hub id, `org/name@revision` to pin one) to a loadable
     source, or fail in one line."""
     preset = PRESETS.get(name)
-    if preset is not None and preset.name == "tiny-random":
-        return ModelSource(name, preset, "tiny-random", "", "tiny-random", "random-init")
+    if preset is not None and preset.built:
+        return ModelSource(name, preset, preset.name, "", preset.name, "random-init")
     if preset is None:
         p = Path(name).expanduser()
         if p.is_dir():
@@ -368,7 +381,7 @@ def build_tiny_random():
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
-    if source.kind == "tiny-random":
+    if source.built:
         return build_tiny_random()[1]
     return AutoTokenizer.from_pretrained(source.path, local_files_only=True)
 
@@ -377,7 +390,7 @@ def load_model(source: ModelSource, plan):
     """The base model as `plan` (runtime.Plan) says: dtype, NF4 quantisation, attention kernel, device."""
     from transformers import AutoModelForCausalLM
 
-    if source.kind == "tiny-random":
+    if source.built:
         import torch
 
         model, _ = build_tiny_random()
@@ -420,7 +433,7 @@ def load_adapter_model(adapter_dir: Path):
         raise AdapterError(f"{adapter_dir}: no molting.json (not written by molting train); cannot tell its base model")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     source = resolve_model(meta["model"])
-    plan = runtime.eval_plan(meta.get("precision", "fp32"), quantizable=source.kind != "tiny-random")
+    plan = runtime.eval_plan(meta.get("precision", "fp32"), quantizable=source.quantizable)
     base = load_model(source, plan)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     tok = AutoTokenizer.from_pretrained(str(adapter_dir))

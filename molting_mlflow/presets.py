@@ -30,6 +30,10 @@ class Preset:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     only_for_plumbing: bool = False  # True: random weights, never used to claim a score
+    # Traits the loaders and the runtime plan read instead of asking for a preset by name:
+    built: bool = False              # its weights are built in this process (models.build_tiny_random), not read
+    quantizable: bool = True         # bitsandbytes can load it in 4 bits (precision=nf4)
+    auto_precision: str | None = None  # what precision=auto means for a model of one precision; None: the plan's
 
     def defaults(self) -> dict:
         return {k: getattr(self, k) for k in ("epochs", "grad_accum", "batch_size", "lr", "max_seq_len",
@@ -100,6 +104,9 @@ PRESETS: dict[str, Preset] = {
             lora_r=8,
             lora_alpha=16,
             only_for_plumbing=True,
+            built=True,
+            quantizable=False,
+            auto_precision="fp32",
         ),
     ]
 }
