@@ -113,27 +113,29 @@ class SweepConfig:
     """A sweep's settings, each field with its default, help and bound (config.opt, as TrainConfig);
     the trials' own settings are TrainConfig's, checked for each searched model on construction."""
     model: str = opt("smol", "Preset, local folder or hub id (as train).")
-    n_trials: int = opt(12, "Trials the study should reach (across workers), references included.",
+    n_trials: int = opt(12, "Trials the study should reach, references included.",
                         lambda v: isinstance(v, int) and v >= 1, "a whole number ≥ 1")
     target: float = opt(DEFAULT_TARGET, "Rubric score to beat.", lambda v: 0 < float(v) <= 10,
                         "a rubric score in (0, 10]")
-    stop_at_target: bool = opt(False, "End the study once the target is beaten.")
-    storage: str = opt("", "Optuna storage (SQLAlchemy URL); empty: sqlite:///optuna.db beside a SQLite mlflow.db.")
-    study_name: str = opt("", "Empty: molting-<model>; the same name resumes the study.")
+    stop_at_target: bool = opt(False, "End the study once beaten.")
+    storage: str = opt("", "Optuna storage (SQLAlchemy URL); default optuna.db beside a SQLite mlflow.db. "
+                       "postgresql://… lets workers on several machines share one study.")
+    study_name: str = opt("", "Default molting-<model>; the same name resumes the study.")
     search: dict = opt(None, "{space name: values}; rows not given take their default.", factory=dict)
     enqueue_user: bool = opt(True, "The user's original configuration as a reference trial.")
     enqueue_default: bool = opt(False, "The preset's default configuration as a reference trial.")
-    prune: bool = opt(True, "Stop losing trials at an epoch's end (median ref_nll).")
-    reuse: bool = opt(True, "A trial whose exact config already ran to the end reuses that run.")
-    register: bool = opt(True, "Register the best adapter as molting-<model>.")
+    prune: bool = opt(True, "Stop trials whose epoch ref_nll is worse than the median.")
+    reuse: bool = opt(True, "A trial whose exact config (fingerprint) already finished in the experiment reuses "
+                      "that run.")
+    register: bool = opt(True, "Register the best adapter.")
     seed: int = opt(DEFAULT_SEED, "Random seed (the sampler's, and every trial's).")
     experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name.")
     dataset: str = opt(TrainConfig.dataset, "Chat examples every trial trains on (as train).")
     min_steps: int = opt(TrainConfig.min_steps, "Trials below it are pruned untrained.")
     workers: int = opt(1, "Processes sharing the study, one per GPU; 0 = one per visible GPU.",
                        lambda v: isinstance(v, int) and v >= 0, "a whole number ≥ 0 (0 = one per GPU)")
-    heartbeat_s: int = opt(10, "A worker's beat; after 3 missed beats its trial is failed and retried.")
-    precision: str = opt("auto", "Every trial's precision (runtime plan, as train).")
+    heartbeat_s: int = opt(10, "A worker's heartbeat; 3 missed beats fail its trial, which is retried once.")
+    precision: str = opt("auto", "Every trial's precision (as train).")
 
     def __post_init__(self):
         check_fields(self)
