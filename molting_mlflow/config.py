@@ -1,5 +1,6 @@
 """TrainConfig: the one place a training run's settings live, each field with its default, its help
-and its bound side by side; validated on construction.
+and its bound side by side; validated on construction. Also the defaults every stage shares (seed,
+experiment, step minimum, target, answer length) and `opt`, the field EvalConfig and SweepConfig use too.
 
 The CLI options are generated from these fields (help text included), the MLproject parameters
 carry the same names (a test checks), `resolve()` fills what the user left to the preset, and

