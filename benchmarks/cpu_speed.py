@@ -31,6 +31,8 @@ def cpu_line() -> str:
 def run(tree: Path, store: str, label: str) -> dict:
     import mlflow
 
+    from molting_mlflow.rubric import UNTAGGED_RUBRIC_VERSION
+
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(tree), "GIT_PYTHON_REFRESH": "quiet"}
     t = time.time()
     r = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "--env-manager", "local",
@@ -44,7 +46,7 @@ def run(tree: Path, store: str, label: str) -> dict:
             "tok_s": m.get("train_tokens_per_s", float("nan")), "gen_s": m.get("gen_seconds", float("nan")),
             "precision": p.get("train.precision"), "dropout": p.get("train.lora_dropout"),
             "steps": m.get("optimizer_steps"), "score": m.get("score", float("nan")),
-            "rubric": run_.data.tags.get("molting.rubric_version", "1.0")}
+            "rubric": run_.data.tags.get("molting.rubric_version", UNTAGGED_RUBRIC_VERSION)}
 
 
 def main() -> None:

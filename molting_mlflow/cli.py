@@ -17,6 +17,8 @@ from .offline import stay_offline
 stay_offline()   # before anything imports mlflow: its telemetry starts at import
 
 from .config import TrainConfig  # noqa: E402
+from .evaluate import EvalConfig  # noqa: E402
+from .sweep import SweepConfig  # noqa: E402
 
 class UserError(click.ClickException):
     """A mistake in the input: one line, exit code 2."""
@@ -136,6 +138,11 @@ def train_options(fn):
     return fn
 
 
+def _help(config, name: str) -> str:
+    """A config field's help (config.opt): an option says what its field says."""
+    return config.__dataclass_fields__[name].metadata["help"]
+
+
 def _config(kw) -> TrainConfig:
     return TrainConfig.from_dict(kw)
 
@@ -216,14 +223,16 @@ def preflight(template_revision, **kw):
 
 
 @cli.command()
-@click.option("--run-id", default="", help="A train run: evaluates its adapter (runs:/<run_id>/adapter).")
-@click.option("--adapter", default="", help="runs:/…/adapter, models:/<name>@<alias>, or a local adapter folder.")
-@click.option("--model", default="", help="With no adapter: score this bare base model (baseline). Default smol.")
-@click.option("--questions", default=None, help="Evaluation questions (JSON). Default: data/eval_questions.json.")
-@click.option("--max-new-tokens", default=96, show_default=True, type=int, help="Token limit of each answer.")
-@click.option("--batch-size", default=8, show_default=True, type=int, help="Questions generated together.")
-@click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--experiment", default="molting", show_default=True, help="MLflow experiment name.")
+@click.option("--run-id", default=EvalConfig.run_id, help=_help(EvalConfig, "run_id"))
+@click.option("--adapter", default=EvalConfig.adapter, help=_help(EvalConfig, "adapter"))
+@click.option("--model", default=EvalConfig.model, help=_help(EvalConfig, "model"))
+@click.option("--questions", default=None, help=_help(EvalConfig, "questions") + " Default: data/eval_questions.json.")
+@click.option("--max-new-tokens", default=EvalConfig.max_new_tokens, show_default=True, type=int,
+              help=_help(EvalConfig, "max_new_tokens"))
+@click.option("--batch-size", default=EvalConfig.batch_size, show_default=True, type=int,
+              help=_help(EvalConfig, "batch_size"))
+@click.option("--seed", default=EvalConfig.seed, show_default=True, type=int, help=_help(EvalConfig, "seed"))
+@click.option("--experiment", default=EvalConfig.experiment, show_default=True, help=_help(EvalConfig, "experiment"))
 @user_errors
 def evaluate(run_id, adapter, model, questions, max_new_tokens, batch_size, seed, experiment):
     """Answer the evaluation questions and score them with the rubric (D1–D5, ref_nll, ref_chrf) in a new MLflow run.
@@ -305,37 +314,41 @@ def search_options(fn):
 
 
 @cli.command()
-@click.option("--model", default="smol", show_default=True, help="Preset, local folder or hub id (as train).")
-@click.option("--n-trials", default=12, show_default=True, type=int, help="Trials the study should reach, references included.")
-@click.option("--target", default=5.0, show_default=True, type=float, help="Rubric score to beat.")
-@click.option("--stop-at-target", default=False, type=click.BOOL, show_default=True, help="End the study once beaten.")
-@click.option("--storage", default="", help="Optuna storage (SQLAlchemy URL); default optuna.db beside a SQLite mlflow.db. "
-              "postgresql://… lets workers on several machines share one study.")
-@click.option("--study-name", default="", help="Default molting-<model>; the same name resumes the study.")
+@click.option("--model", default=SweepConfig.model, show_default=True, help=_help(SweepConfig, "model"))
+@click.option("--n-trials", default=SweepConfig.n_trials, show_default=True, type=int,
+              help=_help(SweepConfig, "n_trials"))
+@click.option("--target", default=SweepConfig.target, show_default=True, type=float, help=_help(SweepConfig, "target"))
+@click.option("--stop-at-target", default=SweepConfig.stop_at_target, type=click.BOOL, show_default=True,
+              help=_help(SweepConfig, "stop_at_target"))
+@click.option("--storage", default=SweepConfig.storage, help=_help(SweepConfig, "storage"))
+@click.option("--study-name", default=SweepConfig.study_name, help=_help(SweepConfig, "study_name"))
 @search_options
 @click.option("--search", "search_text", default="", help="The searched ranges as one string, name=values;… "
               "(the MLproject's form), e.g. 'lr=1e-4,1e-3;lora_r=8,16'; it overrides the options above.")
-@click.option("--enqueue-user", default=True, type=click.BOOL, show_default=True,
-              help="The user's original configuration as a reference trial.")
-@click.option("--enqueue-default", default=False, type=click.BOOL, show_default=True,
-              help="The preset's default configuration as a reference trial.")
-@click.option("--prune", default=True, type=click.BOOL, show_default=True,
-              help="Stop trials whose epoch ref_nll is worse than the median.")
-@click.option("--reuse", default=True, type=click.BOOL, show_default=True,
-              help="A trial whose exact config (fingerprint) already finished in the experiment reuses that run.")
-@click.option("--register", default=True, type=click.BOOL, show_default=True, help="Register the best adapter.")
-@click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--experiment", default="molting", show_default=True)
-@click.option("--min-steps", default=150, show_default=True, type=int, help="Trials below it are pruned untrained.")
-@click.option("--workers", default=0, show_default=True, type=int,
-              help="Processes sharing the study; 0 = --trials-per-gpu × visible GPUs (1 on a CPU).")
-@click.option("--trials-per-gpu", default=0, show_default=True, type=int,
-              help="Trials sharing one GPU; 0 = as many as the card's free memory and the CPU cores allow.")
-@click.option("--gpu-memory-gib", default=0.0, show_default=True, type=float,
-              help="A card's memory budget for its trials, GiB (0 = its free memory).")
-@click.option("--precision", default="auto", show_default=True, help="Every trial's precision (as train).")
-@click.option("--heartbeat-s", default=10, show_default=True, type=int,
-              help="A worker's heartbeat; 3 missed beats fail its trial, which is retried once.")
+@click.option("--enqueue-user", default=SweepConfig.enqueue_user, type=click.BOOL, show_default=True,
+              help=_help(SweepConfig, "enqueue_user"))
+@click.option("--enqueue-default", default=SweepConfig.enqueue_default, type=click.BOOL, show_default=True,
+              help=_help(SweepConfig, "enqueue_default"))
+@click.option("--prune", default=SweepConfig.prune, type=click.BOOL, show_default=True,
+              help=_help(SweepConfig, "prune"))
+@click.option("--reuse", default=SweepConfig.reuse, type=click.BOOL, show_default=True,
+              help=_help(SweepConfig, "reuse"))
+@click.option("--register", default=SweepConfig.register, type=click.BOOL, show_default=True,
+              help=_help(SweepConfig, "register"))
+@click.option("--seed", default=SweepConfig.seed, show_default=True, type=int, help=_help(SweepConfig, "seed"))
+@click.option("--experiment", default=SweepConfig.experiment, show_default=True,
+              help=_help(SweepConfig, "experiment"))
+@click.option("--min-steps", default=SweepConfig.min_steps, show_default=True, type=int,
+              help=_help(SweepConfig, "min_steps"))
+@click.option("--workers", default=SweepConfig.workers, show_default=True, type=int,
+              help=_help(SweepConfig, "workers"))
+@click.option("--trials-per-gpu", default=SweepConfig.trials_per_gpu, show_default=True, type=int,
+              help=_help(SweepConfig, "trials_per_gpu"))
+@click.option("--gpu-memory-gib", default=SweepConfig.gpu_memory_gib, show_default=True, type=float,
+              help=_help(SweepConfig, "gpu_memory_gib"))
+@click.option("--precision", default=SweepConfig.precision, show_default=True, help=_help(SweepConfig, "precision"))
+@click.option("--heartbeat-s", default=SweepConfig.heartbeat_s, show_default=True, type=int,
+              help=_help(SweepConfig, "heartbeat_s"))
 @user_errors
 def sweep(search_text, **kw):
     """Search the sweep's table (grad_accum, epochs, lr; lora_r and models on request) with Optuna;
@@ -444,11 +457,15 @@ def chat(ref, max_new_tokens, question):
     if question:
         click.echo(answer(question))
         return
+    from .language import YOU
+    from .persona import load_persona
+
+    persona = load_persona()       # the labels: the persona card's name, the word for "you" in its language
     while True:
-        q = click.prompt("você", default="", show_default=False)
+        q = click.prompt(YOU.get(persona.language, YOU["en"]), default="", show_default=False)
         if not q.strip():
             break
-        click.echo(f"cláudio: {answer(q)}")
+        click.echo(f"{persona.name.lower()}: {answer(q)}")
 
 
 @cli.command()

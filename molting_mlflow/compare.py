@@ -3,7 +3,7 @@
 says so when more than one version is in the table)."""
 from __future__ import annotations
 
-from .rubric import DIMENSIONS
+from .rubric import DIMENSIONS, UNTAGGED_RUBRIC_VERSION
 
 METRICS = ["optimizer_steps", "final_loss", "ref_nll", "ref_chrf", *DIMENSIONS, "score"]
 
@@ -38,9 +38,9 @@ def compare_runs(experiment: str | None = None, all_columns: bool = False):
     for m in METRICS:
         col = f"metrics.{m}"
         out[m] = runs[col].round(3) if col in runs else None
-    # a scored run without the tag was scored before versions were recorded: v1.0
+    # a scored run without the tag was scored before versions were recorded
     tag = runs["tags.molting.rubric_version"] if "tags.molting.rubric_version" in runs else [None] * len(runs)
-    out["rubric"] = [None if pd.isna(score) else (v if isinstance(v, str) else "1.0")
+    out["rubric"] = [None if pd.isna(score) else (v if isinstance(v, str) else UNTAGGED_RUBRIC_VERSION)
                      for score, v in zip(out["score"], tag)]
     return out.sort_values(["rubric", "score"], ascending=[False, False], na_position="last").reset_index(drop=True)
 

@@ -1,5 +1,6 @@
 """TrainConfig: the one place a training run's settings live, each field with its default, its help
-and its bound side by side; validated on construction.
+and its bound side by side; validated on construction. Also the defaults every stage shares (seed,
+experiment, step minimum, target, answer length) and `opt`, the field EvalConfig and SweepConfig use too.
 
 The CLI options are generated from these fields (help text included), the MLproject parameters
 carry the same names (a test checks), `resolve()` fills what the user left to the preset, and
@@ -16,15 +17,26 @@ from .presets import PRESETS, defaults_preset
 from .runtime import PRECISION_CHOICES
 
 __all__ = ["ConfigError", "TrainConfig", "steps_per_epoch", "step_fixes", "DEFAULT_DATASET", "DEFAULT_PERSONA",
-           "DEFAULT_QUESTIONS", "DEFAULT_MIN_STEPS", "PREFLIGHT_MODES", "SYSTEM_PROMPT_MODES"]
+           "DEFAULT_QUESTIONS", "DEFAULT_MIN_STEPS", "DEFAULT_SEED", "DEFAULT_EXPERIMENT", "DEFAULT_TARGET",
+           "DEFAULT_MAX_NEW_TOKENS", "PREFLIGHT_MODES", "check_fields", "opt", "whole"]
 
 PREFLIGHT_MODES = ("strict", "warn")
-# How the system prompt reaches the model: the persona's, none, or folded into the first user turn
-# (for templates that drop the system turn); any other value is the prompt's text itself.
-SYSTEM_PROMPT_MODES = ("persona", "none", "fold")
+
+# Facts every stage shares, each written here once; the configs' fields (train, evaluate, sweep), the
+# CLI, the registry and diagnose use them by name. MLproject repeats the defaults: tests/test_mlproject.py
+# checks that they agree.
 # Below this many optimizer steps the user's TinyLlama run (50 steps) never learned the persona
 # and smol did not either (50 steps: degenerate, 150: in persona). Overridable per run.
 DEFAULT_MIN_STEPS = 150
+# Every stage's seed: data order and LoRA init (train), the sampler (sweep), generation (evaluate).
+DEFAULT_SEED = 42
+# The MLflow experiment the project's runs go to (under `mlflow run`, the run's own experiment wins).
+DEFAULT_EXPERIMENT = "molting"
+# The user's goal, a rubric score (of 10) above this: the sweep's target, the registry's bar for the
+# `champion` alias, and what diagnose calls "below target".
+DEFAULT_TARGET = 5.0
+# Token limit of each evaluation answer (train's own evaluation and the evaluate stage).
+DEFAULT_MAX_NEW_TOKENS = 96
 
 
 class ConfigError(ValueError):
@@ -43,10 +55,23 @@ def _whole(lo: int):
     return lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= lo)
 
 
-def opt(default, help: str, check=None, form: str = "", preset: bool = False):
-    """A TrainConfig field: default, help (the CLI's), check and expected form (the error's), and
-    whether `None` means the preset's default."""
-    return field(default=default, metadata={"help": help, "check": check, "form": form, "preset": preset})
+whole = _whole   # the bound "a whole number ≥ lo" for the other configs' fields (None passes: 'preset')
+
+
+def opt(default, help: str, check=None, form: str = "", preset: bool = False, factory=None):
+    """A config field (TrainConfig, EvalConfig, SweepConfig): default, help (the CLI's), check and
+    expected form (the error's), and whether `None` means the preset's default. `factory`: a mutable
+    default's maker, in place of `default`."""
+    meta = {"help": help, "check": check, "form": form, "preset": preset}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
+def check_fields(config) -> None:
+    """Every field's check, on construction: a ConfigError naming the field, the value and the form."""
+    for f in fields(config):
+        check = f.metadata.get("check")
+        if check is not None and not check(getattr(config, f.name)):
+            raise ConfigError(f"{f.name}={getattr(config, f.name)!r} is invalid: expected {f.metadata['form']}")
 
 
 @dataclass
@@ -77,9 +102,10 @@ class TrainConfig:
                                   "a token count between 16 and 131072 (or 'preset')", preset=True)
     warmup_ratio: float = opt(0.05, "Share of optimizer steps spent warming the learning rate up.",
                               lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a value in [0, 1)")
-    seed: int = opt(42, "Random seed (data order, LoRA init).", _whole(0), "a whole number ≥ 0")
-    experiment: str = opt("molting", "MLflow experiment name (under `mlflow run`, the run's own experiment wins).",
-                          lambda v: isinstance(v, str) and v.strip() != "", "a non-empty experiment name")
+    seed: int = opt(DEFAULT_SEED, "Random seed (data order, LoRA init).", _whole(0), "a whole number ≥ 0")
+    experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name (under `mlflow run`, the run's own "
+                          "experiment wins).", lambda v: isinstance(v, str) and v.strip() != "",
+                          "a non-empty experiment name")
     system_prompt: str = opt("persona", "'persona' (the persona's), 'none' (train without one, as the user did), "
                              "'fold' (into the first user turn, for templates that drop the system turn), or the text.",
                              lambda v: isinstance(v, str) and v.strip() != "",
@@ -95,7 +121,7 @@ class TrainConfig:
     persona: str = opt(str(DEFAULT_PERSONA), "Persona card (YAML): system prompt, language and the rubric's lists.")
     evaluate: bool = opt(True, "End the run by scoring the adapter with the rubric (true/false).",
                          lambda v: isinstance(v, bool), "true or false")
-    eval_max_new_tokens: int = opt(96, "Token limit of each evaluation answer.",
+    eval_max_new_tokens: int = opt(DEFAULT_MAX_NEW_TOKENS, "Token limit of each evaluation answer.",
                                    lambda v: isinstance(v, int) and 1 <= v <= 4096, "a whole number in 1..4096")
     precision: str = opt("auto", "auto (fp32 on a CPU; on a GPU bf16 where the model and its batches fit the "
                          "memory budget, else QLoRA nf4), bf16, nf4 (CUDA) or fp32.",
@@ -105,10 +131,7 @@ class TrainConfig:
                                 "GiB in 0..4096 (0 = the card's memory)")
 
     def __post_init__(self):
-        for f in fields(self):
-            check = f.metadata.get("check")
-            if check is not None and not check(getattr(self, f.name)):
-                raise ConfigError(f"{f.name}={getattr(self, f.name)!r} is invalid: expected {f.metadata['form']}")
+        check_fields(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -122,10 +145,10 @@ class TrainConfig:
     def preset_fields() -> tuple[str, ...]:
         return tuple(f.name for f in fields(TrainConfig) if f.metadata.get("preset"))
 
-    def resolve(self, device: str = "cpu") -> "TrainConfig":
-        """Fill every None from the preset's defaults for this device (a model folder takes its
-        architecture's preset: presets.defaults_preset)."""
-        defaults = defaults_preset(self.model)[0].defaults(device)
+    def resolve(self) -> "TrainConfig":
+        """Fill every None from the preset's defaults (a model folder takes its architecture's preset:
+        presets.defaults_preset)."""
+        defaults = defaults_preset(self.model)[0].defaults()
         return replace(self, **{f: defaults[f] for f in self.preset_fields() if getattr(self, f) is None})
 
     @property

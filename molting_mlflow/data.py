@@ -44,6 +44,15 @@ class ChatDataset:
         return self.rows[i]["prompt"] + self.rows[i]["completion"]
 
 
+def common_prefix(a, b) -> int:
+    """How many leading tokens two token lists share: where a rendered prompt ends inside the rendered
+    conversation, so the rest is the completion (pre-flight's trained span, generation's ref_nll)."""
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def fold_system(msgs: list[dict]) -> list[dict]:
     """The system turn merged into the first user turn, "<system>\n\n<user>": how a system prompt reaches
     a model whose template drops the system turn (Phi-3-mini's first template). Unchanged without one."""

@@ -14,12 +14,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, describe_fixes
-from .rubric import DIMENSIONS, REASON_CODES
+from .config import DEFAULT_MIN_STEPS, DEFAULT_TARGET, ConfigError, TrainConfig, describe_fixes
+from .rubric import DIMENSIONS, REASON_CODES, UNTAGGED_RUBRIC_VERSION, code_prefix, short_name
 
 THRESHOLDS = {
     # Impact by the rubric points (of 10) a cause plausibly cost: a point is a tenth of the scale,
-    # and the user's target (5.0) sits 2.1 points above their 2.9.
+    # and the user's target (config.DEFAULT_TARGET) sits 2.1 points above their 2.9.
     "impact_high_points": 1.0,
     "impact_medium_points": 0.3,
     # "Still falling": the loss dropped by more than this share over the last quarter of the
@@ -30,7 +30,7 @@ THRESHOLDS = {
     # (2.16 at 50 steps); runs that answered in persona ended near 1.0 or below.
     "high_final_loss": 1.5,
 }
-SHORT = {"d1_identity": "D1", "d2_factual": "D2", "d3_voice": "D3", "d4_cleanliness": "D4", "d5_quality": "D5"}
+SHORT = {d: short_name(d) for d in DIMENSIONS}
 
 
 class DiagnoseError(ValueError):
@@ -84,7 +84,8 @@ def load_run(run_id: str) -> RunData:
     table = json.loads(artifact("eval_results.json") or "{}")
     answers = [dict(zip(table["columns"], row)) for row in table.get("data", [])]
     if answers and "codes" not in answers[0]:
-        raise DiagnoseError(f"run {run_id} was scored under rubric v{run.data.tags.get('molting.rubric_version', '1.0')}"
+        raise DiagnoseError(f"run {run_id} was scored under rubric "
+                            f"v{run.data.tags.get('molting.rubric_version', UNTAGGED_RUBRIC_VERSION)}"
                             f", without reason codes; rescore it first: molting rescore {run_id}")
     for a in answers:
         a["codes"] = (a.get("codes") or "").split()
@@ -92,7 +93,7 @@ def load_run(run_id: str) -> RunData:
 
 
 def rubric_version(run: RunData) -> str:
-    return run.tags.get("molting.rubric_version", "1.0")
+    return run.tags.get("molting.rubric_version", UNTAGGED_RUBRIC_VERSION)
 
 
 def find_baseline(run: RunData) -> RunData | None:
@@ -149,9 +150,9 @@ def findings(run: RunData) -> list[Finding]:
     p, m, pre = run.params, run.metrics, run.preflight
     nums = pre.get("numbers", {})
     steps = int(m.get("optimizer_steps", nums.get("optimizer_steps", 0)) or 0)
-    min_steps = int(nums.get("min_steps", p.get("train.min_steps", 150)))
+    min_steps = int(nums.get("min_steps", p.get("train.min_steps", DEFAULT_MIN_STEPS)))
     score = m.get("score")
-    below = score is not None and score <= 5.0
+    below = score is not None and score <= DEFAULT_TARGET
 
     # Convergence: too few optimizer steps. The advice is pre-flight's own (config.step_fixes).
     if steps and steps < min_steps:
@@ -254,7 +255,7 @@ def _reason(a: dict, dim: str) -> str:
     sentences = a.get("reasons", "").split("; ")
     if len(sentences) != len(a["codes"]):
         return a.get("reasons", "") or "no reason logged"
-    return "; ".join(t for t, c in zip(sentences, a["codes"]) if c.startswith(dim.lower() + ".")) or "no reason logged"
+    return "; ".join(t for t, c in zip(sentences, a["codes"]) if c.startswith(code_prefix(dim))) or "no reason logged"
 
 
 def _scores_table(rows: list[tuple[str, RunData | None]]) -> list[str]:

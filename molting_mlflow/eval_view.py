@@ -32,7 +32,7 @@ import sys
 import time
 from contextlib import contextmanager
 
-from .rubric import DIMENSIONS, RUBRIC_VERSION
+from .rubric import DIMENSIONS, RUBRIC_VERSION, code_prefix
 
 # Traces are written when their span ends, not by MLflow's background queue: the queue's consumer
 # waits up to 1 s for work before it sees a flush, and each flush (the read-back below, the
@@ -50,7 +50,7 @@ def dimension_feedback(result: dict, dim: str):
     belongs to this dimension (`d1.` for d1_identity; `empty` costs every dimension)."""
     from mlflow.entities import Feedback
 
-    prefix = dim.split("_")[0] + "."
+    prefix = code_prefix(dim)
     lost = [(c, r) for c, r in zip(result["codes"], result["reasons"]) if c.startswith(prefix) or c == "empty"]
     return Feedback(value=result[dim], rationale="; ".join(r for _, r in lost) or "full points",
                     metadata={"codes": " ".join(c for c, _ in lost), "rubric_version": RUBRIC_VERSION})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 from . import runtime
-from .config import ConfigError
+from .config import DEFAULT_EXPERIMENT, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, ConfigError, check_fields, opt, whole
 from .generation import adapter_prompt, generate, merged_lora, reference_nll
 from .models import AdapterError, load_adapter_model, load_model, load_tokenizer, resolve_adapter, resolve_model
 from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
@@ -22,23 +22,24 @@ __all__ = ["EvalConfig", "evaluate", "AdapterError"]
 
 @dataclass
 class EvalConfig:
-    run_id: str = ""                 # a train run: evaluates runs:/<run_id>/adapter
-    adapter: str = ""                # runs:/…, models:/… or a local adapter folder
-    model: str = ""                  # with neither: the bare base model (baseline); default smol
-    questions: str = str(DEFAULT_QUESTIONS)
-    persona: str = str(DEFAULT_PERSONA)
-    max_new_tokens: int = 96
-    batch_size: int = 8
-    seed: int = 42
-    experiment: str = "molting"
+    """An evaluation's settings, each field with its default, help and bound (config.opt, as TrainConfig)."""
+    run_id: str = opt("", "A train run: evaluates its adapter (runs:/<run_id>/adapter).")
+    adapter: str = opt("", "runs:/…/adapter, models:/<name>@<alias>, or a local adapter folder.")
+    model: str = opt("", "With no adapter: score this bare base model (baseline). Default smol.")
+    questions: str = opt(str(DEFAULT_QUESTIONS), "Evaluation questions (JSON).")
+    persona: str = opt(str(DEFAULT_PERSONA), "Persona card (YAML) the rubric scores with.")
+    max_new_tokens: int = opt(DEFAULT_MAX_NEW_TOKENS, "Token limit of each answer.",
+                              lambda v: isinstance(v, int) and 1 <= v <= 4096, "a whole number in 1..4096")
+    batch_size: int = opt(8, "Questions generated together.", lambda v: isinstance(v, int) and v >= 1,
+                          "a whole number ≥ 1")
+    seed: int = opt(DEFAULT_SEED, "Random seed (torch's, before generating; greedy decoding draws nothing).",
+                    whole(0), "a whole number ≥ 0")
+    experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name.")
 
     def __post_init__(self):
         if self.run_id and self.adapter:
             raise ConfigError("give run_id or adapter, not both")
-        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
-            raise ConfigError(f"max_new_tokens={self.max_new_tokens!r} is invalid: expected a whole number in 1..4096")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size={self.batch_size!r} is invalid: expected a whole number ≥ 1")
+        check_fields(self)
 
 
 @dataclass
@@ -69,7 +70,7 @@ def _adapter_subject(ref: str) -> _Subject:
 
 def _baseline_subject(model_name: str, system_prompt: str) -> _Subject:
     source = resolve_model(model_name)
-    plan = runtime.eval_plan("fp32" if source.kind == "tiny-random" else "auto")
+    plan = runtime.eval_plan(source.auto_precision or "auto")
     model = load_model(source, plan).eval()
     tok = load_tokenizer(source)
     return _Subject(model, tok, system_prompt, None, plan, {"molting.baseline": "true", "molting.model": model_name},

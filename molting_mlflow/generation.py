@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-from .data import fold_system
+from .config import DEFAULT_SEED
+from .data import common_prefix, fold_system
 from .rubric import Question
 
 
@@ -54,7 +55,7 @@ def stop_ids(tok, model=None) -> list[int]:
 
 
 def generate(model, tok, questions: list[Question], system_prompt: str | None, max_new_tokens: int,
-             batch_size: int = 8, seed: int = 42, fold: bool = False, static: bool = False) -> tuple[list[dict], dict]:
+             batch_size: int = 8, seed: int = DEFAULT_SEED, fold: bool = False, static: bool = False) -> tuple[list[dict], dict]:
     """Greedy answers, one record per question: {"id", "response", "finish_reason", "new_tokens"}, and
     what the generation was: "prompt" (the text the model was given), "max_new_tokens", "batch" (the
     question's batch number and size) and "started_ns"/"ended_ns" (that batch's wall clock, epoch ns;
@@ -162,7 +163,7 @@ def reference_nll(model, tok, questions: list[Question], system_prompt: str | No
                                         tokenize=True)["input_ids"]
         full = tok.apply_chat_template(prompt + [{"role": "assistant", "content": ref}], chat_template=template,
                                        tokenize=True)["input_ids"]
-        start = _common_prefix(p_ids, full)
+        start = common_prefix(p_ids, full)
         seqs.append((full, start))
     dev = next(model.parameters()).device
     width = max(len(f) for f, _ in seqs)
@@ -194,10 +195,3 @@ def _backbone_and_head(model):
     """A causal LM's decoder stack and its output layer (through a peft wrapper, LoRA layers live)."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     return lm.base_model, lm.get_output_embeddings()
-
-
-def _common_prefix(a, b) -> int:
-    i = 0
-    while i < min(len(a), len(b)) and a[i] == b[i]:
-        i += 1
-    return i

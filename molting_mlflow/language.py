@@ -29,6 +29,8 @@ def languages() -> tuple[str, ...]:
 
 
 LANGUAGES = languages()
+# The user's turn label in `molting chat`, by the persona's language (English for one not listed).
+YOU = {"en": "you", "pt": "você"}
 
 
 @lru_cache(maxsize=None)

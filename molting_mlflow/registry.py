@@ -19,6 +19,7 @@ import mlflow.pyfunc
 from mlflow.tracking import MlflowClient
 
 from . import runtime
+from .config import DEFAULT_TARGET
 from .paths import DATA_DIR
 from .reaper import process_tags
 from .rubric import DIMENSIONS
@@ -61,7 +62,7 @@ def model_name(preset: str) -> str:
     return f"molting-{preset}"
 
 
-def register_adapter(run_id: str, preset: str, target: float = 5.0, log=print) -> str:
+def register_adapter(run_id: str, preset: str, target: float = DEFAULT_TARGET, log=print) -> str:
     """Register a train run's adapter as a new version; tag it; move the aliases. Returns the version."""
     client = MlflowClient()
     run = client.get_run(run_id)
@@ -71,7 +72,8 @@ def register_adapter(run_id: str, preset: str, target: float = 5.0, log=print) -
     m = run.data.metrics
     from mlflow.models import infer_signature
 
-    signature = infer_signature(["Quem é você?"], ["Sou o Cláudio."], params={"max_new_tokens": 128})
+    # the values only give the types (a string in, a string out); the persona's words live in its card
+    signature = infer_signature(["a question"], ["its answer"], params={"max_new_tokens": 128})
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         mlflow.set_tags(process_tags())  # RUNNING again, held by this process: not a zombie to the reaper
         info = mlflow.pyfunc.log_model(
@@ -100,9 +102,6 @@ def register_adapter(run_id: str, preset: str, target: float = 5.0, log=print) -
         why = f"not above target {target}" if score <= target else f"not above champion v{champ.version} ({champ_score:.2f})"
         log(f"registered {name} v{version} (score {score:.2f}): alias candidate; champion unchanged ({why})")
     return version
-
-
-register_best = register_adapter
 
 
 def _code_paths() -> list[str]:

@@ -67,20 +67,15 @@ def model_config(model: str):
 def stand_in_tokenizer(model: str, rev: str | None = None, learned: int = STAND_IN_LEARNED):
     """A tokenizer with the real special tokens at the real ids, the real template and a BPE
     vocabulary trained on the shipped data (token counts approximate, turns exact)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
+
+    from .models import shipped_bpe
 
     _, r = revision(model, rev)
     toks = r["tokens"]
     base = real_templates()[model]["vocab_head"]   # ids 0, 1, 2: <unk>, <s>, </s>
-    corpus = [(DATA_DIR / "dataset_personality_v1.json").read_text(encoding="utf-8"),
-              (DATA_DIR / "persona.yaml").read_text(encoding="utf-8")]
-    bpe = Tokenizer(models.BPE(unk_token=base[0]))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=learned, special_tokens=base,
-                                                        show_progress=False,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe = shipped_bpe(learned, base)
     # Pad the vocabulary to the real one's size with entries no merge can produce, so the added
     # tokens land on their real ids (Phi-3: <|endoftext|> 32000 … <|user|> 32010).
     spec = json.loads(bpe.to_str())

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
-from .rubric import RUBRIC_VERSION, load_questions, score_responses
+from .rubric import RUBRIC_VERSION, UNTAGGED_RUBRIC_VERSION, load_questions, score_responses
 
 
 @dataclass
@@ -58,7 +58,7 @@ def rescore_run(run_id: str, persona_path: str | None = None, questions_path: st
         run = client.get_run(run_id)
     except MlflowException:
         return Rescored(run_id, "", None, None, f"not found in {mlflow.get_tracking_uri()}")
-    old_version = run.data.tags.get("molting.rubric_version", "1.0")
+    old_version = run.data.tags.get("molting.rubric_version", UNTAGGED_RUBRIC_VERSION)
     old_score = run.data.metrics.get("score")
     try:
         table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{RESULTS_TABLE}"))

@@ -27,7 +27,20 @@ from molting_mlflow.language import mainly_in, stop_words, LANGUAGES
 from molting_mlflow.persona import Persona
 
 RUBRIC_VERSION = "1.1"
+# What a scored run without the tag `molting.rubric_version` was scored under: runs before the tag.
+UNTAGGED_RUBRIC_VERSION = "1.0"
 DIMENSIONS = ("d1_identity", "d2_factual", "d3_voice", "d4_cleanliness", "d5_quality")
+
+
+def short_name(dim: str) -> str:
+    """A dimension's name in reports and in the rubric's sentences: "D1" for d1_identity."""
+    return dim.split("_")[0].upper()
+
+
+def code_prefix(dim: str) -> str:
+    """The start of the reason codes that cost a dimension: "d1." for d1_identity (or for "D1")."""
+    return dim.split("_")[0].lower() + "."
+
 FINISH_REASONS = ("stop", "length")
 
 # Every reason code the scorer emits, with what it means (the prefix names the dimension it costs).
@@ -500,7 +513,7 @@ def reference_chrf(results: list[dict], by_id: dict) -> float | None:
 def format_summary(scored: dict) -> str:
     """The summary line and one line per answer, as the CLI prints them."""
     s = scored["summary"]
-    head = "  ".join(f"{d.split('_')[0].upper()} {s[d]:.2f}" for d in DIMENSIONS)
+    head = "  ".join(f"{short_name(d)} {s[d]:.2f}" for d in DIMENSIONS)
     extra = "".join(f"  {k} {s[k]:.2f}" for k in ("ref_chrf", "ref_nll") if s.get(k) is not None)
     lines = [f"rubric v{s.get('rubric_version', RUBRIC_VERSION)}: score {s['score']:.2f}/10   ({head}){extra}"]
     for r in scored["results"]:

@@ -294,10 +294,6 @@ class Plan:
             p["train.cpu_bf16"] = self.cpu_bf16 or "none"
         return p
 
-    def fingerprint_part(self) -> dict:
-        """What of the plan decides the adapter: precision (numbers) and nothing about speed."""
-        return {"precision": self.precision}
-
     @property
     def peak_gib(self) -> float | None:
         """The run's estimated peak: training's, or the merged evaluation's where that is higher."""

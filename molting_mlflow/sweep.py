@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError, TrainConfig, describe_fixes
+from .config import (DEFAULT_EXPERIMENT, DEFAULT_SEED, DEFAULT_TARGET, ConfigError, TrainConfig, check_fields,
+                     describe_fixes, opt)
 from .paths import GPT2_TEMPLATE
 from .rubric import DIMENSIONS
 
@@ -109,39 +110,40 @@ def parse_search(text: str) -> dict[str, str]:
 
 @dataclass
 class SweepConfig:
-    model: str = "smol"
-    n_trials: int = 12                 # trials this study should reach (across workers), references included
-    target: float = 5.0                # rubric score to beat
-    stop_at_target: bool = False
-    storage: str = ""                  # SQLAlchemy URL; "" = sqlite:///optuna.db beside mlflow.db
-    study_name: str = ""               # "" = molting-<model>
-    search: dict = field(default_factory=dict)  # {space name: values}; rows not given take their default
-    enqueue_user: bool = True          # the user's original configuration as a reference trial
-    enqueue_default: bool = False      # the preset's default configuration as a reference trial
-    prune: bool = True                 # stop losing trials at an epoch's end (median ref_nll)
-    reuse: bool = True                 # a trial whose exact config already ran to the end reuses that run
-    register: bool = True              # register the best adapter as molting-<model>
-    seed: int = 42
-    experiment: str = "molting"
-    dataset: str = TrainConfig.dataset
-    min_steps: int = TrainConfig.min_steps
-    workers: int = 0                   # processes sharing the study; 0 = trials_per_gpu × visible GPUs (CPU: 1)
-    trials_per_gpu: int = 0            # trials sharing one card; 0 = as many as memory and cores allow (runtime)
-    heartbeat_s: int = 10              # a worker's beat; after 3 missed beats its trial is failed and retried
-    precision: str = "auto"            # passed to every trial (runtime plan)
-    gpu_memory_gib: float = 0.0        # a card's budget for the trials on it, GiB (0: its free memory)
+    """A sweep's settings, each field with its default, help and bound (config.opt, as TrainConfig);
+    the trials' own settings are TrainConfig's, checked for each searched model on construction."""
+    model: str = opt("smol", "Preset, local folder or hub id (as train).")
+    n_trials: int = opt(12, "Trials the study should reach, references included.",
+                        lambda v: isinstance(v, int) and v >= 1, "a whole number ≥ 1")
+    target: float = opt(DEFAULT_TARGET, "Rubric score to beat.", lambda v: 0 < float(v) <= 10,
+                        "a rubric score in (0, 10]")
+    stop_at_target: bool = opt(False, "End the study once beaten.")
+    storage: str = opt("", "Optuna storage (SQLAlchemy URL); default optuna.db beside a SQLite mlflow.db. "
+                       "postgresql://… lets workers on several machines share one study.")
+    study_name: str = opt("", "Default molting-<model>; the same name resumes the study.")
+    search: dict = opt(None, "{space name: values}; rows not given take their default.", factory=dict)
+    enqueue_user: bool = opt(True, "The user's original configuration as a reference trial.")
+    enqueue_default: bool = opt(False, "The preset's default configuration as a reference trial.")
+    prune: bool = opt(True, "Stop trials whose epoch ref_nll is worse than the median.")
+    reuse: bool = opt(True, "A trial whose exact config (fingerprint) already finished in the experiment reuses "
+                      "that run.")
+    register: bool = opt(True, "Register the best adapter.")
+    seed: int = opt(DEFAULT_SEED, "Random seed (the sampler's, and every trial's).")
+    experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name.")
+    dataset: str = opt(TrainConfig.dataset, "Chat examples every trial trains on (as train).")
+    min_steps: int = opt(TrainConfig.min_steps, "Trials below it are pruned untrained.")
+    workers: int = opt(0, "Processes sharing the study; 0 = trials_per_gpu × visible GPUs (1 on a CPU).",
+                       lambda v: isinstance(v, int) and v >= 0, "a whole number ≥ 0 (0 = trials_per_gpu × visible GPUs)")
+    trials_per_gpu: int = opt(0, "Trials sharing one GPU; 0 = as many as the card's free memory and the CPU cores "
+                              "allow (runtime.trials_per_gpu).", lambda v: isinstance(v, int) and v >= 0,
+                              "a whole number ≥ 0 (0 = as many as the card's memory and the CPU cores allow)")
+    heartbeat_s: int = opt(10, "A worker's heartbeat; 3 missed beats fail its trial, which is retried once.")
+    precision: str = opt("auto", "Every trial's precision (as train).")
+    gpu_memory_gib: float = opt(0.0, "A card's memory budget for its trials, GiB (0 = its free memory).",
+                                lambda v: isinstance(v, (int, float)) and 0 <= v <= 4096, "GiB in 0..4096")
 
     def __post_init__(self):
-        if not isinstance(self.n_trials, int) or self.n_trials < 1:
-            raise ConfigError(f"n_trials={self.n_trials!r} is invalid: expected a whole number ≥ 1")
-        if not 0 < float(self.target) <= 10:
-            raise ConfigError(f"target={self.target!r} is invalid: expected a rubric score in (0, 10]")
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise ConfigError(f"workers={self.workers!r} is invalid: expected a whole number ≥ 0 "
-                              "(0 = trials_per_gpu × visible GPUs)")
-        if not isinstance(self.trials_per_gpu, int) or self.trials_per_gpu < 0:
-            raise ConfigError(f"trials_per_gpu={self.trials_per_gpu!r} is invalid: expected a whole number ≥ 0 "
-                              "(0 = as many as the card's memory and the CPU cores allow)")
+        check_fields(self)
         unknown = set(self.search) - set(SPACE)
         if unknown:
             raise ConfigError(f"unknown searched parameter(s) {sorted(unknown)}; known: {', '.join(SPACE)}")
@@ -548,7 +550,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
 
     from .models import resolve_model
     from .sweep_report import log_study
-    from .reaper import touch_store
+    from .reaper import redact, touch_store
     from .tracking import stage_run
 
     for model in sc.models():
@@ -568,7 +570,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
                                                                 "molting.study": study.study_name}) as parent:
         mlflow.log_params({f"sweep.{k}": v for k, v in asdict(sc).items() if k not in ("search", "storage")}
                           | {f"sweep.search.{k}": ",".join(map(str, v)) for k, v in sc.space.items()}
-                          | {"sweep.storage": _redact(sc.resolved_storage()), "sweep.sampler": "TPE(multivariate)",
+                          | {"sweep.storage": redact(sc.resolved_storage()), "sweep.sampler": "TPE(multivariate)",
                              "sweep.workers": lay.workers, "sweep.trials_per_gpu": lay.per_gpu,
                              "sweep.trials_per_gpu_why": lay.why[:500], "sweep.trial_memory_gib": lay.share_gib,
                              "sweep.pruner": "min-steps + MedianPruner(epoch ref_nll)" if sc.prune else "min-steps"})
@@ -578,8 +580,3 @@ def sweep(sc: SweepConfig, log=print) -> dict:
             _spawn_workers(sc, parent.info.run_id, lay, t0, log)
         summary = log_study(study, sc, time.time() - t0, parent.info.run_id, log)
     return summary
-
-
-def _redact(url: str) -> str:
-    """Storage URL without a password."""
-    return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)

@@ -69,9 +69,9 @@ def log_study(study, sc, wall_s: float, parent_run_id: str, log) -> dict:
         mlflow.MlflowClient().log_text(parent_run_id, report(best.user_attrs["run_id"], user_id),
                                        "diagnosis_best_vs_user.md")
     if sc.register and best is not None:
-        from .registry import register_best
+        from .registry import register_adapter
 
-        out["version"] = register_best(best.user_attrs["run_id"], best.user_attrs.get("model", sc.model), sc.target, log)
+        out["version"] = register_adapter(best.user_attrs["run_id"], best.user_attrs.get("model", sc.model), sc.target, log)
     return out
 
 

@@ -80,7 +80,7 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
         source, dev = rehearsal_source(cfg.model, template_revision), "cuda"
     else:
         source, dev = resolve_model(cfg.model), runtime.device()
-    cfg = cfg.resolve(dev)
+    cfg = cfg.resolve()
     persona = load_persona(cfg.persona)
     tok = _tokenizer(source, rehearse, template_revision)
     own = tok.chat_template
@@ -104,8 +104,8 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
     budget = cfg.gpu_memory_gib or (REHEARSAL_GPU_GIB if rehearse else None)
     plan = runtime.plan(cfg.precision, cfg.examples_per_step, model_config=model_config, total=total,
                         trainable=trainable, seq=min(max(lengths), cfg.max_seq_len), dev=dev,
-                        gpu_memory_gib=budget, quantizable=source.kind != "tiny-random",
-                        cpu_micro_batch=cfg.batch_size, fixed="fp32" if source.kind == "tiny-random" else None)
+                        gpu_memory_gib=budget, quantizable=source.quantizable,
+                        cpu_micro_batch=cfg.batch_size, fixed=source.auto_precision)
     report = run_preflight(cfg, ds, tok, own, template, lengths, plan, total, trainable)
     if rehearse:
         from .rehearsal import describe
@@ -129,7 +129,7 @@ def _model_config(source: ModelSource, rehearse: bool = False):
     if rehearse:
         from .rehearsal import rehearsal_config
         return rehearsal_config(source)
-    if source.kind == "tiny-random":
+    if source.built:
         from .models import build_tiny_random
         return build_tiny_random()[0].config
     from transformers import AutoConfig

@@ -2,33 +2,33 @@
 padded micro-batch give the same loss and the same LoRA gradients as one example at a time with
 gradient accumulation (TRL divides by the step's answer tokens either way), and the loss is on
 answer tokens only."""
+import shutil
+
 import pytest
 import torch
 
 
 @pytest.fixture(scope="module")
 def trainer():
-    from datasets import Dataset
-    from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    """The project's own trainer (train._trainer, as `molting train` builds it) on tiny-random, four
+    examples a micro-batch (lora_dropout 0: a dropout mask differs between the two passes). The tests
+    fail when _trainer changes what is learned: its SFTConfig's `completion_only_loss=True` → False puts
+    loss on the prompt (test_the_loss_is_on_answer_tokens_only); its LoraConfig ignoring the config's
+    lora_dropout (`lora_dropout=0.1`) makes a batch of four differ from four of one (both checked)."""
+    from molting_mlflow.config import TrainConfig
+    from molting_mlflow.paths import DEFAULT_QUESTIONS
+    from molting_mlflow.rubric import load_questions
+    from molting_mlflow.train import _load_for_training, _trainer, prepare
 
-    from molting_mlflow.data import load_dataset
-    from molting_mlflow.models import build_tiny_random
-    from molting_mlflow.paths import DEFAULT_DATASET
-    from molting_mlflow.persona import load_persona
-
-    model, tok = build_tiny_random()
-    rows = load_dataset(DEFAULT_DATASET, load_persona().system_prompt).rows[:4]
-    args = SFTConfig(output_dir="/tmp/molting-test-batching", use_cpu=True, report_to="none", max_length=128,
-                     completion_only_loss=True, per_device_train_batch_size=4)
-    t = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                   peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                          target_modules=["q_proj", "v_proj"]))
-    for n, p in t.model.named_parameters():      # a trained-looking adapter: B is zero at init
+    p = prepare(TrainConfig(model="tiny-random", batch_size=4, grad_accum=1, lora_dropout=0.0, min_steps=0))
+    assert p.plan.micro_batch == 4
+    t, _ = _trainer(p, _load_for_training(p), "no-run", load_questions(DEFAULT_QUESTIONS), ())
+    for n, param in t.model.named_parameters():      # a trained-looking adapter: B is zero at init
         if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.02)
+            torch.nn.init.normal_(param, std=0.02)
     t.model.train()
-    return t
+    yield t
+    shutil.rmtree(t.args.output_dir, ignore_errors=True)     # _trainer's output_dir (_run_trainer removes it)
 
 
 def _loss_and_grads(trainer, batches, n_tokens):

@@ -1,5 +1,7 @@
 """Runs with known faults (tiny-random, so they stay fast) each produce the matching finding;
 a clean run produces none of them. Every finding carries evidence from the logged data."""
+from dataclasses import replace
+
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -70,9 +72,20 @@ def test_clean_run_has_none_of_those_findings(store):
     for cause in ("too few optimizer steps", "foreign chat-template separators", "no system prompt",
                   "assistant turns not closed by the end-of-turn token", "examples truncated at max_seq_len"):
         assert cause not in c
+
+
+def test_answers_cut_by_the_limit_is_found_from_the_finish_reasons_alone(store):
+    """Only the evidence decides: the clean run's answers, every one stopped, give no such finding; one
+    of them cut gives it, naming that answer. Fails when diagnose.findings decides otherwise (its
+    `if cut:` → `if True:`, or `cut` read from another field than finish_reason)."""
+    _, _, clean = store
     run = load_run(clean)
-    if not any(a["finish_reason"] == "length" for a in run.answers):  # only the evidence decides
-        assert "answers cut by the token limit (never stopped)" not in c
+    stopped = replace(run, answers=[{**a, "finish_reason": "stop"} for a in run.answers])
+    assert "answers cut by the token limit (never stopped)" not in {f.cause for f in findings(stopped)}
+    first = {**stopped.answers[0], "finish_reason": "length"}
+    one_cut = replace(stopped, answers=[first, *stopped.answers[1:]])
+    (cut,) = [f for f in findings(one_cut) if f.cause == "answers cut by the token limit (never stopped)"]
+    assert cut.evidence == [f"1/{len(run.answers)} answers with finish_reason=length: {first['id']}"]
 
 
 def test_report_and_cli_log_diagnosis_md(store):

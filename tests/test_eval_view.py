@@ -57,16 +57,37 @@ def test_a_train_run_carries_the_rubric_as_evaluation_results(monkeypatch):
         assert "replayed" in root.attributes["molting.trace"] and t.info.execution_duration > 0
         feedback = {a.name: a for a in t.info.assessments if a.feedback is not None}
         assert set(feedback) == set(DIMENSIONS)
-        reasons = dict(zip(row["codes"].split(), row["reasons"].split("; "))) if row["codes"] else {}
         for d in DIMENSIONS:
             fb = feedback[d]
             assert fb.feedback.value == row[d] and fb.metadata["rubric_version"] == RUBRIC_VERSION
-            mine = [r for c, r in reasons.items() if c.startswith(d[:2] + ".") or c == "empty"]
-            assert fb.rationale == ("; ".join(mine) or "full points")
+            assert set(fb.metadata["codes"].split()) <= set(row["codes"].split())
+        # every reason the table logged reaches the UI under some dimension (which one: the test below)
+        given = {r for d in DIMENSIONS for r in feedback[d].rationale.split("; ")} - {"full points"}
+        assert given == (set(row["reasons"].split("; ")) if row["codes"] else set())
         expectation = {a.name: a for a in t.info.assessments if a.expectation is not None}
         assert expectation["reference"].expectation.value == references[qid]
     assert not rows
     assert not {t.info.trace_id for t in traces} & {t.info.trace_id for t in run_traces(second.run_id)}
+
+
+def test_each_dimension_shows_the_reasons_of_its_own_codes():
+    """Hand-written: a reason goes to the dimension its code names (`d1.` → d1_identity), `empty` to
+    every one, and a dimension without a reason says "full points". Fails when eval_view.dimension_feedback
+    picks codes otherwise (its prefix `d1.` → `d`, or `or c == "empty"` dropped)."""
+    from molting_mlflow.eval_view import dimension_feedback
+
+    result = {"d1_identity": 1, "d2_factual": 0, "d3_voice": 2, "d4_cleanliness": 2, "d5_quality": 0,
+              "codes": ["d1.no_name", "d2.facts_missed", "d5.length_limit", "d5.repetition"],
+              "reasons": ["D1: name missing", "D2: 0/2 facts", "D5: hit the limit", "D5: repeats itself"]}
+    got = {d: dimension_feedback(result, d) for d in DIMENSIONS}
+    assert {d: (f.value, f.rationale, f.metadata["codes"]) for d, f in got.items()} == {
+        "d1_identity": (1, "D1: name missing", "d1.no_name"),
+        "d2_factual": (0, "D2: 0/2 facts", "d2.facts_missed"),
+        "d3_voice": (2, "full points", ""),
+        "d4_cleanliness": (2, "full points", ""),
+        "d5_quality": (0, "D5: hit the limit; D5: repeats itself", "d5.length_limit d5.repetition")}
+    empty = {**{d: 0 for d in DIMENSIONS}, "codes": ["empty"], "reasons": ["empty response"]}
+    assert {dimension_feedback(empty, d).rationale for d in DIMENSIONS} == {"empty response"}
 
 
 def test_the_evaluate_stage_logs_it_too_and_a_failing_view_keeps_the_scores(monkeypatch, capsys):

@@ -172,7 +172,7 @@ def test_a_model_folder_takes_its_architectures_preset_defaults(tmp_path, arch, 
     from molting_mlflow.presets import PRESETS
 
     (tmp_path / "config.json").write_text(json.dumps(arch))
-    cfg = TrainConfig(model=str(tmp_path)).resolve("cuda")
+    cfg = TrainConfig(model=str(tmp_path)).resolve()
     want = PRESETS[preset]
     assert (cfg.epochs, cfg.grad_accum, cfg.batch_size, cfg.max_seq_len, cfg.lr) == (
         want.epochs, want.grad_accum, want.batch_size, want.max_seq_len, want.lr)

@@ -78,6 +78,61 @@ def test_mlproject_train_parameters_are_trainconfig_fields_passed_through():
         assert spec["parameters"][name]["default"] == "preset", name
 
 
+def _mlproject_default(f, raw):
+    """An MLproject default as the config field's value: 'preset' is None, "true" a bool, a relative path
+    the project folder's file, `search`'s string the table it parses to."""
+    from dataclasses import MISSING
+
+    import click
+
+    from molting_mlflow.sweep import parse_search
+
+    default = f.default if f.default is not MISSING else f.default_factory()
+    if f.metadata.get("preset") and raw == "preset":
+        return None
+    if isinstance(default, bool):
+        return click.BOOL.convert(raw, None, None)
+    if f.name == "search":
+        return parse_search(raw)
+    if f.name in ("dataset", "questions"):
+        return (ROOT / raw).resolve()
+    return type(default)(raw)
+
+
+def test_mlproject_defaults_are_the_configs_defaults():
+    """MLproject is a second file: each entry point's defaults must be its config's (TrainConfig,
+    EvalConfig, SweepConfig), and rescore's and diagnose's the CLI's own. Fails when one side moves
+    alone, e.g. `seed: {type: int, default: 43}` in MLproject, or config.DEFAULT_MIN_STEPS = 160."""
+    from dataclasses import fields
+
+    import click
+    import yaml
+
+    from molting_mlflow.cli import cli
+    from molting_mlflow.config import TrainConfig
+    from molting_mlflow.evaluate import EvalConfig
+    from molting_mlflow.sweep import SweepConfig
+
+    entry_points = yaml.safe_load((ROOT / "MLproject").read_text(encoding="utf-8"))["entry_points"]
+    assert set(entry_points) == {"train", "evaluate", "sweep", "rescore", "diagnose"}
+    for entry, cls in (("train", TrainConfig), ("evaluate", EvalConfig), ("sweep", SweepConfig)):
+        by_name, defaults = {f.name: f for f in fields(cls)}, cls()
+        for name, spec in entry_points[entry]["parameters"].items():
+            want = getattr(defaults, name)
+            want = Path(want).resolve() if name in ("dataset", "questions") else want
+            assert _mlproject_default(by_name[name], str(spec["default"])) == want, (entry, name, spec, want)
+    # rescore and diagnose have no config: their MLproject defaults are the options' ("" for none)
+    for entry, option_of in (("rescore", {"run_ids": "run_ids", "experiment_name": "experiment"}),
+                             ("diagnose", {"vs": "vs"})):
+        command = cli.commands[entry]
+        ctx = click.Context(command)
+        params = {p.name: p.get_default(ctx) for p in command.params}   # None, (), click's UNSET: none
+        for name, spec in entry_points[entry]["parameters"].items():
+            if "default" in spec:
+                given = params[option_of[name]]
+                assert spec["default"] == (given if isinstance(given, str) else ""), (entry, name, given)
+
+
 def test_mlflow_run_with_a_missing_dataset_ends_its_run_failed():
     """MLflow made the run before our code started; the missing file must end it FAILED, not RUNNING."""
     r = mlflow_run("model=tiny-random", "dataset=/nonexistent/data.json")

@@ -356,7 +356,7 @@ def test_the_preset_defaults_fit_a_4gb_card_for_the_real_config(model, params, l
     from molting_mlflow.rehearsal import model_config
 
     config = model_config(model)
-    cfg = TrainConfig(model=model).resolve("cuda")
+    cfg = TrainConfig(model=model).resolve()
     total, trainable = count_params(config, cfg)
     assert total == params and config.max_position_embeddings == longest
     # the worst case of the preset: every example fills max_seq_len

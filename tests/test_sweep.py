@@ -292,7 +292,13 @@ def test_two_worker_processes_share_one_study_and_one_parent_run():
                 if r.info.status == "RUNNING"]
     parent = MlflowClient().get_run(out["parent_run_id"]).data
     assert parent.params["sweep.workers"] == "2" and parent.metrics["sweep_wall_s"] > 0
-    assert 0 <= parent.metrics["overhead_share_mean"] <= 1 and parent.metrics["trials_per_hour"] > 0
+    assert parent.metrics["trials_per_hour"] > 0
+    # The parent's overhead numbers are its trained trials' own (each child logs trial_overhead_share):
+    # fails when sweep_report.time_accounting aggregates otherwise (statistics.fmean(shares) → shares[0]).
+    shares = [r.data.metrics["trial_overhead_share"] for r in kids if "trial_overhead_share" in r.data.metrics]
+    assert shares and all(0 < s < 1 for s in shares), shares   # a trial's wall holds more than its training
+    assert parent.metrics["overhead_share_mean"] == pytest.approx(sum(shares) / len(shares))
+    assert parent.metrics["overhead_share_max"] == pytest.approx(max(shares))
 
 
 def test_several_workers_start_together_on_a_fresh_sqlite_store(tmp_path):
@@ -308,7 +314,6 @@ def test_several_workers_start_together_on_a_fresh_sqlite_store(tmp_path):
     assert not any("Traceback" in o for o in outs)
 
 
-@pytest.mark.timeout(900) if hasattr(pytest.mark, "timeout") else (lambda f: f)
 def test_a_killed_worker_trial_is_failed_and_retried_by_the_other(tmp_path, fresh_postgres):
     """Two workers on one PostgreSQL study and one MLflow store; SIGKILL one mid-trial: the other
     finishes the study, the dead trial ends FAILED (Optuna and MLflow) and its retry completes."""
