@@ -31,6 +31,9 @@ class Preset:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     only_for_plumbing: bool = False  # True: random weights, never used to claim a score
+    # The sweep's default ranges where this preset needs others (sweep.SEARCH_SPACE's row names):
+    # every configuration of the default search must be able to reach the step minimum.
+    sweep_search: dict = field(default_factory=dict)
     gpu: dict = field(default_factory=dict)  # defaults that differ on a CUDA device
 
     def defaults(self, device: str = "cpu") -> dict:
@@ -103,6 +106,10 @@ PRESETS: dict[str, Preset] = {
             lora_r=8,
             lora_alpha=16,
             only_for_plumbing=True,
+            # At batch 8 the sweep's default grad_accum 1–8 × epochs 1–4 gives 2–40 optimizer steps: every
+            # searched configuration fell under the 150-step minimum and was pruned. 10 steps an epoch
+            # × 15–20 epochs = 150–200 steps: each one trains, in about the time of the preset's default.
+            sweep_search={"grad_accum": "1", "epochs": "15,20"},
         ),
     ]
 }
