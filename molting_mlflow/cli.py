@@ -13,8 +13,10 @@ from dataclasses import fields
 import click
 
 from .offline import stay_offline
+from .quiet import quiet_known_warnings
 
 stay_offline()   # before anything imports mlflow: its telemetry starts at import
+quiet_known_warnings()   # before peft imports bitsandbytes, which logs its line at import
 
 from .config import TrainConfig  # noqa: E402
 
