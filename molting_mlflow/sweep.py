@@ -34,13 +34,13 @@ from .config import ConfigError, TrainConfig, describe_fixes
 from .paths import GPT2_TEMPLATE
 from .rubric import DIMENSIONS
 
-# The user's three mistakes: 79 / (1 × 8) × 5 = 50 optimizer steps, GPT-2 separators, no system
-# prompt. The LR stays the preset's, as in the README's reproduction, so a run of that command is
-# the same configuration and the sweep can reuse it.
 # Why a trial was pruned (trial attribute prune_cause, run tag molting.prune_cause): the readers use these.
 PRUNED_FOR_STEPS = "min_steps"           # under the step minimum: no weight loaded
 PRUNED_AT_EPOCH = "median_ref_nll"       # stopped at an epoch's end by the MedianPruner
 
+# The user's three mistakes: 79 / (1 × 8) × 5 = 50 optimizer steps, GPT-2 separators, no system
+# prompt. The LR stays the preset's, as in the README's reproduction, so a run of that command is
+# the same configuration and the sweep can reuse it.
 USER_ORIGINAL = dict(epochs=5, grad_accum=8, batch_size=1, system_prompt="none",
                      chat_template=str(GPT2_TEMPLATE), preflight="warn")
 
