@@ -300,7 +300,8 @@ def compare(run_ids, experiment, csv_path, full, all_columns):
     hidden = [c for c, hide in (("experiment", len(where) == 1), ("rubric", len(versions) < 2)) if hide]
     shown = table if full or all_columns else table.drop(columns=hidden)
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 40):
-        click.echo(shown.to_string(index=False, na_rep="–"))
+        steps = {c: (lambda v: "–" if pd.isna(v) else str(int(v))) for c in ("steps", "optimizer_steps")}
+        click.echo(shown.to_string(index=False, na_rep="–", formatters={k: f for k, f in steps.items() if k in shown}))
     click.echo(f"{len(table)} run(s) in experiment(s) {', '.join(repr(e) for e in where)}"
                + ("" if full or all_columns else "; molting compare --full for every column"))
 
@@ -383,7 +384,8 @@ def sweep_worker(config, parent_run_id, name, gpu):
 
 
 @cli.command()
-@click.option("--name", default="molting-smol", show_default=True, help="Registered model name.")
+@click.option("--name", default="", help="Registered model name. Default: every molting-<preset> registered "
+              "(a sweep of tiny-random registers molting-tiny-random).")
 @user_errors
 def registry(name):
     """List a registered model's versions with their aliases and scores.
@@ -392,8 +394,16 @@ def registry(name):
     """
     import pandas as pd
 
-    from .registry import list_versions
+    from .registry import list_versions, registered_models
 
+    if not name:
+        names = registered_models()
+        if not names:
+            raise UserError("no molting-<preset> model is registered yet; a sweep registers its best trial "
+                            "(molting sweep --model <preset>)")
+        for n in names:
+            click.echo(f"{n}:\n" + pd.DataFrame(list_versions(n)).to_string(index=False))
+        return
     try:
         rows = list_versions(name)
     except Exception as e:

@@ -67,14 +67,10 @@ def _metric(runs, m: str):
 
 def _compact_columns(out, runs) -> None:
     """score, D1–D5, steps, loss, then each setting whose values differ between the runs that logged it."""
-    import pandas as pd
-
     out["score"] = _metric(runs, "score")
     for d in DIMENSIONS:
         out[d.split("_")[0].upper()] = _metric(runs, d)      # d1_identity → D1
-    steps = runs.get("metrics.optimizer_steps")
-    out["steps"] = None if steps is None else pd.Series([None if pd.isna(v) else int(v) for v in steps],
-                                                       index=runs.index, dtype=object)
+    out["steps"] = runs.get("metrics.optimizer_steps")
     out["loss"] = _metric(runs, "final_loss")
     for name in COMPACT_SETTINGS:
         col = f"params.train.{name}"

@@ -124,6 +124,11 @@ def current_champion(name: str):
         return None
 
 
+def registered_models() -> list[str]:
+    """The registered models named molting-<preset>, by name."""
+    return sorted(m.name for m in MlflowClient().search_registered_models(filter_string="name LIKE 'molting-%'"))
+
+
 def list_versions(name: str) -> list[dict]:
     client = MlflowClient()
     aliases: dict[str, list[str]] = {}

@@ -95,7 +95,9 @@ def _register(sc, best, mine: list, log) -> str | None:
         log(f"registered nothing new: the best trial #{best.number} (run {best.user_attrs['run_id'][:8]}, score "
             f"{best.value:.2f}) is {name} v{known} already; this sweep's trials did not beat it")
         return known
-    return register_adapter(best.user_attrs["run_id"], best.user_attrs.get("model", sc.model), sc.target, log)
+    version = register_adapter(best.user_attrs["run_id"], best.user_attrs.get("model", sc.model), sc.target, log)
+    log(f"see it:  molting registry --name {name}   (ask it: molting chat --model models:/{name}/{version})")
+    return version
 
 
 def why_no_best(mine: list, sc) -> str:

@@ -55,11 +55,11 @@ def test_sweep_nests_trials_prunes_by_steps_and_resumes(tmp_path):
 
     # the same settings: the same study, resumed (and said so); n_trials counts new trials; the
     # reference is not enqueued again
-    lines = []
+    lines, before = [], len(study.trials)
     again = sweep(SweepConfig(n_trials=1, register=False, **SMALL), log=lines.append)
     assert again["study_name"] == out["study_name"]
     assert lines[0].startswith(f"sweep: resuming study '{out['study_name']}'")
-    assert f"{len(study.trials)} trial(s) so far" in lines[0] and f"numbered from {len(study.trials)}" in lines[0]
+    assert f"{before} trial(s) so far" in lines[0] and f"numbered from {before}" in lines[0]
     assert f"sweep run {parent.info.run_id[:8]} in experiment 'molting'" in lines[0]
     study = optuna.load_study(study_name=out["study_name"], storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert len([t for t in study.trials if t.user_attrs.get("prune_cause") != STEP_PRUNED]) == 4
@@ -253,6 +253,9 @@ def test_reference_trial_reuses_a_finished_run_of_the_same_config():
     assert t0.user_attrs["reused_run_id"] == done.run_id == t0.user_attrs["run_id"] and t0.value == score
     (child,) = [r for r in children(out["parent_run_id"]) if r.data.tags["molting.trial"] == str(t0.number)]
     assert child.data.tags["molting.reused_run_id"] == done.run_id and child.data.metrics["score"] == score
+    # its scores keep their rubric version (without the tag, compare took them for v1.0)
+    assert child.data.tags["molting.rubric_version"] == MlflowClient().get_run(done.run_id).data.tags[
+        "molting.rubric_version"]
     assert child.data.params["train.optimizer_steps"] == "50" and "loss" not in child.data.metrics
 
 
@@ -369,7 +372,7 @@ def test_readme_tiny_random_sweep_trains_two_trials_and_registers_the_best():
     preset's own search ranges all reach the step minimum, so both trials train."""
     r = CliRunner().invoke(cli, ["sweep", "--model", "tiny-random", "--n-trials", "2"])
     assert r.exit_code == 0, r.output[-3000:]
-    head = r.output.splitlines()[0]
+    head = next(line for line in r.output.splitlines() if line.startswith("sweep: "))   # MLflow's INFO lines first
     assert head.startswith("sweep: new study 'molting-tiny-random-") and "for experiment 'molting'" in head
     assert "6 of 6 (grad_accum, epochs) pairs reach min_steps=150 on tiny-random" in r.output
     study_name = head.split("'")[1]
@@ -377,8 +380,9 @@ def test_readme_tiny_random_sweep_trains_two_trials_and_registers_the_best():
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert all(t.user_attrs["optimizer_steps"] >= 150 for t in study.trials if not t.user_attrs.get("molting.reference"))
     assert "registered molting-tiny-random v1" in r.output
-    reg = CliRunner().invoke(cli, ["registry", "--name", "molting-tiny-random"])
-    assert reg.exit_code == 0 and "candidate" in reg.output
+    assert "see it:  molting registry --name molting-tiny-random" in r.output
+    reg = CliRunner().invoke(cli, ["registry"])          # no --name: every molting-<preset> registered
+    assert reg.exit_code == 0 and reg.output.startswith("molting-tiny-random:\n") and "candidate" in reg.output
 
 
 def test_the_default_study_name_is_the_experiment_and_the_search():

@@ -1,6 +1,7 @@
 """What a user meets between the commands: short run ids, a compact compare, a diagnosis that says
 why a run has no score, run names that tell runs apart, and no third-party noise. No training
-here: runs are made by hand through MLflow's API (tests/test_sweep.py trains the sweep's)."""
+here: runs are made by hand through MLflow's API (tests/test_sweep.py trains the sweep's); one
+baseline evaluation of tiny-random answers with 4 tokens."""
 import json
 import logging
 import warnings
@@ -70,6 +71,17 @@ def test_run_uris_resolve_their_prefix():
     rid = _run()
     assert resolve_run_uri(f"runs:/{rid[:8]}/adapter") == f"runs:/{rid}/adapter"
     assert resolve_run_uri("models:/molting-smol@champion") == "models:/molting-smol@champion"
+
+
+def test_evaluate_prints_the_run_it_made():
+    from molting_mlflow.evaluate import EvalConfig, evaluate
+
+    lines = []
+    out = evaluate(EvalConfig(model="tiny-random", max_new_tokens=4), log=lines.append)
+    run = MlflowClient().get_run(out["run_id"])
+    assert run.data.tags["molting.stage"] == "evaluate"
+    assert lines[-1].startswith(f"\nrun {out['run_id']} (baseline-tiny-random): score ")
+    assert f"molting diagnose {out['run_id'][:8]}" in lines[-1]
 
 
 # ---- compare --------------------------------------------------------------------------------
@@ -204,3 +216,10 @@ def test_known_third_party_warnings_are_filtered_and_others_are_not(caplog):
         log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please …", "No module")
         log.warning("something a user should see")
     assert [r.getMessage() for r in caplog.records] == ["something a user should see"]
+
+
+def test_registry_without_a_name_says_what_registers_one():
+    _run()                                              # the store made (its creation logs INFO lines)
+    r = CliRunner().invoke(cli, ["registry"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert "no molting-<preset> model is registered yet" in r.output and "molting sweep --model" in r.output
