@@ -17,12 +17,16 @@ WARNINGS = (
      r"multiple ways", "the training set is a local file; MLflow registers its local source class twice"),
     (UserWarning, r"optuna\.importance", r"(The number of trials is too small|Some regimes for parameter)",
      "a short sweep's param_importances plot; the plot itself says how many trials it had"),
+    (UserWarning, r"mlflow\.pyfunc", r"(\x1b\[[0-9;]*m)?An input example was not provided",
+     "registering an adapter: its signature is logged (registry.py), an example would add nothing"),
 )
 # (logger, message it starts with, why)
 LOG_LINES = (
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community",
      "logged when peft imports bitsandbytes on a CPU with AVX-512 BF16: an optional kernel for 4-bit on a CPU, "
      "which no run here uses (NF4 trains on CUDA only)"),
+    ("mlflow.pyfunc", "Passing a Python object as `python_model`",
+     "registering an adapter: the pickled object is this package's own PersonaAdapterModel"),
 )
 
 

@@ -208,6 +208,7 @@ def test_known_third_party_warnings_are_filtered_and_others_are_not(caplog):
                 ("mlflow.data.dataset_source_registry", UserWarning, "The specified dataset source can be "
                  "interpreted in multiple ways: A, A."),
                 ("transformers.training_args", FutureWarning, "`something_else` is deprecated"),
+                ("mlflow.pyfunc", UserWarning, "\x1b[1;33mAn input example was not provided when logging the model."),
                 ("mymodule", FutureWarning, "`gradient_checkpointing` is deprecated")):
             warnings.warn_explicit(text, category, "f.py", 1, module=module)
     assert [str(w.message) for w in seen] == ["`something_else` is deprecated", "`gradient_checkpointing` is deprecated"]
