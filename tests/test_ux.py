@@ -169,13 +169,14 @@ def test_the_summary_counts_step_pruned_trials_by_their_cause():
     from molting_mlflow.sweep_report import _summary_md, why_no_best
 
     P = optuna.trial.TrialState.PRUNED
+    # the words of a reason decide nothing: the step-pruned one says no "optimizer steps", the others do
+    epoch = {"prune_cause": PRUNED_AT_EPOCH, "prune_reason": "epoch 1 of 20 optimizer steps: ref_nll worse"}
     pruned = [optuna.trial.create_trial(state=P, user_attrs={"prune_cause": PRUNED_FOR_STEPS, "prune_reason": "x"}),
-              optuna.trial.create_trial(state=P, user_attrs={"prune_cause": PRUNED_AT_EPOCH,
-                                                             "prune_reason": "epoch 1: optimizer steps"})]
+              optuna.trial.create_trial(state=P, user_attrs=epoch), optuna.trial.create_trial(state=P, user_attrs=epoch)]
     sc = SweepConfig(model="tiny-random")
-    assert "pruned: 2 (1 for too few optimizer steps, before training)" in _summary_md(sc, None, [], pruned, [], 1.0)
+    assert "pruned: 3 (1 for too few optimizer steps, before training)" in _summary_md(sc, None, [], pruned, [], 1.0)
     why = why_no_best(pruned, sc)
-    assert "1 pruned under min_steps=150, 1 pruned at an epoch" in why and "lower min_steps" in why
+    assert "1 pruned under min_steps=150, 2 pruned at an epoch" in why and "lower min_steps" in why
     ref = optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=3.0,
                                     user_attrs={"molting.reference": "user-original"})
     assert "covered only the reference" in why_no_best([ref], sc) and "raise n_trials" in why_no_best([ref], sc)
