@@ -333,6 +333,7 @@ class Worker:
             except optuna.TrialPruned as e:
                 trial.set_user_attr("prune_reason", str(e))
                 trial.set_user_attr("prune_cause", PRUNED_AT_EPOCH)
+                print(f"trial {trial.number} [{self.name}]: pruned at {e}", flush=True)
                 raise
             s, run_id, steps, final_loss = result.scores, result.run_id, result.optimizer_steps, result.final_loss
             busy = result.train_runtime_s + s.get("eval_seconds", 0.0)
@@ -373,6 +374,8 @@ class Worker:
             mlflow.log_metric("optimizer_steps", steps)
             trial.set_user_attr("prune_reason", reason)
             trial.set_user_attr("prune_cause", PRUNED_FOR_STEPS)
+            print(f"trial {trial.number} [{self.name}]: pruned before loading a weight: {steps} optimizer steps "
+                  f"< min_steps={cfg.min_steps}", flush=True)
             raise optuna.TrialPruned(reason)  # inside: the child run ends KILLED, like an epoch-pruned one
 
 

@@ -26,8 +26,9 @@ def children(parent_id):
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
-def test_sweep_nests_trials_prunes_by_steps_and_resumes(tmp_path):
+def test_sweep_nests_trials_prunes_by_steps_and_resumes(tmp_path, capsys):
     out = sweep(SweepConfig(n_trials=3, register=False, **SMALL), log=lambda *a: None)
+    printed = capsys.readouterr().out     # each trial says what became of it, a pruned one too
     parent = MlflowClient().get_run(out["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["molting.stage"] == "sweep"
     kids = children(parent.info.run_id)
@@ -47,6 +48,7 @@ def test_sweep_nests_trials_prunes_by_steps_and_resumes(tmp_path):
         assert r.data.tags["molting.prune_cause"] == STEP_PRUNED
         assert "would pass: epochs=" in r.data.tags["molting.prune_reason"]
         assert "loss" not in r.data.metrics  # pruned before any training
+        assert f"trial {t.number} [" in printed and "]: pruned before loading a weight: " in printed
     trained = [t for t in study.trials if t.user_attrs.get("prune_cause") != STEP_PRUNED]
     assert len(trained) == 3
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
