@@ -13,8 +13,10 @@ from dataclasses import fields
 import click
 
 from .offline import stay_offline
+from .quiet import quiet_known_warnings
 
 stay_offline()   # before anything imports mlflow: its telemetry starts at import
+quiet_known_warnings()   # before peft imports bitsandbytes, which logs its line at import
 
 from .config import TrainConfig  # noqa: E402
 from .evaluate import EvalConfig  # noqa: E402
@@ -273,43 +275,57 @@ def score(questions, responses, persona):
 
 
 @cli.command()
+@click.argument("run_ids", nargs=-1)
 @click.option("--experiment", default=None, help="MLflow experiment name. Default: every experiment holding the "
               "project's runs (`Default` too, where `mlflow run` puts them without --experiment-name).")
 @click.option("--csv", "csv_path", default=None, help="Also write the table to this CSV file.")
-@click.option("--all-columns", is_flag=True, help="Show every config column, not only those that differ.")
+@click.option("--full", is_flag=True, help="Every column: status, stage, model, pre-flight, ref_nll, ref_chrf and "
+              "the resolved train.* params that differ.")
+@click.option("--all-columns", is_flag=True, help="The full table with every config column, not only those that differ.")
 @user_errors
-def compare(experiment, csv_path, all_columns):
-    """The experiment's runs side by side, best score first: differing config, steps, loss, D1–D5.
+def compare(run_ids, experiment, csv_path, full, all_columns):
+    """The runs side by side, best score first: id, name, score, D1–D5, steps, final loss and the
+    settings that differ between them. RUN_IDS (unique prefixes, e.g. the 8 characters shown) lists those only.
 
-    Example: molting compare --csv runs.csv
+    Example: molting compare 3f2c9a81 7b1d0e44 --full
     """
     from .compare import compare_runs, rubric_versions
 
-    table = compare_runs(experiment, all_columns)
+    table = compare_runs(experiment, all_columns, run_ids, full)
     versions = rubric_versions(table)
+    where = sorted(table["experiment"].unique()) if len(table) else []
     if len(versions) > 1:
         click.echo(f"note: these runs were scored under rubric versions {', '.join(versions)}, whose scores are not "
                    f"comparable; each version is ranked on its own. Bring them to one: "
-                   + "; ".join(f"molting rescore --experiment {e}" for e in
-                               ([experiment] if experiment else sorted(table["experiment"].unique()))), err=True)
+                   + "; ".join(f"molting rescore --experiment {e}" for e in where), err=True)
     if csv_path:
         table.to_csv(csv_path, index=False)
     import mlflow
     import pandas as pd
 
+    if not len(table):
+        click.echo(f"no runs in experiment '{experiment}'" if experiment else f"no molting runs in {mlflow.get_tracking_uri()}")
+        return
+    hidden = [c for c, hide in (("experiment", len(where) == 1), ("rubric", len(versions) < 2)) if hide]
+    shown = table if full or all_columns else table.drop(columns=hidden)
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 40):
-        click.echo(table.to_string(index=False) if len(table) else
-                   f"no runs in experiment '{experiment}'" if experiment else
-                   f"no molting runs in {mlflow.get_tracking_uri()}")
+        steps = {c: (lambda v: "–" if pd.isna(v) else str(int(v))) for c in ("steps", "optimizer_steps")}
+        click.echo(shown.to_string(index=False, na_rep="–", formatters={k: f for k, f in steps.items() if k in shown}))
+    click.echo(f"{len(table)} run(s) in experiment(s) {', '.join(repr(e) for e in where)}"
+               + ("" if full or all_columns else "; molting compare --full for every column"))
 
 
 def search_options(fn):
-    """One option per row of sweep.SEARCH_SPACE (its default and help): adding a row adds the option."""
+    """One option per row of sweep.SEARCH_SPACE (its help and default): adding a row adds the option.
+    Left out, a row takes the preset's range where it has one (Preset.sweep_search), else the table's."""
+    from .presets import PRESETS
     from .sweep import SEARCH_SPACE
 
     for row in reversed(SEARCH_SPACE):
-        fn = click.option("--" + row.name.replace("_", "-"), row.name, default=row.default, show_default=True,
-                          help=row.help)(fn)
+        own = "; ".join(f"{p.name}: {p.sweep_search[row.name]}" for p in PRESETS.values() if row.name in p.sweep_search)
+        default = (row.default or "not searched") + (f" ({own})" if own else "")
+        fn = click.option("--" + row.name.replace("_", "-"), row.name, default="",
+                          help=f"{row.help} [default: {default}]")(fn)
     return fn
 
 
@@ -382,7 +398,8 @@ def sweep_worker(config, parent_run_id, name, gpu, slot):
 
 
 @cli.command()
-@click.option("--name", default="molting-smol", show_default=True, help="Registered model name.")
+@click.option("--name", default="", help="Registered model name. Default: every molting-<preset> registered "
+              "(a sweep of tiny-random registers molting-tiny-random).")
 @user_errors
 def registry(name):
     """List a registered model's versions with their aliases and scores.
@@ -391,8 +408,16 @@ def registry(name):
     """
     import pandas as pd
 
-    from .registry import list_versions
+    from .registry import list_versions, registered_models
 
+    if not name:
+        names = registered_models()
+        if not names:
+            raise UserError("no molting-<preset> model is registered yet; a sweep registers its best trial "
+                            "(molting sweep --model <preset>)")
+        for n in names:
+            click.echo(f"{n}:\n" + pd.DataFrame(list_versions(n)).to_string(index=False))
+        return
     try:
         rows = list_versions(name)
     except Exception as e:
@@ -447,8 +472,9 @@ def chat(ref, max_new_tokens, question):
         from .generation import adapter_prompt, generate
         from .models import load_adapter_model, resolve_adapter
         from .rubric import Question
+        from .tracking import resolve_run_uri
 
-        m, tok, meta, _ = load_adapter_model(resolve_adapter(ref))
+        m, tok, meta, _ = load_adapter_model(resolve_adapter(resolve_run_uri(ref)))
         system_prompt, fold = adapter_prompt(meta, tok)
 
         def answer(q):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import DEFAULT_MIN_STEPS, DEFAULT_TARGET, ConfigError, TrainConfig, describe_fixes
 from .rubric import DIMENSIONS, REASON_CODES, UNTAGGED_RUBRIC_VERSION, code_prefix, short_name
+from .tracking import REASONS_BY_CODE, resolve_run_id
 
 THRESHOLDS = {
     # Impact by the rubric points (of 10) a cause plausibly cost: a point is a tenth of the scale,
@@ -180,7 +180,8 @@ def findings(run: RunData) -> list[Finding]:
     # Format: the template the run trained with.
     for f in pre.get("findings", []):
         if f["check"] in ("chat_template", "end_of_turn") and f["level"] == "error":
-            tokens = re.findall(r"<\|?[a-z_/]+\|?>", f["message"])
+            data = f.get("data", {})      # a preflight.json from before findings carried data names none
+            tokens = [*data.get("tokens", []), *filter(None, [data.get("end_of_turn")])]
             pts = _points_lost(run, ("d4_cleanliness", "d5_quality"), "d4.template_token", "d4.text_after_token",
                                "d4.role_line", "d5.run_on")
             out.append(Finding("foreign chat-template separators" if f["check"] == "chat_template"
@@ -251,11 +252,12 @@ def _config_of(run: RunData, nums: dict, min_steps: int) -> TrainConfig | None:
 
 
 def _reason(a: dict, dim: str) -> str:
-    """The answer's reason sentences for one dimension ("D1"), picked by their codes ("d1.…")."""
-    sentences = a.get("reasons", "").split("; ")
-    if len(sentences) != len(a["codes"]):
+    """The answer's reason sentences for one dimension ("D1"), picked by their codes ("d1.…") from the
+    table's (code, reason) pairs. A table logged before it had them: every reason, as logged."""
+    pairs = a.get(REASONS_BY_CODE)
+    if pairs is None:
         return a.get("reasons", "") or "no reason logged"
-    return "; ".join(t for t, c in zip(sentences, a["codes"]) if c.startswith(code_prefix(dim))) or "no reason logged"
+    return "; ".join(t for c, t in pairs if c.startswith(code_prefix(dim))) or "no reason logged"
 
 
 def _scores_table(rows: list[tuple[str, RunData | None]]) -> list[str]:
@@ -278,11 +280,12 @@ def _config_diff(a: RunData, b: RunData) -> list[str]:
 
 
 def report(run_id: str, vs: str | None = None) -> str:
-    run = load_run(run_id)
+    """The diagnosis of `run_id` (a unique prefix will do), against `vs` where given."""
+    run = load_run(resolve_run_id(run_id))
     if "score" not in run.metrics:
-        raise DiagnoseError(f"run {run_id} has no rubric score; evaluate it first (molting evaluate --run-id {run_id})")
+        raise DiagnoseError(no_score(run))
     base = find_baseline(run)
-    other = load_run(vs) if vs else None
+    other = load_run(resolve_run_id(vs)) if vs else None
     out = [f"# Diagnosis of run {run.run_id[:8]} ({run.name})", "",
            f"Score **{run.metrics['score']:.2f}/10**" + (f" (baseline {base.metrics['score']:.2f}, "
            f"{run.metrics['score'] - base.metrics['score']:+.2f})" if base and "score" in base.metrics else
@@ -329,9 +332,39 @@ def report(run_id: str, vs: str | None = None) -> str:
                 delta = run.metrics[d] - other.metrics[d]
                 out.append(f"- {SHORT[d]}: {other.metrics[d]:.2f} → {run.metrics[d]:.2f} ({delta:+.2f})"
                            + (f" — {_why(d, run, other)}" if abs(delta) > 1e-9 else ""))
-        out.append(f"- score: {other.metrics.get('score', 0):.2f} → {run.metrics['score']:.2f} "
-                   f"({run.metrics['score'] - other.metrics.get('score', 0):+.2f})")
+        if "score" in other.metrics:
+            out.append(f"- score: {other.metrics['score']:.2f} → {run.metrics['score']:.2f} "
+                       f"({run.metrics['score'] - other.metrics['score']:+.2f})")
+        else:
+            out.append(f"- score: {other.run_id[:8]} has none ({no_score(other)})")
     return "\n".join(out) + "\n"
+
+
+def no_score(run: RunData) -> str:
+    """Why a run has no rubric score, and the command that gives one where there is one."""
+    t, short = run.tags, run.run_id[:8]
+    if t.get("molting.stage") == "sweep":
+        best = _best_child(run.run_id)
+        return (f"run {short} is a sweep's parent run, which scores nothing itself; "
+                + (f"its best trial is {best[:8]}: molting diagnose {best[:8]}" if best else "none of its trials scored"))
+    if t.get("molting.trial_state") == "PRUNED":
+        return (f"run {short} is a pruned trial ({t.get('molting.prune_reason', 'no reason logged')[:160]}): it "
+                "stopped before it was scored and has nothing to evaluate")
+    if t.get("molting.error"):
+        return f"run {short} ended with an error ({t['molting.error'][:160]}): it was never scored"
+    if t.get("molting.stage") == "train" and run.params.get("train.evaluate") == "False":
+        return f"run {short} trained with evaluate=false; score it: molting evaluate --run-id {short}"
+    return f"run {short} has no rubric score; evaluate it first: molting evaluate --run-id {short}"
+
+
+def _best_child(parent_run_id: str) -> str | None:
+    """The best-scored child run of a sweep's parent run (its trials), or None."""
+    import mlflow
+
+    found = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
+                               filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and metrics.score >= 0",
+                               order_by=["metrics.score DESC"])
+    return found[0].info.run_id if found else None
 
 
 def _why(dim: str, a: RunData, b: RunData) -> str:
@@ -351,6 +384,7 @@ def diagnose(run_id: str, vs: str | None = None, out: str | None = None, log=pri
     """Build the report, log it on the run as diagnosis.md, print it, and write it to `out` if given."""
     from mlflow.tracking import MlflowClient
 
+    run_id = resolve_run_id(run_id)
     text = report(run_id, vs)
     client = MlflowClient()
     client.log_text(run_id, text, "diagnosis.md")

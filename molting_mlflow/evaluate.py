@@ -80,14 +80,14 @@ def _baseline_subject(model_name: str, system_prompt: str) -> _Subject:
 def evaluate(cfg: EvalConfig, log=print) -> dict:
     import mlflow
 
-    from .tracking import log_scores, stage_run
+    from .tracking import log_scores, resolve_run_id, resolve_run_uri, stage_run
 
     persona = load_persona(cfg.persona)
     questions = load_questions(cfg.questions)
     runtime.set_threads()
-    ref = f"runs:/{cfg.run_id}/adapter" if cfg.run_id else cfg.adapter
+    ref = f"runs:/{resolve_run_id(cfg.run_id)}/adapter" if cfg.run_id else resolve_run_uri(cfg.adapter)
     sub = _adapter_subject(ref) if ref else _baseline_subject(cfg.model or "smol", persona.system_prompt)
-    with stage_run(cfg.experiment, sub.name, {"molting.stage": "evaluate", **sub.tags}):
+    with stage_run(cfg.experiment, sub.name, {"molting.stage": "evaluate", **sub.tags}) as run:
         mlflow.log_params({"eval.questions": cfg.questions, "eval.max_new_tokens": cfg.max_new_tokens,
                            "eval.seed": cfg.seed, "eval.system_prompt": (sub.system_prompt or "none")[:500],
                            "eval.greedy": True, "eval.precision": sub.plan.precision, "eval.device": sub.plan.device,
@@ -99,4 +99,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
             nll = reference_nll(sub.model, sub.tok, questions, sub.system_prompt, sub.training_template, sub.fold)
         scored = log_scores(records, questions, persona, stats, ref_nll=nll)
     log(format_summary(scored))
+    log(f"\nrun {run.info.run_id} ({sub.name}): score {scored['summary']['score']:.2f}\n"
+        f"see it:  molting compare {run.info.run_id[:8]}   or   molting diagnose {run.info.run_id[:8]}")
+    scored["run_id"] = run.info.run_id
     return scored

@@ -27,6 +27,7 @@ class Finding:
     message: str
     evidence: str = ""
     fixes: list = field(default_factory=list)   # settings that resolve it, e.g. [{"chat_template": "model"}]
+    data: dict = field(default_factory=dict)    # what readers use instead of the message, e.g. {"tokens": […]}
 
 
 @dataclass
@@ -41,8 +42,8 @@ class PreflightReport:
         levels = {f.level for f in self.findings}
         return "fail" if "error" in levels else ("warn" if "warn" in levels else "pass")
 
-    def add(self, check, level, message, evidence="", fixes=()):
-        self.findings.append(Finding(check, level, message, evidence, list(fixes)))
+    def add(self, check, level, message, evidence="", fixes=(), data=None):
+        self.findings.append(Finding(check, level, message, evidence, list(fixes), dict(data or {})))
 
     def to_json(self) -> str:
         return json.dumps({"status": self.status, "numbers": self.numbers,
@@ -144,7 +145,8 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
         r.add("chat_template", "error",
               f"the training template uses {', '.join(foreign)}, which the model's own template never emits "
               f"(its turns end with {eot}); the model would learn a separator it never sees at inference. "
-              "Fix: chat_template=model", f"rendered: {r.rendered[:300]!r}", [{"chat_template": "model"}])
+              "Fix: chat_template=model", f"rendered: {r.rendered[:300]!r}", [{"chat_template": "model"}],
+              {"tokens": foreign, "end_of_turn": eot})
     if eot:
         bad_ends = []
         for m in msgs:
@@ -157,7 +159,7 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
             r.add("end_of_turn", "error",
                   f"an assistant turn does not end with the model's end-of-turn token {eot} (found {bad_ends[0]!r}); "
                   "the model never learns to stop. Fix: chat_template=model", f"rendered: {r.rendered[:300]!r}",
-                  [{"chat_template": "model"}])
+                  [{"chat_template": "model"}], {"tokens": [], "end_of_turn": eot})
     if template != own_template and r.rendered != r.rendered_model and not foreign:
         r.add("chat_template", "warn", "the training template renders differently from the model's own",
               f"training: {r.rendered[:200]!r} model: {r.rendered_model[:200]!r}")
@@ -180,7 +182,8 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
             foreign_template = template != own_template
             r.add("end_of_turn", "error", f"the end-of-turn token {eot} is not in the trained span; the model never "
                   "learns to stop" + (". Fix: chat_template=model" if foreign_template else ""),
-                  f"completion: {tok.decode(completion_ids)!r}", [{"chat_template": "model"}] if foreign_template else [])
+                  f"completion: {tok.decode(completion_ids)!r}", [{"chat_template": "model"}] if foreign_template else [],
+                  {"tokens": [], "end_of_turn": eot})
         elif tok.pad_token == tok.eos_token:
             r.add("pad_eos", "info", f"pad == eos ({tok.pad_token}); the end-of-turn token is still trained "
                   "(loss comes from the completion mask, not the pad mask)")

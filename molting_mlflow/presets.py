@@ -7,7 +7,7 @@ checks each preset). The resolved values are logged, so a run says which it got.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Every linear layer of a Llama-style block: attention projections and the MLP.
@@ -36,6 +36,9 @@ class Preset:
     built: bool = False              # its weights are built in this process (models.build_tiny_random), not read
     quantizable: bool = True         # bitsandbytes can load it in 4 bits (precision=nf4)
     auto_precision: str | None = None  # what precision=auto means for a model of one precision; None: the plan's
+    # The sweep's default ranges where this preset needs others (sweep.SEARCH_SPACE's row names):
+    # every configuration of the default search must be able to reach the step minimum.
+    sweep_search: dict = field(default_factory=dict)
 
     def defaults(self) -> dict:
         return {k: getattr(self, k) for k in ("epochs", "grad_accum", "batch_size", "lr", "max_seq_len",
@@ -109,6 +112,10 @@ PRESETS: dict[str, Preset] = {
             built=True,
             quantizable=False,
             auto_precision="fp32",
+            # At batch 8 the sweep's default grad_accum 1–8 × epochs 1–4 gives 2–40 optimizer steps: every
+            # searched configuration fell under the 150-step minimum and was pruned. 10 steps an epoch
+            # × 15–20 epochs = 150–200 steps: each one trains, in about the time of the preset's default.
+            sweep_search={"grad_accum": "1", "epochs": "15,20"},
         ),
     ]
 }

@@ -110,11 +110,22 @@ def _code_paths() -> list[str]:
     return [str(package)] + ([] if DATA_DIR.resolve().is_relative_to(package) else [str(DATA_DIR)])
 
 
+def version_of_run(name: str, run_id: str) -> str | None:
+    """The version of `name` already registered from this train run (the model is logged on it), or None."""
+    found = MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    return str(found[0].version) if found else None
+
+
 def current_champion(name: str):
     try:
         return MlflowClient().get_model_version_by_alias(name, "champion")
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def registered_models() -> list[str]:
+    """The registered models named molting-<preset>, by name."""
+    return sorted(m.name for m in MlflowClient().search_registered_models(filter_string="name LIKE 'molting-%'"))
 
 
 def list_versions(name: str) -> list[dict]:

@@ -29,10 +29,10 @@ def runs_to_rescore(run_ids: list[str], experiment: str | None) -> list[str]:
     import mlflow
 
     from .config import ConfigError
-    from .tracking import experiments_to_search, project_experiments
+    from .tracking import experiments_to_search, project_experiments, resolve_run_id
 
     if run_ids:
-        return list(run_ids)
+        return [resolve_run_id(r) for r in run_ids]
     if not experiment:
         where = ", ".join(e.name for e in project_experiments()) or "none yet"
         raise ConfigError(f"give run ids or --experiment <name> (experiments holding the project's runs: {where}; "

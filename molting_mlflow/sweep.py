@@ -18,7 +18,9 @@ enqueued, marked `molting.reference`, and kept out of `trials_to_target`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -32,6 +34,10 @@ from .config import (DEFAULT_EXPERIMENT, DEFAULT_SEED, DEFAULT_TARGET, ConfigErr
                      describe_fixes, opt)
 from .paths import GPT2_TEMPLATE
 from .rubric import DIMENSIONS
+
+# Why a trial was pruned (trial attribute prune_cause, run tag molting.prune_cause): the readers use these.
+PRUNED_FOR_STEPS = "min_steps"           # under the step minimum: no weight loaded
+PRUNED_AT_EPOCH = "median_ref_nll"       # stopped at an epoch's end by the MedianPruner
 
 # The user's three mistakes: 79 / (1 × 8) × 5 = 50 optimizer steps, GPT-2 separators, no system
 # prompt. The LR stays the preset's, as in the README's reproduction, so a run of that command is
@@ -113,14 +119,17 @@ class SweepConfig:
     """A sweep's settings, each field with its default, help and bound (config.opt, as TrainConfig);
     the trials' own settings are TrainConfig's, checked for each searched model on construction."""
     model: str = opt("smol", "Preset, local folder or hub id (as train).")
-    n_trials: int = opt(12, "Trials the study should reach, references included.",
+    n_trials: int = opt(12, "New trials this sweep trains (a new study's reference trials included; "
+                        "configurations pruned under min_steps before loading a weight not counted).",
                         lambda v: isinstance(v, int) and v >= 1, "a whole number ≥ 1")
     target: float = opt(DEFAULT_TARGET, "Rubric score to beat.", lambda v: 0 < float(v) <= 10,
                         "a rubric score in (0, 10]")
     stop_at_target: bool = opt(False, "End the study once beaten.")
     storage: str = opt("", "Optuna storage (SQLAlchemy URL); default optuna.db beside a SQLite mlflow.db. "
                        "postgresql://… lets workers on several machines share one study.")
-    study_name: str = opt("", "Default molting-<model>; the same name resumes the study.")
+    study_name: str = opt("", "Default molting-<model>-<hash of the experiment and the search settings>: the "
+                          "same sweep again resumes its study, other settings start a new one. The same name "
+                          "resumes a study (workers on several machines).")
     search: dict = opt(None, "{space name: values}; rows not given take their default.", factory=dict)
     enqueue_user: bool = opt(True, "The user's original configuration as a reference trial.")
     enqueue_default: bool = opt(False, "The preset's default configuration as a reference trial.")
@@ -147,11 +156,21 @@ class SweepConfig:
         unknown = set(self.search) - set(SPACE)
         if unknown:
             raise ConfigError(f"unknown searched parameter(s) {sorted(unknown)}; known: {', '.join(SPACE)}")
-        self.space = {s.name: s.parse(self.search.get(s.name) or s.default) for s in SEARCH_SPACE
-                      if self.search.get(s.name) or s.default}
+        ranges = {s.name: self.search.get(s.name) or self.default_range(s) for s in SEARCH_SPACE}
+        self.space = {s.name: s.parse(ranges[s.name]) for s in SEARCH_SPACE if ranges[s.name]}
         for model in self.models():
             TrainConfig(model=model, dataset=self.dataset, min_steps=self.min_steps, seed=self.seed,
                         precision=self.precision)
+
+    def default_range(self, row: Space) -> str:
+        """A row's range when none is given: the preset's own (Preset.sweep_search), else the table's. A
+        study over several models (the `models` row) takes the table's."""
+        from .presets import PRESETS
+
+        preset = PRESETS.get(self.model)
+        if self.search.get("models") or preset is None:
+            return row.default
+        return preset.sweep_search.get(row.name, row.default)
 
     def models(self) -> list[str]:
         return self.space.get("models") or [self.model]
@@ -166,11 +185,59 @@ class SweepConfig:
         folder = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else Path.cwd()
         return f"sqlite:///{folder.resolve() / 'optuna.db'}"
 
-    def resolved_study(self) -> str:
-        return self.study_name or f"molting-{'-'.join(self.models())}"
+    def resolved_study(self, experiment: str | None = None) -> str:
+        """The study's name: the one given, else default_study_name for `experiment` (the one the parent
+        run is in; this config's by default)."""
+        return self.study_name or default_study_name(self, experiment or self.experiment)
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items()})
+
+
+def default_study_name(sc: SweepConfig, experiment: str) -> str:
+    """molting-<models>-<8 hex>: the hash of what defines the search — the experiment its runs go to,
+    the data, the searched ranges, the step minimum, the seed, the precision, the reference trials
+    and the pruning — so the same sweep run again resumes its study, and another experiment or other
+    settings start a new one. n_trials, target, workers, reuse and registration do not define it."""
+    from .models import sha256_file
+
+    data = Path(sc.dataset)
+    ident = {"experiment": experiment, "models": sc.models(), "space": sc.space, "min_steps": sc.min_steps,
+             "dataset": sha256_file(data) if data.is_file() else str(data), "seed": sc.seed,
+             "precision": sc.precision, "enqueue_user": sc.enqueue_user, "enqueue_default": sc.enqueue_default,
+             "prune": sc.prune}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+    return f"molting-{'-'.join(sc.models())}-{digest}"
+
+
+def step_reach(sc: SweepConfig, model: str, n_examples: int) -> tuple[int, int, TrainConfig]:
+    """(configurations of the searched grad_accum × epochs that reach min_steps, all of them, the one
+    with the most steps) for one model, at its preset's batch size."""
+    from .runtime import device
+
+    base = TrainConfig(model=model, dataset=sc.dataset, min_steps=sc.min_steps).resolve(device())
+    accums = sc.space.get("grad_accum", [base.grad_accum])
+    lo, hi = sc.space.get("epochs", [base.epochs, base.epochs])
+    grid = [replace(base, grad_accum=g, epochs=e) for g in accums for e in range(lo, hi + 1)]
+    passing = sum(c.optimizer_steps(n_examples) >= sc.min_steps for c in grid)
+    return passing, len(grid), max(grid, key=lambda c: c.optimizer_steps(n_examples))
+
+
+def check_reach(sc: SweepConfig, n_examples: int) -> list[str]:
+    """One line a model on how many searched configurations train; a ConfigError, before any trial,
+    where none can (all of them would be pruned before loading a weight)."""
+    lines = []
+    for model in sc.models():
+        passing, total, most = step_reach(sc, model, n_examples)
+        if not passing:
+            per = most.steps_per_epoch(n_examples)
+            need = math.ceil(sc.min_steps / per)
+            raise ConfigError(f"no configuration of the search reaches min_steps={sc.min_steps} on {model}: at most "
+                              f"{most.arithmetic(n_examples)}; search epochs={need},{need + 5} (at grad_accum="
+                              f"{most.grad_accum}), or lower min_steps")
+        lines.append(f"{passing} of {total} (grad_accum, epochs) pairs reach min_steps={sc.min_steps} on {model}"
+                     + ("" if passing == total else "; the others are pruned before loading a weight"))
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +324,9 @@ class Worker:
                 "molting.slot": str(self.slot)}
         trial.set_user_attr("worker", self.name)
         trial.set_user_attr("model", cfg.model)
+        # where a trial came from: a resumed study says so, and a report keeps to its own experiment
+        trial.set_user_attr("sweep_run_id", self.parent_run_id)
+        trial.set_user_attr("experiment_id", self.experiment_id)
         if not ref:
             self._prune_by_steps(trial, cfg, tags)
         from .train import find_finished_run, fingerprint, prepare, train
@@ -275,6 +345,8 @@ class Worker:
                                callbacks=(_epoch_pruner_callback(trial, self.sc.prune and not ref),))
             except optuna.TrialPruned as e:
                 trial.set_user_attr("prune_reason", str(e))
+                trial.set_user_attr("prune_cause", PRUNED_AT_EPOCH)
+                print(f"trial {trial.number} [{self.name}]: pruned at {e}", flush=True)
                 raise
             s, run_id, steps, final_loss = result.scores, result.run_id, result.optimizer_steps, result.final_loss
             busy = result.train_runtime_s + s.get("eval_seconds", 0.0)
@@ -308,12 +380,15 @@ class Worker:
                   f"not trained (would pass: {describe_fixes(cfg_r, self.n_examples)})")
         with stage_run(self.sc.experiment, f"trial-{trial.number}-pruned",
                        {**tags, "molting.stage": "train", "molting.trial_state": "PRUNED",
-                        "molting.prune_reason": reason}, parent_run_id=self.parent_run_id):
+                        "molting.prune_reason": reason, "molting.prune_cause": PRUNED_FOR_STEPS},
+                       parent_run_id=self.parent_run_id):
             mlflow.log_params({f"train.{k}": v for k, v in asdict(cfg_r).items()
                                if k in ("model", "epochs", "grad_accum", "batch_size", "lr", "lora_r")})
             mlflow.log_metric("optimizer_steps", steps)
             trial.set_user_attr("prune_reason", reason)
-            trial.set_user_attr("steps_pruned", True)
+            trial.set_user_attr("prune_cause", PRUNED_FOR_STEPS)
+            print(f"trial {trial.number} [{self.name}]: pruned before loading a weight: {steps} optimizer steps "
+                  f"< min_steps={cfg.min_steps}", flush=True)
             raise optuna.TrialPruned(reason)  # inside: the child run ends KILLED, like an epoch-pruned one
 
 
@@ -336,7 +411,9 @@ def _reuse(done, tags: dict, trial, parent_run_id: str):
     from .tracking import stage_run
 
     m = done.data.metrics
-    with stage_run("", f"trial-{trial.number}-reused", {**tags, "molting.stage": "train",
+    # the rubric version goes with the scores copied (without it, compare and diagnose take them for v1.0)
+    copied = {k: done.data.tags[k] for k in ("molting.rubric_version", "molting.preflight") if k in done.data.tags}
+    with stage_run("", f"trial-{trial.number}-reused", {**tags, **copied, "molting.stage": "train",
                                                          "molting.reused_run_id": done.info.run_id},
                    parent_run_id=parent_run_id):
         mlflow.log_params({k: v for k, v in done.data.params.items()
@@ -363,10 +440,16 @@ def open_study(sc: SweepConfig):
     storage = _open_storage(RDBStorage, sc.resolved_storage(), heartbeat_interval=sc.heartbeat_s,
                             grace_period=3 * sc.heartbeat_s,
                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    sampler = optuna.samplers.TPESampler(seed=sc.seed, multivariate=True, n_startup_trials=4)
+    sampler = _sampler(sc.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     return optuna.create_study(study_name=sc.resolved_study(), storage=storage, direction="maximize",
                                sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
+def _sampler(seed: int):
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=4)
 
 
 def _open_storage(cls, url: str, **kw):
@@ -384,24 +467,30 @@ def _open_storage(cls, url: str, **kw):
             time.sleep(0.5 * (attempt + 1))
 
 
-def _enough_trials(n: int):
-    """Stop once the study holds n trials that trained or are training (step-pruned ones cost seconds
-    and don't count), or 5·n trials in all, so a search space with no valid configuration still
-    ends. Counted from the storage after each trial, running ones included, so workers sharing the
-    study stop at the same total instead of each starting one more; a failed trial that is retried
-    counts once."""
+def _enough_trials(n: int, first: int = 0):
+    """Stop once this sweep's trials (numbered from `first`: a resumed study's earlier ones are not
+    this sweep's) hold n that trained or are training (step-pruned ones cost seconds and don't
+    count), or 10·n in all, so a search space where most configurations are pruned still ends.
+    Counted from the storage after each trial, running ones included, so workers sharing the study
+    stop at the same total instead of each starting one more; a failed trial that is retried counts
+    once."""
     from optuna.trial import TrialState
 
     def callback(study, trial):
-        trials = study.get_trials(deepcopy=False)
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number >= first]
         retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
         counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
                                                     TrialState.RUNNING)
-                   and not t.user_attrs.get("steps_pruned") and t.number not in retried]
-        if len(counted) >= n or len(trials) >= 5 * n:
+                   and t.user_attrs.get("prune_cause") != PRUNED_FOR_STEPS and t.number not in retried]
+        if len(counted) >= n or len(trials) >= 10 * n:
             study.stop()
 
     return callback
+
+
+def sweep_key(parent_run_id: str) -> str:
+    """The study's user attribute that records one sweep: its first trial number and experiment."""
+    return f"molting.sweep.{parent_run_id}"
 
 
 def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t0: float | None = None,
@@ -421,7 +510,10 @@ def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t
     exp_id = MlflowClient().get_run(parent_run_id).info.experiment_id
     w = Worker(sc, parent_run_id, exp_id, name, gpu, t0 or time.time(), slot)
     MlflowClient().log_metric(parent_run_id, f"worker_load_s.{name}", w.preload())
-    callbacks = [_enough_trials(sc.n_trials), _stop_at_target(sc)]
+    first = study.user_attrs.get(sweep_key(parent_run_id), {}).get("first_trial", 0)
+    if first:   # a resumed study: seeded as at its start, the sampler would draw its first trials again
+        study.sampler = _sampler(sc.seed + first)
+    callbacks = [_enough_trials(sc.n_trials, first), _stop_at_target(sc)]
     study.optimize(w.objective, catch=(Exception,), gc_after_trial=True, callbacks=callbacks)
     deadline = time.time() + 4 * sc.heartbeat_s
     while time.time() < deadline:
@@ -545,9 +637,10 @@ def _spawn_workers(sc: SweepConfig, parent_run_id: str, lay: Layout, t0: float, 
 
 
 def sweep(sc: SweepConfig, log=print) -> dict:
-    """Open the parent run and the study, run the workers, and report."""
+    """Open the parent run and the study, say what this sweep will do, run the workers, and report."""
     import mlflow
 
+    from .data import load_dataset
     from .models import resolve_model
     from .sweep_report import log_study
     from .reaper import redact, touch_store
@@ -555,28 +648,86 @@ def sweep(sc: SweepConfig, log=print) -> dict:
 
     for model in sc.models():
         resolve_model(model)                 # an unknown model fails here, in one line, before any trial
+    reach = check_reach(sc, len(load_dataset(sc.dataset, "x")))   # a search that can train nothing, too
     lay = layout(sc, visible_gpus())
-    log(f"sweep: {lay.workers} worker(s){' on GPU(s) ' + ','.join(lay.gpus) if lay.gpus else ''}; {lay.why}")
     touch_store()
-    study = open_study(sc)                   # made here, once: workers only open it
+    t0 = time.time()
+    with stage_run(sc.experiment, "sweep", {"molting.stage": "sweep", "molting.model": sc.model}) as parent:
+        experiment = mlflow.get_experiment(parent.info.experiment_id)
+        sc = replace(sc, study_name=sc.resolved_study(experiment.name))   # the workers open this one
+        study = open_study(sc)                   # made here, once: workers only open it
+        first = _begin(study, sc, parent.info.run_id, experiment)
+        log(announce(study, sc, first, experiment.name, reach))
+        log(f"  on {lay.workers} worker(s){' on GPU(s) ' + ','.join(lay.gpus) if lay.gpus else ''}: {lay.why}")
+        mlflow.set_tags({"mlflow.runName": f"sweep-{study.study_name}", "molting.study": study.study_name})
+        mlflow.log_params({f"sweep.{k}": v for k, v in asdict(sc).items() if k not in ("search", "storage")}
+                          | {f"sweep.search.{k}": ",".join(map(str, v)) for k, v in sc.space.items()}
+                          | {"sweep.storage": redact(sc.resolved_storage()), "sweep.sampler": "TPE(multivariate)",
+                             "sweep.workers": lay.workers, "sweep.trials_per_gpu": lay.per_gpu,
+                             "sweep.trials_per_gpu_why": lay.why[:500], "sweep.trial_memory_gib": lay.share_gib,
+                             "sweep.first_trial": first,
+                             "sweep.pruner": "min-steps + MedianPruner(epoch ref_nll)" if sc.prune else "min-steps"})
+        if lay.workers == 1:
+            work(sc, parent.info.run_id, f"w0-pid{os.getpid()}", lay.place(0)[0], t0)
+        else:
+            _spawn_workers(sc, parent.info.run_id, lay, t0, log)
+        summary = log_study(study, sc, time.time() - t0, parent.info.run_id, log, first)
+    return summary
+
+
+def _begin(study, sc: SweepConfig, parent_run_id: str, experiment) -> int:
+    """Record this sweep on the study (its first trial number, its experiment) and enqueue the
+    reference trials where the study is new. Returns the first trial number this sweep makes."""
+    first = len(study.get_trials(deepcopy=False))
+    study.set_user_attr(sweep_key(parent_run_id), {"first_trial": first, "experiment_id": experiment.experiment_id,
+                                                   "experiment": experiment.name, "n_trials": sc.n_trials})
     if not study.user_attrs.get("molting.references_enqueued"):
         study.set_user_attr("molting.references_enqueued", True)
         if sc.enqueue_user:
             study.enqueue_trial({}, user_attrs={"molting.reference": "user-original"})
         if sc.enqueue_default:
             study.enqueue_trial({}, user_attrs={"molting.reference": "preset-default"})
-    t0 = time.time()
-    with stage_run(sc.experiment, f"sweep-{study.study_name}", {"molting.stage": "sweep", "molting.model": sc.model,
-                                                                "molting.study": study.study_name}) as parent:
-        mlflow.log_params({f"sweep.{k}": v for k, v in asdict(sc).items() if k not in ("search", "storage")}
-                          | {f"sweep.search.{k}": ",".join(map(str, v)) for k, v in sc.space.items()}
-                          | {"sweep.storage": redact(sc.resolved_storage()), "sweep.sampler": "TPE(multivariate)",
-                             "sweep.workers": lay.workers, "sweep.trials_per_gpu": lay.per_gpu,
-                             "sweep.trials_per_gpu_why": lay.why[:500], "sweep.trial_memory_gib": lay.share_gib,
-                             "sweep.pruner": "min-steps + MedianPruner(epoch ref_nll)" if sc.prune else "min-steps"})
-        if lay.workers == 1:
-            work(sc, parent.info.run_id, f"w0-pid{os.getpid()}", lay.place(0)[0], t0)
-        else:
-            _spawn_workers(sc, parent.info.run_id, lay, t0, log)
-        summary = log_study(study, sc, time.time() - t0, parent.info.run_id, log)
-    return summary
+    return first
+
+
+def announce(study, sc: SweepConfig, first: int, experiment: str, reach: list[str]) -> str:
+    """What this sweep will do, before it does it: a new or resumed study (with its earlier trials and
+    the sweeps they came from), how many new trials, the searched ranges, and what gets registered."""
+    from collections import Counter
+
+    where = f"'{study.study_name}' in {redact(sc.resolved_storage())}"
+    if first:
+        earlier = [t for t in study.get_trials(deepcopy=False) if t.number < first]
+        states = Counter(t.state.name.lower() for t in earlier)
+        origins = Counter(t.user_attrs.get("sweep_run_id", "") for t in earlier)
+        head = (f"sweep: resuming study {where}: {first} trial(s) so far ("
+                + ", ".join(f"{k} {v}" for k, v in sorted(states.items())) + "), from "
+                + ", ".join(f"{_origin(study, run_id)} ({count})" for run_id, count in origins.items())
+                + f"; this sweep adds {sc.n_trials} new trial(s), numbered from {first} "
+                "(another --study-name starts a new study)")
+    else:
+        refs = [t.user_attrs["molting.reference"] for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get("molting.reference")]
+        head = (f"sweep: new study {where} for experiment '{experiment}': {sc.n_trials} new trial(s)"
+                + (f", the reference(s) {', '.join(refs)} first" if refs else ""))
+        if refs and sc.n_trials <= len(refs):
+            head += f" (n_trials={sc.n_trials} trains only the reference(s): raise it to search)"
+    ranges = " × ".join(f"{k} {_range_text(SPACE[k], v)}" for k, v in sc.space.items())
+    tail = (f"registers the best searched trial as molting-{sc.models()[0]}" if sc.register
+            else "registers nothing (register=false)")
+    return "\n".join([head, f"  searching {ranges}", *(f"  {line}" for line in reach), f"  then {tail}"])
+
+
+def _range_text(row: Space, vals: list) -> str:
+    """'1,2,4,8', '15–20', '0.0002–0.003 (log)': a searched row's range as the announcement says it."""
+    if row.kind == "choice":
+        return ",".join(map(str, vals))
+    return f"{vals[0]:g}–{vals[1]:g}" + (" (log)" if row.kind == "log" else "")
+
+
+def _origin(study, parent_run_id: str) -> str:
+    """'sweep run 1a2b3c4d in experiment 'molting'', from what the study recorded of that sweep."""
+    if not parent_run_id:
+        return "trials that never started or older sweeps"
+    seen = study.user_attrs.get(sweep_key(parent_run_id), {})
+    return f"sweep run {parent_run_id[:8]} in experiment '{seen.get('experiment', '?')}'"

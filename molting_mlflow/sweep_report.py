@@ -28,33 +28,40 @@ def time_accounting(trials, wall_s: float, target: float) -> dict:
     return m
 
 
-def log_study(study, sc, wall_s: float, parent_run_id: str, log) -> dict:
+def log_study(study, sc, wall_s: float, parent_run_id: str, log, first: int = 0) -> dict:
+    """The parent run's metrics and artifacts, the summary (printed), the diagnosis of the best
+    trial and its registration, or the reason there is none. Trials of the same study run from
+    another experiment are left out: the report is this experiment's."""
     import mlflow
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
+    exp_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
+    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("experiment_id", exp_id) == exp_id]
     searched = [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("molting.reference")]
     refs = [t for t in trials if t.user_attrs.get("molting.reference") and t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     best = max(searched, key=lambda t: t.value, default=None)
     hit = [t for t in sorted(searched, key=lambda t: t.number) if t.value > sc.target]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    metrics = {"n_trials": len(trials), "n_complete": len(searched) + len(refs), "n_pruned": len(pruned),
-               "n_failed": len(failed), **time_accounting(trials, wall_s, sc.target)}
+    mine = [t for t in trials if t.number >= first]
+    metrics = {"n_trials": len(trials), "n_new_trials": len(mine), "n_complete": len(searched) + len(refs),
+               "n_pruned": len(pruned), "n_failed": len(failed), **time_accounting(mine, wall_s, sc.target)}
     if best is not None:
         metrics["best_score"] = best.value
         metrics.update({f"best_{d}": best.user_attrs[d] for d in DIMENSIONS})
     mlflow.log_metrics(metrics, run_id=parent_run_id)
     mlflow.MlflowClient().set_tag(parent_run_id, "molting.trials_to_target", str(hit[0].number) if hit else "none")
+    summary = _summary_md(sc, best, refs, pruned, hit, wall_s, mine)
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         df = study.trials_dataframe()
         df.to_csv(t / "trials.csv", index=False)
         _write_plots(study, t)
-        (t / "sweep_summary.md").write_text(_summary_md(sc, best, refs, pruned, hit, wall_s), encoding="utf-8")
+        (t / "sweep_summary.md").write_text(summary, encoding="utf-8")
         mlflow.MlflowClient().log_artifacts(parent_run_id, tmp, "study")
-    out = {"best": best, "refs": refs, "metrics": metrics, "parent_run_id": parent_run_id}
-    log(_summary_md(sc, best, refs, pruned, hit, wall_s))
+    out = {"best": best, "refs": refs, "metrics": metrics, "parent_run_id": parent_run_id,
+           "study_name": study.study_name, "new_trials": mine}
+    log(summary)
     user = next((t for t in refs if t.user_attrs["molting.reference"] == "user-original"), None)
     if best is not None and not _in_this_store(best.user_attrs["run_id"]):
         # Workers sharing a study but not a tracking server: the best run lives in another store.
@@ -68,11 +75,51 @@ def log_study(study, sc, wall_s: float, parent_run_id: str, log) -> dict:
         user_id = user.user_attrs["run_id"] if user and _in_this_store(user.user_attrs["run_id"]) else None
         mlflow.MlflowClient().log_text(parent_run_id, report(best.user_attrs["run_id"], user_id),
                                        "diagnosis_best_vs_user.md")
-    if sc.register and best is not None:
-        from .registry import register_adapter
-
-        out["version"] = register_adapter(best.user_attrs["run_id"], best.user_attrs.get("model", sc.model), sc.target, log)
+    out["version"] = _register(sc, best, mine, log)
     return out
+
+
+def _register(sc, best, mine: list, log) -> str | None:
+    """Register the best searched trial; where nothing is registered, say why and what to change."""
+    from .registry import model_name, register_adapter, version_of_run
+
+    if not sc.register:
+        log("registered nothing: register=false")
+        return None
+    if best is None:
+        log(f"registered nothing: {why_no_best(mine, sc)}")
+        return None
+    name = model_name(best.user_attrs.get("model", sc.model))
+    known = version_of_run(name, best.user_attrs["run_id"])
+    if known is not None:
+        log(f"registered nothing new: the best trial #{best.number} (run {best.user_attrs['run_id'][:8]}, score "
+            f"{best.value:.2f}) is {name} v{known} already; this sweep's trials did not beat it")
+        return known
+    version = register_adapter(best.user_attrs["run_id"], best.user_attrs.get("model", sc.model), sc.target, log)
+    log(f"see it:  molting registry --name {name}   (ask it: molting chat --model models:/{name}/{version})")
+    return version
+
+
+def why_no_best(mine: list, sc) -> str:
+    """Why no searched trial of this sweep completed, from the trials' states and prune causes, with
+    the change that would give one."""
+    from optuna.trial import TrialState
+
+    from .sweep import PRUNED_AT_EPOCH, PRUNED_FOR_STEPS
+
+    searched = [t for t in mine if not t.user_attrs.get("molting.reference")]
+    cause = lambda c: sum(t.user_attrs.get("prune_cause") == c for t in searched)  # noqa: E731
+    failed = sum(t.state == TrialState.FAIL for t in searched)
+    if not searched:
+        return (f"no searched trial completed: n_trials={sc.n_trials} covered only the reference trial(s), which "
+                "are never registered; raise n_trials")
+    parts = [f"{n} {what}" for n, what in ((cause(PRUNED_FOR_STEPS), f"pruned under min_steps={sc.min_steps}"),
+                                           (cause(PRUNED_AT_EPOCH), "pruned at an epoch (median ref_nll)"),
+                                           (failed, "failed")) if n]
+    fix = ("search more epochs or a smaller grad_accum, or lower min_steps" if cause(PRUNED_FOR_STEPS) else
+           "prune=false keeps every trial to its end" if cause(PRUNED_AT_EPOCH) else
+           "see the tag molting.error on the failed trials' runs" if failed else "raise n_trials")
+    return f"no searched trial completed ({', '.join(parts) or 'none finished'} of {len(searched)}); {fix}"
 
 
 def _in_this_store(run_id: str) -> bool:
@@ -99,12 +146,18 @@ def _write_plots(study, folder: Path) -> None:
             (folder / f"{name}.txt").write_text(f"not drawn: {e}\n", encoding="utf-8")
 
 
-def _summary_md(sc, best, refs, pruned, hit, wall_s) -> str:
+def _summary_md(sc, best, refs, pruned, hit, wall_s, mine=()) -> str:
+    from .sweep import PRUNED_FOR_STEPS
+
+    span = f"#{mine[0].number}–#{mine[-1].number}" if mine else "none"
     lines = [f"# Sweep {sc.resolved_study()} ({sc.model})", "",
-             f"- trials: best score **{best.value:.2f}**" if best else "- no searched trial completed",
+             f"- this sweep: {len(mine)} new trial(s) ({span}); "
+             + (f"best of the study: trial #{best.number}, score **{best.value:.2f}**" if best
+                else "no searched trial completed"),
              f"- target {sc.target}: " + (f"first beaten by trial {hit[0].number} after "
                                           f"{hit[0].user_attrs.get('elapsed_s', 0):.0f} s" if hit else "not reached"),
-             f"- pruned: {len(pruned)} ({sum('optimizer steps' in t.user_attrs.get('prune_reason', '') for t in pruned)} "
+             f"- pruned: {len(pruned)} "
+             f"({sum(t.user_attrs.get('prune_cause') == PRUNED_FOR_STEPS for t in pruned)} "
              "for too few optimizer steps, before training)",
              f"- wall time: {wall_s:.0f} s", ""]
     rows = [("best", best)] + [(f"reference: {t.user_attrs['molting.reference']}", t) for t in refs]

@@ -7,11 +7,14 @@ its host (reaper.py: each run records its host and pid).
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
+
+from .config import ConfigError
 
 
 # MLflow's experiment kind (the UI's enum value `finetuning`, MLflow 3.17): what these experiments hold.
@@ -136,6 +139,7 @@ def fail_attached_run(message: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 RESULTS_TABLE = "eval_results.json"
+REASONS_BY_CODE = "reasons_by_code"     # the table's column of [code, reason] pairs: what readers pick by code
 
 
 def score_metrics(summary: dict) -> dict:
@@ -152,7 +156,8 @@ def results_rows(scored: dict) -> list[dict]:
 
     return [{"id": r["id"], "question": r["question"], "response": r["response"],
              "finish_reason": r["finish_reason"], **{d: r[d] for d in DIMENSIONS}, "score": r["score"],
-             "ref_chrf": r.get("ref_chrf"), "reasons": "; ".join(r["reasons"]), "codes": " ".join(r["codes"])}
+             "ref_chrf": r.get("ref_chrf"), "reasons": "; ".join(r["reasons"]), "codes": " ".join(r["codes"]),
+             REASONS_BY_CODE: [[c, t] for c, t in zip(r["codes"], r["reasons"])]}
             for r in scored["results"]]
 
 
@@ -197,8 +202,6 @@ def experiments_to_search(name: str | None) -> list:
     """The experiment named (by the option, else $MLFLOW_EXPERIMENT_NAME), or, with none named, every
     experiment holding the project's runs. A name that is not there is a user error naming where the
     runs are."""
-    from .config import ConfigError
-
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
     if name is None:
         return project_experiments()
@@ -215,3 +218,45 @@ def lookup_order(experiment_id: str) -> list[str]:
     """This experiment first, then the project's other experiments: where a baseline or a reusable
     run of the same configuration may be when `mlflow run` put them in another one."""
     return [experiment_id] + [e.experiment_id for e in project_experiments() if e.experiment_id != experiment_id]
+
+
+# ---------------------------------------------------------------------------------------------
+# Run ids as a user types them: a unique prefix, as git takes a commit's (`molting compare` prints 8)
+# ---------------------------------------------------------------------------------------------
+
+MIN_RUN_PREFIX = 4
+
+
+class RunIdError(ConfigError):
+    """A run id that names no run, or a prefix that names several."""
+
+
+def resolve_run_id(ref: str) -> str:
+    """The full id of the one run, in any experiment, whose id starts with `ref`. A full id is returned
+    as it is (the command then says whether the run exists); no match, or several, is a one-line
+    error, listing the candidates."""
+    prefix = ref.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]+", prefix):
+        raise RunIdError(f"run id {ref!r} is not a run id (hex digits, e.g. the 8 that `molting compare` prints)")
+    if len(prefix) >= 32:
+        return prefix
+    if len(prefix) < MIN_RUN_PREFIX:
+        raise RunIdError(f"run id {ref!r} is too short: give at least {MIN_RUN_PREFIX} of its characters")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=11,
+                              filter_string=f"attributes.run_id LIKE '{prefix}%'")
+    if not runs:
+        raise RunIdError(f"no run id starts with '{prefix}' in {mlflow.get_tracking_uri()}; `molting compare` "
+                         "lists the runs")
+    if len(runs) > 1:
+        names = ", ".join(f"{r.info.run_id[:12]} ({r.info.run_name})" for r in runs[:10])
+        raise RunIdError(f"run id '{prefix}' is ambiguous: {names}{' …' if len(runs) > 10 else ''}; "
+                         "give more of its characters")
+    return runs[0].info.run_id
+
+
+def resolve_run_uri(uri: str) -> str:
+    """runs:/<prefix>/path → runs:/<full id>/path; any other reference unchanged."""
+    if not uri.startswith("runs:/"):
+        return uri
+    run, sep, path = uri[len("runs:/"):].partition("/")
+    return f"runs:/{resolve_run_id(run)}{sep}{path}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import runtime
-from .config import DEFAULT_QUESTIONS, TrainConfig
+from .config import DEFAULT_DATASET, DEFAULT_QUESTIONS, TrainConfig
 from .data import ChatDataset, load_dataset
 from .interrupt import stop_at_step_end
 from .models import ModelError, ModelSource, load_model, load_tokenizer, resolve_model, sha256_file
@@ -303,7 +303,7 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     with clock("prepare"):
         p = prepared or prepare(cfg)
     cfg = p.cfg
-    run_name = f"{cfg.model}-e{cfg.epochs}-b{cfg.batch_size}-ga{cfg.grad_accum}-lr{cfg.lr:g}"
+    run_name = train_run_name(cfg)
     tags = {"molting.stage": "train", "molting.model": cfg.model, "molting.preflight": p.report.status,
             **(tags or {})}
     if p.source.preset is not None and p.source.preset.only_for_plumbing:
@@ -328,6 +328,22 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
         f"adapter: {result.adapter_uri}\n"
         f"see it:  mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (then open http://127.0.0.1:5000)")
     return result
+
+
+def train_run_name(cfg: TrainConfig) -> str:
+    """smol-e2-b1-ga1-lr0.0005, then what else sets this run apart from the default: the dataset's
+    stem, no system prompt, a template file, a seed: two runs on different data are told apart in
+    the UI's legends and in `molting compare`."""
+    name = f"{cfg.model}-e{cfg.epochs}-b{cfg.batch_size}-ga{cfg.grad_accum}-lr{cfg.lr:.3g}"
+    if Path(cfg.dataset).resolve() != DEFAULT_DATASET.resolve():
+        name += f"-{Path(cfg.dataset).stem}"
+    if cfg.system_prompt == "none":
+        name += "-nosys"
+    if cfg.chat_template != "model":
+        name += f"-{Path(cfg.chat_template).stem}"
+    if cfg.seed != TrainConfig.seed:
+        name += f"-s{cfg.seed}"
+    return name
 
 
 def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache | None = None,

@@ -103,4 +103,6 @@ def test_report_and_cli_log_diagnosis_md(store):
 
 def test_unknown_run_is_one_line():
     r = CliRunner().invoke(cli, ["diagnose", "deadbeef"])
-    assert r.exit_code == 2 and "run 'deadbeef' not found" in r.output
+    assert r.exit_code == 2 and "no run id starts with 'deadbeef'" in r.output
+    r = CliRunner().invoke(cli, ["diagnose", "deadbeef" * 4])       # a whole id: looked up as it is
+    assert r.exit_code == 2 and f"run '{'deadbeef' * 4}' not found" in r.output

@@ -180,10 +180,10 @@ def test_nan_loss_in_a_sweep_fails_that_trial_and_the_study_goes_on(monkeypatch,
         return cfg, ref
 
     monkeypatch.setattr(sweep_mod, "_trial_config", trial_config)
-    sweep_mod.sweep(sweep_mod.SweepConfig(model="tiny-random", n_trials=2, search={"epochs": "1,1"}, min_steps=0,
-                                                    enqueue_user=False, prune=False, reuse=False, target=0.1),
-                              log=lambda *a: None)
-    study = optuna.load_study(study_name="molting-tiny-random", storage=sweep_mod.SweepConfig(
+    out = sweep_mod.sweep(sweep_mod.SweepConfig(model="tiny-random", n_trials=2, search={"epochs": "1,1"}, min_steps=0,
+                                                enqueue_user=False, prune=False, reuse=False, target=0.1),
+                          log=lambda *a: None)
+    study = optuna.load_study(study_name=out["study_name"], storage=sweep_mod.SweepConfig(
         model="tiny-random").resolved_storage())
     states = [t.state.name for t in study.get_trials()]
     assert states[:2] == ["FAIL", "COMPLETE"], states

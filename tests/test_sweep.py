@@ -9,13 +9,16 @@ import uuid
 import mlflow
 import optuna
 import pytest
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from molting_mlflow.cli import cli
 from molting_mlflow.config import ConfigError
 from molting_mlflow.sweep import SweepConfig, sweep
 
 # tiny-random: batch 8 → 10 steps an epoch; min_steps 20 prunes grad_accum ≥ 2 at ≤ 3 epochs
-SMALL = dict(model="tiny-random", search={"epochs": "1,3"}, min_steps=20, seed=7)
+SMALL = dict(model="tiny-random", search={"epochs": "1,3", "grad_accum": "1,2,4,8"}, min_steps=20, seed=7)
+STEP_PRUNED = "min_steps"       # sweep.PRUNED_FOR_STEPS, written out: the trials' attribute a reader sees
 
 
 def children(parent_id):
@@ -23,36 +26,45 @@ def children(parent_id):
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
-def test_sweep_nests_trials_prunes_by_steps_and_resumes(tmp_path):
+def test_sweep_nests_trials_prunes_by_steps_and_resumes(tmp_path, capsys):
     out = sweep(SweepConfig(n_trials=3, register=False, **SMALL), log=lambda *a: None)
+    printed = capsys.readouterr().out     # each trial says what became of it, a pruned one too
     parent = MlflowClient().get_run(out["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["molting.stage"] == "sweep"
     kids = children(parent.info.run_id)
-    study = optuna.load_study(study_name="molting-tiny-random", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.load_study(study_name=out["study_name"], storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert len(kids) == len(study.trials)  # every trial, pruned ones included, is a child run
     by_trial = {int(r.data.tags["molting.trial"]): r for r in kids}
     # trial 0 is the user's original configuration, a reference, trained in warn mode
     ref = by_trial[0]
     assert ref.data.tags["molting.reference"] == "user-original" and ref.data.params["train.optimizer_steps"] == "50"
     assert ref.data.params["template.source"].endswith("gpt2_separators.jinja") and "score" in ref.data.metrics
-    step_pruned = [t for t in study.trials if t.user_attrs.get("steps_pruned")]
+    step_pruned = [t for t in study.trials if t.user_attrs.get("prune_cause") == STEP_PRUNED]
     assert step_pruned, "the seeded search should hit at least one configuration under 20 steps"
     for t in step_pruned:
         r = by_trial[t.number]
         assert t.state == optuna.trial.TrialState.PRUNED
         assert r.data.tags["molting.trial_state"] == "PRUNED" and "below the minimum of 20" in r.data.tags["molting.prune_reason"]
+        assert r.data.tags["molting.prune_cause"] == STEP_PRUNED
         assert "would pass: epochs=" in r.data.tags["molting.prune_reason"]
         assert "loss" not in r.data.metrics  # pruned before any training
-    trained = [t for t in study.trials if not t.user_attrs.get("steps_pruned")]
+        assert f"trial {t.number} [" in printed and "]: pruned before loading a weight: " in printed
+    trained = [t for t in study.trials if t.user_attrs.get("prune_cause") != STEP_PRUNED]
     assert len(trained) == 3
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     names = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "study")}
     assert {"study/trials.csv", "study/sweep_summary.md", "study/optimization_history.html"} <= names
 
-    # same study name: resumes, and does not enqueue the reference again
-    sweep(SweepConfig(n_trials=4, register=False, **SMALL), log=lambda *a: None)
-    study = optuna.load_study(study_name="molting-tiny-random", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    assert len([t for t in study.trials if not t.user_attrs.get("steps_pruned")]) == 4
+    # the same settings: the same study, resumed (and said so); n_trials counts new trials; the
+    # reference is not enqueued again
+    lines, before = [], len(study.trials)
+    again = sweep(SweepConfig(n_trials=1, register=False, **SMALL), log=lines.append)
+    assert again["study_name"] == out["study_name"]
+    assert lines[0].startswith(f"sweep: resuming study '{out['study_name']}'")
+    assert f"{before} trial(s) so far" in lines[0] and f"numbered from {before}" in lines[0]
+    assert f"sweep run {parent.info.run_id[:8]} in experiment 'molting'" in lines[0]
+    study = optuna.load_study(study_name=out["study_name"], storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len([t for t in study.trials if t.user_attrs.get("prune_cause") != STEP_PRUNED]) == 4
     assert sum(t.user_attrs.get("molting.reference") == "user-original" for t in study.trials) == 1
 
 
@@ -181,7 +193,7 @@ def test_two_workers_share_one_postgres_study(tmp_path, fresh_postgres):
     numbers = [t.number for t in study.trials]
     assert sorted(numbers) == list(range(len(numbers)))          # no duplicate, no gap
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-    trained = [t for t in study.trials if not t.user_attrs.get("steps_pruned")]
+    trained = [t for t in study.trials if t.user_attrs.get("prune_cause") != STEP_PRUNED]
     assert 4 <= len(trained) <= 5                                # each worker stops at the shared total
     # both workers took part
     runs = {w: mlflow.search_runs(experiment_names=["molting"], output_format="list",
@@ -238,11 +250,14 @@ def test_reference_trial_reuses_a_finished_run_of_the_same_config():
                  log=lambda *a: None)
     score = MlflowClient().get_run(done.run_id).data.metrics["score"]
     out = sweep(SweepConfig(n_trials=1, register=False, **SMALL), log=lambda *a: None)
-    (t0,) = [t for t in optuna.load_study(study_name="molting-tiny-random", storage="sqlite:///optuna.db").trials
+    (t0,) = [t for t in optuna.load_study(study_name=out["study_name"], storage="sqlite:///optuna.db").trials
              if t.user_attrs.get("molting.reference")]
     assert t0.user_attrs["reused_run_id"] == done.run_id == t0.user_attrs["run_id"] and t0.value == score
     (child,) = [r for r in children(out["parent_run_id"]) if r.data.tags["molting.trial"] == str(t0.number)]
     assert child.data.tags["molting.reused_run_id"] == done.run_id and child.data.metrics["score"] == score
+    # its scores keep their rubric version (without the tag, compare took them for v1.0)
+    assert child.data.tags["molting.rubric_version"] == MlflowClient().get_run(done.run_id).data.tags[
+        "molting.rubric_version"]
     assert child.data.params["train.optimizer_steps"] == "50" and "loss" not in child.data.metrics
 
 
@@ -355,3 +370,75 @@ def test_a_killed_worker_trial_is_failed_and_retried_by_the_other(tmp_path, fres
     dead = [r for r in runs if r.data.tags.get("molting.trial") in {str(f.number) for f in failed}
             and r.data.tags.get("molting.study") == name]
     assert dead and all(r.info.status == "FAILED" for r in dead)
+
+
+# ---- The sweep says what it does: study names, new trials, a search that can train, registration --
+
+def test_readme_tiny_random_sweep_trains_two_trials_and_registers_the_best():
+    """`mlflow run . -e sweep -P model=tiny-random -P n_trials=2` (README), as the CLI runs it: the
+    preset's own search ranges all reach the step minimum, so both trials train."""
+    r = CliRunner().invoke(cli, ["sweep", "--model", "tiny-random", "--n-trials", "2"])
+    assert r.exit_code == 0, r.output[-3000:]
+    head = next(line for line in r.output.splitlines() if line.startswith("sweep: "))   # MLflow's INFO lines first
+    assert head.startswith("sweep: new study 'molting-tiny-random-") and "for experiment 'molting'" in head
+    assert "6 of 6 (grad_accum, epochs) pairs reach min_steps=150 on tiny-random" in r.output
+    study_name = head.split("'")[1]
+    study = optuna.load_study(study_name=study_name, storage="sqlite:///optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert all(t.user_attrs["optimizer_steps"] >= 150 for t in study.trials if not t.user_attrs.get("molting.reference"))
+    assert "registered molting-tiny-random v1" in r.output
+    assert "see it:  molting registry --name molting-tiny-random" in r.output
+    reg = CliRunner().invoke(cli, ["registry"])          # no --name: every molting-<preset> registered
+    assert reg.exit_code == 0 and reg.output.startswith("molting-tiny-random:\n") and "candidate" in reg.output
+
+
+def test_the_default_study_name_is_the_experiment_and_the_search():
+    from molting_mlflow.sweep import default_study_name
+
+    sc = SweepConfig(model="tiny-random")
+    name = default_study_name(sc, "molting")
+    assert name.startswith("molting-tiny-random-") and name == default_study_name(SweepConfig(model="tiny-random",
+                                                                                              n_trials=3), "molting")
+    assert name != default_study_name(sc, "Default")                       # another experiment: another study
+    assert name != default_study_name(SweepConfig(model="tiny-random", search={"epochs": "16,20"}), "molting")
+    assert name != default_study_name(SweepConfig(model="tiny-random", min_steps=100), "molting")
+    assert SweepConfig(model="tiny-random", study_name="shared").resolved_study("molting") == "shared"
+
+
+def test_a_search_in_which_nothing_can_train_fails_before_any_trial():
+    r = CliRunner().invoke(cli, ["sweep", "--model", "tiny-random", "--epochs", "1,4", "--grad-accum", "1,2"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "no configuration of the search reaches min_steps=150 on tiny-random" in r.output
+    assert "search epochs=15,20" in r.output
+    assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def test_n_trials_counts_this_sweeps_trials_not_the_studys():
+    from types import SimpleNamespace
+
+    from molting_mlflow.sweep import _enough_trials
+
+    C = optuna.trial.TrialState.COMPLETE
+    earlier = [SimpleNamespace(number=i, state=C, user_attrs={}, system_attrs={}) for i in range(5)]
+    pruned = SimpleNamespace(number=5, state=optuna.trial.TrialState.PRUNED, user_attrs={"prune_cause": STEP_PRUNED},
+                             system_attrs={})
+    new = SimpleNamespace(number=6, state=C, user_attrs={}, system_attrs={})
+
+    class Study:
+        stopped = False
+
+        def __init__(self, trials):
+            self.trials = trials
+
+        def get_trials(self, deepcopy=False):
+            return self.trials
+
+        def stop(self):
+            self.stopped = True
+
+    for trials, first, stopped in (([*earlier, pruned], 5, False), ([*earlier, pruned, new], 5, False),
+                                   ([*earlier, pruned, new, SimpleNamespace(**{**new.__dict__, "number": 7})], 5, True),
+                                   (earlier[:2], 0, True)):
+        study = Study(trials)
+        _enough_trials(2, first)(study, None)
+        assert study.stopped == stopped, (len(trials), first)
