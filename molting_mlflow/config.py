@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from .errors import MoltingError
 from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from .presets import PRESETS
 from .runtime import PRECISION_CHOICES
@@ -27,7 +28,7 @@ SYSTEM_PROMPT_MODES = ("persona", "none", "fold")
 DEFAULT_MIN_STEPS = 150
 
 
-class ConfigError(ValueError):
+class ConfigError(MoltingError, ValueError):
     """A nonsense setting; the message names the field, the value and the expected form."""
 
 
