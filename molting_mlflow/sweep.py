@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import ConfigError, TrainConfig, describe_fixes
+from .errors import MoltingError
 from .paths import GPT2_TEMPLATE
 from .rubric import DIMENSIONS
 
@@ -410,19 +411,67 @@ def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t
     w = Worker(sc, parent_run_id, exp_id, name, gpu, t0 or time.time())
     MlflowClient().log_metric(parent_run_id, f"worker_load_s.{name}", w.preload())
     callbacks = [_enough_trials(sc.n_trials), _stop_at_target(sc)]
-    study.optimize(w.objective, catch=(Exception,), gc_after_trial=True, callbacks=callbacks)
+    objective = _recording_failures(w.objective)
+    study.optimize(objective, catch=(Exception,), gc_after_trial=True, callbacks=callbacks)
     deadline = time.time() + 4 * sc.heartbeat_s
     while time.time() < deadline:
         fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         if any(t.state == TrialState.WAITING for t in trials):        # a retry of a dead worker's trial
-            study.optimize(w.objective, catch=(Exception,), n_trials=1, gc_after_trial=True)
+            study.optimize(objective, catch=(Exception,), n_trials=1, gc_after_trial=True)
             continue
         if not any(t.state == TrialState.RUNNING for t in trials):
             break
         time.sleep(sc.heartbeat_s / 2)
     _end_runs_of_failed_trials(study, exp_id)
     sweep_up()  # a worker that died mid-study (this host) also left its own sweep run RUNNING
+
+
+def _recording_failures(objective):
+    """The objective, keeping a failed trial's error (its first line) as the trial's fail_reason: a study
+    goes on past a failed trial (catch=(Exception,)), and a sweep whose every trial failed says why."""
+    import functools
+
+    @functools.wraps(objective)
+    def recorded(trial):
+        try:
+            return objective(trial)
+        except Exception as e:
+            if not _is_pruned(e):
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:500]}")
+            raise
+
+    return recorded
+
+
+def _is_pruned(e: BaseException) -> bool:
+    import optuna
+
+    return isinstance(e, optuna.TrialPruned)
+
+
+class SweepFailed(MoltingError, RuntimeError):
+    """No trial of this sweep completed: there is nothing to compare or register."""
+
+
+def require_a_completed_trial(study, before: set[int]) -> None:
+    """Raise SweepFailed when no trial this sweep ran completed (or the study holds none at all); the
+    message counts the pruned and failed ones and gives the first reason."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    new = [t for t in trials if t.number not in before]
+    if any(t.state == TrialState.COMPLETE for t in (new or trials)):
+        return
+    pruned = [t for t in new if t.state == TrialState.PRUNED]
+    failed = [t for t in new if t.state == TrialState.FAIL]
+    first = next((t for t in failed + pruned if t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason")),
+                 None)
+    why = "" if first is None else (f"; trial {first.number}: " + (first.user_attrs.get("fail_reason") or
+                                                                    first.user_attrs["prune_reason"])[:300])
+    raise SweepFailed(f"no trial of study '{study.study_name}' completed ({len(pruned)} pruned, {len(failed)} failed of "
+                      f"{len(new)} run{why}); fix that, or widen the search (e.g. --epochs) or lower --min-steps, "
+                      "and run again")
 
 
 def _end_runs_of_failed_trials(study, experiment_id: str) -> None:
@@ -495,6 +544,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
     n = sc.workers or max(1, len(visible_gpus()))
     touch_store()
     study = open_study(sc)                   # made here, once: workers only open it
+    before = {t.number for t in study.get_trials(deepcopy=False)}
     if not study.user_attrs.get("molting.references_enqueued"):
         study.set_user_attr("molting.references_enqueued", True)
         if sc.enqueue_user:
@@ -514,6 +564,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
         else:
             _spawn_workers(sc, parent.info.run_id, n, t0, log)
         summary = log_study(study, sc, time.time() - t0, parent.info.run_id, log)
+        require_a_completed_trial(study, before)   # inside: the parent run ends FAILED with the reason
     return summary
 
 
