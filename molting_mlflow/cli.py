@@ -375,12 +375,10 @@ def registry(name):
     Example: molting registry --name molting-smol
     """
     import pandas as pd
-
-    from .registry import list_versions
-
     from mlflow.exceptions import MlflowException
 
     from .errors import missing_in_store
+    from .registry import list_versions
 
     try:
         rows = list_versions(name)
@@ -401,11 +399,10 @@ def promote(name, version, alias):
 
     Example: molting promote molting-smol 3 --alias champion
     """
-    from .registry import promote as do_promote
-
     from mlflow.exceptions import MlflowException
 
     from .errors import missing_in_store
+    from .registry import promote as do_promote
 
     try:
         do_promote(name, version, alias)
@@ -433,7 +430,6 @@ def chat(ref, max_new_tokens, question):
     set_threads()
     if ref.startswith("models:/"):
         import mlflow.pyfunc
-
         from mlflow.exceptions import MlflowException
 
         from .errors import missing_in_store
