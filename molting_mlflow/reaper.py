@@ -122,9 +122,9 @@ def touch_store(create: bool = True, write: bool = True) -> None:
         check_server(uri)
     elif db is not None and not db.exists() and not create:
         return
-    if write and db is not None and db.exists():
-        check_writable(db)
     with _store_lock(db):
+        if write and db is not None and db.exists():
+            check_writable(db)   # inside the lock: never waiting on another molting process's schema migration
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(uri)
