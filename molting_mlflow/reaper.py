@@ -171,28 +171,32 @@ def check_writable(db: Path) -> None:
         finally:
             conn.close()
     except sqlite3.OperationalError as e:
-        raise StoreUnwritable(sqlite_fault(e, db) or f"the tracking store {db} cannot be written ({e}); check it "
+        raise StoreUnwritable(sqlite_fault(e, db, LOCK_WAIT_S) or f"the tracking store {db} cannot be written ({e}); check it "
                               f"with `sqlite3 {db} 'PRAGMA integrity_check'` or point MLFLOW_TRACKING_URI elsewhere") \
             from None
 
 
-def sqlite_fault(e: BaseException, db: Path | None = None) -> str | None:
+def sqlite_fault(e: BaseException, db: Path | None = None, waited_s: int | None = None) -> str | None:
     """The one line for a SQLite store that refuses a write, read from SQLite's own error code anywhere in
-    `e`'s chain (MLflow wraps SQLAlchemy's error, which wraps sqlite3's); None for anything else."""
+    `e`'s chain (MLflow wraps SQLAlchemy's error, which wraps sqlite3's); None for anything else.
+    `waited_s`: how long the lock was waited for, when known."""
     import sqlite3
 
     import mlflow
 
     seen, where = e, db or _sqlite_path(mlflow.get_tracking_uri()) or "the tracking store"
-    while seen is not None:
+    for _ in range(20):   # a chain is a few links (MLflow, SQLAlchemy, sqlite3); never loop on a cycle
+        if seen is None:
+            break
         code = getattr(seen, "sqlite_errorcode", None)   # Python 3.11+; the primary code is the low byte
         if isinstance(seen, sqlite3.Error) and code is not None:
             if code & 0xFF == sqlite3.SQLITE_READONLY:
                 return (f"the tracking store {where} is read-only for this process; make it writable (chmod u+w, "
                         "chattr -i; its folder too) or point MLFLOW_TRACKING_URI at a store you can write")
             if code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                return (f"the tracking store {where} is locked by another process (waited {LOCK_WAIT_S} s); let it "
-                        "finish, or close what holds it open (a sqlite3 shell, a stuck process), and run again")
+                waited = f" (waited {waited_s} s)" if waited_s is not None else ""
+                return (f"the tracking store {where} is locked by another process{waited}; let it finish, or close "
+                        "what holds it open (a sqlite3 shell, a stuck process), and run again")
             if code & 0xFF == sqlite3.SQLITE_CANTOPEN:
                 return (f"the tracking store {where} cannot be opened for writing (its folder is read-only or gone); "
                         "fix the folder's permissions or point MLFLOW_TRACKING_URI elsewhere")
