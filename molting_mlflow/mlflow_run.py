@@ -31,7 +31,9 @@ def runner_pids() -> list[int]:
             cmd = proc.cmdline()
         except (psutil.AccessDenied, psutil.NoSuchProcess):
             continue
-        if any(Path(c).name.startswith("mlflow") for c in cmd[:2]) and "run" in cmd:
+        # `mlflow run …`, `python …/bin/mlflow run …` or `python -m mlflow run …`
+        head = [Path(c).name for c in cmd[:4]]
+        if "mlflow" in head and "run" in head[head.index("mlflow") + 1:]:
             found.append(proc.pid)
     return found
 
