@@ -6,7 +6,8 @@ to leave alone a run that the entry point ended itself, but it compares the stor
 entry point exits non-zero (FINISHED on exit 0). So a run our process ended KILLED on Ctrl-C is set
 FAILED a moment after we exit. `keep_killed` starts a small detached process that waits until the
 `mlflow run` process has exited and then ends the run KILLED again; `molting.error` says
-'interrupted' throughout.
+'interrupted' throughout. It is started before the run is ended here: the runner's own SIGTERM
+(after Ctrl-C it cancels the entry point) may cut that ending short.
 
     python -m molting_mlflow.mlflow_run <run_id> <tracking uri> <pid> ...   (the watcher itself)
 """
@@ -60,7 +61,10 @@ def _watch(run_id: str, tracking_uri: str, pids: list[int]) -> None:
     while any(_alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.2)
     client = MlflowClient(tracking_uri)
-    if client.get_run(run_id).info.status != "KILLED":
+    run = client.get_run(run_id)
+    if "molting.error" not in run.data.tags:   # a second signal cut the entry point's own ending short
+        client.set_tag(run_id, "molting.error", "interrupted")
+    if run.info.status != "KILLED":
         client.set_terminated(run_id, "KILLED")
 
 

@@ -107,10 +107,10 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
         yield run
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt):
+            if run.info.run_id in _attached:     # first: mlflow run's SIGTERM may cut what follows short
+                _keep_killed(run.info.run_id)
             mlflow.set_tag("molting.error", "interrupted")
             mlflow.end_run("KILLED")
-            if run.info.run_id in _attached:
-                _keep_killed(run.info.run_id)
         elif _is_trial_pruned(e):  # optuna's: the sweep stopped this trial on purpose
             mlflow.set_tags({"molting.trial_state": "PRUNED", "molting.prune_reason": str(e)[:5000]})
             mlflow.end_run("KILLED")
@@ -139,9 +139,10 @@ def fail_attached_run(message: str) -> None:
 
 def kill_attached_run() -> None:
     """Ctrl-C before any run was opened here: end the run `mlflow run` made KILLED, and keep it so."""
-    run_id = _end_attached_run("KILLED", "interrupted")
+    run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
-        _keep_killed(run_id)
+        _keep_killed(run_id)   # first: mlflow run's SIGTERM may cut what follows short
+        _end_attached_run("KILLED", "interrupted")
 
 
 def _end_attached_run(status: str, message: str) -> str | None:
