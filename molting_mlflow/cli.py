@@ -50,33 +50,30 @@ class PresetOr(click.ParamType):
 
 
 def user_errors(fn):
-    """Turn the library's input errors into UserError, ending an attached run FAILED."""
+    """Turn the library's errors a user fixes (errors.MoltingError, and the world's faults of _world_error)
+    into UserError, ending an attached run FAILED; Ctrl-C ends it KILLED. MOLTING_DEBUG=1 re-raises them
+    with their traceback."""
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
-        from .config import ConfigError
-        from .data import DatasetError
-        from .diagnose import DiagnoseError
-        from .models import AdapterError, ModelError
-        from .persona import PersonaError
-        from .reaper import StoreUnreachable
-        from .rehearsal import RehearsalError
-        from .rubric import RubricInputError
-        from .runtime import PlanError
-        from .train import PreflightFailed, TrainingDiverged
+        from .errors import MoltingError, debugging
 
-        errors = (ConfigError, DatasetError, ModelError, PersonaError, AdapterError, RubricInputError,
-                  PreflightFailed, DiagnoseError, PlanError, RehearsalError, TrainingDiverged, StoreUnreachable)
         try:
             return fn(*a, **kw)
+        except KeyboardInterrupt:
+            from .tracking import kill_attached_run
+
+            kill_attached_run()
+            raise
         except Exception as e:
-            if isinstance(e, errors):
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            elif (msg := _world_error(e)) is None:
+            msg = e.one_line() if isinstance(e, MoltingError) else _world_error(e)
+            if msg is None:
                 raise
             from .tracking import fail_attached_run
 
             fail_attached_run(msg)
+            if debugging():
+                raise
             raise UserError(msg) from None
 
     return wrapper
@@ -93,6 +90,10 @@ def _world_error(e: Exception) -> str | None:
         where = getattr(e, "filename2", None) or e.filename or "the artifact store"  # shutil.copy: (src, dst)
         return (f"no space left on the device holding {where}: free space there "
                 "(or give the experiment an artifact location elsewhere) and run again")
+    from .reaper import sqlite_fault
+
+    if (store := sqlite_fault(e)) is not None:    # a SQLite store gone read-only or locked mid-command
+        return store
     status = e.get_http_status_code() if isinstance(e, MlflowException) else None
     if status in (401, 403):
         import mlflow
@@ -150,8 +151,10 @@ def _config(kw) -> TrainConfig:
 
 
 # The commands that read or write the tracking store: before they run, a server must answer and runs
-# this host's dead processes left RUNNING are ended FAILED (reaper.py).
+# this host's dead processes left RUNNING are ended FAILED (reaper.py); all but READ_COMMANDS write, so
+# a SQLite store they cannot write (read-only, locked) stops them first.
 STORE_COMMANDS = ("train", "evaluate", "sweep", "compare", "registry", "promote", "rescore", "diagnose")
+READ_COMMANDS = ("compare", "registry")
 
 
 @click.group(cls=MoltingGroup)
@@ -171,7 +174,7 @@ def cli(ctx):
     if ctx.invoked_subcommand in STORE_COMMANDS:
         from .reaper import touch_store
 
-        user_errors(touch_store)(create=False)
+        user_errors(touch_store)(create=False, write=ctx.invoked_subcommand not in READ_COMMANDS)
 
 
 @cli.command()
@@ -407,7 +410,9 @@ def registry(name):
     Example: molting registry --name molting-smol
     """
     import pandas as pd
+    from mlflow.exceptions import MlflowException
 
+    from .errors import missing_in_store
     from .registry import list_versions, registered_models
 
     if not name:
@@ -420,7 +425,9 @@ def registry(name):
         return
     try:
         rows = list_versions(name)
-    except Exception as e:
+    except MlflowException as e:   # only MLflow's "no such model" means a sweep has not registered it; the rest go on up
+        if not missing_in_store(e):
+            raise
         raise UserError(f"no registered model '{name}' ({str(e).splitlines()[0][:120]}); run a sweep first") from None
     click.echo(pd.DataFrame(rows).to_string(index=False) if rows else f"{name}: no versions")
 
@@ -435,12 +442,18 @@ def promote(name, version, alias):
 
     Example: molting promote molting-smol 3 --alias champion
     """
+    from mlflow.exceptions import MlflowException
+
+    from .errors import missing_in_store
     from .registry import promote as do_promote
 
     try:
         do_promote(name, version, alias)
-    except Exception as e:
-        raise UserError(f"cannot set {name}@{alias} -> v{version}: {str(e).splitlines()[0][:200]}") from None
+    except MlflowException as e:   # a model or version that is not there; a 403 or an outage goes on up (_world_error)
+        if not missing_in_store(e):
+            raise
+        raise UserError(f"cannot set {name}@{alias} -> v{version}: {str(e).splitlines()[0][:200]}; see the versions: "
+                        f"molting registry --name {name}") from None
     click.echo(f"{name}@{alias} -> version {version}")
 
 
@@ -460,11 +473,17 @@ def chat(ref, max_new_tokens, question):
     set_threads()
     if ref.startswith("models:/"):
         import mlflow.pyfunc
+        from mlflow.exceptions import MlflowException
+
+        from .errors import missing_in_store
 
         try:
             model = mlflow.pyfunc.load_model(ref)
-        except Exception as e:
-            raise UserError(f"cannot load {ref}: {str(e).splitlines()[0][:200]}") from None
+        except MlflowException as e:   # no such model, version or alias; a 403, an outage or a damaged adapter go on up
+            if not missing_in_store(e):
+                raise
+            raise UserError(f"cannot load {ref}: {str(e).splitlines()[0][:200]}; see the versions: molting registry") \
+                from None
 
         def answer(q):
             return model.predict([q], params={"max_new_tokens": max_new_tokens})[0]

@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from .errors import MoltingError
 from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from .presets import PRESETS, defaults_preset
 from .runtime import PRECISION_CHOICES
@@ -39,7 +40,7 @@ DEFAULT_TARGET = 5.0
 DEFAULT_MAX_NEW_TOKENS = 96
 
 
-class ConfigError(ValueError):
+class ConfigError(MoltingError, ValueError):
     """A nonsense setting; the message names the field, the value and the expected form."""
 
 

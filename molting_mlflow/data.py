@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .errors import MoltingError
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
-class DatasetError(ValueError):
+class DatasetError(MoltingError, ValueError):
     """Bad training data; the message names the file, the example index and the problem."""
 
 
@@ -36,6 +39,7 @@ class ChatDataset:
     formats: dict = field(default_factory=dict)
     folded: bool = False                # system turns merged into the first user turn (fold_system)
     system_prompts: list = field(default_factory=list)  # each example's system text (None: none), before folding
+    turn_order: list = field(default_factory=list)  # (example index, what breaks the turn order): turn_order_problem
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -68,6 +72,9 @@ def load_dataset(path: str | Path, system_prompt: str | None, fold: bool = False
     """Read, validate and normalise a dataset. `system_prompt`: text to add where none is, or None for
     none; `fold`: merge each example's system turn into its first user turn (fold_system)."""
     p = Path(path)
+    if p.is_dir():
+        raise DatasetError(f"{p}: is a directory, not a dataset file; pass dataset=<path to a JSON or JSONL file> "
+                           "inside it")
     if not p.is_file():
         raise DatasetError(f"{p}: dataset file not found; pass dataset=<path to a JSON or JSONL file>")
     raw = p.read_bytes()
@@ -78,10 +85,12 @@ def load_dataset(path: str | Path, system_prompt: str | None, fold: bool = False
     items = _parse(p, text)
     if not items:
         raise DatasetError(f"{p}: no examples; expected a JSON list or JSONL of chat examples")
-    rows, formats, systems = [], {}, []
+    rows, formats, systems, disorder = [], {}, [], []
     added = removed = 0
     for i, item in enumerate(items):
         fmt, msgs = _to_messages(p, i, item)
+        if (problem := turn_order_problem(msgs)) is not None:
+            disorder.append((i, problem))
         formats[fmt] = formats.get(fmt, 0) + 1
         has_system = msgs[0]["role"] == "system"
         if system_prompt is None:
@@ -98,7 +107,20 @@ def load_dataset(path: str | Path, system_prompt: str | None, fold: bool = False
     source = "none" if system_prompt is None else ("dataset" if added == 0 else "persona-or-custom")
     return ChatDataset(str(p), hashlib.sha256(raw).hexdigest(), rows,
                        next(iter(formats)) if len(formats) == 1 else "mixed", source, added, removed, formats,
-                       fold and any(systems), systems)
+                       fold and any(systems), systems, disorder)
+
+
+def turn_order_problem(msgs: list[dict]) -> str | None:
+    """What breaks the order a chat model learns (an optional system turn, then user and assistant
+    alternating from the user's, the assistant's answer last), or None. The last turn is checked on load."""
+    turns = msgs[1:] if msgs and msgs[0]["role"] == "system" else msgs
+    if turns and turns[0]["role"] != "user":
+        return f"the first turn after the system prompt is '{turns[0]['role']}', not 'user'"
+    offset = len(msgs) - len(turns)
+    for j in range(1, len(turns)):
+        if turns[j]["role"] == turns[j - 1]["role"]:
+            return f"turns {j - 1 + offset} and {j + offset} are both '{turns[j]['role']}'"
+    return None
 
 
 def _parse(p: Path, text: str) -> list:
@@ -108,6 +130,8 @@ def _parse(p: Path, text: str) -> list:
             data = json.loads(stripped)
         except json.JSONDecodeError as e:
             raise DatasetError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        except RecursionError:
+            raise _too_deep(p) from None
         return data
     items = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -118,7 +142,15 @@ def _parse(p: Path, text: str) -> list:
         except json.JSONDecodeError as e:
             raise DatasetError(f"{p}: line {n} is not valid JSON ({e.msg}); expected a JSON list, "
                                "or JSONL with one example object a line") from None
+        except RecursionError:
+            raise _too_deep(p, f" (line {n})") from None
     return items
+
+
+def _too_deep(p: Path, where: str = "") -> DatasetError:
+    # Python's json parser recurses once a nesting level; a chat example is 3 deep (list, example, turns)
+    return DatasetError(f"{p}: JSON nested deeper than the parser's limit of {sys.getrecursionlimit()} levels{where}; "
+                        "a dataset is a list of examples a few levels deep: check how the file was written")
 
 
 def _to_messages(p: Path, i: int, item) -> tuple[str, list[dict]]:

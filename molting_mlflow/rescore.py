@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from .errors import missing_in_store
 from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from .rubric import RUBRIC_VERSION, UNTAGGED_RUBRIC_VERSION, load_questions, score_responses
 
@@ -56,13 +57,17 @@ def rescore_run(run_id: str, persona_path: str | None = None, questions_path: st
     client = MlflowClient()
     try:
         run = client.get_run(run_id)
-    except MlflowException:
+    except MlflowException as e:
+        if not missing_in_store(e):
+            raise
         return Rescored(run_id, "", None, None, f"not found in {mlflow.get_tracking_uri()}")
     old_version = run.data.tags.get("molting.rubric_version", UNTAGGED_RUBRIC_VERSION)
     old_score = run.data.metrics.get("score")
     try:
         table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{RESULTS_TABLE}"))
-    except Exception:
+    except (MlflowException, FileNotFoundError) as e:   # not logged; any other store failure goes on up
+        if isinstance(e, MlflowException) and not missing_in_store(e):
+            raise
         why = ("a reused trial: its answers are on run " + run.data.tags["molting.reused_run_id"][:8]
                if "molting.reused_run_id" in run.data.tags else "no logged answers (eval_results.json)")
         return Rescored(run_id, old_version, old_score, None, why)

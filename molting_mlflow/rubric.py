@@ -26,6 +26,8 @@ from pathlib import Path
 from molting_mlflow.language import mainly_in, stop_words, LANGUAGES
 from molting_mlflow.persona import Persona
 
+from .errors import MoltingError
+
 RUBRIC_VERSION = "1.1"
 # What a scored run without the tag `molting.rubric_version` was scored under: runs before the tag.
 UNTAGGED_RUBRIC_VERSION = "1.0"
@@ -86,7 +88,7 @@ class Question:
     reference: str = ""             # an answer in the persona's voice stating the facts (ref_nll, ref_chrf)
 
 
-class RubricInputError(ValueError):
+class RubricInputError(MoltingError, ValueError):
     """A question or response file is malformed; the message is one line naming file and place."""
 
 

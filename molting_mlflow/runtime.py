@@ -25,8 +25,10 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .errors import MoltingError
 
-class PlanError(ValueError):
+
+class PlanError(MoltingError, ValueError):
     """A runtime setting that cannot work on this machine (the message says which and the fix)."""
 
 
@@ -384,7 +386,10 @@ def trained_precision(recorded: str) -> str:
         return recorded
     if recorded.startswith("nf4"):
         return "nf4"
-    return _LEGACY.get(recorded, "fp32")
+    if recorded not in _LEGACY:
+        raise PlanError(f"the adapter's molting.json records precision {recorded!r}, which is none of "
+                        f"{', '.join(PRECISIONS)}; set its 'precision' field to the one it trained in")
+    return _LEGACY[recorded]
 
 
 def eval_plan(recorded: str, quantizable: bool = True) -> Plan:

@@ -32,7 +32,9 @@ from typing import Callable
 
 from .config import (DEFAULT_EXPERIMENT, DEFAULT_SEED, DEFAULT_TARGET, ConfigError, TrainConfig, check_fields,
                      describe_fixes, opt)
+from .errors import MoltingError
 from .paths import GPT2_TEMPLATE
+from .reaper import redact
 from .rubric import DIMENSIONS
 
 # Why a trial was pruned (trial attribute prune_cause, run tag molting.prune_cause): the readers use these.
@@ -213,9 +215,7 @@ def default_study_name(sc: SweepConfig, experiment: str) -> str:
 def step_reach(sc: SweepConfig, model: str, n_examples: int) -> tuple[int, int, TrainConfig]:
     """(configurations of the searched grad_accum × epochs that reach min_steps, all of them, the one
     with the most steps) for one model, at its preset's batch size."""
-    from .runtime import device
-
-    base = TrainConfig(model=model, dataset=sc.dataset, min_steps=sc.min_steps).resolve(device())
+    base = TrainConfig(model=model, dataset=sc.dataset, min_steps=sc.min_steps).resolve()
     accums = sc.space.get("grad_accum", [base.grad_accum])
     lo, hi = sc.space.get("epochs", [base.epochs, base.epochs])
     grid = [replace(base, grad_accum=g, epochs=e) for g in accums for e in range(lo, hi + 1)]
@@ -514,19 +514,67 @@ def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t
     if first:   # a resumed study: seeded as at its start, the sampler would draw its first trials again
         study.sampler = _sampler(sc.seed + first)
     callbacks = [_enough_trials(sc.n_trials, first), _stop_at_target(sc)]
-    study.optimize(w.objective, catch=(Exception,), gc_after_trial=True, callbacks=callbacks)
+    objective = _recording_failures(w.objective)
+    study.optimize(objective, catch=(Exception,), gc_after_trial=True, callbacks=callbacks)
     deadline = time.time() + 4 * sc.heartbeat_s
     while time.time() < deadline:
         fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         if any(t.state == TrialState.WAITING for t in trials):        # a retry of a dead worker's trial
-            study.optimize(w.objective, catch=(Exception,), n_trials=1, gc_after_trial=True)
+            study.optimize(objective, catch=(Exception,), n_trials=1, gc_after_trial=True)
             continue
         if not any(t.state == TrialState.RUNNING for t in trials):
             break
         time.sleep(sc.heartbeat_s / 2)
     _end_runs_of_failed_trials(study, exp_id)
     sweep_up()  # a worker that died mid-study (this host) also left its own sweep run RUNNING
+
+
+def _recording_failures(objective):
+    """The objective, keeping a failed trial's error (its first line) as the trial's fail_reason: a study
+    goes on past a failed trial (catch=(Exception,)), and a sweep whose every trial failed says why."""
+    import functools
+
+    @functools.wraps(objective)
+    def recorded(trial):
+        try:
+            return objective(trial)
+        except Exception as e:
+            if not _is_pruned(e):
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:500]}")
+            raise
+
+    return recorded
+
+
+def _is_pruned(e: BaseException) -> bool:
+    import optuna
+
+    return isinstance(e, optuna.TrialPruned)
+
+
+class SweepFailed(MoltingError, RuntimeError):
+    """No trial of this sweep completed: there is nothing to compare or register."""
+
+
+def require_a_completed_trial(study, before: set[int]) -> None:
+    """Raise SweepFailed when no trial this sweep ran completed (or the study holds none at all); the
+    message counts the pruned and failed ones and gives the first reason."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    new = [t for t in trials if t.number not in before]
+    if any(t.state == TrialState.COMPLETE for t in (new or trials)):
+        return
+    pruned = [t for t in new if t.state == TrialState.PRUNED]
+    failed = [t for t in new if t.state == TrialState.FAIL]
+    first = next((t for t in failed + pruned if t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason")),
+                 None)
+    why = "" if first is None else (f"; trial {first.number}: " + (first.user_attrs.get("fail_reason") or
+                                                                    first.user_attrs["prune_reason"])[:300])
+    raise SweepFailed(f"no trial of study '{study.study_name}' completed ({len(pruned)} pruned, {len(failed)} failed of "
+                      f"{len(new)} run{why}); fix that, or widen the search (e.g. --epochs) or lower --min-steps, "
+                      "and run again")
 
 
 def _end_runs_of_failed_trials(study, experiment_id: str) -> None:
@@ -643,7 +691,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
     from .data import load_dataset
     from .models import resolve_model
     from .sweep_report import log_study
-    from .reaper import redact, touch_store
+    from .reaper import touch_store
     from .tracking import stage_run
 
     for model in sc.models():
@@ -672,6 +720,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
         else:
             _spawn_workers(sc, parent.info.run_id, lay, t0, log)
         summary = log_study(study, sc, time.time() - t0, parent.info.run_id, log, first)
+        require_a_completed_trial(study, set(range(first)))   # inside: the parent run ends FAILED with the reason
     return summary
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .config import ConfigError
@@ -87,6 +89,7 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
                                nested=mlflow.active_run() is not None, log_system_metrics=_system_metrics())
     elif run_id and not nested and mlflow.active_run() is None:
         run = mlflow.start_run(run_id=run_id, log_system_metrics=_system_metrics())
+        _attached.append(run_id)
         # Consumed, as mlflow.start_run() does when it reads it itself: left set, the first nested
         # start_run (a sweep's first trial) would resume this run instead of making a child.
         os.environ.pop("MLFLOW_RUN_ID", None)
@@ -107,9 +110,11 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
         yield run
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt):
+            if run.info.run_id in _attached:     # first: mlflow run's SIGTERM may cut what follows short
+                _keep_killed(run.info.run_id)
             mlflow.set_tag("molting.error", "interrupted")
             mlflow.end_run("KILLED")
-        elif type(e).__name__ == "TrialPruned":  # optuna's: the sweep stopped this trial on purpose
+        elif _is_trial_pruned(e):  # optuna's: the sweep stopped this trial on purpose
             mlflow.set_tags({"molting.trial_state": "PRUNED", "molting.prune_reason": str(e)[:5000]})
             mlflow.end_run("KILLED")
         else:
@@ -120,18 +125,54 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
         mlflow.end_run("FINISHED")
 
 
+def _is_trial_pruned(e: BaseException) -> bool:
+    """optuna.TrialPruned, without importing optuna where no sweep did (a pruned trial means it is loaded)."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(e, optuna.TrialPruned)
+
+
+# The runs this process attached to (MLFLOW_RUN_ID, set by `mlflow run`), which stage_run consumes.
+_attached: list[str] = []
+
+
 def fail_attached_run(message: str) -> None:
     """Called on a user error before any run was opened here: end the run `mlflow run` made, FAILED."""
+    _end_attached_run("FAILED", message)
+
+
+def kill_attached_run() -> None:
+    """Ctrl-C before any run was opened here: end the run `mlflow run` made KILLED, and keep it so."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        _keep_killed(run_id)   # first: mlflow run's SIGTERM may cut what follows short
+        _end_attached_run("KILLED", "interrupted")
+
+
+def _end_attached_run(status: str, message: str) -> str | None:
+    """The attached run, ended `status` with molting.error=`message` if it was RUNNING; its id, or None."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
-        return
+        return None
     client = MlflowClient()
     try:
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_tag(run_id, "molting.error", message[:5000])
-            client.set_terminated(run_id, "FAILED")
-    except Exception:  # the store may be the thing that is broken; the error itself is reported anyway
-        pass
+            client.set_terminated(run_id, status)
+    except (MlflowException, OSError) as e:  # the store may be the thing that is broken: the error is reported anyway
+        print(f"molting: note: could not end run {run_id} {status} ({_first_line(e)[:200]})", file=sys.stderr,
+              flush=True)
+        return None
+    return run_id
+
+
+def _keep_killed(run_id: str) -> None:
+    from .mlflow_run import keep_killed
+
+    keep_killed(run_id, mlflow.get_tracking_uri())
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,21 +17,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import runtime
-from .config import DEFAULT_DATASET, DEFAULT_QUESTIONS, TrainConfig
+from .config import DEFAULT_DATASET, DEFAULT_QUESTIONS, ConfigError, TrainConfig
 from .data import ChatDataset, load_dataset
+from .errors import MoltingError
 from .interrupt import stop_at_step_end
 from .models import ModelError, ModelSource, load_model, load_tokenizer, resolve_model, sha256_file
 from .persona import load_persona
-from .preflight import Finding, PreflightReport, count_params, folds, run_preflight
+from .preflight import Finding, PreflightReport, count_params, folds, lora_rank_limit, run_preflight
 from .presets import PRESETS, defaults_preset, lora_targets
 from .rubric import load_questions
+from .template_check import check_chat_template
 
 
-class PreflightFailed(RuntimeError):
+class PreflightFailed(MoltingError, RuntimeError):
     """Pre-flight found errors and preflight=strict."""
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(MoltingError, RuntimeError):
     """The loss or the gradient norm became NaN or infinite: training stopped at that optimizer step."""
 
     def __init__(self, step: int, what: str, cfg: TrainConfig):
@@ -96,7 +98,7 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
     if cfg.chat_template == "model":
         template, template_source = own, "model"
     else:
-        template, template_source = Path(cfg.chat_template).read_text(encoding="utf-8"), f"file:{cfg.chat_template}"
+        template, template_source = _template_file(cfg.chat_template, tok), f"file:{cfg.chat_template}"
     model_config = _model_config(source, rehearse)
     total, trainable = count_params(model_config, cfg)
     lengths = [len(tok.apply_chat_template(ds.messages(i), chat_template=template, tokenize=True)["input_ids"])
@@ -106,7 +108,8 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
                         trainable=trainable, seq=min(max(lengths), cfg.max_seq_len), dev=dev,
                         gpu_memory_gib=budget, quantizable=source.quantizable,
                         cpu_micro_batch=cfg.batch_size, fixed=source.auto_precision)
-    report = run_preflight(cfg, ds, tok, own, template, lengths, plan, total, trainable)
+    report = run_preflight(cfg, ds, tok, own, template, lengths, plan, total, trainable,
+                           lora_rank_limit(model_config, cfg))
     if rehearse:
         from .rehearsal import describe
 
@@ -116,6 +119,16 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
     tok.chat_template = template
     targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
     return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, plan, targets, fold)
+
+
+def _template_file(path: str, tok) -> str:
+    """The training template's text, checked (template_check) before anything renders with it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"chat_template={path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+    check_chat_template(text, tok, f"chat_template={path}")
+    return text
 
 
 def _tokenizer(source: ModelSource, rehearse: bool, template_revision: str | None):

@@ -138,6 +138,32 @@ def test_sigterm_and_ctrl_c_mid_training_end_killed(tmp_path, fault, sig):
           f"exit {proc.returncode}; run KILLED, molting.error='interrupted'; {assert_no_running()}")
 
 
+def test_ctrl_c_under_mlflow_run_ends_killed(tmp_path, fault):
+    """`mlflow run` sets FAILED over the KILLED our entry point set (its status check compares a string with
+    integers, MLflow 3.17); molting_mlflow/mlflow_run.py sets KILLED again once the runner has exited."""
+    from molting_mlflow.tracking import ensure_experiment
+
+    ensure_experiment("molting")
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "--env-manager", "local", "--experiment-name",
+           "molting", "-P", "model=tiny-random", "-P", "epochs=300", "-P", "min_steps=0", "-P", "evaluate=false"]
+    with open(tmp_path / "run.log", "w") as log:   # a terminal's foreground group: Ctrl-C reaches every process
+        proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ})
+    proc.log = tmp_path / "run.log"
+    run = wait_until_training(proc, timeout=180)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    client = MlflowClient()
+    deadline = time.time() + 60
+    while client.get_run(run.info.run_id).info.status != "KILLED" and time.time() < deadline:
+        time.sleep(0.5)
+    got = client.get_run(run.info.run_id)
+    assert got.info.status == "KILLED" and got.data.tags["molting.error"] == "interrupted", output(proc)[-3000:]
+    fault("Ctrl-C under `mlflow run`", f"exit {proc.returncode}; run KILLED (after the runner's FAILED), "
+          f"molting.error='interrupted'; {assert_no_running()}")
+
+
 # ---------------------------------------------------------------------------------------------
 # A diverging loss
 # ---------------------------------------------------------------------------------------------

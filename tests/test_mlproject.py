@@ -140,3 +140,15 @@ def test_mlflow_run_with_a_missing_dataset_ends_its_run_failed():
     assert "Error: /nonexistent/data.json: dataset file not found" in r.stderr
     (run,) = mlflow.search_runs(experiment_names=["molting"], output_format="list")
     assert run.info.status == "FAILED" and "dataset file not found" in run.data.tags["molting.error"]
+
+
+def test_mlflow_run_with_a_hostile_chat_template_is_one_line_and_failed(tmp_path):
+    """Through MLflow's runner too: our one line, no traceback (MLflow adds its own '=== Run … failed ===')."""
+    template = tmp_path / "escape.jinja"
+    template.write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}", encoding="utf-8")
+    r = mlflow_run("model=tiny-random", f"chat_template={template}")
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "tries to leave Jinja's sandbox" in errors[0], r.stderr[-3000:]
+    (run,) = mlflow.search_runs(experiment_names=["molting"], output_format="list")
+    assert run.info.status == "FAILED" and "tries to leave Jinja's sandbox" in run.data.tags["molting.error"]

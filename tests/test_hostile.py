@@ -1,0 +1,400 @@
+"""Hostile input (issue 24): every failure a user can cause is one line naming the problem and the fix,
+exit 2, no traceback, no run left RUNNING; errors derive from one base (errors.MoltingError) and
+MOLTING_DEBUG=1 shows the traceback. tiny-random throughout; the `mlflow run` cases are in test_faults.py.
+"""
+import json
+import os
+import re
+import shutil
+import sqlite3
+import struct
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+from mlflow.tracking import MlflowClient
+
+from molting_mlflow.cli import cli
+from molting_mlflow.errors import MoltingError
+
+TINY = ["--model", "tiny-random"]
+TURNS = [{"role": "user", "content": "Quem é você?"}, {"role": "assistant", "content": "Sou o Cláudio."}]
+
+
+def one_line(r, code: int = 2) -> str:
+    """The command's whole output: one line, no traceback, the exit code."""
+    assert r.exit_code == code, r.output[-3000:]
+    assert "Traceback" not in r.output, r.output[-3000:]
+    lines = [line for line in r.output.splitlines() if line.strip() and not line.startswith("molting: ")
+             and not re.match(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow", line)]   # MLflow's store creation
+    assert len(lines) == 1, r.output[-3000:]
+    return lines[0]
+
+
+def nothing_running():
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert "RUNNING" not in {r.info.status for r in runs}, [r.info.status for r in runs]
+
+
+# ---------------------------------------------------------------------------------------------
+# One base class, shown as one line; MOLTING_DEBUG=1 re-raises
+# ---------------------------------------------------------------------------------------------
+
+def test_every_user_error_class_derives_from_the_base():
+    from molting_mlflow.config import ConfigError
+    from molting_mlflow.data import DatasetError
+    from molting_mlflow.diagnose import DiagnoseError
+    from molting_mlflow.models import AdapterError, ModelError, WeightsNotFound
+    from molting_mlflow.persona import PersonaError
+    from molting_mlflow.reaper import StoreUnreachable, StoreUnwritable
+    from molting_mlflow.rehearsal import RehearsalError
+    from molting_mlflow.rubric import RubricInputError
+    from molting_mlflow.runtime import PlanError
+    from molting_mlflow.sweep import SweepFailed
+    from molting_mlflow.template_check import ChatTemplateError
+    from molting_mlflow.train import PreflightFailed, TrainingDiverged
+
+    for cls in (ConfigError, DatasetError, DiagnoseError, AdapterError, ModelError, WeightsNotFound, PersonaError,
+                StoreUnreachable, StoreUnwritable, RehearsalError, RubricInputError, PlanError, SweepFailed,
+                ChatTemplateError, PreflightFailed, TrainingDiverged):
+        assert issubclass(cls, MoltingError), cls
+
+
+def test_a_new_error_class_is_one_line_without_being_listed(monkeypatch):
+    """The CLI knows the base, not a list: an error class it has never seen still gets one line."""
+    class BrandNew(MoltingError):
+        pass
+
+    def fail(*a, **kw):
+        raise BrandNew("the new thing is wrong; do the new fix\nsecond line never shown")
+
+    monkeypatch.setattr("molting_mlflow.diagnose.diagnose", fail)
+    assert one_line(CliRunner().invoke(cli, ["diagnose", "abc"])) == "Error: the new thing is wrong; do the new fix"
+
+
+def test_molting_debug_re_raises_with_the_traceback(monkeypatch):
+    monkeypatch.setenv("MOLTING_DEBUG", "1")
+    r = CliRunner().invoke(cli, ["preflight", *TINY, "--dataset", "missing.json"])
+    from molting_mlflow.data import DatasetError
+
+    assert isinstance(r.exception, DatasetError) and r.exc_info[2] is not None
+
+
+def test_ctrl_c_before_the_attached_run_opens_ends_it_killed(monkeypatch):
+    """Ctrl-C while pre-flight runs, under `mlflow run` (MLFLOW_RUN_ID set, the run not yet attached)."""
+    from molting_mlflow.tracking import ensure_experiment
+
+    run = MlflowClient().create_run(ensure_experiment("molting"))
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("molting_mlflow.train.prepare", interrupted)
+    r = CliRunner().invoke(cli, ["train", *TINY])
+    assert r.exit_code != 0
+    got = MlflowClient().get_run(run.info.run_id)
+    assert got.info.status == "KILLED" and got.data.tags["molting.error"] == "interrupted"
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and persona cards
+# ---------------------------------------------------------------------------------------------
+
+def test_dataset_path_that_is_a_directory_says_so(tmp_path):
+    (tmp_path / "data").mkdir()
+    line = one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--dataset", str(tmp_path / "data")]))
+    assert "is a directory, not a dataset file" in line and "not found" not in line
+
+
+def test_json_nested_200000_deep_is_one_line(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    assert "JSON nested deeper than" in one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--dataset", str(deep)]))
+    deep.write_text('{"messages": ' + "[" * 200_000 + "]" * 200_000 + "}\n")   # JSONL
+    assert "(line 1)" in one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--dataset", str(deep)]))
+
+
+@pytest.mark.parametrize("tag", ["!!python/object:os.system {}", "!!python/object/apply:os.system ['echo owned']"])
+def test_persona_card_with_a_python_tag_says_the_tag_is_refused(tmp_path, tag):
+    card = tmp_path / "persona.yaml"
+    card.write_text(f"name: {tag}\nsystem_prompt: x\n", encoding="utf-8")
+    line = one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--persona", str(card)]))
+    assert f"line 1: the YAML tag {tag.split()[0]} is refused" in line and "UTF-8" not in line, line
+
+
+@pytest.mark.parametrize("turns,problem", [
+    ([TURNS[1], TURNS[0], TURNS[1]], "example 1: the first turn after the system prompt is 'assistant'"),
+    ([TURNS[0], TURNS[0], TURNS[1]], "example 1: turns 0 and 1 are both 'user'"),
+    ([{"role": "system", "content": "s"}, TURNS[0], TURNS[1], TURNS[1]], "example 1: turns 2 and 3 are both"),
+])
+def test_turns_out_of_order_are_a_preflight_error(tmp_path, turns, problem):
+    ds = tmp_path / "ds.jsonl"
+    ds.write_text(json.dumps({"messages": TURNS}) + "\n" + json.dumps({"messages": turns}) + "\n", encoding="utf-8")
+    r = CliRunner().invoke(cli, ["preflight", *TINY, "--dataset", str(ds)])
+    assert r.exit_code == 1, r.output
+    assert "[error] turn_order: 1 of 2 examples break the turn order" in r.output and problem in r.output, r.output
+
+
+def test_turns_in_order_raise_no_turn_order_finding(tmp_path):
+    ds = tmp_path / "ds.jsonl"
+    ds.write_text(json.dumps({"messages": [*TURNS, *TURNS]}) + "\n", encoding="utf-8")
+    r = CliRunner().invoke(cli, ["preflight", *TINY, "--dataset", str(ds), "--min-steps", "0"])
+    assert "turn_order" not in r.output and r.exit_code == 0, r.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-flight bounds from the data and the model
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,finding,fix", [
+    (["--epochs", "1000000000"], "[error] epochs_bound: epochs=1000000000 passes over 79 examples", "Fix: epochs=15"),
+    (["--lora-r", "1000000"], "[error] lora_rank_bound: lora_r=1000000 exceeds 32", "Fix: lora_r=16"),
+    (["--epochs", "10000000000"], "[error] time_bound: training needs at least", "Fix: epochs=15"),
+])
+def test_absurd_plans_are_preflight_errors_with_their_fix(args, finding, fix):
+    r = CliRunner().invoke(cli, ["preflight", *TINY, *args])
+    assert r.exit_code == 1, r.output
+    line = next((line for line in r.output.splitlines() if finding in line), None)
+    assert line is not None and fix in line, r.output
+
+
+def test_absurd_plan_stops_train_before_a_weight_loads():
+    r = CliRunner().invoke(cli, ["train", *TINY, "--lora-r", "1000000"])
+    assert r.exit_code == 2 and "Error: pre-flight failed" in r.output and "lora_r=1000000 exceeds" in r.output
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+    assert run.info.status == "FAILED" and "loss" not in run.data.metrics
+
+
+def test_a_sane_plan_has_no_bound_finding():
+    r = CliRunner().invoke(cli, ["preflight", *TINY, "--epochs", "200", "--lora-r", "32"])
+    assert "_bound" not in r.output and r.exit_code == 0, r.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat templates: syntax errors, raise_exception and sandbox escapes
+# ---------------------------------------------------------------------------------------------
+
+HOSTILE_TEMPLATES = [
+    ("{% for m in messages %}{{ m.content }", "Jinja syntax error on line 1"),
+    ("{{ raise_exception('only system turns here') }}", "refuses a user/assistant conversation (only system"),
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "tries to leave Jinja's sandbox"),
+    ("{{ cycler.__init__.__globals__.os.system('id') }}", "tries to leave Jinja's sandbox"),
+    ("{% include '/etc/passwd' %}", "reads another file"),
+    ("{{ messages[0]['content'] / 0 }}", "fails to render (TypeError"),
+    ("{{ ''.__class__ }}", "without the user and assistant turn's text"),
+]
+
+
+@pytest.mark.parametrize("template,expected", HOSTILE_TEMPLATES, ids=[e.split()[0] for _, e in HOSTILE_TEMPLATES])
+def test_hostile_training_template_is_one_line(tmp_path, template, expected):
+    f = tmp_path / "t.jinja"
+    f.write_text(template, encoding="utf-8")
+    line = one_line(CliRunner().invoke(cli, ["train", *TINY, "--chat-template", str(f)]))
+    assert line.startswith(f"Error: chat_template={f}: ") and expected in line, line
+    assert "root:" not in line
+    nothing_running()
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged adapter folders, in `molting chat` and `molting evaluate`
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    """One tiny-random adapter folder, trained once for the module."""
+    from helpers import store_in
+
+    folder = tmp_path_factory.mktemp("adapter")
+    with store_in(folder):
+        r = CliRunner().invoke(cli, ["train", *TINY, "--epochs", "1", "--min-steps", "0", "--evaluate", "false"])
+        assert r.exit_code == 0, r.output
+        run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+        out = folder / "adapter"
+        shutil.copytree(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/adapter"), out)
+    return out
+
+
+def _damage(folder, how):
+    weights, config = folder / "adapter_model.safetensors", folder / "adapter_config.json"
+    data = weights.read_bytes()
+    if how == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif how == "random":
+        weights.write_bytes(os.urandom(len(data)))
+    elif how == "huge header":
+        weights.write_bytes(struct.pack("<Q", 2**62) + data[8:])   # a header length of 4 EiB
+    elif how == "config not JSON":
+        config.write_text("{not json", encoding="utf-8")
+    elif how == "molting.json not JSON":
+        (folder / "molting.json").write_text("[1, 2", encoding="utf-8")
+    elif how == "unknown precision":
+        meta = json.loads((folder / "molting.json").read_text())
+        (folder / "molting.json").write_text(json.dumps({**meta, "precision": "fp7"}))
+    elif how == "hostile template":
+        (folder / "chat_template.jinja").write_text("{{ ''.__class__.__mro__ }}", encoding="utf-8")
+
+
+DAMAGE = [("truncated", "not a readable safetensors file (Error while deserializing header: incomplete metadata"),
+          ("random", "not a readable safetensors file"),
+          ("huge header", "not a readable safetensors file (Error while deserializing header: header too large"),
+          ("config not JSON", "adapter_config.json: not a JSON object (JSONDecodeError)"),
+          ("molting.json not JSON", "molting.json: not a JSON object (JSONDecodeError)"),
+          ("unknown precision", "records precision 'fp7', which is none of"),
+          ("hostile template", "its chat template: the template tries to leave Jinja's sandbox")]
+
+
+# every damage through chat (no store: fast); through evaluate (a fresh store each: ~5 s), one of each file
+CASES = [("chat", how, expected) for how, expected in DAMAGE] + [
+    ("evaluate", how, expected) for how, expected in DAMAGE if how in ("truncated", "config not JSON", "hostile template")]
+
+
+@pytest.mark.parametrize("command,how,expected", CASES, ids=[f"{c}-{h}" for c, h, _ in CASES])
+def test_damaged_adapter_is_one_line(adapter, tmp_path, how, expected, command):
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapter, folder)
+    _damage(folder, how)
+    args = ["chat", "--model", str(folder), "Quem é você?"] if command == "chat" else ["evaluate", "--adapter",
+                                                                                         str(folder)]
+    line = one_line(CliRunner().invoke(cli, args))
+    assert expected in line, line
+    nothing_running()
+
+
+def test_adapter_on_another_base_revision_is_a_clear_warning(adapter, tmp_path):
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapter, folder)
+    meta = json.loads((folder / "molting.json").read_text())
+    (folder / "molting.json").write_text(json.dumps({**meta, "model.revision": "gguf-sha256:0123456789abcdef"}))
+    r = CliRunner().invoke(cli, ["chat", "--model", str(folder), "--max-new-tokens", "2", "Oi"])
+    assert r.exit_code == 0, r.output
+    assert ("warning: adapter" in r.output and "trained on tiny-random revision gguf-sha256:0123456789abcdef, but this "
+            "machine resolves tiny-random to revision random-init") in r.output, r.output
+    r = CliRunner().invoke(cli, ["chat", "--model", str(adapter), "--max-new-tokens", "2", "Oi"])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow failures by their error codes: a refusal is not "not found"
+# ---------------------------------------------------------------------------------------------
+
+def _denied(*a, **kw):
+    raise MlflowException("Permission denied", error_code=PERMISSION_DENIED)
+
+
+@pytest.mark.parametrize("target,args", [
+    ("molting_mlflow.registry.list_versions", ["registry", "--name", "molting-smol"]),
+    ("mlflow.tracking.MlflowClient.get_run", ["diagnose", "0123456789abcdef0123456789abcdef"]),
+    ("mlflow.tracking.MlflowClient.get_run", ["rescore", "0123456789abcdef0123456789abcdef"]),
+    ("molting_mlflow.registry.promote", ["promote", "molting-smol", "1"]),
+    ("mlflow.artifacts.download_artifacts", ["evaluate", "--adapter", "runs:/0123456789abcdef0123456789abcdef/adapter"]),
+])
+def test_a_refusal_is_reported_as_a_refusal_not_as_not_found(monkeypatch, target, args):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ana")
+    monkeypatch.setattr(target, _denied)
+    line = one_line(CliRunner().invoke(cli, args))
+    assert "user 'ana' may not do this (HTTP 403)" in line and "not found" not in line and "sweep first" not in line, line
+
+
+def test_not_found_is_still_not_found():
+    assert "run a sweep first" in one_line(CliRunner().invoke(cli, ["registry", "--name", "nope"]))
+    assert "not found" in one_line(CliRunner().invoke(cli, ["diagnose", "0123456789abcdef0123456789abcdef"]))
+    r = CliRunner().invoke(cli, ["evaluate", "--adapter", "runs:/0123456789abcdef0123456789abcdef/adapter"])
+    assert "not found" in one_line(r)
+
+
+# ---------------------------------------------------------------------------------------------
+# The store: read-only, locked
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def store(tmp_path):
+    """The test's SQLite store, made (and migrated) up front."""
+    MlflowClient().search_experiments()
+    return tmp_path / "mlflow.db"
+
+
+@pytest.fixture
+def read_only(store):
+    """The store made read-only for this process: immutable (root ignores file modes), else mode 0444."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(store)], capture_output=True).returncode != 0:
+            pytest.skip("root without chattr +i: no way to make a file read-only here")
+        yield store
+        subprocess.run(["chattr", "-i", str(store)], check=True)
+    else:
+        store.chmod(0o444)
+        yield store
+        store.chmod(0o644)
+
+
+@pytest.mark.parametrize("args", [["train", *TINY, "--epochs", "1", "--min-steps", "0"], ["evaluate", *TINY],
+                                  ["rescore", "0123456789abcdef0123456789abcdef"]])
+def test_read_only_store_is_one_line_before_any_work(read_only, args):
+    line = one_line(CliRunner().invoke(cli, args))
+    assert line == (f"Error: the tracking store {read_only} is read-only for this process; make it writable "
+                    "(chmod u+w, chattr -i; its folder too) or point MLFLOW_TRACKING_URI at a store you can write")
+
+
+def test_read_only_store_still_reads(read_only):
+    assert CliRunner().invoke(cli, ["compare"]).exit_code == 0
+
+
+def test_locked_store_is_one_line_within_seconds(store, monkeypatch):
+    import time
+
+    from molting_mlflow import reaper
+
+    monkeypatch.setattr(reaper, "LOCK_WAIT_S", 1)
+    holder = sqlite3.connect(store, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        t0 = time.time()
+        line = one_line(CliRunner().invoke(cli, ["evaluate", *TINY]))
+        assert time.time() - t0 < 20
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert f"the tracking store {store} is locked by another process (waited 1 s)" in line, line
+    nothing_running()
+
+
+def test_store_gone_read_only_mid_command_is_one_line(monkeypatch):
+    """A write MLflow makes after the check (the store turned read-only under it): SQLite's code, not words."""
+    from molting_mlflow.cli import _world_error
+
+    cause = sqlite3.OperationalError("attempt to write a readonly database")
+    cause.sqlite_errorcode = sqlite3.SQLITE_READONLY
+    wrapped = MlflowException("(sqlite3.OperationalError) whatever the words", error_code="TEMPORARILY_UNAVAILABLE")
+    wrapped.__cause__ = cause
+    assert "is read-only for this process" in _world_error(wrapped)
+    cause.sqlite_errorcode = sqlite3.SQLITE_FULL
+    assert _world_error(wrapped) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# A sweep in which no trial completes exits non-zero
+# ---------------------------------------------------------------------------------------------
+
+def test_sweep_with_no_completed_trial_exits_non_zero(monkeypatch):
+    """Every trial fails (here its training raises): the sweep exits 2 with the count and the first
+    reason, and its parent run ends FAILED. (A search that cannot reach min_steps at all is refused
+    earlier, before any trial: sweep.check_reach, tests/test_sweep.py.)"""
+    def broken(*a, **kw):
+        raise RuntimeError("boom in training")
+
+    monkeypatch.setattr("molting_mlflow.train.train", broken)
+    r = CliRunner().invoke(cli, ["sweep", *TINY, "--n-trials", "1", "--enqueue-user", "false",
+                                 "--register", "false", "--study-name", "all-failed"])
+    assert r.exit_code == 2, r.output
+    line = next(line for line in r.output.splitlines() if line.startswith("Error:"))
+    assert line.startswith("Error: no trial of study 'all-failed' completed (0 pruned, 1 failed of 1 run"), line
+    assert "boom in training" in line, line
+    parent = MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()],
+                                        "tags.`molting.stage` = 'sweep'")[0]
+    assert parent.info.status == "FAILED" and parent.data.tags["molting.error"].startswith("no trial of study")
+    nothing_running()
