@@ -219,13 +219,16 @@ def preflight(template_revision, **kw):
 @click.option("--run-id", default="", help="A train run: evaluates its adapter (runs:/<run_id>/adapter).")
 @click.option("--adapter", default="", help="runs:/…/adapter, models:/<name>@<alias>, or a local adapter folder.")
 @click.option("--model", default="", help="With no adapter: score this bare base model (baseline). Default smol.")
-@click.option("--questions", default=None, help="Evaluation questions (JSON). Default: data/eval_questions.json.")
+@click.option("--persona", default="", help="Persona card (YAML) to score against. Default: the one the adapter's "
+              "train run logged; for a bare model, data/persona.yaml.")
+@click.option("--questions", default="", help="Evaluation questions (JSON). Default: the ones the adapter's train run "
+              "logged; else the ones the persona card names.")
 @click.option("--max-new-tokens", default=96, show_default=True, type=int, help="Token limit of each answer.")
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Questions generated together.")
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--experiment", default="molting", show_default=True, help="MLflow experiment name.")
 @user_errors
-def evaluate(run_id, adapter, model, questions, max_new_tokens, batch_size, seed, experiment):
+def evaluate(run_id, adapter, model, persona, questions, max_new_tokens, batch_size, seed, experiment):
     """Answer the evaluation questions and score them with the rubric (D1–D5, ref_nll, ref_chrf) in a new MLflow run.
 
     \b
@@ -236,9 +239,8 @@ def evaluate(run_id, adapter, model, questions, max_new_tokens, batch_size, seed
     """
     from .evaluate import EvalConfig
     from .evaluate import evaluate as run_eval
-    from .paths import DEFAULT_QUESTIONS
 
-    run_eval(EvalConfig(run_id=run_id, adapter=adapter, model=model, questions=questions or str(DEFAULT_QUESTIONS),
+    run_eval(EvalConfig(run_id=run_id, adapter=adapter, model=model, persona=persona, questions=questions,
                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, experiment=experiment))
 
 
@@ -330,6 +332,12 @@ def search_options(fn):
 @click.option("--workers", default=1, show_default=True, type=int,
               help="Processes sharing the study, one per GPU; 0 = one per visible GPU.")
 @click.option("--precision", default="auto", show_default=True, help="Every trial's precision (as train).")
+@click.option("--persona", default=TrainConfig.persona, help="Persona card every trial trains and is scored as (as "
+              "train). Default: data/persona.yaml.")
+@click.option("--questions", default=TrainConfig.questions, show_default=True,
+              help="Evaluation questions (as train); 'persona': the ones the card names.")
+@click.option("--dataset", default=TrainConfig.dataset, show_default=True,
+              help="Chat examples (as train); 'persona': the ones the card names.")
 @click.option("--heartbeat-s", default=10, show_default=True, type=int,
               help="A worker's heartbeat; 3 missed beats fail its trial, which is retried once.")
 @user_errors
@@ -423,14 +431,19 @@ def chat(ref, max_new_tokens, question):
         except Exception as e:
             raise UserError(f"cannot load {ref}: {str(e).splitlines()[0][:200]}") from None
 
+        persona = model.unwrap_python_model().persona
+
         def answer(q):
             return model.predict([q], params={"max_new_tokens": max_new_tokens})[0]
     else:
+        from .bundle import adapter_persona
         from .generation import adapter_prompt, generate
         from .models import load_adapter_model, resolve_adapter
         from .rubric import Question
 
-        m, tok, meta, _ = load_adapter_model(resolve_adapter(ref))
+        adapter = resolve_adapter(ref)
+        persona = adapter_persona(adapter)
+        m, tok, meta, _ = load_adapter_model(adapter)
         system_prompt, fold = adapter_prompt(meta, tok)
 
         def answer(q):
@@ -440,10 +453,10 @@ def chat(ref, max_new_tokens, question):
         click.echo(answer(question))
         return
     while True:
-        q = click.prompt("você", default="", show_default=False)
+        q = click.prompt({"pt": "você"}.get(persona.language, "you"), default="", show_default=False)
         if not q.strip():
             break
-        click.echo(f"cláudio: {answer(q)}")
+        click.echo(f"{persona.name.lower()}: {answer(q)}")
 
 
 @cli.command()

@@ -7,12 +7,14 @@ evaluation here gives the answers the train run's own evaluation gave.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from . import runtime
+from pathlib import Path
+
+from . import bundle, runtime
 from .config import ConfigError
 from .generation import adapter_prompt, generate, reference_nll
 from .models import AdapterError, load_adapter_model, load_model, load_tokenizer, resolve_adapter, resolve_model
-from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
-from .persona import load_persona
+from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS  # noqa: F401  (DEFAULT_QUESTIONS: re-exported for older imports)
+from .persona import Persona, load_persona
 from .preflight import folds
 from .rubric import format_summary, load_questions
 
@@ -24,8 +26,8 @@ class EvalConfig:
     run_id: str = ""                 # a train run: evaluates runs:/<run_id>/adapter
     adapter: str = ""                # runs:/…, models:/… or a local adapter folder
     model: str = ""                  # with neither: the bare base model (baseline); default smol
-    questions: str = str(DEFAULT_QUESTIONS)
-    persona: str = str(DEFAULT_PERSONA)
+    questions: str = ""              # "": the adapter's own (its run logged them), else the card's
+    persona: str = ""                # "": the adapter's own, else the shipped card (data/persona.yaml)
     max_new_tokens: int = 96
     batch_size: int = 8
     seed: int = 42
@@ -53,8 +55,7 @@ class _Subject:
     fold: bool = False               # the system prompt goes into the first user turn (preflight.folds)
 
 
-def _adapter_subject(ref: str) -> _Subject:
-    adapter_dir = resolve_adapter(ref)
+def _adapter_subject(ref: str, adapter_dir: Path) -> _Subject:
     model, tok, meta, plan = load_adapter_model(adapter_dir)
     tags = {"molting.adapter": ref, "molting.model": meta["model"]}
     if meta.get("train_run_id"):
@@ -80,13 +81,17 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
 
     from .tracking import log_scores, stage_run
 
-    persona = load_persona(cfg.persona)
-    questions = load_questions(cfg.questions)
     runtime.set_threads()
     ref = f"runs:/{cfg.run_id}/adapter" if cfg.run_id else cfg.adapter
-    sub = _adapter_subject(ref) if ref else _baseline_subject(cfg.model or "smol", persona.system_prompt)
+    adapter_dir = resolve_adapter(ref) if ref else None
+    persona, questions_path, source = _bundle(cfg, adapter_dir, log)
+    questions = load_questions(questions_path) if questions_path else []
+    bundle.check(persona, questions_path, questions)     # before any weight loads: a mismatch costs seconds
+    sub = _adapter_subject(ref, adapter_dir) if ref else _baseline_subject(cfg.model or "smol", persona.system_prompt)
     with stage_run(cfg.experiment, sub.name, {"molting.stage": "evaluate", **sub.tags}):
-        mlflow.log_params({"eval.questions": cfg.questions, "eval.max_new_tokens": cfg.max_new_tokens,
+        bundle.log(persona, questions_path)
+        mlflow.log_params({"eval.questions": questions_path, "eval.persona": cfg.persona or source,
+                           **bundle.params(persona, questions_path), "eval.max_new_tokens": cfg.max_new_tokens,
                            "eval.seed": cfg.seed, "eval.system_prompt": (sub.system_prompt or "none")[:500],
                            "eval.greedy": True, "eval.precision": sub.plan.precision, "eval.device": sub.plan.device,
                            "eval.system_prompt_fold": sub.fold})
@@ -96,3 +101,19 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
         scored = log_scores(records, questions, persona, stats, ref_nll=nll)
     log(format_summary(scored))
     return scored
+
+
+def _bundle(cfg: EvalConfig, adapter_dir: Path | None, log) -> tuple[Persona, str, str]:
+    """The card and the questions file to score with, and where they came from: the ones given; else
+    the adapter's own (its train run logged them); else the shipped card and its questions (a bare model;
+    an adapter trained before adapters carried their persona, which is said). A card given alone
+    brings its own questions."""
+    logged = bundle.found_in(adapter_dir) if adapter_dir is not None else None
+    if adapter_dir is not None and logged is None and not cfg.persona:
+        log(f"note: {adapter_dir} carries no persona (trained before adapters did): scored as {DEFAULT_PERSONA}; "
+            "pass --persona/--questions for another")
+    source = "given" if cfg.persona else "adapter" if logged else "shipped"
+    persona = load_persona(cfg.persona or (logged[0] if logged else DEFAULT_PERSONA))
+    if cfg.questions:
+        return persona, cfg.questions, source
+    return persona, logged[1] if source == "adapter" else bundle.card_file(persona, "questions"), source

@@ -124,6 +124,8 @@ class SweepConfig:
     seed: int = 42
     experiment: str = "molting"
     dataset: str = TrainConfig.dataset
+    persona: str = TrainConfig.persona
+    questions: str = TrainConfig.questions
     min_steps: int = TrainConfig.min_steps
     workers: int = 1                   # processes sharing the study; 0 = one per visible GPU
     heartbeat_s: int = 10              # a worker's beat; after 3 missed beats its trial is failed and retried
@@ -142,8 +144,8 @@ class SweepConfig:
         self.space = {s.name: s.parse(self.search.get(s.name) or s.default) for s in SEARCH_SPACE
                       if self.search.get(s.name) or s.default}
         for model in self.models():
-            TrainConfig(model=model, dataset=self.dataset, min_steps=self.min_steps, seed=self.seed,
-                        precision=self.precision)
+            TrainConfig(model=model, dataset=self.dataset, persona=self.persona, questions=self.questions,
+                        min_steps=self.min_steps, seed=self.seed, precision=self.precision)
 
     def models(self) -> list[str]:
         return self.space.get("models") or [self.model]
@@ -171,8 +173,8 @@ class SweepConfig:
 
 def _trial_config(trial, sc: SweepConfig) -> tuple[TrainConfig, str]:
     ref = trial.user_attrs.get("molting.reference", "")
-    common = dict(model=sc.models()[0], dataset=sc.dataset, seed=sc.seed, experiment=sc.experiment,
-                  min_steps=sc.min_steps, precision=sc.precision)
+    common = dict(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions, seed=sc.seed,
+                  experiment=sc.experiment, min_steps=sc.min_steps, precision=sc.precision)
     if ref == "user-original":
         cfg = TrainConfig(**common, **USER_ORIGINAL)
         for k in ("grad_accum", "epochs", "lr"):
@@ -233,7 +235,8 @@ class Worker:
         """Load the study's (first) base before the first trial: a worker's cost, not a trial's."""
         from .train import prepare
 
-        cfg = TrainConfig(model=self.sc.models()[0], dataset=self.sc.dataset, min_steps=0, precision=self.sc.precision)
+        cfg = TrainConfig(model=self.sc.models()[0], dataset=self.sc.dataset, persona=self.sc.persona,
+                          questions=self.sc.questions, min_steps=0, precision=self.sc.precision)
         return self.bases.take(prepare(cfg))[1]
 
     def objective(self, trial):
@@ -289,7 +292,7 @@ class Worker:
         cfg_r = cfg.resolve()
         if self.n_examples is None:
             from .data import load_dataset
-            self.n_examples = len(load_dataset(cfg.dataset, "x"))
+            self.n_examples = len(load_dataset(cfg_r.dataset, "x"))
         steps = cfg_r.optimizer_steps(self.n_examples)
         if steps >= cfg.min_steps:
             return
@@ -492,6 +495,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
 
     for model in sc.models():
         resolve_model(model)                 # an unknown model fails here, in one line, before any trial
+    _check_bundle(sc)
     n = sc.workers or max(1, len(visible_gpus()))
     touch_store()
     study = open_study(sc)                   # made here, once: workers only open it
@@ -515,6 +519,17 @@ def sweep(sc: SweepConfig, log=print) -> dict:
             _spawn_workers(sc, parent.info.run_id, n, t0, log)
         summary = log_study(study, sc, time.time() - t0, parent.info.run_id, log)
     return summary
+
+
+def _check_bundle(sc: SweepConfig) -> None:
+    """The persona card and its questions belong together, before any trial (the user's reference trial
+    trains with preflight=warn, which would let a mismatch through)."""
+    from . import bundle
+    from .persona import load_persona
+    from .rubric import load_questions
+
+    cfg = TrainConfig(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions).resolve()
+    bundle.check(load_persona(cfg.persona), cfg.questions, load_questions(cfg.questions) if cfg.questions else [])
 
 
 def _redact(url: str) -> str:

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import runtime
-from .config import DEFAULT_QUESTIONS, TrainConfig
+from . import bundle
+from .config import TrainConfig
 from .data import ChatDataset, load_dataset
 from .interrupt import stop_at_step_end
-from .models import ModelError, ModelSource, load_model, load_tokenizer, resolve_model, sha256_file
-from .persona import load_persona
+from .models import ModelError, ModelSource, load_model, load_tokenizer, resolve_model
+from .persona import Persona, load_persona
 from .preflight import Finding, PreflightReport, count_params, folds, run_preflight
 from .presets import lora_targets
 from .rubric import load_questions
@@ -55,6 +56,8 @@ class Prepared:
     plan: runtime.Plan
     lora_targets: tuple | str
     fold: bool = False          # the system prompt goes into the first user turn (preflight.folds)
+    persona: Persona | None = None          # the card the run is scored against (bundle.py)
+    questions: list = field(default_factory=list)   # its evaluation questions; [] when it has none
 
 
 @dataclass
@@ -106,13 +109,16 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
                         gpu_memory_gib=budget, quantizable=source.kind != "tiny-random",
                         cpu_micro_batch=cfg.batch_size, fixed="fp32" if source.kind == "tiny-random" else None)
     report = run_preflight(cfg, ds, tok, own, template, lengths, plan, total, trainable)
+    questions = load_questions(cfg.questions) if cfg.questions else []
+    report.findings[:0] = bundle.findings(persona, cfg.questions, questions)
     if rehearse:
         from .rehearsal import describe
 
         report.findings.insert(0, Finding("rehearsal", "info", describe(source, template_revision)))
     tok.chat_template = template
     targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
-    return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, plan, targets, fold)
+    return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, plan, targets, fold,
+                    persona, questions)
 
 
 def _tokenizer(source: ModelSource, rehearse: bool, template_revision: str | None):
@@ -151,6 +157,7 @@ def run_params(p: Prepared) -> dict:
         "template.sha256": hashlib.sha256(p.template.encode()).hexdigest(),
         "template.end_of_turn": p.report.numbers.get("end_of_turn_token"),
         "code.version": code_version(),
+        **bundle.params(p.persona, p.cfg.questions),
     })
     return params
 
@@ -180,7 +187,7 @@ def code_version() -> str:
 # Params that name where things are, how the run was asked for, or how fast it ran, not what trains:
 # left out of the fingerprint, so the same config from `mlflow run` (relative paths) and a sweep
 # (absolute) match, and a bigger card (another micro-batch) reuses a smaller one's run.
-_NOT_IN_FINGERPRINT = {"train.experiment", "train.dataset", "train.persona", "train.chat_template",
+_NOT_IN_FINGERPRINT = {"train.experiment", "train.dataset", "train.persona", "train.questions", "train.chat_template",
                        "train.preflight", "train.min_steps", "train.cpu_threads", "model.source", "template.source",
                        "train.precision_why", "train.micro_batch", "train.accum_steps", "train.attn_implementation",
                        "train.est_gpu_memory_gib", "train.gpu_memory_budget_gib", "train.gpu_memory_gib",
@@ -189,14 +196,12 @@ _NOT_IN_FINGERPRINT = {"train.experiment", "train.dataset", "train.persona", "tr
 
 def fingerprint(p: Prepared) -> str:
     """sha256 of everything that decides a run's adapter and scores: the resolved config, the model
-    revision, the dataset, the system prompt text, the template, the persona, the questions, the
-    device and precision, and the code version. Training is seeded, so two runs with one
-    fingerprint train the same adapter (up to floating-point reduction order) and a sweep may reuse
-    a finished one instead of retraining."""
+    revision, the dataset, the system prompt text, the template, the persona and the questions (their
+    sha256 among run_params), the device and precision, and the code version. Training is seeded, so
+    two runs with one fingerprint train the same adapter (up to floating-point reduction order) and a
+    sweep may reuse a finished one instead of retraining."""
     ident = {k: str(v) for k, v in run_params(p).items() if k not in _NOT_IN_FINGERPRINT}
-    ident.update({"system_prompt_text": p.system_prompt_text or "",
-                  "persona.sha256": sha256_file(Path(p.cfg.persona)),
-                  "questions.sha256": sha256_file(DEFAULT_QUESTIONS)})
+    ident.update({"system_prompt_text": p.system_prompt_text or ""})
     return hashlib.sha256(json.dumps(ident, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -311,7 +316,8 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
     try:
         mlflow.log_params({**run_params(p), "train.cpu_threads": threads})
         _log_dataset(p)
-        questions = load_questions(DEFAULT_QUESTIONS)
+        bundle.log(p.persona, p.cfg.questions)
+        questions = p.questions
         t_setup = time.time()
         trainer, losses = _trainer(p, model, run_id, questions, callbacks, bases)
         mlflow.log_text(_marked_example(trainer, p.tokenizer), "example_rendered.txt")
@@ -323,8 +329,10 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
         mlflow.log_metrics({"time_trainer_setup_s": setup_s, "time_adapter_log_s": time.time() - t_save})
         result = TrainResult(run_id, stats["optimizer_steps"], stats["final_loss"], stats["train_runtime_s"],
                              f"runs:/{run_id}/adapter", "", losses)
-        if p.cfg.evaluate:
+        if p.cfg.evaluate and questions:
             result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step)
+        elif p.cfg.evaluate:
+            log(f"not evaluated: {p.cfg.persona} names no questions (pre-flight's persona.no_questions)")
     except BaseException:
         if bases is not None:
             bases.drop()
@@ -459,6 +467,7 @@ def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict, los
             "model": p.cfg.model, **p.source.as_params(), "device_trained": p.plan.device,
             "precision": p.plan.precision, "system_prompt": p.system_prompt_text, "system_prompt_fold": p.fold,
             "template_source": p.template_source, "train_run_id": run_id}, ensure_ascii=False, indent=1))
+        bundle.write(adapter, p.persona, p.cfg.questions)    # the adapter carries its persona (registry, chat)
         mlflow.log_artifacts(str(adapter), "adapter")
         if not loss_plot:
             return
@@ -485,7 +494,7 @@ def _evaluate_in_run(p: Prepared, model, questions, log, step: int) -> dict:
     p.tokenizer.chat_template = p.template
     stats["eval_seconds"] = time.time() - t0     # answers and ref_nll: the sweep's time accounting
     mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
-    scored = log_scores(records, questions, load_persona(p.cfg.persona), stats, ref_nll=nll, step=step)
+    scored = log_scores(records, questions, p.persona, stats, ref_nll=nll, step=step)
     log(format_summary(scored))
     return {**scored["summary"], "eval_seconds": stats["eval_seconds"]}
 
