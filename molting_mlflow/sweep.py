@@ -332,7 +332,8 @@ def _reuse(done, tags: dict, trial, parent_run_id: str):
                                                          "molting.reused_run_id": done.info.run_id},
                    parent_run_id=parent_run_id):
         mlflow.log_params({k: v for k, v in done.data.params.items()
-                           if k.startswith(("train.", "model.", "data.", "template.", "lora.", "eval."))})
+                           if k.startswith(("train.", "model.", "data.", "template.", "lora.", "eval.", "persona.",
+                                            "questions."))})
         mlflow.log_metrics({k: v for k, v in m.items() if k not in ("loss", "learning_rate", "grad_norm")})
     trial.set_user_attr("reused_run_id", done.info.run_id)
     scores = {k: m[k] for k in (*DIMENSIONS, "score")}
