@@ -89,10 +89,12 @@ def findings(persona: Persona, questions_path: str, questions: list | None) -> l
                            f"{len(other)} of {len(questions)} questions ({questions_path}) are about another persona "
                            f"than {persona.name} ({card}), e.g. {other[0][0]}: {other[0][1]}. Fix: questions=<the "
                            f"questions for {persona.name}>, or persona=<the card these questions are for>",
-                           "; ".join(f"{i}: {w}" for i, w in other[:4]), [{"questions": "<file>"}, {"persona": "<card>"}]))
+                           "; ".join(f"{i}: {w}" for i, w in other[:4]),
+                           [{"questions": "<file>"}, {"persona": "<card>"}]))
     if not out:
         out.append(Finding("persona", "info", f"persona {persona.name} ({persona.language}, {card}) with "
-                           f"{len(questions)} questions ({questions_path}) in its language, none about another persona"))
+                           f"{len(questions)} questions ({questions_path}) in its language, none about another "
+                           "persona"))
     return out
 
 

@@ -344,7 +344,8 @@ def _persona_lines(run: RunData, other: RunData | None) -> list[str]:
     if "persona.sha256" not in p:
         return []
     out = [f"Scored as persona **{p.get('persona.name', '?')}** ({p.get('persona.language', '?')}): card sha256 "
-           f"{p['persona.sha256'][:12]}, questions sha256 {p.get('questions.sha256', '')[:12]} (artifacts persona/)", ""]
+           f"{p['persona.sha256'][:12]}, questions sha256 {p.get('questions.sha256', '')[:12]} "
+           "(artifacts persona/)", ""]
     if other is not None and other.params.get("persona.sha256", p["persona.sha256"]) != p["persona.sha256"]:
         out += [f"> --vs {other.run_id[:8]} was scored against another persona card "
                 f"({other.params.get('persona.name', '?')}, sha256 {other.params['persona.sha256'][:12]}): "

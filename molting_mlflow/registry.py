@@ -88,7 +88,8 @@ def register_adapter(run_id: str, preset: str, target: float = 5.0, log=print) -
     quant = runtime.quantization_tag(runtime.trained_precision(str(meta.get("precision", "fp32"))))
     tags = {"base_model": meta.get("model.id", ""), "base_revision": meta.get("model.revision", ""),
             "preset": preset, "quantization": quant, "source_run": run_id,
-            "persona": run.data.params.get("persona.name", ""), "persona_sha256": run.data.params.get("persona.sha256", ""),
+            "persona": run.data.params.get("persona.name", ""),
+            "persona_sha256": run.data.params.get("persona.sha256", ""),
             "score": f"{m.get('score', float('nan')):.4f}",
             **{d: f"{m.get(d, float('nan')):.4f}" for d in DIMENSIONS}}
     for k, v in tags.items():

@@ -95,7 +95,8 @@ def test_evaluate_rescore_diagnose_and_chat_use_the_run_own_persona(rosa_run, mo
     args = doc_command("molting evaluate")[1:]
     r = CliRunner().invoke(cli, [run_id if a == "<run>" else a for a in args])
     assert r.exit_code == 0, r.output
-    (ev,) = client.search_runs(["0"], "tags.`molting.stage` = 'evaluate'")
+    (ev,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`molting.stage` = 'evaluate'",
+                               output_format="list")
     assert [row["id"] for row in _table(ev.info.run_id)] == [row["id"] for row in _table(run_id)]
     assert ev.data.params["persona.sha256"] == sha256(ROSA / "persona.yaml")
     assert ev.data.params["eval.persona"] == "adapter"
@@ -123,7 +124,9 @@ def test_a_mismatched_questions_file_is_a_preflight_error_with_its_fix(monkeypat
     assert r.exit_code == 1, r.output
     assert "[error] persona.questions_language: the questions (data/eval_questions.json) are in 'pt', the " \
            "persona card examples/rosa/persona.yaml speaks 'en'" in r.output
-    assert "[error] persona.questions_other_persona: 8 of 8 questions" in r.output and "Fix: questions=" in r.output
+    # the two identity questions: their references say "Sou o Cláudio"
+    assert "[error] persona.questions_other_persona: 2 of 8 questions" in r.output and "e.g. q1: " in r.output
+    assert "Fix: questions=" in r.output
     r = CliRunner().invoke(cli, ["preflight", "--model", "tiny-random", "--batch-size", "1", "--persona",
                                  "examples/rosa/persona.yaml", "--questions", "tests/data/ada/questions.json"])
     assert r.exit_code == 1 and "persona.questions_other_persona: 1 of 2 questions" in r.output, r.output
@@ -136,11 +139,12 @@ def test_a_mismatched_questions_file_is_a_preflight_error_with_its_fix(monkeypat
 def test_evaluate_with_a_mismatched_questions_file_is_one_line_and_opens_no_run(rosa_run, monkeypatch):
     run_id, uri = rosa_run
     use_store(monkeypatch, uri)
-    before = len(MlflowClient().search_runs(["0"]))
-    r = CliRunner().invoke(cli, ["evaluate", "--run-id", run_id, "--questions", str(ROOT / "data" / "eval_questions.json")])
+    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    r = CliRunner().invoke(cli, ["evaluate", "--run-id", run_id, "--questions",
+                                 str(ROOT / "data" / "eval_questions.json")])
     assert r.exit_code == 2 and r.output.startswith("Error: persona.questions_language: ") and "Fix: " in r.output
     assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
-    assert len(MlflowClient().search_runs(["0"])) == before
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before
 
 
 def test_a_card_without_questions_fails_its_run_in_one_line(tmp_path):
@@ -149,8 +153,10 @@ def test_a_card_without_questions_fails_its_run_in_one_line(tmp_path):
                     .replace("dataset: dataset.json", f"dataset: {ROSA / 'dataset.json'}"), encoding="utf-8")
     r = CliRunner().invoke(cli, ["train", "--model", "tiny-random", "--persona", str(card), "--batch-size", "1"])
     assert r.exit_code == 2 and "Traceback" not in r.output
-    assert r.output.startswith(f"Error: pre-flight failed (1 error(s)): the persona card {card} names no evaluation "
-                               "questions") and "Fix: add `questions: <file>` to the card" in r.output
+    (error,) = [line for line in r.stderr.splitlines() if " INFO mlflow" not in line]   # MLflow's store notes aside
+    assert "Fix: add `questions: <file>` to the card" in error
+    assert error.startswith(f"Error: pre-flight failed (1 error(s)): the persona card {card} names no evaluation "
+                            "questions")
     (run,) = mlflow.search_runs(experiment_names=["molting"], output_format="list")
     assert run.info.status == "FAILED" and "persona.no_questions" in mlflow.artifacts.load_text(
         f"runs:/{run.info.run_id}/preflight.json")
@@ -179,3 +185,19 @@ def test_rosa_reference_answers_state_the_facts_in_her_voice():
     for q in load_questions(ROSA / "questions.json"):
         got = score_response(q, q.reference, "stop", rosa)
         assert set(got["codes"]) <= ({"d1.no_name"} if not q.identity_probe else set()), (q.id, got["reasons"])
+
+
+def test_a_sweep_trains_every_trial_as_its_persona_and_stops_a_mismatch_before_any_trial(monkeypatch):
+    import optuna
+
+    from molting_mlflow.sweep import SweepConfig, _trial_config
+
+    sc = SweepConfig(model="tiny-random", persona=str(ROSA / "persona.yaml"), search={"epochs": "75,80"})
+    trial = optuna.create_study(direction="maximize").ask()
+    cfg = _trial_config(trial, sc)[0].resolve()
+    assert (cfg.persona, cfg.dataset, cfg.questions) == (str(ROSA / "persona.yaml"), str(ROSA / "dataset.json"),
+                                                         str(ROSA / "questions.json"))
+    r = CliRunner().invoke(cli, ["sweep", "--model", "tiny-random", "--persona", str(ROSA / "persona.yaml"),
+                                 "--questions", str(ROOT / "data" / "eval_questions.json"), "--register", "false"])
+    assert r.exit_code == 2 and r.output.startswith("Error: persona.questions_language: "), r.output
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
