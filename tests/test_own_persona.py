@@ -201,3 +201,16 @@ def test_a_sweep_trains_every_trial_as_its_persona_and_stops_a_mismatch_before_a
                                  "--questions", str(ROOT / "data" / "eval_questions.json"), "--register", "false"])
     assert r.exit_code == 2 and r.output.startswith("Error: persona.questions_language: "), r.output
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
+def test_the_registered_model_carries_the_run_own_persona(rosa_run, monkeypatch):
+    from molting_mlflow.registry import register_adapter
+
+    run_id, uri = rosa_run
+    use_store(monkeypatch, uri)
+    version = register_adapter(run_id, "tiny-random", log=lambda *a: None)
+    tags = MlflowClient().get_model_version("molting-tiny-random", version).tags
+    assert tags["persona"] == "Rosa" and tags["persona_sha256"] == sha256(ROSA / "persona.yaml")
+    r = CliRunner().invoke(cli, ["chat", "--model", "models:/molting-tiny-random@candidate", "--max-new-tokens", "4"],
+                           input="Who are you?\n\n")
+    assert r.exit_code == 0 and "rosa: " in r.output, r.output
