@@ -13,12 +13,11 @@ registry, so that a run is scored against its own persona and never silently aga
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from .language import LANGUAGES, mainly_in, stop_words
+from .language import LANGUAGES, mainly_in, stop_words, words
 from .models import sha256_file
 from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from .persona import Persona, PersonaError, load_persona
@@ -73,7 +72,9 @@ def findings(persona: Persona, questions_path: str, questions: list | None) -> l
                         "questions=<file> (format: docs/own-persona.md)", f"card: {card}",
                         [{"questions": "<file>"}])]
     out = []
-    tokens = [t for q in questions for t in _words(f"{q.question} {q.reference}")]
+    from .rubric import normalise
+
+    tokens = [t for q in questions for t in words(normalise(f"{q.question} {q.reference}"))]
     ok, evidence = mainly_in(tokens, persona.language)
     if not ok:
         lang = _likeliest_language(tokens)
@@ -103,12 +104,6 @@ def check(persona: Persona, questions_path: str, questions: list | None) -> None
     errors = [f for f in findings(persona, questions_path, questions) if f.level == "error"]
     if errors:
         raise PersonaError(f"{errors[0].check}: {errors[0].message}")
-
-
-def _words(text: str) -> list[str]:
-    from .rubric import normalise
-
-    return re.findall(r"[^\W\d_]+", normalise(text))
 
 
 def _likeliest_language(tokens: list[str]) -> str:

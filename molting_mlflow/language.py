@@ -11,6 +11,7 @@ chat answers correctly, and each language's file says where its words came from.
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from .paths import DATA_DIR
@@ -37,6 +38,11 @@ def stop_words(lang: str) -> frozenset:
     path = LANGUAGE_DIR / f"{lang}.txt"
     return frozenset(w.strip() for w in path.read_text(encoding="utf-8").splitlines()
                      if w.strip() and not w.startswith("#"))
+
+
+def words(folded: str) -> list[str]:
+    """The word tokens of folded text that the test counts (letters only: no digits, no emoji)."""
+    return re.findall(r"[^\W\d_]+", folded)
 
 
 def mainly_in(tokens: list[str], lang: str) -> tuple[bool, str]:
