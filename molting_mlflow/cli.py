@@ -231,7 +231,8 @@ def preflight(template_revision, **kw):
 @click.option("--run-id", default=EvalConfig.run_id, help=_help(EvalConfig, "run_id"))
 @click.option("--adapter", default=EvalConfig.adapter, help=_help(EvalConfig, "adapter"))
 @click.option("--model", default=EvalConfig.model, help=_help(EvalConfig, "model"))
-@click.option("--questions", default=None, help=_help(EvalConfig, "questions") + " Default: data/eval_questions.json.")
+@click.option("--persona", default=EvalConfig.persona, help=_help(EvalConfig, "persona"))
+@click.option("--questions", default=EvalConfig.questions, help=_help(EvalConfig, "questions"))
 @click.option("--max-new-tokens", default=EvalConfig.max_new_tokens, show_default=True, type=int,
               help=_help(EvalConfig, "max_new_tokens"))
 @click.option("--batch-size", default=EvalConfig.batch_size, show_default=True, type=int,
@@ -239,7 +240,7 @@ def preflight(template_revision, **kw):
 @click.option("--seed", default=EvalConfig.seed, show_default=True, type=int, help=_help(EvalConfig, "seed"))
 @click.option("--experiment", default=EvalConfig.experiment, show_default=True, help=_help(EvalConfig, "experiment"))
 @user_errors
-def evaluate(run_id, adapter, model, questions, max_new_tokens, batch_size, seed, experiment):
+def evaluate(run_id, adapter, model, persona, questions, max_new_tokens, batch_size, seed, experiment):
     """Answer the evaluation questions and score them with the rubric (D1–D5, ref_nll, ref_chrf) in a new MLflow run.
 
     \b
@@ -250,9 +251,8 @@ def evaluate(run_id, adapter, model, questions, max_new_tokens, batch_size, seed
     """
     from .evaluate import EvalConfig
     from .evaluate import evaluate as run_eval
-    from .paths import DEFAULT_QUESTIONS
 
-    run_eval(EvalConfig(run_id=run_id, adapter=adapter, model=model, questions=questions or str(DEFAULT_QUESTIONS),
+    run_eval(EvalConfig(run_id=run_id, adapter=adapter, model=model, persona=persona, questions=questions,
                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, experiment=experiment))
 
 
@@ -366,6 +366,9 @@ def search_options(fn):
 @click.option("--gpu-memory-gib", default=SweepConfig.gpu_memory_gib, show_default=True, type=float,
               help=_help(SweepConfig, "gpu_memory_gib"))
 @click.option("--precision", default=SweepConfig.precision, show_default=True, help=_help(SweepConfig, "precision"))
+@click.option("--persona", default=SweepConfig.persona, help=_help(SweepConfig, "persona"))
+@click.option("--questions", default=SweepConfig.questions, show_default=True, help=_help(SweepConfig, "questions"))
+@click.option("--dataset", default=SweepConfig.dataset, show_default=True, help=_help(SweepConfig, "dataset"))
 @click.option("--heartbeat-s", default=SweepConfig.heartbeat_s, show_default=True, type=int,
               help=_help(SweepConfig, "heartbeat_s"))
 @user_errors
@@ -485,15 +488,20 @@ def chat(ref, max_new_tokens, question):
             raise UserError(f"cannot load {ref}: {str(e).splitlines()[0][:200]}; see the versions: molting registry") \
                 from None
 
+        persona = model.unwrap_python_model().persona
+
         def answer(q):
             return model.predict([q], params={"max_new_tokens": max_new_tokens})[0]
     else:
+        from .bundle import adapter_persona
         from .generation import adapter_prompt, generate
         from .models import load_adapter_model, resolve_adapter
         from .rubric import Question
         from .tracking import resolve_run_uri
 
-        m, tok, meta, _ = load_adapter_model(resolve_adapter(resolve_run_uri(ref)))
+        adapter = resolve_adapter(resolve_run_uri(ref))
+        persona = adapter_persona(adapter)
+        m, tok, meta, _ = load_adapter_model(adapter)
         system_prompt, fold = adapter_prompt(meta, tok)
 
         def answer(q):
@@ -503,9 +511,8 @@ def chat(ref, max_new_tokens, question):
         click.echo(answer(question))
         return
     from .language import YOU
-    from .persona import load_persona
 
-    persona = load_persona()       # the labels: the persona card's name, the word for "you" in its language
+    # the labels: the persona card's name, the word for "you" in its language
     while True:
         q = click.prompt(YOU.get(persona.language, YOU["en"]), default="", show_default=False)
         if not q.strip():

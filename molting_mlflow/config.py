@@ -80,8 +80,9 @@ class TrainConfig:
     model: str = opt("smol", f"Preset ({', '.join(PRESETS)}), a local model folder, or a hub id in your HF cache. "
                      "tiny-random is random weights, for plumbing tests only.",
                      lambda v: isinstance(v, str) and v.strip() != "", "a preset, a local folder or a hub id")
-    dataset: str = opt(str(DEFAULT_DATASET), "Chat examples: JSON list or JSONL of messages / ShareGPT / Alpaca / "
-                       "prompt-completion.")
+    dataset: str = opt("persona", "Chat examples: JSON list or JSONL of messages / ShareGPT / Alpaca / "
+                       "prompt-completion; 'persona': the file the persona card names (the shipped card: "
+                       f"{DEFAULT_DATASET.relative_to(DEFAULT_DATASET.parent.parent)}).")
     epochs: int | None = opt(None, "Passes over the dataset ('preset': the preset's default).", _whole(1),
                              "a whole number ≥ 1 (or 'preset')", preset=True)
     grad_accum: int | None = opt(None, "batch_size × grad_accum examples make one optimizer step ('preset').",
@@ -119,7 +120,12 @@ class TrainConfig:
     preflight: str = opt("strict", "strict: pre-flight errors stop the run; warn: log them and train anyway.",
                          lambda v: v in PREFLIGHT_MODES, "one of: " + ", ".join(PREFLIGHT_MODES))
     min_steps: int = opt(DEFAULT_MIN_STEPS, "Pre-flight minimum of optimizer steps.", _whole(0), "a whole number ≥ 0")
-    persona: str = opt(str(DEFAULT_PERSONA), "Persona card (YAML): system prompt, language and the rubric's lists.")
+    persona: str = opt(str(DEFAULT_PERSONA), "Persona card (YAML): system prompt, language and the rubric's lists; "
+                       "it may name its questions and dataset (docs/own-persona.md).")
+    questions: str = opt("persona", "Evaluation questions (JSON, with reference answers) the run is scored on; "
+                         "'persona': the file the persona card names (the shipped card: "
+                         f"{DEFAULT_QUESTIONS.relative_to(DEFAULT_QUESTIONS.parent.parent)}).",
+                         lambda v: isinstance(v, str), "'persona' or a questions file")
     evaluate: bool = opt(True, "End the run by scoring the adapter with the rubric (true/false).",
                          lambda v: isinstance(v, bool), "true or false")
     eval_max_new_tokens: int = opt(DEFAULT_MAX_NEW_TOKENS, "Token limit of each evaluation answer.",
@@ -148,9 +154,14 @@ class TrainConfig:
 
     def resolve(self) -> "TrainConfig":
         """Fill every None from the preset's defaults (a model folder takes its architecture's preset:
-        presets.defaults_preset)."""
+        presets.defaults_preset), and dataset / questions left to the persona card ('persona') with the
+        files it names (bundle.py)."""
+        from .bundle import resolve_paths
+
         defaults = defaults_preset(self.model)[0].defaults()
-        return replace(self, **{f: defaults[f] for f in self.preset_fields() if getattr(self, f) is None})
+        dataset, questions = resolve_paths(self.persona, self.dataset, self.questions)
+        return replace(self, dataset=dataset, questions=questions,
+                       **{f: defaults[f] for f in self.preset_fields() if getattr(self, f) is None})
 
     @property
     def examples_per_step(self) -> int:

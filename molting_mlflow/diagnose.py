@@ -106,17 +106,20 @@ def rubric_version(run: RunData) -> str:
 
 
 def find_baseline(run: RunData) -> RunData | None:
-    """The newest finished bare-model evaluation of the run's model: in the run's experiment, else in
-    the project's other experiments (`mlflow run . -e evaluate` may have put it in `Default`)."""
+    """The newest finished bare-model evaluation of the run's model, scored against the same persona card
+    (param persona.sha256, where the run logged one): in the run's experiment, else in the project's
+    other experiments (`mlflow run . -e evaluate` may have put it in `Default`)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from .tracking import lookup_order
 
     model = run.tags.get("molting.model", "")
+    card = run.params.get("persona.sha256")
+    same_card = f" and params.`persona.sha256` = '{card}'" if card else ""
     for exp in lookup_order(MlflowClient().get_run(run.run_id).info.experiment_id):
         found = mlflow.search_runs([exp], filter_string=f"tags.`molting.baseline` = 'true' and "
-                                   f"tags.`molting.model` = '{model}' and attributes.status = 'FINISHED'",
+                                   f"tags.`molting.model` = '{model}' and attributes.status = 'FINISHED'" + same_card,
                                    order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
         if found:
             return load_run(found[0].info.run_id)
@@ -301,6 +304,7 @@ def report(run_id: str, vs: str | None = None) -> str:
            " (no baseline run of this model in the experiment: `molting evaluate --model <model>`)"), ""]
     out += _scores_table([(f"this run {run.run_id[:8]}", run), ("baseline (bare model)", base),
                           (f"--vs {other.run_id[:8]}" if other else "", other)]) + [""]
+    out += _persona_lines(run, other)
     versions = {rubric_version(r) for r in (run, base, other) if r is not None and "score" in r.metrics}
     if len(versions) > 1:
         out += [f"> These runs were scored under rubric versions {', '.join(sorted(versions))}: their scores are "
@@ -374,6 +378,22 @@ def _best_child(parent_run_id: str) -> str | None:
                                filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and metrics.score >= 0",
                                order_by=["metrics.score DESC"])
     return found[0].info.run_id if found else None
+
+
+def _persona_lines(run: RunData, other: RunData | None) -> list[str]:
+    """Which persona the scores are against (the card and questions the run logged, persona/), and
+    whether --vs was scored against another one."""
+    p = run.params
+    if "persona.sha256" not in p:
+        return []
+    out = [f"Scored as persona **{p.get('persona.name', '?')}** ({p.get('persona.language', '?')}): card sha256 "
+           f"{p['persona.sha256'][:12]}, questions sha256 {p.get('questions.sha256', '')[:12]} "
+           "(artifacts persona/)", ""]
+    if other is not None and other.params.get("persona.sha256", p["persona.sha256"]) != p["persona.sha256"]:
+        out += [f"> --vs {other.run_id[:8]} was scored against another persona card "
+                f"({other.params.get('persona.name', '?')}, sha256 {other.params['persona.sha256'][:12]}): "
+                "its scores are not comparable with this run's.", ""]
+    return out
 
 
 def _why(dim: str, a: RunData, b: RunData) -> str:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from . import runtime
+from pathlib import Path
+
+from . import bundle, runtime
 from .config import DEFAULT_EXPERIMENT, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, ConfigError, check_fields, opt, whole
 from .generation import adapter_prompt, generate, merged_lora, reference_nll
 from .models import AdapterError, load_adapter_model, load_model, load_tokenizer, resolve_adapter, resolve_model
-from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
-from .persona import load_persona
+from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS  # noqa: F401  (DEFAULT_QUESTIONS: re-exported for older imports)
+from .persona import Persona, load_persona
 from .preflight import folds
 from .rubric import format_summary, load_questions
 
@@ -26,8 +28,10 @@ class EvalConfig:
     run_id: str = opt("", "A train run: evaluates its adapter (runs:/<run_id>/adapter).")
     adapter: str = opt("", "runs:/…/adapter, models:/<name>@<alias>, or a local adapter folder.")
     model: str = opt("", "With no adapter: score this bare base model (baseline). Default smol.")
-    questions: str = opt(str(DEFAULT_QUESTIONS), "Evaluation questions (JSON).")
-    persona: str = opt(str(DEFAULT_PERSONA), "Persona card (YAML) the rubric scores with.")
+    questions: str = opt("", "Evaluation questions (JSON). Default: the ones the adapter's train run logged; "
+                         "else the ones the persona card names.")
+    persona: str = opt("", "Persona card (YAML) to score against. Default: the one the adapter's train run "
+                       "logged; for a bare model, data/persona.yaml.")
     max_new_tokens: int = opt(DEFAULT_MAX_NEW_TOKENS, "Token limit of each answer.",
                               lambda v: isinstance(v, int) and 1 <= v <= 4096, "a whole number in 1..4096")
     batch_size: int = opt(8, "Questions generated together.", lambda v: isinstance(v, int) and v >= 1,
@@ -55,8 +59,7 @@ class _Subject:
     fold: bool = False               # the system prompt goes into the first user turn (preflight.folds)
 
 
-def _adapter_subject(ref: str) -> _Subject:
-    adapter_dir = resolve_adapter(ref)
+def _adapter_subject(ref: str, adapter_dir: Path) -> _Subject:
     model, tok, meta, plan = load_adapter_model(adapter_dir)
     tags = {"molting.adapter": ref, "molting.model": meta["model"]}
     if meta.get("train_run_id"):
@@ -82,13 +85,17 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
 
     from .tracking import log_scores, resolve_run_id, resolve_run_uri, stage_run
 
-    persona = load_persona(cfg.persona)
-    questions = load_questions(cfg.questions)
     runtime.set_threads()
     ref = f"runs:/{resolve_run_id(cfg.run_id)}/adapter" if cfg.run_id else resolve_run_uri(cfg.adapter)
-    sub = _adapter_subject(ref) if ref else _baseline_subject(cfg.model or "smol", persona.system_prompt)
+    adapter_dir = resolve_adapter(ref) if ref else None
+    persona, questions_path, source = _bundle(cfg, adapter_dir, log)
+    questions = load_questions(questions_path) if questions_path else []
+    bundle.check(persona, questions_path, questions)     # before any weight loads: a mismatch costs seconds
+    sub = _adapter_subject(ref, adapter_dir) if ref else _baseline_subject(cfg.model or "smol", persona.system_prompt)
     with stage_run(cfg.experiment, sub.name, {"molting.stage": "evaluate", **sub.tags}) as run:
-        mlflow.log_params({"eval.questions": cfg.questions, "eval.max_new_tokens": cfg.max_new_tokens,
+        bundle.log(persona, questions_path)
+        mlflow.log_params({"eval.questions": questions_path, "eval.persona": cfg.persona or source,
+                           **bundle.params(persona, questions_path), "eval.max_new_tokens": cfg.max_new_tokens,
                            "eval.seed": cfg.seed, "eval.system_prompt": (sub.system_prompt or "none")[:500],
                            "eval.greedy": True, "eval.precision": sub.plan.precision, "eval.device": sub.plan.device,
                            "eval.system_prompt_fold": sub.fold})
@@ -103,3 +110,19 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
         f"see it:  molting compare {run.info.run_id[:8]}   or   molting diagnose {run.info.run_id[:8]}")
     scored["run_id"] = run.info.run_id
     return scored
+
+
+def _bundle(cfg: EvalConfig, adapter_dir: Path | None, log) -> tuple[Persona, str, str]:
+    """The card and the questions file to score with, and where they came from: the ones given; else
+    the adapter's own (its train run logged them); else the shipped card and its questions (a bare model;
+    an adapter trained before adapters carried their persona, which is said). A card given alone
+    brings its own questions."""
+    logged = bundle.found_in(adapter_dir) if adapter_dir is not None else None
+    if adapter_dir is not None and logged is None and not cfg.persona:
+        log(f"note: {adapter_dir} carries no persona (trained before adapters did): scored as {DEFAULT_PERSONA}; "
+            "pass --persona/--questions for another")
+    source = "given" if cfg.persona else "adapter" if logged else "shipped"
+    persona = load_persona(cfg.persona or (logged[0] if logged else DEFAULT_PERSONA))
+    if cfg.questions:
+        return persona, cfg.questions, source
+    return persona, logged[1] if source == "adapter" else bundle.card_file(persona, "questions"), source

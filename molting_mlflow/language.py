@@ -11,6 +11,7 @@ chat answers correctly, and each language's file says where its words came from.
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from .paths import DATA_DIR
@@ -41,16 +42,25 @@ def stop_words(lang: str) -> frozenset:
                      if w.strip() and not w.startswith("#"))
 
 
+def words(folded: str) -> list[str]:
+    """The word tokens of folded text that the test counts (letters only: no digits, no emoji)."""
+    return re.findall(r"[^\W\d_]+", folded)
+
+
 def mainly_in(tokens: list[str], lang: str) -> tuple[bool, str]:
     """Whether folded word tokens are mainly in `lang`, and the counts that decided it. Words in both
     lists ("a", "as", "do", "me", "so" in pt and en) count for `lang` only: another language has
-    plenty of its own to outweigh them, while a short reply may have nothing else."""
+    plenty of its own to outweigh them, while a short reply may have nothing else. A reply with no
+    stop word of any known language ("Massa, João! Bora codar, beleza?": names, slang and emoji) has
+    nothing to tell the languages apart: it is taken as the persona's own (its markers decide D3)."""
     if not tokens:
         return False, "no words"
     own = stop_words(lang)
     mine = sum(t in own for t in tokens)
     others = {o: sum(t in stop_words(o) and t not in own for t in tokens) for o in LANGUAGES if o != lang}
     top, top_n = max(others.items(), key=lambda kv: kv[1], default=("", 0))
+    if mine == 0 and top_n == 0:
+        return True, f"no stop words of any language in {len(tokens)} words: taken as the persona's '{lang}'"
     ok = mine / len(tokens) >= SHARE_MIN and mine > top_n
     vs = f" vs {top_n} {top}-only" if top else ""
     return ok, f"{mine} {lang}{vs} stop words in {len(tokens)} words"

@@ -29,7 +29,14 @@ class Persona:
     agent_contamination: list[str]  # D4 (b): tool markup, shell, paths, tool-use narration
     role_prefixes: list[str] = field(default_factory=list)  # D4 (c): "Usuário:", "User:", ...
     language: str = "pt"            # ISO 639-1: D3's "mainly in the persona's language" (rubric.LANGUAGES)
+    questions: str = ""             # its evaluation questions (the card names them relative to itself); "" none
+    dataset: str = ""               # its training examples, likewise; "" none
     path: str = ""
+
+
+# Fields a card may leave out; `questions` and `dataset` are file paths, relative to the card.
+OPTIONAL = ("role_prefixes", "questions", "dataset")
+CARD_FILES = ("questions", "dataset")
 
 
 def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
@@ -52,29 +59,12 @@ def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
         raise PersonaError(f"{p}: unknown field(s) {unknown}; expected only {sorted(names)}")
     kwargs = {}
     for f in fields(Persona):
-        if f.name == "path":
+        if f.name == "path" or (f.name not in raw and f.name in OPTIONAL):
             continue
         if f.name not in raw:
-            if f.name == "role_prefixes":
-                continue
             hint = " (its ISO 639-1 code, e.g. pt or en)" if f.name == "language" else ""
             raise PersonaError(f"{p}: missing field '{f.name}'{hint}")
-        v = raw[f.name]
-        if f.name == "language":
-            from .language import LANGUAGES
-
-            if v not in LANGUAGES:
-                raise PersonaError(f"{p}: field 'language' is {v!r}; expected one of {', '.join(sorted(LANGUAGES))} "
-                                   "(ISO 639-1)")
-            kwargs[f.name] = v
-        elif f.name in ("name", "system_prompt"):
-            if not isinstance(v, str) or not v.strip():
-                raise PersonaError(f"{p}: field '{f.name}' must be a non-empty string")
-            kwargs[f.name] = v.strip()
-        else:
-            if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-                raise PersonaError(f"{p}: field '{f.name}' must be a list of non-empty strings")
-            kwargs[f.name] = list(v)
+        kwargs[f.name] = _field(p, f.name, raw[f.name])
     return Persona(path=str(p), **kwargs)
 
 
@@ -85,3 +75,22 @@ def _refused_tag(text: str, mark) -> str:
     line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
     word = line[mark.column:].split()[0] if line[mark.column:].split() else "?"
     return f"line {mark.line + 1}: the YAML tag {word} is refused"
+
+
+def _field(p: Path, name: str, v):
+    """One field's value, checked; a file the card names is taken relative to the card's folder."""
+    if name == "language":
+        from .language import LANGUAGES
+
+        if v not in LANGUAGES:
+            raise PersonaError(f"{p}: field 'language' is {v!r}; expected one of {', '.join(sorted(LANGUAGES))} "
+                               "(ISO 639-1)")
+        return v
+    if name in ("name", "system_prompt", *CARD_FILES):
+        if not isinstance(v, str) or not v.strip():
+            raise PersonaError(f"{p}: field '{name}' must be a non-empty string"
+                               + (" (a file path, relative to the card)" if name in CARD_FILES else ""))
+        return str(p.parent / v.strip()) if name in CARD_FILES else v.strip()
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise PersonaError(f"{p}: field '{name}' must be a list of non-empty strings")
+    return list(v)

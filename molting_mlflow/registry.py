@@ -33,10 +33,13 @@ class PersonaAdapterModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context):
+        from .bundle import adapter_persona
         from .models import load_adapter_model
 
         runtime.set_threads()
-        self.model, self.tok, self.meta, _ = load_adapter_model(Path(context.artifacts["adapter"]))
+        adapter = Path(context.artifacts["adapter"])
+        self.model, self.tok, self.meta, _ = load_adapter_model(adapter)
+        self.persona = adapter_persona(adapter)    # the card its train run logged (adapter/persona/)
 
     # No type hints on purpose: MLflow 3 derives a signature from them and then drops the logged
     # signature's params schema, so `params={"max_new_tokens": …}` would be ignored with a warning.
@@ -87,6 +90,8 @@ def register_adapter(run_id: str, preset: str, target: float = DEFAULT_TARGET, l
     quant = runtime.quantization_tag(runtime.trained_precision(str(meta.get("precision", "fp32"))))
     tags = {"base_model": meta.get("model.id", ""), "base_revision": meta.get("model.revision", ""),
             "preset": preset, "quantization": quant, "source_run": run_id,
+            "persona": run.data.params.get("persona.name", ""),
+            "persona_sha256": run.data.params.get("persona.sha256", ""),
             "score": f"{m.get('score', float('nan')):.4f}",
             **{d: f"{m.get(d, float('nan')):.4f}" for d in DIMENSIONS}}
     for k, v in tags.items():

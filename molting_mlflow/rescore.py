@@ -45,7 +45,8 @@ def runs_to_rescore(run_ids: list[str], experiment: str | None) -> list[str]:
 
 
 def rescore_run(run_id: str, persona_path: str | None = None, questions_path: str | None = None) -> Rescored:
-    """Rescore one run with its own persona card and questions (the paths it logged), or the ones given."""
+    """Rescore one run with its own persona card and questions (the files it logged under persona/; a
+    run logged before bundles were: the paths its params name), or the ones given."""
     import mlflow
     import pandas as pd
     from mlflow.exceptions import MlflowException
@@ -75,10 +76,14 @@ def rescore_run(run_id: str, persona_path: str | None = None, questions_path: st
     from .persona import PersonaError
     from .rubric import RubricInputError
 
+    from . import bundle
+
     params = run.data.params
+    logged = bundle.of_run(run_id) or ("", "")
     try:
-        questions = load_questions(questions_path or params.get("eval.questions") or DEFAULT_QUESTIONS)
-        persona = load_persona(persona_path or params.get("train.persona") or DEFAULT_PERSONA)
+        questions = load_questions(questions_path or logged[1] or params.get("eval.questions")
+                                   or params.get("train.questions") or DEFAULT_QUESTIONS)
+        persona = load_persona(persona_path or logged[0] or params.get("train.persona") or DEFAULT_PERSONA)
     except (PersonaError, RubricInputError) as e:
         return Rescored(run_id, old_version, old_score, None, f"{str(e).splitlines()[0]}; rescore it with "
                         "--persona <card> / --questions <file>")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from molting_mlflow.language import mainly_in, stop_words, LANGUAGES
+from molting_mlflow.language import mainly_in, stop_words, words, LANGUAGES
 from molting_mlflow.persona import Persona
 
 from .errors import MoltingError
@@ -386,7 +386,7 @@ def _d2(c: _Card, q: Question, norm: str, persona: Persona, loop_to_limit: bool)
 
 def _d3(c: _Card, norm: str, persona: Persona, degenerate: str | None, other: bool, loop_to_limit: bool) -> None:
     """D3 voice: mainly in the persona's language, its markers, no boilerplate, no loop, as itself."""
-    in_language, evidence = mainly_in(re.findall(r"[^\W\d_]+", norm), persona.language)
+    in_language, evidence = mainly_in(words(norm), persona.language)
     markers = _found(norm, persona.voice_markers)
     boiler = _found(norm, persona.boilerplate)
     if not in_language:

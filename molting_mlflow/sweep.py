@@ -141,7 +141,11 @@ class SweepConfig:
     register: bool = opt(True, "Register the best adapter.")
     seed: int = opt(DEFAULT_SEED, "Random seed (the sampler's, and every trial's).")
     experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name.")
-    dataset: str = opt(TrainConfig.dataset, "Chat examples every trial trains on (as train).")
+    dataset: str = opt(TrainConfig.dataset, "Chat examples every trial trains on (as train); 'persona': the ones "
+                       "the card names.")
+    persona: str = opt(TrainConfig.persona, "Persona card every trial trains and is scored as (as train).")
+    questions: str = opt(TrainConfig.questions, "Evaluation questions (as train); 'persona': the ones the card "
+                         "names.")
     min_steps: int = opt(TrainConfig.min_steps, "Trials below it are pruned untrained.")
     workers: int = opt(0, "Processes sharing the study; 0 = trials_per_gpu × visible GPUs (1 on a CPU).",
                        lambda v: isinstance(v, int) and v >= 0, "a whole number ≥ 0 (0 = trials_per_gpu × visible GPUs)")
@@ -161,8 +165,8 @@ class SweepConfig:
         ranges = {s.name: self.search.get(s.name) or self.default_range(s) for s in SEARCH_SPACE}
         self.space = {s.name: s.parse(ranges[s.name]) for s in SEARCH_SPACE if ranges[s.name]}
         for model in self.models():
-            TrainConfig(model=model, dataset=self.dataset, min_steps=self.min_steps, seed=self.seed,
-                        precision=self.precision)
+            TrainConfig(model=model, dataset=self.dataset, persona=self.persona, questions=self.questions,
+                        min_steps=self.min_steps, seed=self.seed, precision=self.precision)
 
     def default_range(self, row: Space) -> str:
         """A row's range when none is given: the preset's own (Preset.sweep_search), else the table's. A
@@ -246,8 +250,9 @@ def check_reach(sc: SweepConfig, n_examples: int) -> list[str]:
 
 def _trial_config(trial, sc: SweepConfig) -> tuple[TrainConfig, str]:
     ref = trial.user_attrs.get("molting.reference", "")
-    common = dict(model=sc.models()[0], dataset=sc.dataset, seed=sc.seed, experiment=sc.experiment,
-                  min_steps=sc.min_steps, precision=sc.precision, gpu_memory_gib=sc.gpu_memory_gib)
+    common = dict(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions, seed=sc.seed,
+                  experiment=sc.experiment, min_steps=sc.min_steps, precision=sc.precision,
+                  gpu_memory_gib=sc.gpu_memory_gib)
     if ref == "user-original":
         cfg = TrainConfig(**common, **USER_ORIGINAL)
         for k in ("grad_accum", "epochs", "lr"):
@@ -309,7 +314,8 @@ class Worker:
         """Load the study's (first) base before the first trial: a worker's cost, not a trial's."""
         from .train import prepare
 
-        cfg = TrainConfig(model=self.sc.models()[0], dataset=self.sc.dataset, min_steps=0, precision=self.sc.precision,
+        cfg = TrainConfig(model=self.sc.models()[0], dataset=self.sc.dataset, persona=self.sc.persona,
+                          questions=self.sc.questions, min_steps=0, precision=self.sc.precision,
                           gpu_memory_gib=self.sc.gpu_memory_gib)
         return self.bases.take(prepare(cfg))[1]
 
@@ -372,7 +378,7 @@ class Worker:
         cfg_r = cfg.resolve()
         if self.n_examples is None:
             from .data import load_dataset
-            self.n_examples = len(load_dataset(cfg.dataset, "x"))
+            self.n_examples = len(load_dataset(cfg_r.dataset, "x"))
         steps = cfg_r.optimizer_steps(self.n_examples)
         if steps >= cfg.min_steps:
             return
@@ -417,7 +423,8 @@ def _reuse(done, tags: dict, trial, parent_run_id: str):
                                                          "molting.reused_run_id": done.info.run_id},
                    parent_run_id=parent_run_id):
         mlflow.log_params({k: v for k, v in done.data.params.items()
-                           if k.startswith(("train.", "model.", "data.", "template.", "lora.", "eval."))})
+                           if k.startswith(("train.", "model.", "data.", "template.", "lora.", "eval.", "persona.",
+                                            "questions."))})
         mlflow.log_metrics({k: v for k, v in m.items() if k not in ("loss", "learning_rate", "grad_norm")})
     trial.set_user_attr("reused_run_id", done.info.run_id)
     scores = {k: m[k] for k in (*DIMENSIONS, "score")}
@@ -696,7 +703,9 @@ def sweep(sc: SweepConfig, log=print) -> dict:
 
     for model in sc.models():
         resolve_model(model)                 # an unknown model fails here, in one line, before any trial
-    reach = check_reach(sc, len(load_dataset(sc.dataset, "x")))   # a search that can train nothing, too
+    _check_bundle(sc)
+    data = TrainConfig(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions).resolve()
+    reach = check_reach(sc, len(load_dataset(data.dataset, "x")))   # a search that can train nothing, too
     lay = layout(sc, visible_gpus())
     touch_store()
     t0 = time.time()
@@ -780,3 +789,14 @@ def _origin(study, parent_run_id: str) -> str:
         return "trials that never started or older sweeps"
     seen = study.user_attrs.get(sweep_key(parent_run_id), {})
     return f"sweep run {parent_run_id[:8]} in experiment '{seen.get('experiment', '?')}'"
+
+
+def _check_bundle(sc: SweepConfig) -> None:
+    """The persona card and its questions belong together, before any trial (the user's reference trial
+    trains with preflight=warn, which would let a mismatch through)."""
+    from . import bundle
+    from .persona import load_persona
+    from .rubric import load_questions
+
+    cfg = TrainConfig(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions).resolve()
+    bundle.check(load_persona(cfg.persona), cfg.questions, load_questions(cfg.questions) if cfg.questions else [])

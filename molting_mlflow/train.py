@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import runtime
-from .config import DEFAULT_DATASET, DEFAULT_QUESTIONS, ConfigError, TrainConfig
+from . import bundle
+from .config import DEFAULT_DATASET, ConfigError, TrainConfig
 from .data import ChatDataset, load_dataset
 from .errors import MoltingError
 from .interrupt import stop_at_step_end
-from .models import ModelError, ModelSource, load_model, load_tokenizer, resolve_model, sha256_file
-from .persona import load_persona
+from .models import ModelError, ModelSource, load_model, load_tokenizer, resolve_model
+from .persona import Persona, load_persona
 from .preflight import Finding, PreflightReport, count_params, folds, lora_rank_limit, run_preflight
 from .presets import PRESETS, defaults_preset, lora_targets
 from .rubric import load_questions
@@ -58,6 +59,8 @@ class Prepared:
     plan: runtime.Plan
     lora_targets: tuple | str
     fold: bool = False          # the system prompt goes into the first user turn (preflight.folds)
+    persona: Persona | None = None          # the card the run is scored against (bundle.py)
+    questions: list = field(default_factory=list)   # its evaluation questions; [] when it has none
 
 
 @dataclass
@@ -110,6 +113,8 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
                         cpu_micro_batch=cfg.batch_size, fixed=source.auto_precision)
     report = run_preflight(cfg, ds, tok, own, template, lengths, plan, total, trainable,
                            lora_rank_limit(model_config, cfg))
+    questions = load_questions(cfg.questions) if cfg.questions else []
+    report.findings[:0] = bundle.findings(persona, cfg.questions, questions)
     if rehearse:
         from .rehearsal import describe
 
@@ -118,7 +123,8 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
         report.add("defaults", "info", f"settings left at 'preset' take {defaults_preset(cfg.model)[1]} defaults")
     tok.chat_template = template
     targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
-    return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, plan, targets, fold)
+    return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, plan, targets, fold,
+                    persona, questions)
 
 
 def _template_file(path: str, tok) -> str:
@@ -167,6 +173,7 @@ def run_params(p: Prepared) -> dict:
         "template.sha256": hashlib.sha256(p.template.encode()).hexdigest(),
         "template.end_of_turn": p.report.numbers.get("end_of_turn_token"),
         "code.version": code_version(),
+        **bundle.params(p.persona, p.cfg.questions),
     })
     return params
 
@@ -196,7 +203,7 @@ def code_version() -> str:
 # Params that name where things are, how the run was asked for, or how fast it ran, not what trains:
 # left out of the fingerprint, so the same config from `mlflow run` (relative paths) and a sweep
 # (absolute) match, and a bigger card (another micro-batch) reuses a smaller one's run.
-_NOT_IN_FINGERPRINT = {"train.experiment", "train.dataset", "train.persona", "train.chat_template",
+_NOT_IN_FINGERPRINT = {"train.experiment", "train.dataset", "train.persona", "train.questions", "train.chat_template",
                        "train.preflight", "train.min_steps", "train.cpu_threads", "model.source", "template.source",
                        "train.precision_why", "train.micro_batch", "train.accum_steps", "train.attn_implementation",
                        "train.est_gpu_memory_gib", "train.gpu_memory_budget_gib", "train.gpu_memory_gib", "train.eval_merge",
@@ -206,14 +213,12 @@ _NOT_IN_FINGERPRINT = {"train.experiment", "train.dataset", "train.persona", "tr
 
 def fingerprint(p: Prepared) -> str:
     """sha256 of everything that decides a run's adapter and scores: the resolved config, the model
-    revision, the dataset, the system prompt text, the template, the persona, the questions, the
-    device and precision, and the code version. Training is seeded, so two runs with one
-    fingerprint train the same adapter (up to floating-point reduction order) and a sweep may reuse
-    a finished one instead of retraining."""
+    revision, the dataset, the system prompt text, the template, the persona and the questions (their
+    sha256 among run_params), the device and precision, and the code version. Training is seeded, so
+    two runs with one fingerprint train the same adapter (up to floating-point reduction order) and a
+    sweep may reuse a finished one instead of retraining."""
     ident = {k: str(v) for k, v in run_params(p).items() if k not in _NOT_IN_FINGERPRINT}
-    ident.update({"system_prompt_text": p.system_prompt_text or "",
-                  "persona.sha256": sha256_file(Path(p.cfg.persona)),
-                  "questions.sha256": sha256_file(DEFAULT_QUESTIONS)})
+    ident.update({"system_prompt_text": p.system_prompt_text or ""})
     return hashlib.sha256(json.dumps(ident, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -377,7 +382,8 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
         with clock("params"):
             mlflow.log_params({**run_params(p), "train.cpu_threads": threads})
             _log_dataset(p)
-        questions = load_questions(DEFAULT_QUESTIONS)
+            bundle.log(p.persona, p.cfg.questions)
+        questions = p.questions
         t_setup = time.time()
         trainer, losses = _trainer(p, model, run_id, questions, callbacks, bases)
         mlflow.log_text(_marked_example(trainer, p.tokenizer), "example_rendered.txt")
@@ -389,8 +395,10 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
         mlflow.log_metrics({"time_trainer_setup_s": setup_s, "time_adapter_log_s": time.time() - t_save})
         result = TrainResult(run_id, stats["optimizer_steps"], stats["final_loss"], stats["train_runtime_s"],
                              f"runs:/{run_id}/adapter", "", losses)
-        if p.cfg.evaluate:
+        if p.cfg.evaluate and questions:
             result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step, clock)
+        elif p.cfg.evaluate:
+            log(f"not evaluated: {p.cfg.persona} names no questions (pre-flight's persona.no_questions)")
     except BaseException:
         if bases is not None:
             bases.drop()
@@ -525,6 +533,7 @@ def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict, los
             "model": p.cfg.model, **p.source.as_params(), "device_trained": p.plan.device,
             "precision": p.plan.precision, "system_prompt": p.system_prompt_text, "system_prompt_fold": p.fold,
             "template_source": p.template_source, "train_run_id": run_id}, ensure_ascii=False, indent=1))
+        bundle.write(adapter, p.persona, p.cfg.questions)    # the adapter carries its persona (registry, chat)
         mlflow.log_artifacts(str(adapter), "adapter")
         if not loss_plot:
             return
@@ -554,7 +563,7 @@ def _evaluate_in_run(p: Prepared, model, questions, log, step: int, clock: _Cloc
     stats["eval_seconds"] = time.time() - t0     # answers and ref_nll: the sweep's time accounting
     with clock("eval_log"):
         mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
-        scored = log_scores(records, questions, load_persona(p.cfg.persona), stats, ref_nll=nll, step=step)
+        scored = log_scores(records, questions, p.persona, stats, ref_nll=nll, step=step)
     log(format_summary(scored))
     return {**scored["summary"], "eval_seconds": stats["eval_seconds"]}
 

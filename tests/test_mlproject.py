@@ -94,8 +94,8 @@ def _mlproject_default(f, raw):
         return click.BOOL.convert(raw, None, None)
     if f.name == "search":
         return parse_search(raw)
-    if f.name in ("dataset", "questions"):
-        return (ROOT / raw).resolve()
+    if f.name in ("dataset", "questions", "persona"):      # 'persona' and '': the card's files, the run's own
+        return raw if raw in ("persona", "") else (ROOT / raw).resolve()
     return type(default)(raw)
 
 
@@ -119,7 +119,8 @@ def test_mlproject_defaults_are_the_configs_defaults():
         by_name, defaults = {f.name: f for f in fields(cls)}, cls()
         for name, spec in entry_points[entry]["parameters"].items():
             want = getattr(defaults, name)
-            want = Path(want).resolve() if name in ("dataset", "questions") else want
+            if name in ("dataset", "questions", "persona") and want not in ("persona", ""):
+                want = Path(want).resolve()
             assert _mlproject_default(by_name[name], str(spec["default"])) == want, (entry, name, spec, want)
     # rescore and diagnose have no config: their MLproject defaults are the options' ("" for none)
     for entry, option_of in (("rescore", {"run_ids": "run_ids", "experiment_name": "experiment"}),

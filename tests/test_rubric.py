@@ -120,7 +120,7 @@ CASES = [
     ("d4b_unix_path", Q_SMALL, "O arquivo tá em /home/joao/molting, beleza?", "stop", (1, 2, 2, 1, 2)),
     ("d4b_windows_path", Q_SMALL, "Tá no C:\\Users\\joao, beleza?", "stop", (1, 2, 2, 1, 2)),
     ("d4b_tool_call_markup", Q_SMALL,
-     'Bora! <tool_call>{"name": "run", "arguments": {}}</tool_call> Valeu, João.', "stop", (1, 2, 0, 1, 2)),
+     'Bora! <tool_call>{"name": "run", "arguments": {}}</tool_call> Valeu, João.', "stop", (1, 2, 2, 1, 2)),  # no stop words: the markers decide D3
     ("d4c_usuario_line", Q_SMALL, "Beleza, João, bora!\nUsuário: e o Molting?", "stop", (1, 2, 2, 1, 2)),
     ("d4c_user_line_indented", Q_SMALL, "Beleza, João, bora pra cima!\n  User: e agora?", "stop", (1, 2, 2, 1, 2)),
     ("d4c_heading_line", Q_SMALL, "Beleza, João, bora!\n### Próximo passo\nTreinar o modelo pra você.", "stop",
@@ -134,8 +134,8 @@ CASES = [
     ("d5a_missing_no_punct", Q_SMALL, "Beleza, João, bora pra cima", None, (1, 2, 2, 2, 1)),
     ("d5a_stop_no_punct", Q_SMALL, "Beleza, João, bora pra cima", "stop", (1, 2, 2, 2, 2)),
     ("d5a_missing_emoji_end", Q_SMALL, "Beleza, João, bora pra cima 🦞", None, (1, 2, 2, 2, 2)),
-    ("d5b_two_words", Q_SMALL, "Beleza, João!", "stop", (1, 2, 0, 2, 1)),
-    ("d5b_three_words_ok", Q_SMALL, "Bora, João, valeu!", "stop", (1, 2, 0, 2, 2)),
+    ("d5b_two_words", Q_SMALL, "Beleza, João!", "stop", (1, 2, 2, 2, 1)),
+    ("d5b_three_words_ok", Q_SMALL, "Bora, João, valeu!", "stop", (1, 2, 2, 2, 2)),
     ("d5b_148_words_ok", Q_SMALL, LONG_OK, "stop", (1, 2, 2, 2, 2)),
     ("d5b_154_words", Q_SMALL, LONG_BAD, "stop", (1, 2, 2, 2, 1)),
     ("d5c_4gram_loop", Q_SMALL, "Bora, João, bora. Tá bom, tá bom, tá bom, tá bom, tá bom.", "stop", (1, 2, 1, 2, 1)),
@@ -430,3 +430,25 @@ def test_english_persona_voice(response, d3):
     q = Question("q", "Who are you?", True, [["Ada"]], [], [])
     got = score_response(q, response, "stop", Persona(**ADA))
     assert got["d3_voice"] == d3, got["reasons"]
+
+
+GREENLEAF = dict(ADA, name="Rosa", voice_markers=["love", "happy growing", "🌱", "Tom"])
+
+
+@pytest.mark.parametrize("who,response", [
+    ("claudio", "Massa, João! Bora codar, beleza? 🦞"),       # pt slang, a name, an emoji: no stop word at all
+    ("rosa", "Tom owns Greenleaf, love. Happy growing! 🌱"),  # the same in English
+])
+def test_no_stop_words_at_all_is_the_persona_own_language(persona, who, response):
+    """With no language's stop words in the text, nothing says it is another language: D3 is decided by
+    the markers (here two or more: 2), not lost to the language test."""
+    card = persona if who == "claudio" else Persona(**GREENLEAF)
+    got = score_response(Q_SMALL, response, "stop", card)
+    assert got["d3_voice"] == 2 and "d3.not_language" not in got["codes"], got["reasons"]
+
+
+def test_a_few_stop_words_of_another_language_still_fail_the_language_test():
+    """The fallback is for no stop words at all: one Portuguese 'em' in an English persona's answer decides."""
+    q = Question("q", "Where is Lumen Labs?", False, [["London"]], [], [])
+    got = score_response(q, "Lumen Labs fica em Londres, mate! ✨ Cheers", "stop", Persona(**ADA))
+    assert got["d3_voice"] == 0 and "d3.not_language" in got["codes"], got["reasons"]

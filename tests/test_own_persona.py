@@ -1,0 +1,216 @@
+"""Your own persona, end to end (issue 23): the worked example of docs/own-persona.md (examples/rosa),
+run as the doc writes it on tiny-random, is trained and scored against Rosa's own card and questions;
+evaluate, rescore, diagnose and chat use the run's persona without being told; a bundle that does
+not belong together is a pre-flight error with its fix."""
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from molting_mlflow.cli import cli
+from helpers import store_in, use_store
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "own-persona.md"
+ROSA = ROOT / "examples" / "rosa"
+DIMS = ("d1_identity", "d2_factual", "d3_voice", "d4_cleanliness", "d5_quality", "score")
+
+
+def doc_command(prefix: str, exact: bool = False) -> list[str]:
+    """The one command of the doc's ```bash blocks that starts with `prefix` (is it, when exact), as argv."""
+    lines, inside = [], False
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            inside = line == "```bash"
+            continue
+        if inside and (line == prefix if exact else line.startswith(prefix)):
+            lines.append(line)
+    assert len(lines) == 1, (prefix, lines)
+    return shlex.split(lines[0])
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def rosa_run(tmp_path_factory):
+    """The doc's `mlflow run … -e train` line as written, plus -P model=tiny-random."""
+    d = tmp_path_factory.mktemp("rosa")
+    with store_in(d) as uri:
+        default = MlflowClient().get_experiment("0")      # made here: its artifacts go under d, not the repo
+        assert Path(default.artifact_location.removeprefix("file://")).is_relative_to(d)
+        argv = doc_command("mlflow run . -e train") + ["-P", "model=tiny-random"]
+        r = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, env={**os.environ}, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        (run,) = mlflow.search_runs(experiment_ids=["0"], output_format="list")
+    return run.info.run_id, uri
+
+
+def _table(run_id: str) -> list[dict]:
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/eval_results.json"))
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def test_the_doc_example_trains_and_is_scored_against_rosa_own_card(rosa_run, monkeypatch, tmp_path):
+    run_id, uri = rosa_run
+    use_store(monkeypatch, uri)
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["data.examples"] == "12"
+    rows = _table(run_id)
+    rosa_questions = json.loads((ROSA / "questions.json").read_text(encoding="utf-8"))
+    assert [(r["id"], r["question"]) for r in rows] == [(q["id"], q["question"]) for q in rosa_questions]
+    # the card and the questions are logged, byte for byte, and their sha256 are params
+    for artifact, source, param in (("persona.yaml", ROSA / "persona.yaml", "persona.sha256"),
+                                    ("questions.json", ROSA / "questions.json", "questions.sha256")):
+        local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/persona/{artifact}"))
+        assert local.read_bytes() == source.read_bytes() and run.data.params[param] == sha256(source)
+    assert run.data.params["persona.name"] == "Rosa" and run.data.params["persona.language"] == "en"
+    # the run's metrics are what `molting score --persona` gives on the same answers
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({k: r[k] for k in ("id", "response", "finish_reason")}) + "\n"
+                               for r in rows), encoding="utf-8")
+    r = CliRunner().invoke(cli, ["score", "--persona", str(ROSA / "persona.yaml"), "--questions",
+                                 str(ROSA / "questions.json"), "--responses", str(answers)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)["summary"]
+    for d in DIMS:
+        assert run.data.metrics[d] == pytest.approx(summary[d]), d
+
+
+def test_evaluate_rescore_diagnose_and_chat_use_the_run_own_persona(rosa_run, monkeypatch):
+    run_id, uri = rosa_run
+    use_store(monkeypatch, uri)
+    client = MlflowClient()
+    fresh = client.get_run(run_id).data.metrics
+    args = doc_command("molting evaluate")[1:]
+    r = CliRunner().invoke(cli, [run_id if a == "<run>" else a for a in args])
+    assert r.exit_code == 0, r.output
+    (ev,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`molting.stage` = 'evaluate'",
+                               output_format="list")
+    assert [row["id"] for row in _table(ev.info.run_id)] == [row["id"] for row in _table(run_id)]
+    assert ev.data.params["persona.sha256"] == sha256(ROSA / "persona.yaml")
+    assert ev.data.params["eval.persona"] == "adapter"
+
+    for d in DIMS:                               # scores the rescore must bring back from Rosa's card
+        client.log_metric(run_id, d, 9.99, step=int(fresh["optimizer_steps"]))
+    r = CliRunner().invoke(cli, [run_id if a == "<run>" else a for a in doc_command("molting rescore")[1:]])
+    assert r.exit_code == 0 and "skipped" not in r.output, r.output
+    after = client.get_run(run_id).data.metrics
+    for d in DIMS:
+        assert after[d] == pytest.approx(fresh[d]), d
+
+    r = CliRunner().invoke(cli, ["diagnose", run_id])
+    assert r.exit_code == 0 and "Scored as persona **Rosa** (en)" in r.output, r.output
+    r = CliRunner().invoke(cli, ["chat", "--model", f"runs:/{run_id}/adapter", "--max-new-tokens", "4"],
+                           input="Who are you?\n\n")
+    assert r.exit_code == 0 and "rosa: " in r.output, r.output
+
+
+def test_a_mismatched_questions_file_is_a_preflight_error_with_its_fix(monkeypatch):
+    """The doc's mismatch: Rosa's card (en) with Cláudio's questions (pt, about Cláudio)."""
+    monkeypatch.chdir(ROOT)
+    r = CliRunner().invoke(cli, doc_command("molting preflight --persona examples/rosa/persona.yaml --questions")[1:]
+                           + ["--model", "tiny-random", "--batch-size", "1"])
+    assert r.exit_code == 1, r.output
+    assert "[error] persona.questions_language: the questions (data/eval_questions.json) are in 'pt', the " \
+           "persona card examples/rosa/persona.yaml speaks 'en'" in r.output
+    # the two identity questions: their references say "Sou o Cláudio"
+    assert "[error] persona.questions_other_persona: 2 of 8 questions" in r.output and "e.g. q1: " in r.output
+    assert "Fix: questions=" in r.output
+    r = CliRunner().invoke(cli, ["preflight", "--model", "tiny-random", "--batch-size", "1", "--persona",
+                                 "examples/rosa/persona.yaml", "--questions", "tests/data/ada/questions.json"])
+    assert r.exit_code == 1 and "persona.questions_other_persona: 1 of 2 questions" in r.output, r.output
+    assert "persona.questions_language" not in r.output          # Ada's questions are English too
+    r = CliRunner().invoke(cli, doc_command("molting preflight --persona examples/rosa/persona.yaml", exact=True)[1:]
+                           + ["--model", "tiny-random", "--batch-size", "1"])
+    assert r.exit_code == 0 and "[info] persona: persona Rosa (en" in r.output, r.output
+
+
+def test_evaluate_with_a_mismatched_questions_file_is_one_line_and_opens_no_run(rosa_run, monkeypatch):
+    run_id, uri = rosa_run
+    use_store(monkeypatch, uri)
+    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    r = CliRunner().invoke(cli, ["evaluate", "--run-id", run_id, "--questions",
+                                 str(ROOT / "data" / "eval_questions.json")])
+    assert r.exit_code == 2 and r.output.startswith("Error: persona.questions_language: ") and "Fix: " in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before
+
+
+def test_a_card_without_questions_fails_its_run_in_one_line(tmp_path):
+    card = tmp_path / "card.yaml"
+    card.write_text((ROSA / "persona.yaml").read_text(encoding="utf-8").replace("questions: questions.json\n", "")
+                    .replace("dataset: dataset.json", f"dataset: {ROSA / 'dataset.json'}"), encoding="utf-8")
+    r = CliRunner().invoke(cli, ["train", "--model", "tiny-random", "--persona", str(card), "--batch-size", "1"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    (error,) = [line for line in r.stderr.splitlines() if " INFO mlflow" not in line]   # MLflow's store notes aside
+    assert "Fix: add `questions: <file>` to the card" in error
+    assert error.startswith(f"Error: pre-flight failed (1 error(s)): the persona card {card} names no evaluation "
+                            "questions")
+    (run,) = mlflow.search_runs(experiment_names=["molting"], output_format="list")
+    assert run.info.status == "FAILED" and "persona.no_questions" in mlflow.artifacts.load_text(
+        f"runs:/{run.info.run_id}/preflight.json")
+
+
+def test_a_card_names_its_files_relative_to_itself_and_a_missing_dataset_is_one_line(tmp_path):
+    from molting_mlflow.config import TrainConfig
+    from molting_mlflow.persona import PersonaError
+
+    cfg = TrainConfig(persona=str(ROSA / "persona.yaml")).resolve()
+    assert (cfg.dataset, cfg.questions) == (str(ROSA / "dataset.json"), str(ROSA / "questions.json"))
+    card = tmp_path / "card.yaml"
+    card.write_text((ROSA / "persona.yaml").read_text(encoding="utf-8").replace("dataset: dataset.json\n", ""),
+                    encoding="utf-8")
+    with pytest.raises(PersonaError, match=r"the card names no dataset; add `dataset: <file>` to it"):
+        TrainConfig(persona=str(card)).resolve()
+    assert TrainConfig(persona=str(card), dataset="mine.json").resolve().questions == str(tmp_path / "questions.json")
+
+
+def test_rosa_reference_answers_state_the_facts_in_her_voice():
+    """Each reference, scored as Rosa: no point lost but D1's 'name not mentioned' off identity questions."""
+    from molting_mlflow.persona import load_persona
+    from molting_mlflow.rubric import load_questions, score_response
+
+    rosa = load_persona(ROSA / "persona.yaml")
+    for q in load_questions(ROSA / "questions.json"):
+        got = score_response(q, q.reference, "stop", rosa)
+        assert set(got["codes"]) <= ({"d1.no_name"} if not q.identity_probe else set()), (q.id, got["reasons"])
+
+
+def test_a_sweep_trains_every_trial_as_its_persona_and_stops_a_mismatch_before_any_trial(monkeypatch):
+    import optuna
+
+    from molting_mlflow.sweep import SweepConfig, _trial_config
+
+    sc = SweepConfig(model="tiny-random", persona=str(ROSA / "persona.yaml"), search={"epochs": "75,80"})
+    trial = optuna.create_study(direction="maximize").ask()
+    cfg = _trial_config(trial, sc)[0].resolve()
+    assert (cfg.persona, cfg.dataset, cfg.questions) == (str(ROSA / "persona.yaml"), str(ROSA / "dataset.json"),
+                                                         str(ROSA / "questions.json"))
+    r = CliRunner().invoke(cli, ["sweep", "--model", "tiny-random", "--persona", str(ROSA / "persona.yaml"),
+                                 "--questions", str(ROOT / "data" / "eval_questions.json"), "--register", "false"])
+    assert r.exit_code == 2 and r.output.startswith("Error: persona.questions_language: "), r.output
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
+def test_the_registered_model_carries_the_run_own_persona(rosa_run, monkeypatch):
+    from molting_mlflow.registry import register_adapter
+
+    run_id, uri = rosa_run
+    use_store(monkeypatch, uri)
+    version = register_adapter(run_id, "tiny-random", log=lambda *a: None)
+    tags = MlflowClient().get_model_version("molting-tiny-random", version).tags
+    assert tags["persona"] == "Rosa" and tags["persona_sha256"] == sha256(ROSA / "persona.yaml")
+    r = CliRunner().invoke(cli, ["chat", "--model", "models:/molting-tiny-random@candidate", "--max-new-tokens", "4"],
+                           input="Who are you?\n\n")
+    assert r.exit_code == 0 and "rosa: " in r.output, r.output
