@@ -19,6 +19,24 @@ from mlflow.tracking import MlflowClient
 from .config import ConfigError
 
 
+def _no_spark_lookups() -> None:
+    """Where pyspark is not installed, mark it absent in sys.modules, so that `import pyspark` fails at
+    once, without the import machinery. MLflow's system-metrics thread builds an MlflowClient every
+    sample, and that tries `from pyspark.sql import SparkSession` (a Spark session may name a registry);
+    meanwhile mlflow.genai.evaluate (the evaluation view, eval_view) holds MLflow's import-hook lock
+    while it imports flavour modules that import pyspark too. The two threads deadlocked: each held
+    the lock the other waited for (py-spy on a sweep trial stuck in its evaluation logging: the test of
+    a killed worker here, likely the worker that never finished on an H200). Nothing changes where
+    pyspark is installed."""
+    import importlib.util
+
+    if "pyspark" not in sys.modules and importlib.util.find_spec("pyspark") is None:
+        sys.modules["pyspark"] = None
+
+
+_no_spark_lookups()      # before any run starts its system-metrics thread
+
+
 # MLflow's experiment kind (the UI's enum value `finetuning`, MLflow 3.17): what these experiments hold.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "finetuning"}
 

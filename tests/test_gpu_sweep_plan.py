@@ -206,3 +206,30 @@ def test_reference_nll_projects_reference_tokens_only_and_equals_the_full_logits
         total, count = total + float(nll), count + len(full) - start
     assert got == pytest.approx(total / count, rel=1e-5)
     assert len(rows) == 1 and rows[0][0] == count       # one call, on the reference tokens alone (not every position)
+
+
+def test_pyspark_is_marked_absent_so_no_thread_imports_it(monkeypatch):
+    """tracking._no_spark_lookups: with pyspark not installed, `import pyspark` must fail at once from
+    sys.modules, not through the finders that MLflow's import-hook lock guards (the system-metrics
+    thread and mlflow.genai.evaluate deadlocked there). Without the mark, the import reaches the finders."""
+    import importlib.util
+    import sys
+
+    import molting_mlflow.tracking as tracking
+
+    if importlib.util.find_spec("pyspark") is not None and sys.modules.get("pyspark") is not None:
+        pytest.skip("pyspark is installed here: nothing to mark")
+    assert "pyspark" in sys.modules and sys.modules["pyspark"] is None
+    searched = []
+
+    class Spy:
+        def find_spec(self, name, path=None, target=None):
+            searched.append(name)
+
+    monkeypatch.setattr(sys, "meta_path", [Spy(), *sys.meta_path])
+    with pytest.raises(ImportError):
+        from pyspark.sql import SparkSession  # noqa: F401
+    assert "pyspark" not in searched and "pyspark.sql" not in searched
+    monkeypatch.delitem(sys.modules, "pyspark")
+    tracking._no_spark_lookups()
+    assert sys.modules["pyspark"] is None
