@@ -352,7 +352,13 @@ def test_a_killed_worker_trial_is_failed_and_retried_by_the_other(tmp_path, fres
         time.sleep(0.5)
     survivor = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
-    time.sleep(2)
+    # kill the victim inside a trial whose MLflow run is open (RUNNING in Optuna comes a moment before
+    # the run: killed in between, there would be no run to end FAILED, and the test raced on that)
+    mine = (f"tags.`molting.study` = '{name}' and tags.`molting.worker` = 'w0-pid{victim.pid}' "
+            "and attributes.status = 'RUNNING'")
+    while time.time() < deadline and not mlflow.search_runs(search_all_experiments=True, filter_string=mine,
+                                                            output_format="list"):
+        time.sleep(0.2)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=60)
     out = survivor.communicate(timeout=600)[0]
