@@ -181,20 +181,27 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def _trl_head_switch():
+    """TRL's module holding the fused LM head's "compact" switch (`_use_triton`), or None where this
+    TRL has none."""
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        return None
+    return trl_utils if getattr(trl_utils, "_use_triton", None) is not None else None
+
+
 def answer_logits_only() -> bool:
     """The output layer only where the loss is. TRL's fused LM head projects only the positions that
     carry a label on CUDA, and every position elsewhere (a Neuron device would recompile for each
     new count). A CPU recompiles nothing, and the output layer on prompt tokens (49,152 words a token
     for smol) is arithmetic whose loss is zero: project the answers only there too. Loss and
-    gradients are unchanged (tests/test_answer_logits.py). False where this TRL has no such switch
+    gradients are unchanged (tests/test_gpu_sweep_plan.py). False where this TRL has no such switch
     (then every position is projected, as TRL does); the run logs which (train.answer_logits_only)."""
-    try:
-        from trl.trainer import utils as trl_utils
-    except ImportError:
+    trl_utils = _trl_head_switch()
+    if trl_utils is None:
         return False
-    original = getattr(trl_utils, "_use_triton", None)
-    if original is None:
-        return False
+    original = trl_utils._use_triton
     if not getattr(original, "molting_answers_only", False):
         def answers_only(device) -> bool:     # "compact": score hidden_states[label_mask] only
             return device.type == "cpu" or original(device)
@@ -288,7 +295,7 @@ class Plan:
         p = {"train.device": self.device, "train.precision": self.precision, "train.precision_why": self.why,
              "train.micro_batch": self.micro_batch, "train.accum_steps": self.accum,
              "train.optimizer": self.optimizer(), "train.gradient_checkpointing": self.spec.gradient_checkpointing,
-             "train.attn_implementation": self.attn_implementation, "train.answer_logits_only": answer_logits_only()}
+             "train.attn_implementation": self.attn_implementation, "train.answer_logits_only": _trl_head_switch() is not None}
         if self.est_gib is not None:
             p.update({"train.est_gpu_memory_gib": round(self.est_gib, 2), "train.gpu_memory_budget_gib": self.budget_gib,
                       "train.eval_merge": self.eval_merge})

@@ -644,29 +644,28 @@ def layout(sc: SweepConfig, gpus: list[str]) -> Layout:
 
     if not gpus:
         return Layout(sc.workers or 1, (), 1, "no GPU: trials run one after another in this process")
+    budget = sc.gpu_memory_gib or runtime.gpu_free_gib()     # one card's, read once
     if sc.workers:
         k = max(1, -(-sc.workers // len(gpus)))       # ceil: the fullest card's trials
-        return Layout(sc.workers, tuple(gpus), k, f"workers={sc.workers} asked for", _share(sc, k))
+        return Layout(sc.workers, tuple(gpus), k, f"workers={sc.workers} asked for", _share(sc, k, budget))
     if sc.trials_per_gpu:
         k, why = sc.trials_per_gpu, f"trials_per_gpu={sc.trials_per_gpu} asked for"
     else:
         from .train import prepare
 
-        p = prepare(TrainConfig(model=sc.models()[0], dataset=sc.dataset, min_steps=0, precision=sc.precision,
-                                gpu_memory_gib=sc.gpu_memory_gib, seed=sc.seed))
-        budget = sc.gpu_memory_gib or runtime.gpu_free_gib()
+        p = prepare(TrainConfig(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions,
+                                min_steps=0, precision=sc.precision, gpu_memory_gib=sc.gpu_memory_gib, seed=sc.seed))
         k, why = runtime.trials_per_gpu(p.plan.peak_gib or 0.0, budget, os.cpu_count() or 1, len(gpus))
     k = min(k, max(1, -(-sc.n_trials // len(gpus))))
-    return Layout(min(k * len(gpus), max(sc.n_trials, len(gpus))), tuple(gpus), k, why, _share(sc, k))
+    return Layout(min(k * len(gpus), max(sc.n_trials, len(gpus))), tuple(gpus), k, why, _share(sc, k, budget))
 
 
-def _share(sc: SweepConfig, k: int) -> float:
-    """A trial's memory budget when k share a card: the card's budget / k (0 when one trial has it all)."""
-    from . import runtime
-
+def _share(sc: SweepConfig, k: int, budget: float) -> float:
+    """A trial's memory budget when k share a card of `budget` GiB: budget / k (the configured budget,
+    0 = the card's, when one trial has it all)."""
     if k == 1:
         return sc.gpu_memory_gib
-    return round((sc.gpu_memory_gib or runtime.gpu_free_gib()) / k, 2)
+    return round(budget / k, 2)
 
 
 def _spawn_workers(sc: SweepConfig, parent_run_id: str, lay: Layout, t0: float, log) -> None:
