@@ -19,42 +19,16 @@ from pathlib import Path
 
 from .language import LANGUAGES, mainly_in, stop_words, words
 from .models import sha256_file
-from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
+from .paths import DEFAULT_PERSONA
 from .persona import Persona, PersonaError, load_persona
 from .preflight import Finding
+from .rubric import found, normalise, score_response
 
-FROM_CARD = "persona"          # dataset=persona / questions=persona: the file the card names
 BUNDLE_DIR = "persona"         # the artifact folder, in a run and in its adapter
 CARD_FILE = "persona.yaml"
 QUESTIONS_FILE = "questions.json"
 # D1 codes a reference answer loses when it speaks as someone else than the card's persona
 _OTHER_IDENTITY = ("d1.other_name", "d1.conflicting_identity", "d1.denies_name", "d1.probe_without_name")
-
-
-def card_file(persona: Persona, what: str) -> str:
-    """The file the card names for `what` ("questions" or "dataset"), or "". The shipped sample card
-    (data/persona.yaml) names none: it stands for the shipped files (paths.py), so that its text, and
-    tiny-random's tokenizer trained on that text, stay as they were."""
-    named = getattr(persona, what)
-    if named or Path(persona.path).resolve() != DEFAULT_PERSONA.resolve():
-        return named
-    return str({"questions": DEFAULT_QUESTIONS, "dataset": DEFAULT_DATASET}[what])
-
-
-def resolve_paths(persona_path: str, dataset: str, questions: str) -> tuple[str, str]:
-    """(dataset, questions): as given, or for FROM_CARD the files the card names. A dataset the card
-    does not name is an error here; missing questions are "" (pre-flight's persona.no_questions)."""
-    if FROM_CARD not in (dataset, questions):
-        return dataset, questions
-    persona = load_persona(persona_path)
-    if dataset == FROM_CARD:
-        dataset = card_file(persona, "dataset")
-        if not dataset:
-            raise PersonaError(f"{persona_path}: the card names no dataset; add `dataset: <file>` to it (relative "
-                               "to the card) or pass dataset=<file>")
-    if questions == FROM_CARD:
-        questions = card_file(persona, "questions")
-    return dataset, questions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +46,6 @@ def findings(persona: Persona, questions_path: str, questions: list | None) -> l
                         "questions=<file> (format: docs/own-persona.md)", f"card: {card}",
                         [{"questions": "<file>"}])]
     out = []
-    from .rubric import normalise
 
     tokens = [t for q in questions for t in words(normalise(f"{q.question} {q.reference}"))]
     ok, evidence = mainly_in(tokens, persona.language)
@@ -114,14 +87,13 @@ def _likeliest_language(tokens: list[str]) -> str:
 def _names_another(persona: Persona, q) -> str:
     """Why question q is another persona's ("" when it is not): its reference answer, scored as this
     persona, speaks as someone else; or it asks who the assistant is and no fact names this persona."""
-    from .rubric import normalise, score_response, _found
 
     if q.reference:
         got = score_response(q, q.reference, "stop", persona)
         lost = [r for c, r in zip(got["codes"], got["reasons"]) if c in _OTHER_IDENTITY]
         if lost:
             return f"its reference {q.reference[:60]!r}: {lost[0]}"
-    if q.identity_probe and not _found(normalise(json.dumps(q.facts, ensure_ascii=False)), [persona.name]):
+    if q.identity_probe and not found(normalise(json.dumps(q.facts, ensure_ascii=False)), [persona.name]):
         return f"an identity question whose facts {q.facts} never name {persona.name}"
     return ""
 

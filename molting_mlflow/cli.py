@@ -18,9 +18,26 @@ from .quiet import quiet_known_warnings
 stay_offline()   # before anything imports mlflow: its telemetry starts at import
 quiet_known_warnings()   # before peft imports bitsandbytes, which logs its line at import
 
-from .config import TrainConfig  # noqa: E402
-from .evaluate import EvalConfig  # noqa: E402
-from .sweep import SweepConfig  # noqa: E402
+# The ground modules a command's options and checks need; none imports MLflow, so `molting --help`,
+# `molting preflight` and `molting score` start at once. The stage modules and the MLflow plumbing
+# (tracking) import MLflow (~2 s, and much more through it): each command imports the one it runs,
+# inside its function. Those are the only imports of the package's own modules below the top.
+from .bundle import adapter_persona  # noqa: E402
+from .config import EvalConfig, TrainConfig  # noqa: E402
+from .errors import MoltingError, debugging, missing_in_store  # noqa: E402
+from .generation import adapter_prompt, generate  # noqa: E402
+from .interrupt import sigterm_as_interrupt  # noqa: E402
+from .language import YOU  # noqa: E402
+from .models import WeightsNotFound, load_adapter_model, resolve_adapter  # noqa: E402
+from .paths import DEFAULT_PERSONA  # noqa: E402
+from .persona import load_persona  # noqa: E402
+from .prepare import prepare  # noqa: E402
+from .presets import PRESETS  # noqa: E402
+from .reaper import redact, sqlite_fault, touch_store  # noqa: E402
+from .rehearsal import has_templates  # noqa: E402
+from .rubric import Question, load_questions, load_responses, score_responses  # noqa: E402
+from .runtime import set_threads  # noqa: E402
+from .sweep_config import SEARCH_SPACE, SweepConfig, parse_search  # noqa: E402
 
 class UserError(click.ClickException):
     """A mistake in the input: one line, exit code 2."""
@@ -56,8 +73,6 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
-        from .errors import MoltingError, debugging
-
         try:
             return fn(*a, **kw)
         except KeyboardInterrupt:
@@ -90,15 +105,12 @@ def _world_error(e: Exception) -> str | None:
         where = getattr(e, "filename2", None) or e.filename or "the artifact store"  # shutil.copy: (src, dst)
         return (f"no space left on the device holding {where}: free space there "
                 "(or give the experiment an artifact location elsewhere) and run again")
-    from .reaper import sqlite_fault
 
     if (store := sqlite_fault(e)) is not None:    # a SQLite store gone read-only or locked mid-command
         return store
     status = e.get_http_status_code() if isinstance(e, MlflowException) else None
     if status in (401, 403):
         import mlflow
-
-        from .reaper import redact
 
         who = os.environ.get("MLFLOW_TRACKING_USERNAME")
         server = f"tracking server {redact(mlflow.get_tracking_uri())}"
@@ -168,12 +180,9 @@ def cli(ctx):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # the artifacts read here are kilobytes: MLflow's per-download progress bar is only noise
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from .interrupt import sigterm_as_interrupt
 
     sigterm_as_interrupt()       # a run killed with SIGTERM ends KILLED, not RUNNING
     if ctx.invoked_subcommand in STORE_COMMANDS:
-        from .reaper import touch_store
-
         user_errors(touch_store)(create=False, write=ctx.invoked_subcommand not in READ_COMMANDS)
 
 
@@ -211,10 +220,6 @@ def preflight(template_revision, **kw):
     Works without the weights for phi3 and tinyllama (a rehearsal from the template and config,
     planned for a 4 GB card unless --gpu-memory-gib says otherwise): molting preflight --model phi3
     """
-    from .models import WeightsNotFound
-    from .rehearsal import has_templates
-    from .train import prepare
-
     cfg = _config(kw)
     try:
         p = prepare(cfg, rehearse=template_revision is not None, template_revision=template_revision)
@@ -249,7 +254,6 @@ def evaluate(run_id, adapter, model, persona, questions, max_new_tokens, batch_s
       molting evaluate --adapter models:/molting-smol@champion
       molting evaluate                           # the bare smol model: the baseline
     """
-    from .evaluate import EvalConfig
     from .evaluate import evaluate as run_eval
 
     run_eval(EvalConfig(run_id=run_id, adapter=adapter, model=model, persona=persona, questions=questions,
@@ -267,10 +271,6 @@ def score(questions, responses, persona):
     Example: molting score --questions data/eval_questions.json --responses answers.jsonl
     """
     import json
-
-    from .paths import DEFAULT_PERSONA
-    from .persona import load_persona
-    from .rubric import load_questions, load_responses, score_responses
 
     qs = load_questions(questions)
     scored = score_responses(qs, load_responses(responses, qs), load_persona(persona or DEFAULT_PERSONA))
@@ -319,11 +319,8 @@ def compare(run_ids, experiment, csv_path, full, all_columns):
 
 
 def search_options(fn):
-    """One option per row of sweep.SEARCH_SPACE (its help and default): adding a row adds the option.
+    """One option per row of sweep_config.SEARCH_SPACE (its help and default): adding a row adds the option.
     Left out, a row takes the preset's range where it has one (Preset.sweep_search), else the table's."""
-    from .presets import PRESETS
-    from .sweep import SEARCH_SPACE
-
     for row in reversed(SEARCH_SPACE):
         own = "; ".join(f"{p.name}: {p.sweep_search[row.name]}" for p in PRESETS.values() if row.name in p.sweep_search)
         default = (row.default or "not searched") + (f" ({own})" if own else "")
@@ -378,7 +375,6 @@ def sweep(search_text, **kw):
 
     Example: molting sweep --n-trials 12 --stop-at-target true --lora-r 8,16,32
     """
-    from .sweep import SEARCH_SPACE, SweepConfig, parse_search
     from .sweep import sweep as run_sweep
 
     search = {row.name: kw.pop(row.name) for row in SEARCH_SPACE}
@@ -397,7 +393,7 @@ def sweep_worker(config, parent_run_id, name, gpu, slot):
     """One worker of a sweep (started by `molting sweep --workers N`)."""
     import json
 
-    from .sweep import SweepConfig, work
+    from .sweep import work
 
     work(SweepConfig(**json.loads(config)), parent_run_id, name, gpu,
          float(os.environ.get("MOLTING_SWEEP_T0", "0")) or None, slot)
@@ -415,7 +411,6 @@ def registry(name):
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from .errors import missing_in_store
     from .registry import list_versions, registered_models
 
     if not name:
@@ -447,7 +442,6 @@ def promote(name, version, alias):
     """
     from mlflow.exceptions import MlflowException
 
-    from .errors import missing_in_store
     from .registry import promote as do_promote
 
     try:
@@ -471,14 +465,10 @@ def chat(ref, max_new_tokens, question):
 
     Example: molting chat --model models:/molting-smol@champion "Quem é você?"
     """
-    from .runtime import set_threads
-
     set_threads()
     if ref.startswith("models:/"):
         import mlflow.pyfunc
         from mlflow.exceptions import MlflowException
-
-        from .errors import missing_in_store
 
         try:
             model = mlflow.pyfunc.load_model(ref)
@@ -493,10 +483,6 @@ def chat(ref, max_new_tokens, question):
         def answer(q):
             return model.predict([q], params={"max_new_tokens": max_new_tokens})[0]
     else:
-        from .bundle import adapter_persona
-        from .generation import adapter_prompt, generate
-        from .models import load_adapter_model, resolve_adapter
-        from .rubric import Question
         from .tracking import resolve_run_uri
 
         adapter = resolve_adapter(resolve_run_uri(ref))
@@ -510,7 +496,6 @@ def chat(ref, max_new_tokens, question):
     if question:
         click.echo(answer(question))
         return
-    from .language import YOU
 
     # the labels: the persona card's name, the word for "you" in its language
     while True:

@@ -10,8 +10,13 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
+import mlflow
+import pandas as pd
+
 from .config import TrainConfig
+from .experiments import experiments_to_search
 from .rubric import DIMENSIONS, UNTAGGED_RUBRIC_VERSION
+from .tracking import resolve_run_id
 
 METRICS = ["score", *DIMENSIONS, "optimizer_steps", "final_loss", "ref_nll", "ref_chrf"]
 # The settings a compact table may show, where they differ: what the user sets (TrainConfig's
@@ -25,8 +30,6 @@ def compare_runs(experiment: str | None = None, all_columns: bool = False, run_i
     """experiment: its runs; None: the runs of every experiment holding the project's runs (`Default`
     too, where `mlflow run` puts them without --experiment-name). run_ids (unique prefixes): those
     runs only. all_columns implies full."""
-    import pandas as pd
-
     runs, names = _runs(experiment, run_ids)
     if runs.empty:
         return pd.DataFrame()
@@ -45,10 +48,6 @@ def compare_runs(experiment: str | None = None, all_columns: bool = False, run_i
 
 def _runs(experiment: str | None, run_ids: tuple):
     """The runs (a DataFrame of mlflow.search_runs) and {experiment id: name} of the experiments searched."""
-    import mlflow
-    import pandas as pd
-
-    from .tracking import experiments_to_search, resolve_run_id
 
     exps = experiments_to_search(experiment)
     if not exps:

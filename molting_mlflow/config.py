@@ -1,6 +1,7 @@
-"""TrainConfig: the one place a training run's settings live, each field with its default, its help
-and its bound side by side; validated on construction. Also the defaults every stage shares (seed,
-experiment, step minimum, target, answer length) and `opt`, the field EvalConfig and SweepConfig use too.
+"""TrainConfig and EvalConfig: the one place a training run's and an evaluation's settings live, each
+field with its default, its help and its bound side by side; validated on construction. Also the
+defaults every stage shares (seed, experiment, step minimum, target, answer length) and `opt`, the
+field they and SweepConfig (sweep_config.py) use.
 
 The CLI options are generated from these fields (help text included), the MLproject parameters
 carry the same names (a test checks), `resolve()` fills what the user left to the preset, and
@@ -14,12 +15,13 @@ from pathlib import Path
 
 from .errors import MoltingError
 from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
+from .persona import resolve_paths
 from .presets import PRESETS, defaults_preset
 from .runtime import PRECISION_CHOICES
 
 __all__ = ["ConfigError", "TrainConfig", "steps_per_epoch", "step_fixes", "DEFAULT_DATASET", "DEFAULT_PERSONA",
            "DEFAULT_QUESTIONS", "DEFAULT_MIN_STEPS", "DEFAULT_SEED", "DEFAULT_EXPERIMENT", "DEFAULT_TARGET",
-           "DEFAULT_MAX_NEW_TOKENS", "PREFLIGHT_MODES", "check_fields", "opt", "whole"]
+           "DEFAULT_MAX_NEW_TOKENS", "PREFLIGHT_MODES", "check_fields", "opt", "whole", "EvalConfig"]
 
 PREFLIGHT_MODES = ("strict", "warn")
 
@@ -155,8 +157,7 @@ class TrainConfig:
     def resolve(self) -> "TrainConfig":
         """Fill every None from the preset's defaults (a model folder takes its architecture's preset:
         presets.defaults_preset), and dataset / questions left to the persona card ('persona') with the
-        files it names (bundle.py)."""
-        from .bundle import resolve_paths
+        files it names (persona.resolve_paths)."""
 
         defaults = defaults_preset(self.model)[0].defaults()
         dataset, questions = resolve_paths(self.persona, self.dataset, self.questions)
@@ -208,3 +209,27 @@ def step_fixes(cfg: TrainConfig, n_examples: int) -> list[tuple[str, TrainConfig
 def describe_fixes(cfg: TrainConfig, n_examples: int) -> str:
     """'epochs=15 (150 steps) or grad_accum=2 (200 steps)': the fixes with their step counts."""
     return " or ".join(f"{text} ({alt.optimizer_steps(n_examples)} steps)" for text, alt in step_fixes(cfg, n_examples))
+
+
+@dataclass
+class EvalConfig:
+    """An evaluation's settings, each field with its default, help and bound (config.opt, as TrainConfig)."""
+    run_id: str = opt("", "A train run: evaluates its adapter (runs:/<run_id>/adapter).")
+    adapter: str = opt("", "runs:/…/adapter, models:/<name>@<alias>, or a local adapter folder.")
+    model: str = opt("", "With no adapter: score this bare base model (baseline). Default smol.")
+    questions: str = opt("", "Evaluation questions (JSON). Default: the ones the adapter's train run logged; "
+                         "else the ones the persona card names.")
+    persona: str = opt("", "Persona card (YAML) to score against. Default: the one the adapter's train run "
+                       "logged; for a bare model, data/persona.yaml.")
+    max_new_tokens: int = opt(DEFAULT_MAX_NEW_TOKENS, "Token limit of each answer.",
+                              lambda v: isinstance(v, int) and 1 <= v <= 4096, "a whole number in 1..4096")
+    batch_size: int = opt(8, "Questions generated together.", lambda v: isinstance(v, int) and v >= 1,
+                          "a whole number ≥ 1")
+    seed: int = opt(DEFAULT_SEED, "Random seed (torch's, before generating; greedy decoding draws nothing).",
+                    whole(0), "a whole number ≥ 0")
+    experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name.")
+
+    def __post_init__(self):
+        if self.run_id and self.adapter:
+            raise ConfigError("give run_id or adapter, not both")
+        check_fields(self)

@@ -8,15 +8,20 @@ scored before codes existed is rescored first (`molting rescore`).
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
 from .config import DEFAULT_MIN_STEPS, DEFAULT_TARGET, ConfigError, TrainConfig, describe_fixes
 from .errors import MoltingError, missing_in_store
+from .experiments import lookup_order
 from .rubric import DIMENSIONS, REASON_CODES, UNTAGGED_RUBRIC_VERSION, code_prefix, short_name
-from .tracking import REASONS_BY_CODE, resolve_run_id
+from .scoring import REASONS_BY_CODE
+from .tracking import resolve_run_id
 
 THRESHOLDS = {
     # Impact by the rubric points (of 10) a cause plausibly cost: a point is a tenth of the scale,
@@ -64,10 +69,6 @@ class Finding:
 
 
 def load_run(run_id: str) -> RunData:
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
     try:
@@ -109,10 +110,6 @@ def find_baseline(run: RunData) -> RunData | None:
     """The newest finished bare-model evaluation of the run's model, scored against the same persona card
     (param persona.sha256, where the run logged one): in the run's experiment, else in the project's
     other experiments (`mlflow run . -e evaluate` may have put it in `Default`)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from .tracking import lookup_order
 
     model = run.tags.get("molting.model", "")
     card = run.params.get("persona.sha256")
@@ -372,8 +369,6 @@ def no_score(run: RunData) -> str:
 
 def _best_child(parent_run_id: str) -> str | None:
     """The best-scored child run of a sweep's parent run (its trials), or None."""
-    import mlflow
-
     found = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
                                filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and metrics.score >= 0",
                                order_by=["metrics.score DESC"])
@@ -411,8 +406,6 @@ def _why(dim: str, a: RunData, b: RunData) -> str:
 
 def diagnose(run_id: str, vs: str | None = None, out: str | None = None, log=print) -> str:
     """Build the report, log it on the run as diagnosis.md, print it, and write it to `out` if given."""
-    from mlflow.tracking import MlflowClient
-
     run_id = resolve_run_id(run_id)
     text = report(run_id, vs)
     client = MlflowClient()

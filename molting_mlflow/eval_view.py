@@ -5,7 +5,7 @@ each dimension's points with the rubric's reason, per run and side by side for t
 trace per question and the five rubric dimensions as scorers. Each scorer returns the dimension's
 points (0–2) as the value and the rubric's reasons for that dimension (chosen by reason code,
 `d1.` … `d5.`, never by wording) as the rationale, with the codes and the rubric version as
-metadata. The scorers read the rubric's results that `tracking.log_scores` computed for the run's
+metadata. The scorers read the rubric's results that `scoring.log_scores` computed for the run's
 metrics (the rubric runs once per answer), so the points in the UI are the points behind the run's
 `d1_identity` … `score` metrics; MLflow adds its own aggregates (`d1_identity/mean` …) beside them.
 

@@ -10,40 +10,20 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
+
 from . import bundle, runtime
-from .config import DEFAULT_EXPERIMENT, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, ConfigError, check_fields, opt, whole
+from .config import EvalConfig
 from .generation import adapter_prompt, generate, merged_lora, reference_nll
 from .models import AdapterError, load_adapter_model, load_model, load_tokenizer, resolve_adapter, resolve_model
-from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS  # noqa: F401  (DEFAULT_QUESTIONS: re-exported for older imports)
-from .persona import Persona, load_persona
-from .preflight import folds
+from .paths import DEFAULT_PERSONA
+from .persona import Persona, card_file, load_persona
 from .rubric import format_summary, load_questions
+from .scoring import log_scores
+from .templates import folds
+from .tracking import resolve_run_id, resolve_run_uri, stage_run
 
 __all__ = ["EvalConfig", "evaluate", "AdapterError"]
-
-
-@dataclass
-class EvalConfig:
-    """An evaluation's settings, each field with its default, help and bound (config.opt, as TrainConfig)."""
-    run_id: str = opt("", "A train run: evaluates its adapter (runs:/<run_id>/adapter).")
-    adapter: str = opt("", "runs:/…/adapter, models:/<name>@<alias>, or a local adapter folder.")
-    model: str = opt("", "With no adapter: score this bare base model (baseline). Default smol.")
-    questions: str = opt("", "Evaluation questions (JSON). Default: the ones the adapter's train run logged; "
-                         "else the ones the persona card names.")
-    persona: str = opt("", "Persona card (YAML) to score against. Default: the one the adapter's train run "
-                       "logged; for a bare model, data/persona.yaml.")
-    max_new_tokens: int = opt(DEFAULT_MAX_NEW_TOKENS, "Token limit of each answer.",
-                              lambda v: isinstance(v, int) and 1 <= v <= 4096, "a whole number in 1..4096")
-    batch_size: int = opt(8, "Questions generated together.", lambda v: isinstance(v, int) and v >= 1,
-                          "a whole number ≥ 1")
-    seed: int = opt(DEFAULT_SEED, "Random seed (torch's, before generating; greedy decoding draws nothing).",
-                    whole(0), "a whole number ≥ 0")
-    experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name.")
-
-    def __post_init__(self):
-        if self.run_id and self.adapter:
-            raise ConfigError("give run_id or adapter, not both")
-        check_fields(self)
 
 
 @dataclass
@@ -56,7 +36,7 @@ class _Subject:
     plan: runtime.Plan
     tags: dict
     name: str
-    fold: bool = False               # the system prompt goes into the first user turn (preflight.folds)
+    fold: bool = False               # the system prompt goes into the first user turn (templates.folds)
 
 
 def _adapter_subject(ref: str, adapter_dir: Path) -> _Subject:
@@ -81,10 +61,6 @@ def _baseline_subject(model_name: str, system_prompt: str) -> _Subject:
 
 
 def evaluate(cfg: EvalConfig, log=print) -> dict:
-    import mlflow
-
-    from .tracking import log_scores, resolve_run_id, resolve_run_uri, stage_run
-
     runtime.set_threads()
     ref = f"runs:/{resolve_run_id(cfg.run_id)}/adapter" if cfg.run_id else resolve_run_uri(cfg.adapter)
     adapter_dir = resolve_adapter(ref) if ref else None
@@ -125,4 +101,4 @@ def _bundle(cfg: EvalConfig, adapter_dir: Path | None, log) -> tuple[Persona, st
     persona = load_persona(cfg.persona or (logged[0] if logged else DEFAULT_PERSONA))
     if cfg.questions:
         return persona, cfg.questions, source
-    return persona, logged[1] if source == "adapter" else bundle.card_file(persona, "questions"), source
+    return persona, logged[1] if source == "adapter" else card_file(persona, "questions"), source

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from .config import DEFAULT_SEED
 from .data import common_prefix, fold_system
 from .rubric import Question
+from .templates import end_of_turn_token, folds
 
 
 def messages(system_prompt: str | None, user: str, fold: bool = False) -> list[dict]:
@@ -30,9 +31,7 @@ def messages(system_prompt: str | None, user: str, fold: bool = False) -> list[d
 def adapter_prompt(meta: dict, tok) -> tuple[str | None, bool]:
     """The system prompt an adapter trained with and whether it is folded into the first user turn, as
     its molting.json recorded; adapters written before the decision was recorded decide as training
-    does (preflight.folds). Evaluation, chat and the registered model all ask here."""
-    from .preflight import folds
-
+    does (templates.folds). Evaluation, chat and the registered model all ask here."""
     sp, fold = meta.get("system_prompt"), meta.get("system_prompt_fold")
     return sp, bool(fold) if fold is not None else folds(sp, "persona", tok, tok.chat_template)
 
@@ -40,8 +39,6 @@ def adapter_prompt(meta: dict, tok) -> tuple[str | None, bool]:
 def stop_ids(tok, model=None) -> list[int]:
     """The end-of-turn token of the tokenizer's template first (Phi-3: <|end|>), then the tokenizer's
     eos and the model's generation_config end tokens (Phi-3: <|endoftext|>, <|assistant|>, <|end|>)."""
-    from .preflight import end_of_turn_token
-
     ids: list[int] = []
     eot = end_of_turn_token(tok, tok.chat_template)
     if eot:

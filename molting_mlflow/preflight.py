@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 
-from .config import TrainConfig, describe_fixes, step_fixes
+from .config import TrainConfig, describe_fixes, step_fixes, steps_per_epoch
 from .data import ChatDataset, common_prefix
-
-SENTINEL = "MOLTINGSENTINEL"
-SYSTEM_SENTINEL = "MOLTINGSYSTEMPROMPT"
-
+from .presets import lora_targets
+from .templates import default_system_prompt, end_of_turn_token, special_tokens, template_drops_system
 
 @dataclass
 class Finding:
@@ -60,69 +57,33 @@ class PreflightReport:
         return "\n".join(lines)
 
 
-def special_tokens(tok) -> list[str]:
-    """Every added/special token string of the vocabulary (e.g. <|im_end|>, <|endoftext|>, </s>)."""
-    toks = {t.content for t in getattr(tok, "added_tokens_decoder", {}).values() if len(t.content) > 1}
-    toks.update(t for t in tok.all_special_tokens if len(t) > 1)
-    return sorted(toks, key=len, reverse=True)
-
-
-def end_of_turn_token(tok, template: str) -> str | None:
-    """The token the model's own template puts right after an assistant answer (<|im_end|>, </s>, <|end|>)."""
-    text = tok.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": SENTINEL}],
-                                   chat_template=template, tokenize=False)
-    rest = text.split(SENTINEL, 1)[1].lstrip(" ")
-    for s in special_tokens(tok):
-        if rest.startswith(s):
-            return s
-    return None
-
-
-def default_system_prompt(tok, template: str) -> str | None:
-    """The system text a template injects when the conversation has none (SmolLM2: 'You are … SmolLM …');
-    role markers, special or plain text (TinyLlama's <|user|>), are not text."""
-    text = tok.apply_chat_template([{"role": "user", "content": SENTINEL}], chat_template=template, tokenize=False)
-    head = text.split(SENTINEL, 1)[0]
-    for s in special_tokens(tok):
-        head = head.replace(s, "\n")
-    head = re.sub(r"<\|?/?[A-Za-z_]+\|?>", "\n", head)
-    head = "\n".join(line for line in head.splitlines() if line.strip() not in ("", "system", "user"))
-    return head.strip() or None
-
-
-def template_drops_system(tok, template: str) -> bool:
-    """Whether a system message renders to nothing through `template` (Phi-3-mini's first template renders
-    only user and assistant turns; a template that refuses the role drops it too)."""
-    from jinja2.exceptions import TemplateError
-
-    try:
-        text = tok.apply_chat_template([{"role": "system", "content": SYSTEM_SENTINEL},
-                                        {"role": "user", "content": "u"}], chat_template=template,
-                                       add_generation_prompt=True, tokenize=False)
-    except TemplateError:
-        return True
-    return SYSTEM_SENTINEL not in text
-
-
-def folds(system_prompt: str | None, mode: str, tok, own_template: str) -> bool:
-    """Whether the system prompt goes into the first user turn (data.fold_system), in training and at
-    inference alike: asked for (system_prompt=fold), or the model's own template drops the system turn,
-    where folding is the only way the prompt reaches the model."""
-    return bool(system_prompt) and (mode == "fold" or template_drops_system(tok, own_template))
-
-
 def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, template: str,
                   lengths: list[int], plan=None, total: int = 0, trainable: int = 0,
                   rank_limit: int = 0) -> PreflightReport:
     """`cfg` resolved; `tok` the tokenizer; `own_template` the model's; `template` the one that will
     train; `lengths` each example's tokens through it; `plan` the runtime plan (runtime.Plan);
-    `rank_limit` lora_rank_limit's (0: unknown)."""
+    `rank_limit` lora_rank_limit's (0: unknown). The checks, in the order a reader meets them."""
     r = PreflightReport()
-    n = len(ds)
     _turn_order_check(r, ds)
-    _bounds_check(r, cfg, n, lengths, total, trainable, rank_limit, plan)
+    _bounds_check(r, cfg, len(ds), lengths, total, trainable, rank_limit, plan)
+    _steps_check(r, cfg, len(ds))
+    msgs = ds.messages(0)
+    r.rendered = tok.apply_chat_template(msgs, chat_template=template, tokenize=False)
+    r.rendered_model = tok.apply_chat_template(msgs, chat_template=own_template, tokenize=False)
+    eot = end_of_turn_token(tok, own_template)
+    r.numbers["end_of_turn_token"] = eot
+    _template_check(r, tok, msgs, eot, template, own_template)
+    # Without a system prompt SmolLM2's template injects "You are … named SmolLM"; the user's
+    # TinyLlama run answered as other identities. Phi-3-mini's first template drops it: folded.
+    _system_prompt_check(r, cfg, ds, tok, own_template, template)
+    _end_of_turn_trained_check(r, ds, tok, msgs, eot, template, own_template)
+    _truncation_check(r, cfg, lengths)
+    _size_and_plan(r, total, trainable, plan)
+    return r
 
-    # 1. Optimizer steps: the user's 79 / (1 × 8) × 5 = 50 steps never learned the persona.
+
+def _steps_check(r: PreflightReport, cfg: TrainConfig, n: int) -> None:
+    """Optimizer steps: the user's 79 / (1 × 8) × 5 = 50 steps never learned the persona."""
     steps = cfg.optimizer_steps(n)
     arith = cfg.arithmetic(n)
     r.numbers.update(examples=n, steps_per_epoch=cfg.steps_per_epoch(n), optimizer_steps=steps,
@@ -136,12 +97,11 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
     else:
         r.add("optimizer_steps", "info", arith)
 
-    # 2. Chat template: the turns must end with the model's own end-of-turn token.
-    eot = end_of_turn_token(tok, own_template)
-    r.numbers["end_of_turn_token"] = eot
-    msgs = ds.messages(0)
-    r.rendered = tok.apply_chat_template(msgs, chat_template=template, tokenize=False)
-    r.rendered_model = tok.apply_chat_template(msgs, chat_template=own_template, tokenize=False)
+
+def _template_check(r: PreflightReport, tok, msgs: list[dict], eot: str | None, template: str,
+                    own_template: str) -> None:
+    """The training template's turns must end with the model's own end-of-turn token and use no
+    special token the model's own template never emits (the user's GPT-2 <|endoftext|> in a Llama)."""
     own_specials = {s for s in special_tokens(tok) if s in r.rendered_model}
     foreign = [s for s in special_tokens(tok) if s in r.rendered and s not in own_specials
                and not any(s in o and s != o for o in own_specials)]
@@ -168,19 +128,17 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
         r.add("chat_template", "warn", "the training template renders differently from the model's own",
               f"training: {r.rendered[:200]!r} model: {r.rendered_model[:200]!r}")
 
-    # 3. System prompt: without one SmolLM2's template injects "You are … named SmolLM"; the user's
-    #    TinyLlama run answered as other identities. Phi-3-mini's first template drops it: folded.
-    _system_prompt_check(r, cfg, ds, tok, own_template, template)
 
-    # 4. The end-of-turn token must carry loss (pad == eos trap: a collator that masks pads would
-    #    mask it; TRL's completion mask keeps it).
+def _end_of_turn_trained_check(r: PreflightReport, ds: ChatDataset, tok, msgs: list[dict], eot: str | None,
+                               template: str, own_template: str) -> None:
+    """The end-of-turn token must carry loss (the pad == eos trap: a collator that masks pads would
+    mask it; TRL's completion mask keeps it); with no template error, the trained span's end as evidence."""
     p_ids = tok.apply_chat_template(ds.rows[0]["prompt"], chat_template=template, add_generation_prompt=True,
                                     tokenize=True)["input_ids"]
     full_ids = tok.apply_chat_template(msgs, chat_template=template, tokenize=True)["input_ids"]
     completion_ids = full_ids[common_prefix(p_ids, full_ids):]
     if eot:
-        eot_id = tok.convert_tokens_to_ids(eot)
-        trained = eot_id in completion_ids
+        trained = tok.convert_tokens_to_ids(eot) in completion_ids
         r.numbers["end_of_turn_trained"] = trained
         if not trained:
             foreign_template = template != own_template
@@ -198,8 +156,10 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
         which = "the model's own template" if template == own_template else "the template file"
         r.add("chat_template", "info", f"{which}: an assistant turn ends with {eot}; the trained span ends …{tail!r}")
 
-    # 5. Truncation at max_seq_len.
-    cut = sum(length > cfg.max_seq_len for length in lengths)
+
+def _truncation_check(r: PreflightReport, cfg: TrainConfig, lengths: list[int]) -> None:
+    """Examples longer than max_seq_len lose their end, the end-of-turn token with it."""
+    n, cut = len(lengths), sum(length > cfg.max_seq_len for length in lengths)
     r.numbers.update(max_tokens=max(lengths), mean_tokens=round(sum(lengths) / n, 1), truncated=cut,
                      train_tokens_per_epoch=sum(min(length, cfg.max_seq_len) for length in lengths))
     if cut:
@@ -209,7 +169,9 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
     else:
         r.add("truncation", "info", f"no example exceeds max_seq_len={cfg.max_seq_len} (longest {max(lengths)} tokens)")
 
-    # 6. Size and the runtime plan: precision, micro-batch and memory, with the reason.
+
+def _size_and_plan(r: PreflightReport, total: int, trainable: int, plan) -> None:
+    """Numbers for the record: parameters, and the runtime plan (precision, micro-batch, memory) with its reason."""
     if total:
         r.numbers.update(params=total, trainable_params=trainable)
         r.add("size", "info", f"{trainable / 1e6:.1f}M trainable of {total / 1e6:.0f}M parameters")
@@ -218,7 +180,6 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
         if plan.est_gib is not None:
             r.numbers.update(est_gpu_memory_gib=round(plan.est_gib, 2), gpu_memory_budget_gib=plan.budget_gib)
         r.add("plan", "info", plan.describe())
-    return r
 
 
 _COUNTS: dict = {}
@@ -237,8 +198,6 @@ def lora_rank_limit(model_config, cfg: TrainConfig) -> int:
 
 
 def _counts(model_config, cfg: TrainConfig) -> tuple[int, int, int]:
-    from .presets import lora_targets
-
     targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
     key = (model_config.to_json_string(), cfg.lora_r, str(targets))
     if key not in _COUNTS:
@@ -319,7 +278,6 @@ PEAK_FLOPS = {"cpu": 1e12, "cuda": 1e15}
 def _bounds_check(r: PreflightReport, cfg: TrainConfig, n: int, lengths: list[int], total: int, trainable: int,
                   rank_limit: int, plan) -> None:
     """Epochs, LoRA rank and training time within what the data and the model can use, each an error with its fix."""
-    from .config import steps_per_epoch
 
     per_epoch = steps_per_epoch(n, cfg.batch_size, cfg.grad_accum)
     enough = max(1, math.ceil(cfg.min_steps / per_epoch))     # the fewest epochs that reach min_steps

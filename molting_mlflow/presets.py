@@ -36,7 +36,7 @@ class Preset:
     built: bool = False              # its weights are built in this process (models.build_tiny_random), not read
     quantizable: bool = True         # bitsandbytes can load it in 4 bits (precision=nf4)
     auto_precision: str | None = None  # what precision=auto means for a model of one precision; None: the plan's
-    # The sweep's default ranges where this preset needs others (sweep.SEARCH_SPACE's row names):
+    # The sweep's default ranges where this preset needs others (sweep_config.SEARCH_SPACE's row names):
     # every configuration of the default search must be able to reach the step minimum.
     sweep_search: dict = field(default_factory=dict)
 

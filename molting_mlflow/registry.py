@@ -16,13 +16,17 @@ from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from . import runtime
+from .bundle import adapter_persona
 from .config import DEFAULT_TARGET
+from .generation import adapter_prompt, generate
+from .models import load_adapter_model
 from .paths import DATA_DIR
 from .reaper import process_tags
-from .rubric import DIMENSIONS
+from .rubric import DIMENSIONS, Question
 
 
 class PersonaAdapterModel(mlflow.pyfunc.PythonModel):
@@ -33,8 +37,6 @@ class PersonaAdapterModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context):
-        from .bundle import adapter_persona
-        from .models import load_adapter_model
 
         runtime.set_threads()
         adapter = Path(context.artifacts["adapter"])
@@ -44,14 +46,11 @@ class PersonaAdapterModel(mlflow.pyfunc.PythonModel):
     # No type hints on purpose: MLflow 3 derives a signature from them and then drops the logged
     # signature's params schema, so `params={"max_new_tokens": …}` would be ignored with a warning.
     def predict(self, context, model_input, params=None):
-        from .rubric import Question
-
         if hasattr(model_input, "columns"):      # MLflow hands a string-column signature a DataFrame
             model_input = model_input.iloc[:, 0].tolist()
         elif hasattr(model_input, "tolist"):     # a Series or an array
             model_input = model_input.tolist()
         questions = [model_input] if isinstance(model_input, str) else [str(q) for q in model_input]
-        from .generation import adapter_prompt, generate
 
         qs = [Question(id=str(i), question=q, identity_probe=False, facts=[], forbidden=[], topic=[])
               for i, q in enumerate(questions)]
@@ -73,7 +72,6 @@ def register_adapter(run_id: str, preset: str, target: float = DEFAULT_TARGET, l
     meta = json.loads((local / "molting.json").read_text(encoding="utf-8"))
     name = model_name(preset)
     m = run.data.metrics
-    from mlflow.models import infer_signature
 
     # the values only give the types (a string in, a string out); the persona's words live in its card
     signature = infer_signature(["a question"], ["its answer"], params={"max_new_tokens": 128})

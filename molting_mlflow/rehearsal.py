@@ -19,7 +19,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import MoltingError
+from .models import ModelSource, hf_snapshot, shipped_bpe
 from .paths import DATA_DIR, TEMPLATES_DIR
+from .presets import PRESETS
 
 REAL_TEMPLATES = TEMPLATES_DIR / "real_templates.json"
 # The stand-in's learned vocabulary (the ids up to the real first added token are filled with
@@ -71,8 +73,6 @@ def stand_in_tokenizer(model: str, rev: str | None = None, learned: int = STAND_
     from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from .models import shipped_bpe
-
     _, r = revision(model, rev)
     toks = r["tokens"]
     base = real_templates()[model]["vocab_head"]   # ids 0, 1, 2: <unk>, <s>, </s>
@@ -101,8 +101,6 @@ def stand_in_tokenizer(model: str, rev: str | None = None, learned: int = STAND_
 def rehearsal_source(model: str, rev: str | None = None):
     """A ModelSource for pre-flight without weights: the real tokenizer and config where the HF cache
     has those files (a few MB, no weights), else the shipped numbers and the stand-in tokenizer."""
-    from .models import ModelSource, hf_snapshot
-    from .presets import PRESETS
 
     name, _ = revision(model, rev)
     preset = PRESETS[model]

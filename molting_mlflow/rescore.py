@@ -11,9 +11,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from . import bundle
+from .config import ConfigError
 from .errors import missing_in_store
+from .experiments import experiments_to_search, project_experiments
 from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
-from .rubric import RUBRIC_VERSION, UNTAGGED_RUBRIC_VERSION, load_questions, score_responses
+from .persona import PersonaError, load_persona
+from .rubric import RUBRIC_VERSION, UNTAGGED_RUBRIC_VERSION, RubricInputError, load_questions, score_responses
+from .scoring import RESULTS_TABLE, results_rows, score_metrics
+from .tracking import resolve_run_id
 
 
 @dataclass
@@ -27,11 +38,6 @@ class Rescored:
 
 def runs_to_rescore(run_ids: list[str], experiment: str | None) -> list[str]:
     """The given runs, or every run of the experiment that has a score."""
-    import mlflow
-
-    from .config import ConfigError
-    from .tracking import experiments_to_search, project_experiments, resolve_run_id
-
     if run_ids:
         return [resolve_run_id(r) for r in run_ids]
     if not experiment:
@@ -47,13 +53,6 @@ def runs_to_rescore(run_ids: list[str], experiment: str | None) -> list[str]:
 def rescore_run(run_id: str, persona_path: str | None = None, questions_path: str | None = None) -> Rescored:
     """Rescore one run with its own persona card and questions (the files it logged under persona/; a
     run logged before bundles were: the paths its params name), or the ones given."""
-    import mlflow
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from .persona import load_persona
-    from .tracking import RESULTS_TABLE, results_rows, score_metrics
 
     client = MlflowClient()
     try:
@@ -73,10 +72,6 @@ def rescore_run(run_id: str, persona_path: str | None = None, questions_path: st
                if "molting.reused_run_id" in run.data.tags else "no logged answers (eval_results.json)")
         return Rescored(run_id, old_version, old_score, None, why)
     records = [dict(zip(table["columns"], row)) for row in table["data"]]
-    from .persona import PersonaError
-    from .rubric import RubricInputError
-
-    from . import bundle
 
     params = run.data.params
     logged = bundle.of_run(run_id) or ("", "")

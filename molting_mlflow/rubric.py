@@ -135,7 +135,7 @@ def _term_regex(term: str) -> re.Pattern[str]:
     return re.compile(left + body + right)
 
 
-def _found(norm: str, terms: list[str]) -> list[str]:
+def found(norm: str, terms: list[str]) -> list[str]:
     """The terms (as the data spells them) that occur in the normalised text, deduplicated."""
     seen: dict[str, str] = {}
     for term in terms:
@@ -365,9 +365,9 @@ def _d1(c: _Card, q: Question, text: str, norm: str, index: list[int], persona: 
 
 def _d2(c: _Card, q: Question, norm: str, persona: Persona, loop_to_limit: bool) -> tuple[int, list[str]]:
     """D2 factual: wrong claims first, then the v1.1 loop rule, then coverage. Returns (groups covered, wrong)."""
-    hallucinated = _found(norm, persona.hallucinations)
-    forbidden = _found(norm, q.forbidden)
-    covered = sum(1 for group in q.facts if _found(norm, group))
+    hallucinated = found(norm, persona.hallucinations)
+    forbidden = found(norm, q.forbidden)
+    covered = sum(1 for group in q.facts if found(norm, group))
     c.dims["d2_factual"] = 2
     if hallucinated or forbidden:
         c.dims["d2_factual"] = 0
@@ -387,8 +387,8 @@ def _d2(c: _Card, q: Question, norm: str, persona: Persona, loop_to_limit: bool)
 def _d3(c: _Card, norm: str, persona: Persona, degenerate: str | None, other: bool, loop_to_limit: bool) -> None:
     """D3 voice: mainly in the persona's language, its markers, no boilerplate, no loop, as itself."""
     in_language, evidence = mainly_in(words(norm), persona.language)
-    markers = _found(norm, persona.voice_markers)
-    boiler = _found(norm, persona.boilerplate)
+    markers = found(norm, persona.voice_markers)
+    boiler = found(norm, persona.boilerplate)
     if not in_language:
         c.dims["d3_voice"] = 0
         c.lose("d3.not_language", f"D3: not mainly in the persona's language '{persona.language}' ({evidence})")
@@ -420,11 +420,11 @@ def _d3(c: _Card, norm: str, persona: Persona, degenerate: str | None, other: bo
 def _d4(c: _Card, norm: str, persona: Persona) -> str | None:
     """D4 cleanliness; returns the chat-template token that text follows, if any (D5 needs it)."""
     d4 = 2
-    tokens_found = _found(norm, persona.template_tokens)
+    tokens_found = found(norm, persona.template_tokens)
     if tokens_found:
         d4 -= 1
         c.lose("d4.template_token", "D4(a): template/special token " + ", ".join(f"'{t}'" for t in tokens_found))
-    agent = _found(norm, persona.agent_contamination)
+    agent = found(norm, persona.agent_contamination)
     if agent:
         d4 -= 1
         c.lose("d4.agent_contamination", "D4(b): agent contamination " + ", ".join(f"'{a}'" for a in agent))
@@ -462,9 +462,9 @@ def _d5(c: _Card, q: Question, text: str, norm: str, finish_reason: str | None, 
         d5 -= 1
         c.lose("d5.repetition", degenerate)
     if q.topic or q.facts or q.identity_probe:
-        addressed = bool(_found(norm, q.topic)) or covered > 0 or bool(wrong)
+        addressed = bool(found(norm, q.topic)) or covered > 0 or bool(wrong)
         if q.identity_probe:
-            addressed = addressed or has_name or bool(_found(norm, _SELF_DESCRIPTION))
+            addressed = addressed or has_name or bool(found(norm, _SELF_DESCRIPTION))
         if not addressed:
             d5 -= 1
             c.lose("d5.off_topic", "D5(d): off topic (no topic word, fact, wrong claim"

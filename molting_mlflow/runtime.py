@@ -20,7 +20,6 @@ included, even with AMX); on CUDA bf16 where the model and its batches fit the m
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache

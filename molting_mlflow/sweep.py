@@ -3,7 +3,7 @@ trains and evaluates exactly like `molting train`; the best adapter is registere
 
 Workers: one process by default; `workers=N` (0: one per visible GPU) starts N processes, each on
 its own GPU, all in one study (Optuna's storage) and under one parent run (MLflow's store). Each
-worker loads a base once and lends it to its trials (train.BaseCache). A worker that dies stops
+worker loads a base once and lends it to its trials (models.BaseCache). A worker that dies stops
 its heartbeat: its trial is failed and retried once by a surviving worker.
 
 What we know is used to spend compute well:
@@ -18,28 +18,34 @@ enqueued, marked `molting.reference`, and kept out of `trials_to_target`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import Callable
 
-from .config import (DEFAULT_EXPERIMENT, DEFAULT_SEED, DEFAULT_TARGET, ConfigError, TrainConfig, check_fields,
-                     describe_fixes, opt)
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from . import bundle, runtime
+from .config import ConfigError, TrainConfig, describe_fixes
+from .data import load_dataset
 from .errors import MoltingError
+from .experiments import lookup_order
+from .models import BaseCache, resolve_model
 from .paths import GPT2_TEMPLATE
-from .reaper import redact
-from .rubric import DIMENSIONS
-
-# Why a trial was pruned (trial attribute prune_cause, run tag molting.prune_cause): the readers use these.
-PRUNED_FOR_STEPS = "min_steps"           # under the step minimum: no weight loaded
-PRUNED_AT_EPOCH = "median_ref_nll"       # stopped at an epoch's end by the MedianPruner
+from .persona import load_persona
+from .prepare import prepare
+from .reaper import redact, sweep_up, touch_store
+from .reuse import find_finished_run
+from .rubric import DIMENSIONS, load_questions
+from .runtime import set_threads
+from .sweep_config import SPACE, SweepConfig, Space
+from .sweep_report import PRUNED_AT_EPOCH, PRUNED_FOR_STEPS, log_study
+from .tracking import stage_run
+from .train import train
 
 # The user's three mistakes: 79 / (1 × 8) × 5 = 50 optimizer steps, GPT-2 separators, no system
 # prompt. The LR stays the preset's, as in the README's reproduction, so a run of that command is
@@ -49,172 +55,8 @@ USER_ORIGINAL = dict(epochs=5, grad_accum=8, batch_size=1, system_prompt="none",
 
 
 # ---------------------------------------------------------------------------------------------
-# The search space: one row a searched parameter. The CLI's options, the MLproject's `search`
-# parameter and the trials all read it; adding a parameter is adding a row.
+# Which searched configurations can train at all
 # ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Space:
-    name: str                      # the Optuna parameter (and the CLI option --<name>)
-    kind: str                      # choice: values a,b,c | int: range lo,hi | log: log-uniform range lo,hi
-    default: str                   # "" = not searched unless given
-    help: str
-    cast: Callable = float
-    to_config: Callable = None     # value → TrainConfig fields (default: {name: value})
-
-    def parse(self, text: str) -> list:
-        try:
-            vals = [self.cast(x.strip()) for x in str(text).split(",") if x.strip()]
-        except ValueError:
-            vals = []
-        ok = bool(vals) and (self.kind == "choice" or (len(vals) == 2 and vals[0] <= vals[1]))
-        if self.kind == "log":
-            ok = ok and 0 < vals[0] < vals[1] < 1
-        if not ok:
-            form = {"choice": "comma-separated choices", "int": "a range lo,hi with lo ≤ hi",
-                    "log": "a range lo,hi with 0 < lo < hi < 1"}[self.kind]
-            raise ConfigError(f"{self.name}={text!r} is invalid: expected {form}, e.g. {self.default or 'see --help'}")
-        return vals
-
-    def suggest(self, trial, vals: list):
-        if self.kind == "choice":
-            return trial.suggest_categorical(self.name, vals)
-        if self.kind == "int":
-            return trial.suggest_int(self.name, *vals)
-        return trial.suggest_float(self.name, *vals, log=True)
-
-    def config(self, value) -> dict:
-        return self.to_config(value) if self.to_config else {self.name: value}
-
-
-def _models(value: str) -> dict:
-    return {"model": value}
-
-
-SEARCH_SPACE: tuple[Space, ...] = (
-    Space("grad_accum", "choice", "1,2,4,8", "Micro-batches an optimizer step, at the preset's batch_size (choices).",
-          int),
-    Space("epochs", "int", "1,4", "Passes over the data (range lo,hi).", int),
-    Space("lr", "log", "2e-4,3e-3", "Peak learning rate (log-uniform range lo,hi).", float),
-    Space("lora_r", "choice", "", "LoRA rank, alpha = 2 × rank (choices, e.g. 8,16,32).", int,
-          lambda r: {"lora_r": r, "lora_alpha": 2 * r}),
-    Space("models", "choice", "", "Presets compared in one study (choices, e.g. tinyllama,phi3); empty: --model.",
-          str, _models),
-)
-SPACE = {s.name: s for s in SEARCH_SPACE}
-
-
-def parse_search(text: str) -> dict[str, str]:
-    """`grad_accum=1,2;lr=1e-4,1e-3` (the MLproject's `search` parameter) → {name: values}."""
-    out = {}
-    for part in filter(None, (p.strip() for p in re.split(r"[;\s]+", text or ""))):
-        name, sep, vals = part.partition("=")
-        if not sep or name not in SPACE:
-            raise ConfigError(f"search={text!r} is invalid at {part!r}: expected name=values; names: "
-                              + ", ".join(SPACE))
-        out[name] = vals
-    return out
-
-
-@dataclass
-class SweepConfig:
-    """A sweep's settings, each field with its default, help and bound (config.opt, as TrainConfig);
-    the trials' own settings are TrainConfig's, checked for each searched model on construction."""
-    model: str = opt("smol", "Preset, local folder or hub id (as train).")
-    n_trials: int = opt(12, "New trials this sweep trains (a new study's reference trials included; "
-                        "configurations pruned under min_steps before loading a weight not counted).",
-                        lambda v: isinstance(v, int) and v >= 1, "a whole number ≥ 1")
-    target: float = opt(DEFAULT_TARGET, "Rubric score to beat.", lambda v: 0 < float(v) <= 10,
-                        "a rubric score in (0, 10]")
-    stop_at_target: bool = opt(False, "End the study once beaten.")
-    storage: str = opt("", "Optuna storage (SQLAlchemy URL); default optuna.db beside a SQLite mlflow.db. "
-                       "postgresql://… lets workers on several machines share one study.")
-    study_name: str = opt("", "Default molting-<model>-<hash of the experiment and the search settings>: the "
-                          "same sweep again resumes its study, other settings start a new one. The same name "
-                          "resumes a study (workers on several machines).")
-    search: dict = opt(None, "{space name: values}; rows not given take their default.", factory=dict)
-    enqueue_user: bool = opt(True, "The user's original configuration as a reference trial.")
-    enqueue_default: bool = opt(False, "The preset's default configuration as a reference trial.")
-    prune: bool = opt(True, "Stop trials whose epoch ref_nll is worse than the median.")
-    reuse: bool = opt(True, "A trial whose exact config (fingerprint) already finished in the experiment reuses "
-                      "that run.")
-    register: bool = opt(True, "Register the best adapter.")
-    seed: int = opt(DEFAULT_SEED, "Random seed (the sampler's, and every trial's).")
-    experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name.")
-    dataset: str = opt(TrainConfig.dataset, "Chat examples every trial trains on (as train); 'persona': the ones "
-                       "the card names.")
-    persona: str = opt(TrainConfig.persona, "Persona card every trial trains and is scored as (as train).")
-    questions: str = opt(TrainConfig.questions, "Evaluation questions (as train); 'persona': the ones the card "
-                         "names.")
-    min_steps: int = opt(TrainConfig.min_steps, "Trials below it are pruned untrained.")
-    workers: int = opt(0, "Processes sharing the study; 0 = trials_per_gpu × visible GPUs (1 on a CPU).",
-                       lambda v: isinstance(v, int) and v >= 0, "a whole number ≥ 0 (0 = trials_per_gpu × visible GPUs)")
-    trials_per_gpu: int = opt(0, "Trials sharing one GPU; 0 = as many as the card's free memory and the CPU cores "
-                              "allow (runtime.trials_per_gpu).", lambda v: isinstance(v, int) and v >= 0,
-                              "a whole number ≥ 0 (0 = as many as the card's memory and the CPU cores allow)")
-    heartbeat_s: int = opt(10, "A worker's heartbeat; 3 missed beats fail its trial, which is retried once.")
-    precision: str = opt("auto", "Every trial's precision (as train).")
-    gpu_memory_gib: float = opt(0.0, "A card's memory budget for its trials, GiB (0 = its free memory).",
-                                lambda v: isinstance(v, (int, float)) and 0 <= v <= 4096, "GiB in 0..4096")
-
-    def __post_init__(self):
-        check_fields(self)
-        unknown = set(self.search) - set(SPACE)
-        if unknown:
-            raise ConfigError(f"unknown searched parameter(s) {sorted(unknown)}; known: {', '.join(SPACE)}")
-        ranges = {s.name: self.search.get(s.name) or self.default_range(s) for s in SEARCH_SPACE}
-        self.space = {s.name: s.parse(ranges[s.name]) for s in SEARCH_SPACE if ranges[s.name]}
-        for model in self.models():
-            TrainConfig(model=model, dataset=self.dataset, persona=self.persona, questions=self.questions,
-                        min_steps=self.min_steps, seed=self.seed, precision=self.precision)
-
-    def default_range(self, row: Space) -> str:
-        """A row's range when none is given: the preset's own (Preset.sweep_search), else the table's. A
-        study over several models (the `models` row) takes the table's."""
-        from .presets import PRESETS
-
-        preset = PRESETS.get(self.model)
-        if self.search.get("models") or preset is None:
-            return row.default
-        return preset.sweep_search.get(row.name, row.default)
-
-    def models(self) -> list[str]:
-        return self.space.get("models") or [self.model]
-
-    def resolved_storage(self) -> str:
-        """The given URL; else optuna.db beside a SQLite MLflow store (sqlite:///…/mlflow.db), else here."""
-        if self.storage:
-            return self.storage
-        import mlflow
-
-        uri = mlflow.get_tracking_uri()
-        folder = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else Path.cwd()
-        return f"sqlite:///{folder.resolve() / 'optuna.db'}"
-
-    def resolved_study(self, experiment: str | None = None) -> str:
-        """The study's name: the one given, else default_study_name for `experiment` (the one the parent
-        run is in; this config's by default)."""
-        return self.study_name or default_study_name(self, experiment or self.experiment)
-
-    def to_json(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items()})
-
-
-def default_study_name(sc: SweepConfig, experiment: str) -> str:
-    """molting-<models>-<8 hex>: the hash of what defines the search — the experiment its runs go to,
-    the data, the searched ranges, the step minimum, the seed, the precision, the reference trials
-    and the pruning — so the same sweep run again resumes its study, and another experiment or other
-    settings start a new one. n_trials, target, workers, reuse and registration do not define it."""
-    from .models import sha256_file
-
-    data = Path(sc.dataset)
-    ident = {"experiment": experiment, "models": sc.models(), "space": sc.space, "min_steps": sc.min_steps,
-             "dataset": sha256_file(data) if data.is_file() else str(data), "seed": sc.seed,
-             "precision": sc.precision, "enqueue_user": sc.enqueue_user, "enqueue_default": sc.enqueue_default,
-             "prune": sc.prune}
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
-    return f"molting-{'-'.join(sc.models())}-{digest}"
-
 
 def step_reach(sc: SweepConfig, model: str, n_examples: int) -> tuple[int, int, TrainConfig]:
     """(configurations of the searched grad_accum × epochs that reach min_steps, all of them, the one
@@ -302,8 +144,6 @@ class Worker:
     n_examples: int | None = None
 
     def __post_init__(self):
-        from .tracking import lookup_order
-        from .train import BaseCache
 
         self.bases = BaseCache()
         # reuse looks here first, then in every experiment holding the project's runs (`mlflow run .
@@ -312,12 +152,12 @@ class Worker:
 
     def preload(self) -> float:
         """Load the study's (first) base before the first trial: a worker's cost, not a trial's."""
-        from .train import prepare
 
         cfg = TrainConfig(model=self.sc.models()[0], dataset=self.sc.dataset, persona=self.sc.persona,
                           questions=self.sc.questions, min_steps=0, precision=self.sc.precision,
                           gpu_memory_gib=self.sc.gpu_memory_gib)
-        return self.bases.take(prepare(cfg))[1]
+        prepared = prepare(cfg)
+        return self.bases.take(prepared.source, prepared.plan)[1]
 
     def objective(self, trial):
         """Train one configuration (or reuse its finished run) and return its rubric score."""
@@ -335,12 +175,11 @@ class Worker:
         trial.set_user_attr("experiment_id", self.experiment_id)
         if not ref:
             self._prune_by_steps(trial, cfg, tags)
-        from .train import find_finished_run, fingerprint, prepare, train
 
         t_prepare = time.time()
         prepared = prepare(cfg)
         prepare_s = time.time() - t_prepare
-        done = find_finished_run(fingerprint(prepared), self.reuse_in) if self.sc.reuse else None
+        done = find_finished_run(prepared.fingerprint(), self.reuse_in) if self.sc.reuse else None
         if done is not None:   # this exact configuration already trained and scored: reuse it
             s, run_id, steps, final_loss = _reuse(done, tags, trial, self.parent_run_id)
             busy = 0.0
@@ -370,14 +209,10 @@ class Worker:
 
     def _prune_by_steps(self, trial, cfg: TrainConfig, tags: dict) -> None:
         """Below the step minimum: a child run that says why, and no training."""
-        import mlflow
         import optuna
-
-        from .tracking import stage_run
 
         cfg_r = cfg.resolve()
         if self.n_examples is None:
-            from .data import load_dataset
             self.n_examples = len(load_dataset(cfg_r.dataset, "x"))
         steps = cfg_r.optimizer_steps(self.n_examples)
         if steps >= cfg.min_steps:
@@ -399,8 +234,6 @@ class Worker:
 
 
 def _log_trial_time(run_id: str, wall: float, share: float, prepare_s: float) -> None:
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
 
     now = int(time.time() * 1000)
     MlflowClient().log_batch(run_id, metrics=[Metric("trial_wall_s", wall, now, 0),
@@ -412,10 +245,6 @@ def _reuse(done, tags: dict, trial, parent_run_id: str):
     """Record a trial answered by an earlier run with the same fingerprint: a nested run that copies
     its config and results and points at it (`molting.reused_run_id`; the adapter, loss curve and
     answers stay there). Seeded training makes retraining it cost time and change nothing."""
-    import mlflow
-
-    from .tracking import stage_run
-
     m = done.data.metrics
     # the rubric version goes with the scores copied (without it, compare and diagnose take them for v1.0)
     copied = {k: done.data.tags[k] for k in ("molting.rubric_version", "molting.preflight") if k in done.data.tags}
@@ -504,12 +333,8 @@ def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t
          slot: int = 0) -> None:
     """One worker's loop: trials until the study holds enough, then the stale trials of dead workers
     are failed and their retries run, so no trial is left RUNNING."""
-    from mlflow.tracking import MlflowClient
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
-
-    from .runtime import set_threads
-    from .reaper import sweep_up, touch_store
 
     set_threads()
     touch_store()
@@ -586,8 +411,6 @@ def require_a_completed_trial(study, before: set[int]) -> None:
 
 def _end_runs_of_failed_trials(study, experiment_id: str) -> None:
     """A dead worker's trial: its MLflow run, still RUNNING, ends FAILED with the reason."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
 
     client = MlflowClient()
@@ -640,7 +463,6 @@ def layout(sc: SweepConfig, gpus: list[str]) -> Layout:
     """How many workers and where: on a CPU one (or `workers`); on GPUs `workers` if given, else
     trials_per_gpu per card (0: runtime.trials_per_gpu from the first model's plan), never more
     workers than trials."""
-    from . import runtime
 
     if not gpus:
         return Layout(sc.workers or 1, (), 1, "no GPU: trials run one after another in this process")
@@ -651,8 +473,6 @@ def layout(sc: SweepConfig, gpus: list[str]) -> Layout:
     if sc.trials_per_gpu:
         k, why = sc.trials_per_gpu, f"trials_per_gpu={sc.trials_per_gpu} asked for"
     else:
-        from .train import prepare
-
         p = prepare(TrainConfig(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions,
                                 min_steps=0, precision=sc.precision, gpu_memory_gib=sc.gpu_memory_gib, seed=sc.seed))
         k, why = runtime.trials_per_gpu(p.plan.peak_gib or 0.0, budget, os.cpu_count() or 1, len(gpus))
@@ -692,14 +512,6 @@ def _spawn_workers(sc: SweepConfig, parent_run_id: str, lay: Layout, t0: float, 
 
 def sweep(sc: SweepConfig, log=print) -> dict:
     """Open the parent run and the study, say what this sweep will do, run the workers, and report."""
-    import mlflow
-
-    from .data import load_dataset
-    from .models import resolve_model
-    from .sweep_report import log_study
-    from .reaper import touch_store
-    from .tracking import stage_run
-
     for model in sc.models():
         resolve_model(model)                 # an unknown model fails here, in one line, before any trial
     _check_bundle(sc)
@@ -793,9 +605,6 @@ def _origin(study, parent_run_id: str) -> str:
 def _check_bundle(sc: SweepConfig) -> None:
     """The persona card and its questions belong together, before any trial (the user's reference trial
     trains with preflight=warn, which would let a mismatch through)."""
-    from . import bundle
-    from .persona import load_persona
-    from .rubric import load_questions
 
     cfg = TrainConfig(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions).resolve()
     bundle.check(load_persona(cfg.persona), cfg.questions, load_questions(cfg.questions) if cfg.questions else [])

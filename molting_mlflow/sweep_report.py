@@ -7,7 +7,17 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from .diagnose import report
+from .registry import model_name, register_adapter, version_of_run
 from .rubric import DIMENSIONS
+
+# Why sweep.py pruned a trial (trial attribute prune_cause, run tag molting.prune_cause): readers count by these.
+PRUNED_FOR_STEPS = "min_steps"           # under the step minimum: no weight loaded
+PRUNED_AT_EPOCH = "median_ref_nll"       # stopped at an epoch's end by the MedianPruner
 
 
 def time_accounting(trials, wall_s: float, target: float) -> dict:
@@ -32,7 +42,6 @@ def log_study(study, sc, wall_s: float, parent_run_id: str, log, first: int = 0)
     """The parent run's metrics and artifacts, the summary (printed), the diagnosis of the best
     trial and its registration, or the reason there is none. Trials of the same study run from
     another experiment are left out: the report is this experiment's."""
-    import mlflow
     from optuna.trial import TrialState
 
     exp_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
@@ -70,8 +79,6 @@ def log_study(study, sc, wall_s: float, parent_run_id: str, log, first: int = 0)
             "(MLFLOW_TRACKING_URI) across workers to get them")
         return out
     if best is not None:
-        from .diagnose import report
-
         user_id = user.user_attrs["run_id"] if user and _in_this_store(user.user_attrs["run_id"]) else None
         mlflow.MlflowClient().log_text(parent_run_id, report(best.user_attrs["run_id"], user_id),
                                        "diagnosis_best_vs_user.md")
@@ -81,7 +88,6 @@ def log_study(study, sc, wall_s: float, parent_run_id: str, log, first: int = 0)
 
 def _register(sc, best, mine: list, log) -> str | None:
     """Register the best searched trial; where nothing is registered, say why and what to change."""
-    from .registry import model_name, register_adapter, version_of_run
 
     if not sc.register:
         log("registered nothing: register=false")
@@ -105,8 +111,6 @@ def why_no_best(mine: list, sc) -> str:
     the change that would give one."""
     from optuna.trial import TrialState
 
-    from .sweep import PRUNED_AT_EPOCH, PRUNED_FOR_STEPS
-
     searched = [t for t in mine if not t.user_attrs.get("molting.reference")]
     cause = lambda c: sum(t.user_attrs.get("prune_cause") == c for t in searched)  # noqa: E731
     failed = sum(t.state == TrialState.FAIL for t in searched)
@@ -123,8 +127,6 @@ def why_no_best(mine: list, sc) -> str:
 
 
 def _in_this_store(run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     try:
         MlflowClient().get_run(run_id)
@@ -147,8 +149,6 @@ def _write_plots(study, folder: Path) -> None:
 
 
 def _summary_md(sc, best, refs, pruned, hit, wall_s, mine=()) -> str:
-    from .sweep import PRUNED_FOR_STEPS
-
     span = f"#{mine[0].number}–#{mine[-1].number}" if mine else "none"
     lines = [f"# Sweep {sc.resolved_study()} ({sc.model})", "",
              f"- this sweep: {len(mine)} new trial(s) ({span}); "

@@ -10,13 +10,16 @@ import os
 import re
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import mlflow
+from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .config import ConfigError
+from .experiments import ensure_experiment, mark_experiment
+from .mlflow_run import keep_killed
+from .reaper import process_tags, touch_store
 
 
 def _no_spark_lookups() -> None:
@@ -37,58 +40,15 @@ def _no_spark_lookups() -> None:
 _no_spark_lookups()      # before any run starts its system-metrics thread
 
 
-# MLflow's experiment kind (the UI's enum value `finetuning`, MLflow 3.17): what these experiments hold.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "finetuning"}
-
-
-def ensure_experiment(name: str) -> str:
-    """The experiment's id, created on first use with an absolute artifact location: MLflow's
-    default with the SQLite store is ./mlruns of whatever directory the run started in."""
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        mark_experiment(exp)
-        return exp.experiment_id
-    uri = mlflow.get_tracking_uri()
-    location = None
-    if uri.startswith("sqlite:///") or uri.startswith("file:") or "://" not in uri:
-        location = (Path.cwd() / "mlruns").resolve().as_uri()
-    try:
-        exp_id = mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
-    except mlflow.exceptions.MlflowException as e:  # another process created it since the lookup
-        if e.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        exp_id = mlflow.get_experiment_by_name(name).experiment_id
-    mark_experiment(mlflow.get_experiment(exp_id))
-    return exp_id
-
-
-def mark_experiment(exp) -> None:
-    """Give an experiment that holds our runs (`Default` too, where `mlflow run` puts them) the
-    fine-tuning kind and the UI's saved view of the runs by score (ui_view), each unless it is
-    there already (a kind or a view someone chose stays theirs)."""
-    from mlflow.exceptions import MlflowException
-
-    from .ui_view import view_tag
-
-    for key, value in (*EXPERIMENT_KIND.items(), view_tag()):
-        if key not in exp.tags:
-            try:
-                MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
-            except MlflowException as e:   # a server that lets us log runs but not tag experiments: runs first
-                print(f"molting: note: experiment '{exp.name}' keeps no tag {key} "
-                      f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})", flush=True)
-
-
 def _system_metrics() -> bool:
     """MLflow's system metrics (CPU, memory, disk, network; GPU utilisation and memory through
     nvidia-ml-py where there is one) on every stage run, unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
     says otherwise. Sampled every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL s (MLflow's default 10)."""
     import logging
 
-    from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING as setting
-
     # its start/stop lines at INFO, three a run (a sweep's every trial), say nothing the run does not
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    setting = MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
     return setting.get() if setting.defined else True
 
 
@@ -97,7 +57,6 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
               parent_run_id: str | None = None):
     """Attach to MLFLOW_RUN_ID (set by `mlflow run`) or start a run in `experiment`; nested: a child of
     the active run, or of `parent_run_id` (a sweep worker in another process than its parent run)."""
-    from .reaper import process_tags, touch_store
 
     touch_store()
     run_id = os.environ.get("MLFLOW_RUN_ID")
@@ -184,99 +143,11 @@ def _end_attached_run(status: str, message: str) -> str | None:
 
 
 def _keep_killed(run_id: str) -> None:
-    from .mlflow_run import keep_killed
-
     keep_killed(run_id, mlflow.get_tracking_uri())
 
 
 def _first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Scores: the rubric's results as metrics, a per-question table and the rubric version
-# ---------------------------------------------------------------------------------------------
-
-RESULTS_TABLE = "eval_results.json"
-REASONS_BY_CODE = "reasons_by_code"     # the table's column of [code, reason] pairs: what readers pick by code
-
-
-def score_metrics(summary: dict) -> dict:
-    """The run metrics of a rubric summary: D1–D5, score, and ref_chrf / ref_nll where present."""
-    from .rubric import DIMENSIONS
-
-    m = {d: summary[d] for d in DIMENSIONS} | {"score": summary["score"]}
-    return m | {k: summary[k] for k in ("ref_chrf", "ref_nll") if summary.get(k) is not None}
-
-
-def results_rows(scored: dict) -> list[dict]:
-    """One row a question: the answer, each dimension, the reasons and their codes."""
-    from .rubric import DIMENSIONS
-
-    return [{"id": r["id"], "question": r["question"], "response": r["response"],
-             "finish_reason": r["finish_reason"], **{d: r[d] for d in DIMENSIONS}, "score": r["score"],
-             "ref_chrf": r.get("ref_chrf"), "reasons": "; ".join(r["reasons"]), "codes": " ".join(r["codes"]),
-             REASONS_BY_CODE: [[c, t] for c, t in zip(r["codes"], r["reasons"])]}
-            for r in scored["results"]]
-
-
-def log_scores(records: list[dict], questions, persona, stats: dict, ref_nll: float | None = None,
-               step: int = 0) -> dict:
-    """Score generated answers with the rubric and log them to the active run: metrics (at `step`: a
-    train run's last optimizer step, so ref_nll's curve ends where training did), the per-question
-    table (eval_results.json), generation stats, the tag molting.rubric_version, and MLflow's
-    evaluation view of the same answers (eval_view)."""
-    import pandas as pd
-
-    from .rubric import score_responses
-
-    scored = score_responses(questions, records, persona)
-    if ref_nll is not None:
-        scored["summary"]["ref_nll"] = ref_nll
-    mlflow.log_metrics(score_metrics(scored["summary"]) | stats, step=step)
-    mlflow.set_tag("molting.rubric_version", scored["summary"]["rubric_version"])
-    mlflow.log_table(data=pd.DataFrame(results_rows(scored)), artifact_file=RESULTS_TABLE)
-    from .eval_view import log_evaluation   # the same answers as MLflow evaluation results (traces + scorers)
-
-    log_evaluation(records, questions, scored["results"])
-    return scored
-
-
-# ---------------------------------------------------------------------------------------------
-# Where the project's runs are: `mlflow run` puts them in the experiment named on its command line,
-# or in `Default`; `molting …` in `--experiment` (default molting). Lookups search them all.
-# ---------------------------------------------------------------------------------------------
-
-def project_experiments() -> list:
-    """Every active experiment holding at least one run of ours (tag molting.stage), oldest first."""
-    client = MlflowClient()
-    found = []
-    for exp in mlflow.search_experiments():          # every page
-        if client.search_runs([exp.experiment_id], "tags.`molting.stage` LIKE '%'", max_results=1):
-            found.append(exp)
-    return sorted(found, key=lambda e: int(e.experiment_id) if e.experiment_id.isdigit() else 0)
-
-
-def experiments_to_search(name: str | None) -> list:
-    """The experiment named (by the option, else $MLFLOW_EXPERIMENT_NAME), or, with none named, every
-    experiment holding the project's runs. A name that is not there is a user error naming where the
-    runs are."""
-    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
-    if name is None:
-        return project_experiments()
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return [exp]
-    where = ", ".join(f"'{e.name}'" for e in project_experiments())
-    hint = f"the project's runs are in {where}" if where else "it holds no molting runs yet"
-    raise ConfigError(f"no experiment named '{name}' in {mlflow.get_tracking_uri()} ({hint}); pass --experiment "
-                      "<name>, or none to search them all (or set MLFLOW_TRACKING_URI)")
-
-
-def lookup_order(experiment_id: str) -> list[str]:
-    """This experiment first, then the project's other experiments: where a baseline or a reusable
-    run of the same configuration may be when `mlflow run` put them in another one."""
-    return [experiment_id] + [e.experiment_id for e in project_experiments() if e.experiment_id != experiment_id]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ template, memory) is found before a run is opened or a weight is loaded, so a mi
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import resource
@@ -16,18 +15,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import runtime
-from . import bundle
-from .config import DEFAULT_DATASET, ConfigError, TrainConfig
-from .data import ChatDataset, load_dataset
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from . import bundle, runtime
+from .config import DEFAULT_DATASET, TrainConfig
 from .errors import MoltingError
+from .generation import generate, merged_lora, reference_nll
 from .interrupt import stop_at_step_end
-from .models import ModelError, ModelSource, load_model, load_tokenizer, resolve_model
-from .persona import Persona, load_persona
-from .preflight import Finding, PreflightReport, count_params, folds, lora_rank_limit, run_preflight
-from .presets import PRESETS, defaults_preset, lora_targets
-from .rubric import load_questions
-from .template_check import check_chat_template
+from .models import BaseCache, load_for_training
+from .prepare import Prepared, prepare, run_params
+from .rubric import format_summary
+from .scoring import log_scores
+from .tracking import stage_run
 
 
 class PreflightFailed(MoltingError, RuntimeError):
@@ -44,26 +45,6 @@ class TrainingDiverged(MoltingError, RuntimeError):
 
 
 @dataclass
-class Prepared:
-    """Everything known before training: resolved config, model source, data, template, plan, report."""
-
-    cfg: TrainConfig
-    source: ModelSource
-    dataset: ChatDataset
-    tokenizer: object
-    own_template: str
-    template: str
-    template_source: str
-    system_prompt_text: str | None
-    report: PreflightReport
-    plan: runtime.Plan
-    lora_targets: tuple | str
-    fold: bool = False          # the system prompt goes into the first user turn (preflight.folds)
-    persona: Persona | None = None          # the card the run is scored against (bundle.py)
-    questions: list = field(default_factory=list)   # its evaluation questions; [] when it has none
-
-
-@dataclass
 class TrainResult:
     run_id: str
     optimizer_steps: int
@@ -73,210 +54,6 @@ class TrainResult:
     preflight: str
     losses: list = field(default_factory=list)
     scores: dict = field(default_factory=dict)     # the rubric's summary when the run evaluated itself
-
-
-def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | None = None) -> Prepared:
-    """Resolve and check everything; raises ConfigError/ModelError/DatasetError/PersonaError/PlanError.
-    rehearse: pre-flight without the weights, from the template and config alone (rehearsal.py),
-    planned for a card (gpu_memory_gib, default 4 GB) with `template_revision` (None: today's)."""
-    if rehearse:
-        from .rehearsal import REHEARSAL_GPU_GIB, rehearsal_source
-
-        source, dev = rehearsal_source(cfg.model, template_revision), "cuda"
-    else:
-        source, dev = resolve_model(cfg.model), runtime.device()
-    cfg = cfg.resolve()
-    persona = load_persona(cfg.persona)
-    tok = _tokenizer(source, rehearse, template_revision)
-    own = tok.chat_template
-    if not own:
-        raise ModelError(f"model '{cfg.model}': its tokenizer has no chat template; pass chat_template=<jinja file>")
-    sp = {"none": None, "persona": persona.system_prompt, "fold": persona.system_prompt}.get(cfg.system_prompt,
-                                                                                           cfg.system_prompt)
-    fold = folds(sp, cfg.system_prompt, tok, own)
-    ds = load_dataset(cfg.dataset, sp, fold)
-    if sp is not None:
-        ds.system_prompt_source = ("dataset" if ds.system_prompts_added == 0 else
-                                   "persona" if cfg.system_prompt in ("persona", "fold") else "custom")
-    if cfg.chat_template == "model":
-        template, template_source = own, "model"
-    else:
-        template, template_source = _template_file(cfg.chat_template, tok), f"file:{cfg.chat_template}"
-    model_config = _model_config(source, rehearse)
-    total, trainable = count_params(model_config, cfg)
-    lengths = [len(tok.apply_chat_template(ds.messages(i), chat_template=template, tokenize=True)["input_ids"])
-               for i in range(len(ds))]
-    budget = cfg.gpu_memory_gib or (REHEARSAL_GPU_GIB if rehearse else None)
-    plan = runtime.plan(cfg.precision, cfg.examples_per_step, model_config=model_config, total=total,
-                        trainable=trainable, seq=min(max(lengths), cfg.max_seq_len), dev=dev,
-                        gpu_memory_gib=budget, quantizable=source.quantizable,
-                        cpu_micro_batch=cfg.batch_size, fixed=source.auto_precision)
-    report = run_preflight(cfg, ds, tok, own, template, lengths, plan, total, trainable,
-                           lora_rank_limit(model_config, cfg))
-    questions = load_questions(cfg.questions) if cfg.questions else []
-    report.findings[:0] = bundle.findings(persona, cfg.questions, questions)
-    if rehearse:
-        from .rehearsal import describe
-
-        report.findings.insert(0, Finding("rehearsal", "info", describe(source, template_revision)))
-    if cfg.model not in PRESETS:
-        report.add("defaults", "info", f"settings left at 'preset' take {defaults_preset(cfg.model)[1]} defaults")
-    tok.chat_template = template
-    targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
-    return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, plan, targets, fold,
-                    persona, questions)
-
-
-def _template_file(path: str, tok) -> str:
-    """The training template's text, checked (template_check) before anything renders with it."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"chat_template={path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
-    check_chat_template(text, tok, f"chat_template={path}")
-    return text
-
-
-def _tokenizer(source: ModelSource, rehearse: bool, template_revision: str | None):
-    if rehearse:
-        from .rehearsal import rehearsal_tokenizer
-        return rehearsal_tokenizer(source, template_revision)
-    return load_tokenizer(source)
-
-
-def _model_config(source: ModelSource, rehearse: bool = False):
-    if rehearse:
-        from .rehearsal import rehearsal_config
-        return rehearsal_config(source)
-    if source.built:
-        from .models import build_tiny_random
-        return build_tiny_random()[0].config
-    from transformers import AutoConfig
-    return AutoConfig.from_pretrained(source.path, local_files_only=True)
-
-
-def run_params(p: Prepared) -> dict:
-    """The resolved config, logged verbatim: what trained, on what, from which data and template, how."""
-    params = {**p.cfg.as_params(), **p.source.as_params(), **p.plan.params()}
-    params.update({
-        "train.optimizer_steps": p.report.numbers["optimizer_steps"],
-        "train.lr_schedule": "linear",
-        "lora.targets": ",".join(p.lora_targets) if not isinstance(p.lora_targets, str) else p.lora_targets,
-        "data.sha256": p.dataset.sha256,
-        "data.examples": len(p.dataset),
-        "data.format": p.dataset.source_format,
-        "data.system_prompt_source": p.dataset.system_prompt_source,
-        "data.system_prompts_added": p.dataset.system_prompts_added,
-        "data.system_prompts_removed": p.dataset.system_prompts_removed,
-        "data.system_prompt_fold": p.fold,
-        "template.source": p.template_source,
-        "template.sha256": hashlib.sha256(p.template.encode()).hexdigest(),
-        "template.end_of_turn": p.report.numbers.get("end_of_turn_token"),
-        "code.version": code_version(),
-        **bundle.params(p.persona, p.cfg.questions),
-    })
-    return params
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """The package version and, in a git checkout, its commit (+dirty): a changed training path
-    never answers a sweep's trial with a stale run."""
-    import subprocess
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        v = version("molting-mlflow")
-    except PackageNotFoundError:
-        v = "unknown"
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
-                                "molting_mlflow"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = dirty = ""
-    return f"{v}+{sha}{'.dirty' if dirty else ''}" if sha else v
-
-
-# Params that name where things are, how the run was asked for, or how fast it ran, not what trains:
-# left out of the fingerprint, so the same config from `mlflow run` (relative paths) and a sweep
-# (absolute) match, and a bigger card (another micro-batch) reuses a smaller one's run.
-_NOT_IN_FINGERPRINT = {"train.experiment", "train.dataset", "train.persona", "train.questions", "train.chat_template",
-                       "train.preflight", "train.min_steps", "train.cpu_threads", "model.source", "template.source",
-                       "train.precision_why", "train.micro_batch", "train.accum_steps", "train.attn_implementation",
-                       "train.est_gpu_memory_gib", "train.gpu_memory_budget_gib", "train.gpu_memory_gib", "train.eval_merge",
-                       "train.answer_logits_only",
-                       "train.cpu_bf16", "train.optimizer", "train.gradient_checkpointing"}
-
-
-def fingerprint(p: Prepared) -> str:
-    """sha256 of everything that decides a run's adapter and scores: the resolved config, the model
-    revision, the dataset, the system prompt text, the template, the persona and the questions (their
-    sha256 among run_params), the device and precision, and the code version. Training is seeded, so
-    two runs with one fingerprint train the same adapter (up to floating-point reduction order) and a
-    sweep may reuse a finished one instead of retraining."""
-    ident = {k: str(v) for k, v in run_params(p).items() if k not in _NOT_IN_FINGERPRINT}
-    ident.update({"system_prompt_text": p.system_prompt_text or ""})
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-def find_finished_run(fp: str, experiment_ids: list[str]):
-    """A FINISHED, scored run with fingerprint `fp` in these experiments (an original, not a reuse), or None."""
-    import mlflow
-
-    if not experiment_ids:
-        return None
-    runs = mlflow.search_runs(experiment_ids=experiment_ids, output_format="list",
-                              order_by=["attributes.start_time ASC"],
-                              filter_string=f"tags.`molting.fingerprint` = '{fp}' and attributes.status = 'FINISHED'")
-    return next((r for r in runs if "score" in r.data.metrics and "molting.reused_run_id" not in r.data.tags), None)
-
-
-class BaseCache:
-    """A process's base models, loaded once and lent to each training in turn (a sweep worker's
-    trials): every trial gets a fresh LoRA on the same frozen base, and hands the base back clean —
-    LoRA layers removed, TRL's patched forward dropped — so that it trains the adapter a fresh
-    process would (tests/test_sweep.py compares the two)."""
-
-    def __init__(self):
-        self._models: dict = {}
-        self._datasets: dict = {}   # TRL's tokenized dataset, by data, template, length and tokenizer
-
-    def dataset(self, key):
-        return self._datasets.get(key)
-
-    def keep_dataset(self, key, ds) -> None:
-        self._datasets[key] = ds
-
-    def take(self, p: Prepared):
-        """(model, seconds spent loading it: 0 when it was already here)."""
-        key = (p.source.path or p.source.name, p.plan.precision, p.plan.device)
-        if key in self._models:
-            return self._models[key], 0.0
-        self._models.clear()                   # one base at a time: a study over two presets swaps them
-        t = time.time()
-        self._models[key] = _load_for_training(p)
-        return self._models[key], time.time() - t
-
-    @staticmethod
-    def give_back(peft_model) -> None:
-        base = peft_model.unload()             # removes the LoRA layers without merging them
-        base.__dict__.pop("forward", None)     # TRL's fused-head forward, bound to this object
-
-    def drop(self) -> None:
-        self._models.clear()
-
-
-def _load_for_training(p: Prepared):
-    model = load_model(p.source, p.plan)
-    if p.plan.spec.quantized:
-        from peft import prepare_model_for_kbit_training
-
-        # QLoRA: casts norms to fp32 and turns on gradient checkpointing (it only acts in train mode).
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    return model
 
 
 class _Clock:
@@ -311,10 +88,6 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     nested child of the active run or of `parent_run_id` (the sweep's trials). `callbacks` are
     extra transformers TrainerCallbacks (the sweep's pruner); `bases` lends an already loaded base;
     `loss_plot=False` skips loss_curve.png (~0.4 s a run; the MLflow UI draws the logged loss itself)."""
-    import mlflow
-
-    from .tracking import stage_run
-
     t_start, clock = time.time(), _Clock()
     if prepared is None and bases is None:   # the process's own run (a sweep's trials come later in a worker)
         clock.seconds["time_before_train_s"] = _since_process_start()
@@ -369,13 +142,16 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
     """Load (or borrow), train, log the numbers and the adapter, evaluate; the fingerprint tag comes
     last, so only a run that trained (and scored) carries it. A borrowed base goes back clean after
     success; after a failure it is dropped (it may still hold this trial's LoRA layers)."""
-    import mlflow
     from transformers import set_seed
 
     threads = runtime.set_threads()
     p.plan.configure_backends()
     t_load = time.time()
-    model, load_s = bases.take(p) if bases is not None else (_load_for_training(p), time.time() - t_load)
+    if bases is not None:
+        model, load_s = bases.take(p.source, p.plan)
+    else:
+        model = load_for_training(p.source, p.plan)
+        load_s = time.time() - t_load
     set_seed(p.cfg.seed)                      # after loading: a borrowed base and a fresh one start alike
     clock = clock or _Clock()
     try:
@@ -405,14 +181,12 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
         raise
     if bases is not None:
         bases.give_back(trainer.model)
-    mlflow.set_tag("molting.fingerprint", fingerprint(p))
+    mlflow.set_tag("molting.fingerprint", p.fingerprint())
     return result
 
 
 def _log_dataset(p: Prepared) -> None:
     """The dataset as the run's input: rows of the chat messages that train (system prompt included)."""
-    import mlflow
-    import pandas as pd
 
     df = pd.DataFrame({"prompt": [json.dumps(r["prompt"], ensure_ascii=False) for r in p.dataset.rows],
                        "completion": [json.dumps(r["completion"], ensure_ascii=False) for r in p.dataset.rows]})
@@ -425,32 +199,17 @@ def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple, bases
     """TRL's SFTTrainer on prompt/completion rows (loss on the completion, its end-of-turn token
     included), with the plan's speed settings and a callback that logs every optimizer step. A
     worker's later trials hand TRL the rows it tokenized for the first (it skips tokenizing them)."""
-    import mlflow
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
     from transformers.trainer_callback import ProgressCallback
-    from trl import SFTConfig, SFTTrainer
-
-    from .generation import reference_nll
+    from trl import SFTTrainer
 
     cfg = p.cfg
     targets = p.lora_targets if isinstance(p.lora_targets, str) else list(p.lora_targets)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM", bias="none")
-    args = SFTConfig(
-        output_dir=tempfile.mkdtemp(prefix="molting-train-"), num_train_epochs=cfg.epochs,
-        learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_steps=cfg.warmup_ratio, logging_steps=1,
-        save_strategy="no", report_to="none", seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_seq_len,
-        completion_only_loss=True, disable_tqdm=False, dataset_num_proc=None,
-        # a NaN/inf step's loss is logged as it is (the default logs the window's mean instead)
-        logging_nan_inf_filter=False, **p.plan.trainer_kwargs())
-    if p.plan.cuda:
-        # One process trains on one GPU, the plan's (cuda:0 of what it sees): with several visible,
-        # Trainer would wrap the model in DataParallel, which TRL refuses. Several GPUs are the
-        # sweep's workers, one process each.
-        _ = args.device
-        args._n_gpu = 1
+    args = _sft_args(p)
     losses: list[tuple[int, float]] = []
 
     class MlflowSteps(TrainerCallback):
@@ -484,9 +243,30 @@ def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple, bases
     return trainer, losses
 
 
+def _sft_args(p: Prepared):
+    """TRL's SFTConfig: the config's hyperparameters, loss on the completion only, every step logged,
+    nothing saved (the adapter is logged to MLflow instead), and the plan's speed settings."""
+    from trl import SFTConfig
+
+    cfg = p.cfg
+    args = SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix="molting-train-"), num_train_epochs=cfg.epochs,
+        learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_steps=cfg.warmup_ratio, logging_steps=1,
+        save_strategy="no", report_to="none", seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_seq_len,
+        completion_only_loss=True, disable_tqdm=False, dataset_num_proc=None,
+        # a NaN/inf step's loss is logged as it is (the default logs the window's mean instead)
+        logging_nan_inf_filter=False, **p.plan.trainer_kwargs())
+    if p.plan.cuda:
+        # One process trains on one GPU, the plan's (cuda:0 of what it sees): with several visible,
+        # Trainer would wrap the model in DataParallel, which TRL refuses. Several GPUs are the
+        # sweep's workers, one process each.
+        _ = args.device
+        args._n_gpu = 1
+    return args
+
+
 def _run_trainer(trainer, p: Prepared, losses: list, load_s: float) -> dict:
     """Train; log and return the run's numbers."""
-    import mlflow
     import torch
 
     cuda = p.plan.cuda
@@ -518,8 +298,6 @@ def _run_trainer(trainer, p: Prepared, losses: list, load_s: float) -> dict:
 
 def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict, loss_plot: bool = True) -> None:
     """adapter/ (PEFT weights, tokenizer with the model's own template, molting.json) and the loss curve."""
-    import mlflow
-
     with tempfile.TemporaryDirectory() as tmp:
         adapter = Path(tmp) / "adapter"
         model.save_pretrained(adapter)
@@ -545,12 +323,6 @@ def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict, los
 
 def _evaluate_in_run(p: Prepared, model, questions, log, step: int, clock: _Clock) -> dict:
     """Score the adapter still in memory (the saved one's weights, the same precision) on this run."""
-    import mlflow
-
-    from .generation import generate, merged_lora, reference_nll
-    from .rubric import format_summary
-    from .tracking import log_scores
-
     t0 = time.time()
     model.eval()
     p.tokenizer.chat_template = p.own_template
@@ -580,8 +352,6 @@ def _stop_on_divergence(cfg: TrainConfig, run_id: str, progress):
         def on_log(self, args, state, control, logs=None, **kw):
             bad = [k for k in ("loss", "grad_norm") if k in (logs or {}) and not math.isfinite(float(logs[k]))]
             if bad:
-                from mlflow.tracking import MlflowClient
-
                 MlflowClient().set_tag(run_id, "molting.diverged_step", str(state.global_step))
                 if progress.training_bar is not None:
                     progress.training_bar.close()

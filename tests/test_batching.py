@@ -16,13 +16,15 @@ def trainer():
     loss on the prompt (test_the_loss_is_on_answer_tokens_only); its LoraConfig ignoring the config's
     lora_dropout (`lora_dropout=0.1`) makes a batch of four differ from four of one (both checked)."""
     from molting_mlflow.config import TrainConfig
+    from molting_mlflow.models import load_for_training
     from molting_mlflow.paths import DEFAULT_QUESTIONS
+    from molting_mlflow.prepare import prepare
     from molting_mlflow.rubric import load_questions
-    from molting_mlflow.train import _load_for_training, _trainer, prepare
+    from molting_mlflow.train import _trainer
 
     p = prepare(TrainConfig(model="tiny-random", batch_size=4, grad_accum=1, lora_dropout=0.0, min_steps=0))
     assert p.plan.micro_batch == 4
-    t, _ = _trainer(p, _load_for_training(p), "no-run", load_questions(DEFAULT_QUESTIONS), ())
+    t, _ = _trainer(p, load_for_training(p.source, p.plan), "no-run", load_questions(DEFAULT_QUESTIONS), ())
     for n, param in t.model.named_parameters():      # a trained-looking adapter: B is zero at init
         if "lora_B" in n:
             torch.nn.init.normal_(param, std=0.02)

@@ -139,7 +139,7 @@ def test_no_run_left_running_after_bad_inputs(monkeypatch):
 
 def test_score_round_trip(tmp_path):
     """Responses from anywhere: one result per line, input order, shared ids allowed, summary means."""
-    from molting_mlflow.evaluate import DEFAULT_QUESTIONS
+    from molting_mlflow.paths import DEFAULT_QUESTIONS
 
     lines = [
         {"id": "q1", "response": "Sou o Cláudio, assistente do João na Softtor, tá? 🦞", "finish_reason": "stop"},
@@ -163,7 +163,7 @@ def test_score_round_trip(tmp_path):
 
 
 def test_score_bad_responses_file(tmp_path):
-    from molting_mlflow.evaluate import DEFAULT_QUESTIONS
+    from molting_mlflow.paths import DEFAULT_QUESTIONS
 
     r_path = tmp_path / "r.jsonl"
     r_path.write_text('{"id": "q99", "response": "oi"}\n', encoding="utf-8")
@@ -206,8 +206,8 @@ def test_every_config_field_carries_its_help_and_the_options_show_it():
     from dataclasses import MISSING, fields
 
     from molting_mlflow.config import TrainConfig
-    from molting_mlflow.evaluate import EvalConfig
-    from molting_mlflow.sweep import SweepConfig
+    from molting_mlflow.config import EvalConfig
+    from molting_mlflow.sweep_config import SweepConfig
 
     for cls, command in ((TrainConfig, "train"), (EvalConfig, "evaluate"), (SweepConfig, "sweep")):
         options = {p.name: p for p in cli.commands[command].params}

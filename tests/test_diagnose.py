@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from molting_mlflow.cli import cli
 from molting_mlflow.config import TrainConfig
 from molting_mlflow.diagnose import findings, load_run, report
-from molting_mlflow.persona import DATA_DIR
+from molting_mlflow.paths import DATA_DIR
 from molting_mlflow.train import train
 from helpers import use_store
 

@@ -91,7 +91,8 @@ def test_each_dimension_shows_the_reasons_of_its_own_codes():
 
 
 def test_the_evaluate_stage_logs_it_too_and_a_failing_view_keeps_the_scores(monkeypatch, capsys):
-    from molting_mlflow.evaluate import EvalConfig, evaluate
+    from molting_mlflow.config import EvalConfig
+    from molting_mlflow.evaluate import evaluate
 
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     evaluate(EvalConfig(model="tiny-random", max_new_tokens=8), log=lambda *a: None)
@@ -112,7 +113,8 @@ def test_the_evaluate_stage_logs_it_too_and_a_failing_view_keeps_the_scores(monk
 
 
 def test_stage_runs_log_system_metrics_unless_turned_off(monkeypatch):
-    from molting_mlflow.evaluate import EvalConfig, evaluate
+    from molting_mlflow.config import EvalConfig
+    from molting_mlflow.evaluate import evaluate
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     evaluate(EvalConfig(model="tiny-random", max_new_tokens=32), log=lambda *a: None)

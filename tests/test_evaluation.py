@@ -54,7 +54,8 @@ def test_persona_language_is_named_and_known(tmp_path, line, msg):
 def trained(tmp_path_factory):
     """One tiny-random train run (evaluated) and its standalone evaluation, in one store."""
     from molting_mlflow.config import TrainConfig
-    from molting_mlflow.evaluate import EvalConfig, evaluate
+    from molting_mlflow.config import EvalConfig
+    from molting_mlflow.evaluate import evaluate
     from molting_mlflow.train import train
 
     d = tmp_path_factory.mktemp("ev")

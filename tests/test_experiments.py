@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
-from molting_mlflow.tracking import EXPERIMENT_KIND, ensure_experiment
+from molting_mlflow.experiments import EXPERIMENT_KIND, ensure_experiment
 from molting_mlflow.ui_view import VIEW_NAME, VIEW_TAG
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +43,10 @@ def mlflow_run(*params, entry="train"):
 
 def test_the_design_cards_commands_find_each_others_runs_without_flags(tmp_path):
     from molting_mlflow.diagnose import find_baseline, load_run
-    from molting_mlflow.evaluate import EvalConfig, evaluate
-    from molting_mlflow.sweep import SweepConfig, sweep
+    from molting_mlflow.config import EvalConfig
+    from molting_mlflow.evaluate import evaluate
+    from molting_mlflow.sweep import sweep
+    from molting_mlflow.sweep_config import SweepConfig
 
     default = mlflow.get_experiment("0")       # the store's own, made here: its artifacts go under tmp_path
     assert default.name == "Default" and str(tmp_path) in default.artifact_location

@@ -141,7 +141,7 @@ def test_sigterm_and_ctrl_c_mid_training_end_killed(tmp_path, fault, sig):
 def test_ctrl_c_under_mlflow_run_ends_killed(tmp_path, fault):
     """`mlflow run` sets FAILED over the KILLED our entry point set (its status check compares a string with
     integers, MLflow 3.17); molting_mlflow/mlflow_run.py sets KILLED again once the runner has exited."""
-    from molting_mlflow.tracking import ensure_experiment
+    from molting_mlflow.experiments import ensure_experiment
 
     ensure_experiment("molting")
     root = Path(__file__).resolve().parent.parent

@@ -10,7 +10,8 @@ import torch
 
 from molting_mlflow import runtime
 from molting_mlflow.config import TrainConfig
-from molting_mlflow.sweep import SweepConfig, layout
+from molting_mlflow.sweep import layout
+from molting_mlflow.sweep_config import SweepConfig
 
 
 # ---- trials per GPU ----------------------------------------------------------------------------

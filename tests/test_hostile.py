@@ -55,7 +55,7 @@ def test_every_user_error_class_derives_from_the_base():
     from molting_mlflow.rubric import RubricInputError
     from molting_mlflow.runtime import PlanError
     from molting_mlflow.sweep import SweepFailed
-    from molting_mlflow.template_check import ChatTemplateError
+    from molting_mlflow.templates import ChatTemplateError
     from molting_mlflow.train import PreflightFailed, TrainingDiverged
 
     for cls in (ConfigError, DatasetError, DiagnoseError, AdapterError, ModelError, WeightsNotFound, PersonaError,
@@ -86,7 +86,7 @@ def test_molting_debug_re_raises_with_the_traceback(monkeypatch):
 
 def test_ctrl_c_before_the_attached_run_opens_ends_it_killed(monkeypatch):
     """Ctrl-C while pre-flight runs, under `mlflow run` (MLFLOW_RUN_ID set, the run not yet attached)."""
-    from molting_mlflow.tracking import ensure_experiment
+    from molting_mlflow.experiments import ensure_experiment
 
     run = MlflowClient().create_run(ensure_experiment("molting"))
     monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
@@ -387,7 +387,7 @@ def test_sweep_with_no_completed_trial_exits_non_zero(monkeypatch):
     def broken(*a, **kw):
         raise RuntimeError("boom in training")
 
-    monkeypatch.setattr("molting_mlflow.train.train", broken)
+    monkeypatch.setattr("molting_mlflow.sweep.train", broken)   # the name the sweep calls
     r = CliRunner().invoke(cli, ["sweep", *TINY, "--n-trials", "1", "--enqueue-user", "false",
                                  "--register", "false", "--study-name", "all-failed"])
     assert r.exit_code == 2, r.output

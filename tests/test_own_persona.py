@@ -190,7 +190,8 @@ def test_rosa_reference_answers_state_the_facts_in_her_voice():
 def test_a_sweep_trains_every_trial_as_its_persona_and_stops_a_mismatch_before_any_trial(monkeypatch):
     import optuna
 
-    from molting_mlflow.sweep import SweepConfig, _trial_config
+    from molting_mlflow.sweep import _trial_config
+    from molting_mlflow.sweep_config import SweepConfig
 
     sc = SweepConfig(model="tiny-random", persona=str(ROSA / "persona.yaml"), search={"epochs": "75,80"})
     trial = optuna.create_study(direction="maximize").ask()

@@ -2,7 +2,7 @@
 import pytest
 
 from molting_mlflow.config import DEFAULT_DATASET, TrainConfig
-from molting_mlflow.train import prepare
+from molting_mlflow.prepare import prepare
 
 GPT2 = "data/templates/gpt2_separators.jinja"
 

@@ -14,9 +14,9 @@ from molting_mlflow.cli import cli
 from molting_mlflow.config import TrainConfig
 from molting_mlflow.paths import DEFAULT_PERSONA, GPT2_TEMPLATE
 from molting_mlflow.persona import load_persona
-from molting_mlflow.preflight import end_of_turn_token, template_drops_system
+from molting_mlflow.templates import end_of_turn_token, template_drops_system
 from molting_mlflow.rehearsal import build_tiny, real_templates, revision, stand_in_tokenizer
-from molting_mlflow.train import prepare
+from molting_mlflow.prepare import prepare
 
 CASES = [("tinyllama", "v1.0"), ("phi3", "original"), ("phi3", "later")]
 SYSTEM = load_persona(DEFAULT_PERSONA).system_prompt
@@ -245,7 +245,8 @@ def test_train_evaluate_and_chat_through_the_template(use, prompts_seen, tmp_pat
     from mlflow.tracking import MlflowClient
 
     from molting_mlflow.config import DEFAULT_DATASET
-    from molting_mlflow.evaluate import EvalConfig, evaluate
+    from molting_mlflow.config import EvalConfig
+    from molting_mlflow.evaluate import evaluate
 
     eot = revision(model, rev)[1]["end_of_turn"]
     few = tmp_path / "few.json"
@@ -323,7 +324,8 @@ def test_phi3_original_evaluation_chat_and_registered_model_fold_the_prompt(phi3
     import mlflow
     import mlflow.pyfunc
 
-    from molting_mlflow.evaluate import EvalConfig, evaluate
+    from molting_mlflow.config import EvalConfig
+    from molting_mlflow.evaluate import evaluate
     from molting_mlflow.registry import register_adapter
 
     result, _, uri, env = phi3_original_run

@@ -14,11 +14,12 @@ from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
 from molting_mlflow.config import ConfigError
-from molting_mlflow.sweep import SweepConfig, sweep
+from molting_mlflow.sweep import sweep
+from molting_mlflow.sweep_config import SweepConfig
 
 # tiny-random: batch 8 → 10 steps an epoch; min_steps 20 prunes grad_accum ≥ 2 at ≤ 3 epochs
 SMALL = dict(model="tiny-random", search={"epochs": "1,3", "grad_accum": "1,2,4,8"}, min_steps=20, seed=7)
-STEP_PRUNED = "min_steps"       # sweep.PRUNED_FOR_STEPS, written out: the trials' attribute a reader sees
+STEP_PRUNED = "min_steps"       # sweep_report.PRUNED_FOR_STEPS, written out: the trials' attribute a reader sees
 
 
 def children(parent_id):
@@ -98,7 +99,7 @@ def test_search_space_is_one_table_read_by_the_cli_and_the_mlproject():
     from click.testing import CliRunner
 
     from molting_mlflow.cli import cli
-    from molting_mlflow.sweep import SEARCH_SPACE, parse_search
+    from molting_mlflow.sweep_config import SEARCH_SPACE, parse_search
 
     help_text = CliRunner().invoke(cli, ["sweep", "--help"]).output
     for row in SEARCH_SPACE:
@@ -204,20 +205,20 @@ def test_two_workers_share_one_postgres_study(tmp_path, fresh_postgres):
 
 def test_fingerprint_names_what_trains_not_where_it_came_from(monkeypatch):
     from molting_mlflow.config import TrainConfig
-    from molting_mlflow.persona import DATA_DIR
-    from molting_mlflow.train import fingerprint, prepare
+    from molting_mlflow.paths import DATA_DIR
+    from molting_mlflow.prepare import prepare
 
     monkeypatch.chdir(DATA_DIR.parent)  # a relative template path, as `mlflow run -P chat_template=…` passes it
     base = dict(model="tiny-random", epochs=5, grad_accum=8, batch_size=1, system_prompt="none", preflight="warn")
-    rel = fingerprint(prepare(TrainConfig(chat_template="data/templates/gpt2_separators.jinja", **base)))
-    absolute = fingerprint(prepare(TrainConfig(chat_template=str(DATA_DIR / "templates" / "gpt2_separators.jinja"),
-                                               min_steps=20, **base)))
+    rel = prepare(TrainConfig(chat_template="data/templates/gpt2_separators.jinja", **base)).fingerprint()
+    absolute = prepare(TrainConfig(chat_template=str(DATA_DIR / "templates" / "gpt2_separators.jinja"),
+                                               min_steps=20, **base)).fingerprint()
     assert rel == absolute                       # same template bytes, same config: the same run
-    assert fingerprint(prepare(TrainConfig(chat_template="data/templates/gpt2_separators.jinja", seed=1,
-                                           **base))) != rel
-    assert fingerprint(prepare(TrainConfig(**base))) != rel                       # the model's own template
-    assert fingerprint(prepare(TrainConfig(chat_template="data/templates/gpt2_separators.jinja",
-                                           **{**base, "system_prompt": "persona"}))) != rel
+    assert prepare(TrainConfig(chat_template="data/templates/gpt2_separators.jinja", seed=1,
+                                           **base)).fingerprint() != rel
+    assert prepare(TrainConfig(**base)).fingerprint() != rel                       # the model's own template
+    assert prepare(TrainConfig(chat_template="data/templates/gpt2_separators.jinja",
+                                           **{**base, "system_prompt": "persona"})).fingerprint() != rel
 
 
 def test_precision_is_fingerprinted_and_speed_settings_are_not(monkeypatch):
@@ -226,18 +227,18 @@ def test_precision_is_fingerprinted_and_speed_settings_are_not(monkeypatch):
     from dataclasses import replace
 
     from molting_mlflow.config import TrainConfig
-    from molting_mlflow.train import fingerprint, prepare
+    from molting_mlflow.prepare import prepare
 
     cfg = TrainConfig(model="tiny-random", epochs=2, grad_accum=1, min_steps=0)
     fp32 = prepare(cfg)
     assert fp32.plan.precision == "fp32"
     bf16 = prepare(replace(cfg, precision="bf16"))
-    assert bf16.plan.precision == "bf16" and fingerprint(bf16) != fingerprint(fp32)
+    assert bf16.plan.precision == "bf16" and bf16.fingerprint() != fp32.fingerprint()
     split = prepare(replace(cfg, batch_size=4, grad_accum=2))     # the same 8 examples a step, two micro-batches
     assert split.plan.micro_batch == 4 and split.plan.accum == 2
-    assert fingerprint(split) != fingerprint(fp32)                 # batch_size is a logged hyperparameter …
+    assert split.fingerprint() != fp32.fingerprint()                 # batch_size is a logged hyperparameter …
     faster = replace(split, plan=replace(split.plan, micro_batch=8))
-    assert fingerprint(faster) == fingerprint(split)               # … the plan's micro-batch is not
+    assert faster.fingerprint() == split.fingerprint()               # … the plan's micro-batch is not
 
 
 def test_reference_trial_reuses_a_finished_run_of_the_same_config():
@@ -276,7 +277,8 @@ def test_a_lent_base_trains_the_adapter_a_fresh_process_trains(tmp_path):
     import torch
 
     from molting_mlflow.config import TrainConfig
-    from molting_mlflow.train import BaseCache, train
+    from molting_mlflow.models import BaseCache
+    from molting_mlflow.train import train
 
     first = TrainConfig(model="tiny-random", epochs=1, min_steps=0, lr=5e-3, seed=1, evaluate=False)
     second = TrainConfig(model="tiny-random", epochs=2, min_steps=0, lr=2e-3, seed=2, evaluate=False)
@@ -399,7 +401,7 @@ def test_readme_tiny_random_sweep_trains_two_trials_and_registers_the_best():
 
 
 def test_the_default_study_name_is_the_experiment_and_the_search():
-    from molting_mlflow.sweep import default_study_name
+    from molting_mlflow.sweep_config import default_study_name
 
     sc = SweepConfig(model="tiny-random")
     name = default_study_name(sc, "molting")

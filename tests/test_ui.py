@@ -65,7 +65,8 @@ def fill_store(uri: str, smol_baseline: bool = False, log=lambda *a: None) -> St
 
     from molting_mlflow.cli import cli
     from molting_mlflow.config import TrainConfig
-    from molting_mlflow.sweep import SweepConfig, sweep
+    from molting_mlflow.sweep import sweep
+    from molting_mlflow.sweep_config import SweepConfig
     from molting_mlflow.train import train
 
     mlflow.set_tracking_uri(uri)
@@ -86,7 +87,8 @@ def fill_store(uri: str, smol_baseline: bool = False, log=lambda *a: None) -> St
     store.trials = [r.info.run_id for r in client.search_runs(
         [store.experiment_id], f"tags.`mlflow.parentRunId` = '{store.parent}'")]
     if smol_baseline:
-        from molting_mlflow.evaluate import EvalConfig, evaluate
+        from molting_mlflow.config import EvalConfig
+        from molting_mlflow.evaluate import evaluate
 
         evaluate(EvalConfig(model="smol"), log=log)
         store.baseline = client.search_runs([store.experiment_id], "tags.`molting.baseline` = 'true'")[0].info.run_id

@@ -74,7 +74,8 @@ def test_run_uris_resolve_their_prefix():
 
 
 def test_evaluate_prints_the_run_it_made():
-    from molting_mlflow.evaluate import EvalConfig, evaluate
+    from molting_mlflow.config import EvalConfig
+    from molting_mlflow.evaluate import evaluate
 
     lines = []
     out = evaluate(EvalConfig(model="tiny-random", max_new_tokens=4), log=lines.append)
@@ -130,7 +131,7 @@ def test_diagnose_says_why_a_run_has_no_score_instead_of_zero():
 
 def test_reasons_are_picked_by_their_code_even_when_a_reason_holds_a_semicolon():
     from molting_mlflow.diagnose import _reason
-    from molting_mlflow.tracking import REASONS_BY_CODE, results_rows
+    from molting_mlflow.scoring import REASONS_BY_CODE, results_rows
 
     result = {"id": "q1", "question": "?", "response": "r", "finish_reason": "stop", **{d: 1 for d in DIMENSIONS},
               "score": 5, "reasons": ["named João; not Cláudio", "a fact missed"], "codes": ["d1.other_name", "d2.missed"]}
@@ -153,7 +154,7 @@ def test_diagnose_names_the_tokens_the_finding_carries_not_those_in_its_sentence
 def test_preflight_findings_carry_their_tokens_as_data():
     from molting_mlflow.config import TrainConfig
     from molting_mlflow.paths import GPT2_TEMPLATE
-    from molting_mlflow.train import prepare
+    from molting_mlflow.prepare import prepare
 
     p = prepare(TrainConfig(model="tiny-random", chat_template=str(GPT2_TEMPLATE), preflight="warn", min_steps=0))
     (f,) = [f for f in p.report.findings if f.check == "chat_template" and f.level == "error"]
@@ -165,7 +166,8 @@ def test_preflight_findings_carry_their_tokens_as_data():
 def test_the_summary_counts_step_pruned_trials_by_their_cause():
     import optuna
 
-    from molting_mlflow.sweep import PRUNED_AT_EPOCH, PRUNED_FOR_STEPS, SweepConfig
+    from molting_mlflow.sweep_config import SweepConfig
+    from molting_mlflow.sweep_report import PRUNED_AT_EPOCH, PRUNED_FOR_STEPS
     from molting_mlflow.sweep_report import _summary_md, why_no_best
 
     P = optuna.trial.TrialState.PRUNED

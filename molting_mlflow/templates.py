@@ -1,0 +1,115 @@
+"""Chat templates: what a template renders and what it must be before anything renders with it.
+
+What it renders: the model's end-of-turn token, the system text a template injects when there is
+none, whether it drops a system turn, and so whether the system prompt is folded into the first
+user turn. Pre-flight, training, generation, evaluation and the registry all ask here.
+
+What it must be: a chat template is code that a model folder, an adapter or a file brings. It must
+parse, read no other file, stay inside Jinja's sandbox and render a plain user and assistant
+exchange; each way it fails is one line naming the template and the fix. transformers renders chat
+templates in Jinja's ImmutableSandboxedEnvironment without a loader: an attribute walk such as
+''.__class__.__mro__ raises SecurityError and {% include '/etc/passwd' %} reads nothing;
+check_chat_template turns those, and a template's own raise_exception(...), into user errors.
+"""
+from __future__ import annotations
+
+import re
+
+from jinja2 import nodes
+from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import MoltingError
+
+SENTINEL = "MOLTINGSENTINEL"
+SYSTEM_SENTINEL = "MOLTINGSYSTEMPROMPT"
+
+
+def special_tokens(tok) -> list[str]:
+    """Every added/special token string of the vocabulary (e.g. <|im_end|>, <|endoftext|>, </s>)."""
+    toks = {t.content for t in getattr(tok, "added_tokens_decoder", {}).values() if len(t.content) > 1}
+    toks.update(t for t in tok.all_special_tokens if len(t) > 1)
+    return sorted(toks, key=len, reverse=True)
+
+
+def end_of_turn_token(tok, template: str) -> str | None:
+    """The token the model's own template puts right after an assistant answer (<|im_end|>, </s>, <|end|>)."""
+    text = tok.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": SENTINEL}],
+                                   chat_template=template, tokenize=False)
+    rest = text.split(SENTINEL, 1)[1].lstrip(" ")
+    for s in special_tokens(tok):
+        if rest.startswith(s):
+            return s
+    return None
+
+
+def default_system_prompt(tok, template: str) -> str | None:
+    """The system text a template injects when the conversation has none (SmolLM2: 'You are … SmolLM …');
+    role markers, special or plain text (TinyLlama's <|user|>), are not text."""
+    text = tok.apply_chat_template([{"role": "user", "content": SENTINEL}], chat_template=template, tokenize=False)
+    head = text.split(SENTINEL, 1)[0]
+    for s in special_tokens(tok):
+        head = head.replace(s, "\n")
+    head = re.sub(r"<\|?/?[A-Za-z_]+\|?>", "\n", head)
+    head = "\n".join(line for line in head.splitlines() if line.strip() not in ("", "system", "user"))
+    return head.strip() or None
+
+
+def template_drops_system(tok, template: str) -> bool:
+    """Whether a system message renders to nothing through `template` (Phi-3-mini's first template renders
+    only user and assistant turns; a template that refuses the role drops it too)."""
+    try:
+        text = tok.apply_chat_template([{"role": "system", "content": SYSTEM_SENTINEL},
+                                        {"role": "user", "content": "u"}], chat_template=template,
+                                       add_generation_prompt=True, tokenize=False)
+    except TemplateError:
+        return True
+    return SYSTEM_SENTINEL not in text
+
+
+def folds(system_prompt: str | None, mode: str, tok, own_template: str) -> bool:
+    """Whether the system prompt goes into the first user turn (data.fold_system), in training and at
+    inference alike: asked for (system_prompt=fold), or the model's own template drops the system turn,
+    where folding is the only way the prompt reaches the model."""
+    return bool(system_prompt) and (mode == "fold" or template_drops_system(tok, own_template))
+
+
+# ---------------------------------------------------------------------------------------------
+# A template before it renders anything
+# ---------------------------------------------------------------------------------------------
+
+SAMPLE = [{"role": "user", "content": "Olá"}, {"role": "assistant", "content": "Olá! Como posso ajudar?"}]
+
+
+class ChatTemplateError(MoltingError, ValueError):
+    """A chat template that cannot render a conversation; the message names it and the fix."""
+
+
+def check_chat_template(template: str, tok, where: str) -> None:
+    """Raise ChatTemplateError unless `template` parses, includes no file and renders SAMPLE through
+    `tok` (with and without the generation prompt). `where`: the template's origin, for the message."""
+    try:
+        tree = ImmutableSandboxedEnvironment().parse(template)
+    except TemplateSyntaxError as e:
+        raise ChatTemplateError(f"{where}: Jinja syntax error on line {e.lineno} ({e.message}); fix the template "
+                                "(or chat_template=model)") from None
+    if next(tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)), None) is not None:
+        raise ChatTemplateError(f"{where}: the template reads another file ({{% include %}}, {{% import %}} or "
+                                "{% extends %}), which a chat template may not; write its text inline") from None
+    for generation_prompt in (False, True):
+        try:
+            text = tok.apply_chat_template(SAMPLE, chat_template=template, tokenize=False,
+                                           add_generation_prompt=generation_prompt)
+        except SecurityError as e:
+            raise ChatTemplateError(f"{where}: the template tries to leave Jinja's sandbox ({e}); nothing was read "
+                                    "or run: use a template that only renders the messages") from None
+        except TemplateError as e:   # raise_exception(...) in the template, or an error Jinja found rendering
+            raise ChatTemplateError(f"{where}: the template refuses a user/assistant conversation ({e}); fix the "
+                                    "template (or chat_template=model)") from None
+        except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as e:  # Python's, mid-render
+            raise ChatTemplateError(f"{where}: the template fails to render ({type(e).__name__}: {e}); fix the "
+                                    "template (or chat_template=model)") from None
+        missing = [m["role"] for m in SAMPLE if m["content"] not in text]
+        if not generation_prompt and missing:
+            raise ChatTemplateError(f"{where}: the template renders a user/assistant conversation without the "
+                                    f"{' and '.join(missing)} turn's text; fix the template (or chat_template=model)")
