@@ -170,8 +170,7 @@ def findings(run: RunData) -> list[Finding]:
 
 
 def _step_findings(run: RunData, nums: dict, score: float | None, below: bool) -> list[Finding]:
-    """Too few optimizer steps (metric optimizer_steps < pre-flight's minimum), with pre-flight's own fixes
-    (config.step_fixes)."""
+    """Too few optimizer steps (metric optimizer_steps < pre-flight's minimum), with its fixes (config.step_fixes)."""
     p, m = run.params, run.metrics
     steps = int(m.get("optimizer_steps", nums.get("optimizer_steps", 0)) or 0)
     min_steps = int(nums.get("min_steps", p.get("train.min_steps", DEFAULT_MIN_STEPS)))
