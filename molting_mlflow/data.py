@@ -154,68 +154,95 @@ def _too_deep(p: Path, where: str = "") -> DatasetError:
 
 
 def _to_messages(p: Path, i: int, item) -> tuple[str, list[dict]]:
+    """Example `i` of file `p` as (its shape's name, its turns as {role, content}), read by its shape's keys
+    and checked as a trainable conversation; a DatasetError naming the file, the example and the problem."""
     def bad(problem: str):
         return DatasetError(f"{p}: example {i}: {problem}")
 
     if not isinstance(item, dict):
         raise bad(f"expected an object, got {type(item).__name__}")
     if "messages" in item:
-        fmt, turns = "messages", item["messages"]
-        if not isinstance(turns, list):
-            raise bad("'messages' must be a list of {role, content} objects")
-        msgs = []
-        for j, t in enumerate(turns):
-            if not isinstance(t, dict) or "role" not in t or "content" not in t:
-                raise bad(f"turn {j} must be an object with 'role' and 'content'")
-            msgs.append({"role": t["role"], "content": t["content"]})
+        fmt, msgs = "messages", _messages_turns(item["messages"], bad)
     elif "conversations" in item:
-        fmt, turns = "sharegpt", item["conversations"]
-        if not isinstance(turns, list):
-            raise bad("'conversations' must be a list of {from, value} objects")
-        msgs = []
-        for j, t in enumerate(turns):
-            if not isinstance(t, dict) or "from" not in t or "value" not in t:
-                raise bad(f"turn {j} must be an object with 'from' and 'value'")
-            if t["from"] not in SHAREGPT_ROLES:
-                raise bad(f"turn {j} has unknown role {t['from']!r}; expected one of {sorted(SHAREGPT_ROLES)}")
-            msgs.append({"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]})
+        fmt, msgs = "sharegpt", _sharegpt_turns(item["conversations"], bad)
     elif "instruction" in item and "output" in item:
-        fmt = "alpaca"
-        for k in ("instruction", "output") + (("input",) if "input" in item else ()):
-            if not isinstance(item[k], str):
-                raise bad(f"'{k}' must be a string")
-        user = item["instruction"] + ("\n\n" + item["input"] if item.get("input", "").strip() else "")
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": item["output"]}]
+        fmt, msgs = "alpaca", _alpaca_turns(item, bad)
     elif "prompt" in item and "completion" in item:
-        fmt = "prompt-completion"
-        msgs = []
-        for k, role in (("prompt", "user"), ("completion", "assistant")):
-            v = item[k]
-            if isinstance(v, str):
-                msgs.append({"role": role, "content": v})
-            elif isinstance(v, list) and all(isinstance(t, dict) and "role" in t and "content" in t for t in v):
-                msgs.extend({"role": t["role"], "content": t["content"]} for t in v)
-            else:
-                raise bad(f"'{k}' must be a string or a list of {{role, content}} objects")
+        fmt, msgs = "prompt-completion", _prompt_completion_turns(item, bad)
     else:
         raise bad(f"unrecognised shape (keys {sorted(item)}); expected 'messages', 'conversations', "
                   "'instruction'+'output' or 'prompt'+'completion'")
+    if (problem := _turns_problem(msgs)) is not None:
+        raise bad(problem)
+    return fmt, msgs
 
+
+def _messages_turns(turns, bad) -> list[dict]:
+    """A "messages" list as {role, content} turns, roles as written; `bad(problem)` is the error to raise."""
+    if not isinstance(turns, list):
+        raise bad("'messages' must be a list of {role, content} objects")
+    msgs = []
+    for j, t in enumerate(turns):
+        if not isinstance(t, dict) or "role" not in t or "content" not in t:
+            raise bad(f"turn {j} must be an object with 'role' and 'content'")
+        msgs.append({"role": t["role"], "content": t["content"]})
+    return msgs
+
+
+def _sharegpt_turns(turns, bad) -> list[dict]:
+    """A ShareGPT "conversations" list as {role, content} turns, its "from" names mapped by SHAREGPT_ROLES."""
+    if not isinstance(turns, list):
+        raise bad("'conversations' must be a list of {from, value} objects")
+    msgs = []
+    for j, t in enumerate(turns):
+        if not isinstance(t, dict) or "from" not in t or "value" not in t:
+            raise bad(f"turn {j} must be an object with 'from' and 'value'")
+        if t["from"] not in SHAREGPT_ROLES:
+            raise bad(f"turn {j} has unknown role {t['from']!r}; expected one of {sorted(SHAREGPT_ROLES)}")
+        msgs.append({"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]})
+    return msgs
+
+
+def _alpaca_turns(item: dict, bad) -> list[dict]:
+    """An Alpaca example as a user turn (instruction, blank line, input where it has text) and the output's answer."""
+    for k in ("instruction", "output") + (("input",) if "input" in item else ()):
+        if not isinstance(item[k], str):
+            raise bad(f"'{k}' must be a string")
+    user = item["instruction"] + ("\n\n" + item["input"] if item.get("input", "").strip() else "")
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": item["output"]}]
+
+
+def _prompt_completion_turns(item: dict, bad) -> list[dict]:
+    """Prompt and completion as turns: each a string (one user / assistant turn) or a list of {role, content}."""
+    msgs = []
+    for k, role in (("prompt", "user"), ("completion", "assistant")):
+        v = item[k]
+        if isinstance(v, str):
+            msgs.append({"role": role, "content": v})
+        elif isinstance(v, list) and all(isinstance(t, dict) and "role" in t and "content" in t for t in v):
+            msgs.extend({"role": t["role"], "content": t["content"]} for t in v)
+        else:
+            raise bad(f"'{k}' must be a string or a list of {{role, content}} objects")
+    return msgs
+
+
+def _turns_problem(msgs: list[dict]) -> str | None:
+    """What keeps the turns from being trained on (a bad role or content, no answer last), or None."""
     if not msgs:
-        raise bad("no turns")
+        return "no turns"
     for j, m in enumerate(msgs):
         if m["role"] not in ROLES:
-            raise bad(f"turn {j} has unknown role {m['role']!r}; expected one of {', '.join(ROLES)}")
+            return f"turn {j} has unknown role {m['role']!r}; expected one of {', '.join(ROLES)}"
         if not isinstance(m["content"], str):
-            raise bad(f"turn {j} ({m['role']}) content must be a string, got {type(m['content']).__name__}")
+            return f"turn {j} ({m['role']}) content must be a string, got {type(m['content']).__name__}"
         if not m["content"].strip():
-            raise bad(f"turn {j} ({m['role']}) has empty content")
+            return f"turn {j} ({m['role']}) has empty content"
         if m["role"] == "system" and j != 0:
-            raise bad(f"turn {j}: a system turn may only come first")
+            return f"turn {j}: a system turn may only come first"
     if not any(m["role"] == "assistant" for m in msgs):
-        raise bad("no assistant turn; every example needs an answer to learn from")
+        return "no assistant turn; every example needs an answer to learn from"
     if msgs[-1]["role"] != "assistant":
-        raise bad(f"the last turn is '{msgs[-1]['role']}'; an example must end with the assistant's answer")
+        return f"the last turn is '{msgs[-1]['role']}'; an example must end with the assistant's answer"
     if not any(m["role"] == "user" for m in msgs):
-        raise bad("no user turn before the assistant's answer")
-    return fmt, msgs
+        return "no user turn before the assistant's answer"
+    return None

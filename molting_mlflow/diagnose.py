@@ -155,26 +155,38 @@ def _slope_drop(losses) -> float | None:
 
 
 def findings(run: RunData) -> list[Finding]:
-    out: list[Finding] = []
-    p, m, pre = run.params, run.metrics, run.preflight
-    nums = pre.get("numbers", {})
+    """The causes the run's own logs give evidence for, the costliest first: convergence, format, identity,
+    facts, truncation. Each helper returns its findings or none; the order here breaks ties in the sort."""
+    nums = run.preflight.get("numbers", {})
+    score = run.metrics.get("score")
+    below = score is not None and score <= DEFAULT_TARGET
+    out = [*_step_findings(run, nums, score, below), *_loss_findings(run, below), *_template_findings(run),
+           *_length_limit_findings(run), *_identity_findings(run), *_fact_findings(run), *_truncation_findings(nums)]
+    order = {"high": 0, "medium": 1, "low": 2}
+    return sorted(out, key=lambda f: (order[f.impact], -f.points))
+
+
+def _step_findings(run: RunData, nums: dict, score: float | None, below: bool) -> list[Finding]:
+    """Too few optimizer steps (metric optimizer_steps < pre-flight's minimum), with its fixes (config.step_fixes)."""
+    p, m = run.params, run.metrics
     steps = int(m.get("optimizer_steps", nums.get("optimizer_steps", 0)) or 0)
     min_steps = int(nums.get("min_steps", p.get("train.min_steps", DEFAULT_MIN_STEPS)))
-    score = m.get("score")
-    below = score is not None and score <= DEFAULT_TARGET
+    if not (steps and steps < min_steps):
+        return []
+    cfg = _config_of(run, nums, min_steps)
+    ex = int(nums.get("examples", p.get("data.examples", 0)))
+    pts = (10 - score) if below else 0.0
+    return [Finding("too few optimizer steps", _impact(pts) if below else "low", round(pts, 2),
+                    "yes (config)", describe_fixes(cfg, ex) if cfg else f"min_steps {min_steps}",
+                    [f"{cfg.arithmetic(ex) if cfg else steps} < minimum {min_steps} "
+                     "(metric optimizer_steps, preflight.json)"])]
 
-    # Convergence: too few optimizer steps. The advice is pre-flight's own (config.step_fixes).
-    if steps and steps < min_steps:
-        cfg = _config_of(run, nums, min_steps)
-        ex = int(nums.get("examples", p.get("data.examples", 0)))
-        pts = (10 - score) if below else 0.0
-        out.append(Finding("too few optimizer steps", _impact(pts) if below else "low", round(pts, 2),
-                           "yes (config)", describe_fixes(cfg, ex) if cfg else f"min_steps {min_steps}",
-                           [f"{cfg.arithmetic(ex) if cfg else steps} < minimum {min_steps} "
-                            "(metric optimizer_steps, preflight.json)"]))
-    # Convergence: loss still falling / high.
+
+def _loss_findings(run: RunData, below: bool) -> list[Finding]:
+    """The loss still falling at the end (over the last quarter of the steps), and a high final loss."""
+    out: list[Finding] = []
     drop = _slope_drop(run.losses)
-    final = m.get("final_loss")
+    final = run.metrics.get("final_loss")
     if drop is not None and drop > THRESHOLDS["still_falling_drop"]:
         out.append(Finding("loss still falling at the end", "medium", 0.0, "yes (config)",
                            "train longer: more epochs, or a smaller grad_accum",
@@ -185,9 +197,13 @@ def findings(run: RunData) -> list[Finding]:
         out.append(Finding("high final loss", "low" if below else "medium", 0.0, "yes (config)",
                            "more optimizer steps (see above)" if below else "more optimizer steps or a higher learning rate",
                            [f"final_loss {final:.3f} > {THRESHOLDS['high_final_loss']} (metric final_loss)"]))
+    return out
 
-    # Format: the template the run trained with.
-    for f in pre.get("findings", []):
+
+def _template_findings(run: RunData) -> list[Finding]:
+    """The template the run trained with: pre-flight's first template error, and special tokens in the answers."""
+    out: list[Finding] = []
+    for f in run.preflight.get("findings", []):
         if f["check"] in ("chat_template", "end_of_turn") and f["level"] == "error":
             data = f.get("data", {})      # a preflight.json from before findings carried data names none
             tokens = [*data.get("tokens", []), *filter(None, [data.get("end_of_turn")])]
@@ -205,15 +221,25 @@ def findings(run: RunData) -> list[Finding]:
         out.append(Finding("special tokens in the answers", _impact(pts), round(pts, 2),
                            "yes (template/training)", "train with the model's own template (chat_template=model)",
                            [f"{a['id']}: {a['response'][:90]!r}" for a in leaked[:3]]))
-    cut = [a for a in run.answers if a.get("finish_reason") == "length"]
-    if cut:
-        pts = _points_lost(run, ("d5_quality",), "d5.length_limit")
-        out.append(Finding("answers cut by the token limit (never stopped)", _impact(pts), round(pts, 2),
-                           "partly", "more training steps teach the end-of-turn; or raise eval_max_new_tokens",
-                           [f"{len(cut)}/{len(run.answers)} answers with finish_reason=length: "
-                            + ", ".join(a["id"] for a in cut)]))
+    return out
 
-    # Identity: the system prompt, and what the model called itself.
+
+def _length_limit_findings(run: RunData) -> list[Finding]:
+    """Answers cut by the token limit: those whose finish_reason is "length" (they never stopped)."""
+    cut = [a for a in run.answers if a.get("finish_reason") == "length"]
+    if not cut:
+        return []
+    pts = _points_lost(run, ("d5_quality",), "d5.length_limit")
+    return [Finding("answers cut by the token limit (never stopped)", _impact(pts), round(pts, 2),
+                    "partly", "more training steps teach the end-of-turn; or raise eval_max_new_tokens",
+                    [f"{len(cut)}/{len(run.answers)} answers with finish_reason=length: "
+                     + ", ".join(a["id"] for a in cut)])]
+
+
+def _identity_findings(run: RunData) -> list[Finding]:
+    """Identity: no system prompt (and what the model called itself), or, with one, the identity not held."""
+    p, pre = run.params, run.preflight
+    out: list[Finding] = []
     if p.get("data.system_prompt_source") == "none":
         claims = [a for a in run.answers if _has(a, "d1.conflicting_identity", "d1.other_name", "d1.denies_name")]
         pts = _points_lost(run, ("d1_identity", "d3_voice"), "d1.conflicting_identity", "d1.other_name",
@@ -235,18 +261,27 @@ def findings(run: RunData) -> list[Finding]:
         out.append(Finding("identity not held", _impact(pts), round(pts, 2), "partly",
                            "more steps on identity examples; check the system prompt",
                            [f"{a['id']}: {_reason(a, 'D1')}" for a in d1_lost[:4]]))
+    return out
+
+
+def _fact_findings(run: RunData) -> list[Finding]:
+    """Facts missed or wrong: the answers that lost D2 points, by their d2 reasons."""
     d2_lost = [a for a in run.answers if a["d2_factual"] < 2]
-    if d2_lost:
-        pts = _points_lost(run, ("d2_factual",), *[c for c in REASON_CODES if c.startswith("d2.")])
-        out.append(Finding("facts missed or wrong", _impact(pts), round(pts, 2), "partly",
-                           "more steps; more examples stating the missed facts",
-                           [f"{a['id']}: {_reason(a, 'D2')}" for a in d2_lost[:4]]))
-    if nums.get("truncated"):
-        out.append(Finding("examples truncated at max_seq_len", "low", 0.0, "yes (config)",
-                           f"max_seq_len > {nums.get('max_tokens')}",
-                           [f"preflight.json: {nums['truncated']} examples over the limit"]))
-    order = {"high": 0, "medium": 1, "low": 2}
-    return sorted(out, key=lambda f: (order[f.impact], -f.points))
+    if not d2_lost:
+        return []
+    pts = _points_lost(run, ("d2_factual",), *[c for c in REASON_CODES if c.startswith("d2.")])
+    return [Finding("facts missed or wrong", _impact(pts), round(pts, 2), "partly",
+                    "more steps; more examples stating the missed facts",
+                    [f"{a['id']}: {_reason(a, 'D2')}" for a in d2_lost[:4]])]
+
+
+def _truncation_findings(nums: dict) -> list[Finding]:
+    """Examples truncated at max_seq_len, as pre-flight counted them (preflight.json numbers.truncated)."""
+    if not nums.get("truncated"):
+        return []
+    return [Finding("examples truncated at max_seq_len", "low", 0.0, "yes (config)",
+                    f"max_seq_len > {nums.get('max_tokens')}",
+                    [f"preflight.json: {nums['truncated']} examples over the limit"])]
 
 
 def _config_of(run: RunData, nums: dict, min_steps: int) -> TrainConfig | None:
