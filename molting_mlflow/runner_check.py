@@ -4,7 +4,7 @@ project runner touches it, not MLflow's traceback.
 `mlflow run . -e train` is MLflow's own process until our entry point starts. Its runner (MLflow 3.17:
 mlflow/projects/__init__.py `run` → `_resolve_experiment_id`, then backend/local.py → projects/utils.py
 `_create_run`) builds a client, looks the experiment up (`--experiment-name`: creates it when missing)
-and creates the run, all before our code exists. So a closed port was 4 minutes of retries and then a
+and creates the run, all before our code exists. So a closed port was minutes of retries and then a
 traceback, and a read-only or locked SQLite store a traceback from the runner's create_run; the checks
 the `molting` commands make first (reaper.touch_store) came too late.
 
