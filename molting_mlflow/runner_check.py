@@ -1,0 +1,151 @@
+"""Under `mlflow run`: a tracking store that is down, read-only or locked is one line before MLflow's
+project runner touches it, not MLflow's traceback.
+
+`mlflow run . -e train` is MLflow's own process until our entry point starts. Its runner (MLflow 3.17:
+mlflow/projects/__init__.py `run` → `_resolve_experiment_id`, then backend/local.py → projects/utils.py
+`_create_run`) builds a client, looks the experiment up (`--experiment-name`: creates it when missing)
+and creates the run, all before our code exists. So a closed port was minutes of retries and then a
+traceback, and a read-only or locked SQLite store a traceback from the runner's create_run; the checks
+the `molting` commands make first (reaper.touch_store) came too late.
+
+Two of MLflow's documented plugin hooks run in that process before its first store access (entry points
+in pyproject.toml):
+
+- http(s): `mlflow.request_header_provider`. Every REST request asks each provider `in_context()` before
+  it is sent (utils/rest_utils.py http_request → tracking/request_header/registry.py), the runner's first
+  (get_experiment_by_name, or create_run without --experiment-name) included. `HeaderProvider` adds no
+  header; it checks the server with one request (reaper.check_server: no retries, 10 s at most).
+- sqlite: no provider is asked anything on MLflow's SQLite path; the store itself is the one hook. The
+  `mlflow.tracking_store` entry point `sqlite` replaces MLflow's builder for that scheme (entry points are
+  registered after MLflow's own, tracking/_tracking_service/utils.py), and `sqlite_store` checks, then
+  returns the store MLflow's own builder makes. The client is built (TrackingServiceClient.__init__) before
+  any query, so this comes before the experiment lookup and the create_run. The probe is
+  reaper.check_writable: a write rolled back, which fails for a read-only store at once and for a
+  locked one after reaper.LOCK_WAIT_S.
+- `mlflow.run_context_provider` would not do: its tags are resolved by `mlflow.start_run`, never by the
+  runner's `MlflowClient.create_run`.
+
+Both hooks act only in an `mlflow run` process (argv) whose project folder holds this project's MLproject
+(`name: molting-mlflow`); anything else (another project, `mlflow server`, the entry point's own process,
+any script) is left as MLflow makes it. One look per process. The wording is reaper's (one owner).
+
+A fault is `molting: <problem>; <fix>` on stderr and exit 2. MLflow's registries catch `Exception` from a
+provider and only log a warning, so the exit is `SystemExit`, a BaseException, which passes through them
+and through click; no run was created yet, so none is left RUNNING. MOLTING_DEBUG=1 raises the error
+with its traceback instead (as `RunnerCheckDebug`, a BaseException too, for the same reason). A failure
+of this module's own (it cannot tell which project runs, a parse it does not expect) lets the run go on.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+PROJECT_NAME = "molting-mlflow"   # the MLproject's `name:`
+
+_state: dict = {}   # "ours": this process is an `mlflow run` of this project; "checked": the store was looked at
+
+
+class RunnerCheckDebug(BaseException):
+    """MOLTING_DEBUG=1: the store fault with its traceback, past MLflow's `except Exception`."""
+
+
+def ours() -> bool:
+    """Whether this process is `mlflow run <this project>`; decided once per process."""
+    if "ours" not in _state:
+        try:
+            _state["ours"] = _project_dir_is_ours(_run_project_uri(sys.argv))
+        except Exception as e:   # cannot tell: never block a run on that
+            _note(f"could not tell which project `mlflow run` runs ({type(e).__name__}: {e})")
+            _state["ours"] = False
+    return _state["ours"]
+
+
+def _run_project_uri(argv: list[str]) -> str | None:
+    """The project URI of an `mlflow run …` command line (console script or `python -m mlflow`), else None;
+    parsed by MLflow's own `run` command (click), so every option that takes a value is skipped as it is there."""
+    if len(argv) < 2 or argv[1] != "run":
+        return None
+    head = Path(argv[0])
+    if not (head.name == "mlflow" or (head.name == "__main__.py" and head.parent.name == "mlflow")):
+        return None
+    from mlflow.cli import run as run_command
+
+    ctx = run_command.make_context("run", list(argv[2:]), resilient_parsing=True)  # no callbacks, no exits
+    return ctx.params.get("uri")
+
+
+def _project_dir_is_ours(uri: str | None) -> bool:
+    """A local project folder (optionally `#subdirectory`) whose MLproject is named molting-mlflow. A Git URI
+    is fetched only later by the runner: not known to be ours, left alone."""
+    if not uri:
+        return False
+    uri, _, sub = uri.partition("#")
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    elif "://" in uri or uri.startswith("git@"):
+        return False
+    mlproject = Path(uri).expanduser() / sub / "MLproject"
+    if not mlproject.is_file():
+        return False
+    import yaml
+
+    spec = yaml.safe_load(mlproject.read_text())
+    return isinstance(spec, dict) and spec.get("name") == PROJECT_NAME
+
+
+def guard(tracking_uri: str) -> None:
+    """In an `mlflow run` of this project, once: the store at `tracking_uri` must answer (a server) or take a
+    write (an existing SQLite file; a new one MLflow creates); a fault exits with one line."""
+    if _state.get("checked") or not ours():
+        return
+    _state["checked"] = True   # first: whatever happens below, once per process
+    from . import reaper
+    from .errors import MoltingError, debugging
+
+    try:
+        if tracking_uri.startswith(("http://", "https://")):
+            reaper.check_server(tracking_uri)
+        elif (db := reaper._sqlite_path(tracking_uri)) is not None and db.exists():
+            reaper.check_writable(db)
+    except MoltingError as e:
+        if debugging():
+            raise RunnerCheckDebug(e.one_line()) from e
+        print(f"molting: {e.one_line()}", file=sys.stderr, flush=True)
+        raise SystemExit(e.exit_code) from None
+    except Exception as e:   # the check's own failure: MLflow goes on as it would without us
+        _note(f"could not check the tracking store before `mlflow run` uses it ({type(e).__name__}: {e})")
+
+
+def _note(msg: str) -> None:
+    from .errors import debugging
+
+    if debugging():
+        print(f"molting: note: {msg}", file=sys.stderr, flush=True)
+
+
+class HeaderProvider:
+    """`mlflow.request_header_provider`: adds no header; checks the server before the first request."""
+
+    def in_context(self) -> bool:
+        import mlflow
+
+        guard(mlflow.get_tracking_uri())
+        return False
+
+    def request_headers(self) -> dict:
+        return {}
+
+
+def sqlite_store(store_uri, artifact_uri=None, **kw):
+    """`mlflow.tracking_store` for `sqlite`: the check, then the store MLflow's own builder makes."""
+    guard(store_uri)
+    return _mlflow_sql_builder()(store_uri, artifact_uri, **kw)
+
+
+def _mlflow_sql_builder():
+    """MLflow's builder for its SQL schemes (tracking/_tracking_service/utils.py, MLflow 3.17); where it is
+    renamed, the one MLflow still holds for PostgreSQL is the same function."""
+    from mlflow.tracking._tracking_service import utils
+
+    own = getattr(utils, "_get_sqlalchemy_store", None)
+    return own if own is not None else utils._tracking_store_registry._registry["postgresql"]
