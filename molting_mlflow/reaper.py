@@ -117,7 +117,7 @@ def touch_store(create: bool = True, write: bool = True) -> None:
     uri = mlflow.get_tracking_uri()
     if uri in _touched:
         return
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     elif db is not None and not db.exists() and not create:
@@ -184,7 +184,7 @@ def sqlite_fault(e: BaseException, db: Path | None = None, waited_s: int | None 
 
     import mlflow
 
-    seen, where = e, db or _sqlite_path(mlflow.get_tracking_uri()) or "the tracking store"
+    seen, where = e, db or sqlite_path(mlflow.get_tracking_uri()) or "the tracking store"
     for _ in range(20):   # a chain is a few links (MLflow, SQLAlchemy, sqlite3); never loop on a cycle
         if seen is None:
             break
@@ -222,7 +222,7 @@ def redact(uri: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", uri)
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 

@@ -33,12 +33,20 @@ A fault is `molting: <problem>; <fix>` on stderr and exit 2. MLflow's registries
 provider and only log a warning, so the exit is `SystemExit`, a BaseException, which passes through them
 and through click; no run was created yet, so none is left RUNNING. MOLTING_DEBUG=1 raises the error
 with its traceback instead (as `RunnerCheckDebug`, a BaseException too, for the same reason). A failure
-of this module's own (it cannot tell which project runs, a parse it does not expect) lets the run go on.
+of this module's own (it cannot tell which project runs, a parse it does not expect) is a note line, and
+the run goes on.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+import yaml
+
+from . import reaper
+from .errors import MoltingError, debugging
+
+# mlflow is imported inside the hooks: MLflow itself imports this module while it loads its plugins.
 
 PROJECT_NAME = "molting-mlflow"   # the MLproject's `name:`
 
@@ -87,8 +95,6 @@ def _project_dir_is_ours(uri: str | None) -> bool:
     mlproject = Path(uri).expanduser() / sub / "MLproject"
     if not mlproject.is_file():
         return False
-    import yaml
-
     spec = yaml.safe_load(mlproject.read_text())
     return isinstance(spec, dict) and spec.get("name") == PROJECT_NAME
 
@@ -99,13 +105,10 @@ def guard(tracking_uri: str) -> None:
     if _state.get("checked") or not ours():
         return
     _state["checked"] = True   # first: whatever happens below, once per process
-    from . import reaper
-    from .errors import MoltingError, debugging
-
     try:
         if tracking_uri.startswith(("http://", "https://")):
             reaper.check_server(tracking_uri)
-        elif (db := reaper._sqlite_path(tracking_uri)) is not None and db.exists():
+        elif (db := reaper.sqlite_path(tracking_uri)) is not None and db.exists():
             reaper.check_writable(db)
     except MoltingError as e:
         if debugging():
@@ -117,10 +120,8 @@ def guard(tracking_uri: str) -> None:
 
 
 def _note(msg: str) -> None:
-    from .errors import debugging
-
-    if debugging():
-        print(f"molting: note: {msg}", file=sys.stderr, flush=True)
+    """A check that could not be made is said, and the run goes on (MOLTING_DEBUG=1 shows why)."""
+    print(f"molting: note: {msg}", file=sys.stderr, flush=True)
 
 
 class HeaderProvider:

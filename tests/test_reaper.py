@@ -66,7 +66,7 @@ def test_stage_run_records_its_process(client):
 
 def test_the_group_check_leaves_a_missing_sqlite_store_uncreated():
     """`molting score` and bad input stay cheap: nothing to reap in a store that does not exist yet."""
-    db = reaper._sqlite_path(mlflow.get_tracking_uri())
+    db = reaper.sqlite_path(mlflow.get_tracking_uri())
     reaper.touch_store(create=False)
     assert not db.exists()
     reaper.touch_store()
