@@ -179,27 +179,29 @@ def _to_messages(p: Path, i: int, item) -> tuple[str, list[dict]]:
 
 def _messages_turns(turns, bad) -> list[dict]:
     """A "messages" list as {role, content} turns, roles as written; `bad(problem)` is the error to raise."""
-    if not isinstance(turns, list):
-        raise bad("'messages' must be a list of {role, content} objects")
-    msgs = []
-    for j, t in enumerate(turns):
-        if not isinstance(t, dict) or "role" not in t or "content" not in t:
-            raise bad(f"turn {j} must be an object with 'role' and 'content'")
-        msgs.append({"role": t["role"], "content": t["content"]})
-    return msgs
+    return _listed_turns(turns, bad, "messages", "role", "content")
 
 
 def _sharegpt_turns(turns, bad) -> list[dict]:
     """A ShareGPT "conversations" list as {role, content} turns, its "from" names mapped by SHAREGPT_ROLES."""
+    return _listed_turns(turns, bad, "conversations", "from", "value", SHAREGPT_ROLES)
+
+
+def _listed_turns(turns, bad, name: str, role_key: str, content_key: str, roles: dict | None = None) -> list[dict]:
+    """A list of turn objects under `name` as {role, content}: each an object with `role_key` and `content_key`;
+    `roles` maps a format's role names to ours (None: taken as written, checked later by _turns_problem)."""
     if not isinstance(turns, list):
-        raise bad("'conversations' must be a list of {from, value} objects")
+        raise bad(f"'{name}' must be a list of {{{role_key}, {content_key}}} objects")
     msgs = []
     for j, t in enumerate(turns):
-        if not isinstance(t, dict) or "from" not in t or "value" not in t:
-            raise bad(f"turn {j} must be an object with 'from' and 'value'")
-        if t["from"] not in SHAREGPT_ROLES:
-            raise bad(f"turn {j} has unknown role {t['from']!r}; expected one of {sorted(SHAREGPT_ROLES)}")
-        msgs.append({"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]})
+        if not isinstance(t, dict) or role_key not in t or content_key not in t:
+            raise bad(f"turn {j} must be an object with '{role_key}' and '{content_key}'")
+        role = t[role_key]
+        if roles is not None:
+            if not isinstance(role, str) or role not in roles:   # a list or an object is no role (nor hashable)
+                raise bad(f"turn {j} has unknown role {role!r}; expected one of {sorted(roles)}")
+            role = roles[role]
+        msgs.append({"role": role, "content": t[content_key]})
     return msgs
 
 

@@ -69,7 +69,6 @@ class Finding:
 
 
 def load_run(run_id: str) -> RunData:
-
     client = MlflowClient()
     try:
         run = client.get_run(run_id)
@@ -173,8 +172,8 @@ def _step_findings(run: RunData, nums: dict, score: float | None, below: bool) -
     min_steps = int(nums.get("min_steps", p.get("train.min_steps", DEFAULT_MIN_STEPS)))
     if not (steps and steps < min_steps):
         return []
-    cfg = _config_of(run, nums, min_steps)
     ex = int(nums.get("examples", p.get("data.examples", 0)))
+    cfg = _config_of(run, nums, min_steps) if ex else None   # no example count logged: no arithmetic to redo
     pts = (10 - score) if below else 0.0
     return [Finding("too few optimizer steps", _impact(pts) if below else "low", round(pts, 2),
                     "yes (config)", describe_fixes(cfg, ex) if cfg else f"min_steps {min_steps}",

@@ -37,7 +37,6 @@ class PersonaAdapterModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context):
-
         runtime.set_threads()
         adapter = Path(context.artifacts["adapter"])
         self.model, self.tok, self.meta, _ = load_adapter_model(adapter)

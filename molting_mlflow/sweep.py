@@ -144,7 +144,6 @@ class Worker:
     n_examples: int | None = None
 
     def __post_init__(self):
-
         self.bases = BaseCache()
         # reuse looks here first, then in every experiment holding the project's runs (`mlflow run .
         # -e train` puts them in `Default`): looked up once, not per trial
@@ -234,7 +233,6 @@ class Worker:
 
 
 def _log_trial_time(run_id: str, wall: float, share: float, prepare_s: float) -> None:
-
     now = int(time.time() * 1000)
     MlflowClient().log_batch(run_id, metrics=[Metric("trial_wall_s", wall, now, 0),
                                               Metric("trial_overhead_share", share, now, 0),

@@ -127,7 +127,6 @@ def why_no_best(mine: list, sc) -> str:
 
 
 def _in_this_store(run_id: str) -> bool:
-
     try:
         MlflowClient().get_run(run_id)
         return True

@@ -1,6 +1,9 @@
 """Helpers shared by test modules (pytest puts tests/ on sys.path)."""
 import os
+import subprocess
 from contextlib import contextmanager
+
+import pytest
 
 
 def use_store(monkeypatch, uri: str) -> None:
@@ -31,3 +34,22 @@ def store_in(folder):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old_uri
+
+
+@contextmanager
+def made_read_only(path):
+    """`path` read-only for this process while the block runs: immutable (root ignores file modes), else
+    mode 0444; the test is skipped where neither is possible."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("root without chattr +i: no way to make a file read-only here")
+        try:
+            yield path
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        path.chmod(0o444)
+        try:
+            yield path
+        finally:
+            path.chmod(0o644)

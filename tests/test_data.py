@@ -63,6 +63,8 @@ BAD = [
     ("unknown shape", b'[{"question": "a"}]', "example 0: unrecognised shape"),
     ("unknown role", json.dumps([{"messages": [{"role": "bot", "content": "a"}]}]).encode(), "example 0: turn 0 has unknown role 'bot'"),
     ("unknown sharegpt role", json.dumps([{"conversations": [{"from": "robot", "value": "a"}]}]).encode(), "unknown role 'robot'"),
+    # a list is no role: `in SHAREGPT_ROLES` raised TypeError (unhashable) before it was checked to be a string
+    ("list as sharegpt role", json.dumps([{"conversations": [{"from": ["human"], "value": "a"}]}]).encode(), "unknown role ['human']"),
     ("empty content", json.dumps([CASES["messages"], {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": " "}]}]).encode(), "example 1: turn 1 (assistant) has empty content"),
     ("non-string content", json.dumps([{"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}]}]).encode(), "content must be a string"),
     ("no assistant", json.dumps([{"messages": [{"role": "user", "content": "a"}]}]).encode(), "no assistant turn"),

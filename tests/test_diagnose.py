@@ -106,3 +106,18 @@ def test_unknown_run_is_one_line():
     assert r.exit_code == 2 and "no run id starts with 'deadbeef'" in r.output
     r = CliRunner().invoke(cli, ["diagnose", "deadbeef" * 4])       # a whole id: looked up as it is
     assert r.exit_code == 2 and f"run '{'deadbeef' * 4}' not found" in r.output
+
+
+def test_too_few_steps_without_an_example_count_is_still_found(store):
+    """A run whose pre-flight numbers and params give no example count (an older run, a hand-made one):
+    the step finding names the minimum instead of redoing arithmetic over 0 examples (it divided by 0)."""
+    run = load_run(store[1])
+    run = replace(run, params={k: v for k, v in run.params.items() if k != "data.examples"},
+                  preflight={**run.preflight, "numbers": {k: v for k, v in run.preflight.get("numbers", {}).items()
+                                                          if k != "examples"}})
+    steps = causes_of(run)["too few optimizer steps"]
+    assert steps.change == "min_steps 150" and steps.evidence[0].startswith("50 < minimum 150"), steps
+
+
+def causes_of(run):
+    return {f.cause: f for f in findings(run)}

@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 from mlflow.tracking import MlflowClient
 
+from helpers import made_read_only
 from molting_mlflow.cli import cli
 from molting_mlflow.errors import MoltingError
 
@@ -320,16 +321,9 @@ def store(tmp_path):
 
 @pytest.fixture
 def read_only(store):
-    """The store made read-only for this process: immutable (root ignores file modes), else mode 0444."""
-    if os.geteuid() == 0:
-        if subprocess.run(["chattr", "+i", str(store)], capture_output=True).returncode != 0:
-            pytest.skip("root without chattr +i: no way to make a file read-only here")
+    """The store made read-only for this process (helpers.made_read_only)."""
+    with made_read_only(store):
         yield store
-        subprocess.run(["chattr", "-i", str(store)], check=True)
-    else:
-        store.chmod(0o444)
-        yield store
-        store.chmod(0o644)
 
 
 @pytest.mark.parametrize("args", [["train", *TINY, "--epochs", "1", "--min-steps", "0"], ["evaluate", *TINY],

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import use_store
+from helpers import made_read_only, use_store
 from molting_mlflow import runner_check
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,16 +83,9 @@ def test_server_down_under_mlflow_run_is_one_line_in_seconds(fault):
 
 @pytest.fixture
 def read_only(store):
-    """The store made read-only for this process: immutable (root ignores file modes), else mode 0444."""
-    if os.geteuid() == 0:
-        if subprocess.run(["chattr", "+i", str(store)], capture_output=True).returncode != 0:
-            pytest.skip("root without chattr +i: no way to make a file read-only here")
+    """The store made read-only for this process (helpers.made_read_only)."""
+    with made_read_only(store):
         yield store
-        subprocess.run(["chattr", "-i", str(store)], check=True)
-    else:
-        store.chmod(0o444)
-        yield store
-        store.chmod(0o644)
 
 
 @pytest.mark.faults
