@@ -20,7 +20,7 @@ from .presets import PRESETS, defaults_preset
 from .runtime import PRECISION_CHOICES
 
 __all__ = ["ConfigError", "TrainConfig", "steps_per_epoch", "step_fixes", "DEFAULT_DATASET", "DEFAULT_PERSONA",
-           "DEFAULT_QUESTIONS", "DEFAULT_MIN_STEPS", "DEFAULT_SEED", "DEFAULT_EXPERIMENT", "DEFAULT_TARGET",
+           "DEFAULT_QUESTIONS", "DEFAULT_MODEL", "DEFAULT_MIN_STEPS", "DEFAULT_SEED", "DEFAULT_EXPERIMENT", "DEFAULT_TARGET",
            "DEFAULT_MAX_NEW_TOKENS", "PREFLIGHT_MODES", "check_fields", "opt", "whole", "EvalConfig"]
 
 PREFLIGHT_MODES = ("strict", "warn")
@@ -31,6 +31,8 @@ PREFLIGHT_MODES = ("strict", "warn")
 # Below this many optimizer steps the user's TinyLlama run (50 steps) never learned the persona
 # and smol did not either (50 steps: degenerate, 150: in persona). Overridable per run.
 DEFAULT_MIN_STEPS = 150
+# The model a run trains or evaluates when none is named: the real SmolLM2-135M, CPU-friendly.
+DEFAULT_MODEL = "smol"
 # Every stage's seed: data order and LoRA init (train), the sampler (sweep), generation (evaluate).
 DEFAULT_SEED = 42
 # The MLflow experiment the project's runs go to (under `mlflow run`, the run's own experiment wins).
@@ -79,7 +81,7 @@ def check_fields(config) -> None:
 
 @dataclass
 class TrainConfig:
-    model: str = opt("smol", f"Preset ({', '.join(PRESETS)}), a local model folder, or a hub id in your HF cache. "
+    model: str = opt(DEFAULT_MODEL, f"Preset ({', '.join(PRESETS)}), a local model folder, or a hub id in your HF cache. "
                      "tiny-random is random weights, for plumbing tests only.",
                      lambda v: isinstance(v, str) and v.strip() != "", "a preset, a local folder or a hub id")
     dataset: str = opt("persona", "Chat examples: JSON list or JSONL of messages / ShareGPT / Alpaca / "

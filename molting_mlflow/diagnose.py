@@ -16,7 +16,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .config import DEFAULT_MIN_STEPS, DEFAULT_TARGET, ConfigError, TrainConfig, describe_fixes
+from .config import DEFAULT_MIN_STEPS, DEFAULT_MODEL, DEFAULT_TARGET, ConfigError, TrainConfig, describe_fixes
 from .errors import MoltingError, missing_in_store
 from .experiments import lookup_order
 from .rubric import DIMENSIONS, REASON_CODES, UNTAGGED_RUBRIC_VERSION, code_prefix, short_name
@@ -287,7 +287,7 @@ def _config_of(run: RunData, nums: dict, min_steps: int) -> TrainConfig | None:
     """The resolved step settings a run logged, as a TrainConfig (None when they were not logged)."""
     p = run.params
     try:
-        return TrainConfig(model=p.get("train.model", "smol"), epochs=int(p["train.epochs"]),
+        return TrainConfig(model=p.get("train.model", DEFAULT_MODEL), epochs=int(p["train.epochs"]),
                            grad_accum=int(p["train.grad_accum"]), batch_size=int(p["train.batch_size"]),
                            min_steps=min_steps)
     except (KeyError, ValueError, ConfigError):

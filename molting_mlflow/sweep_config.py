@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import (DEFAULT_EXPERIMENT, DEFAULT_SEED, DEFAULT_TARGET, ConfigError, TrainConfig, check_fields,
-                     opt)
+from .config import (DEFAULT_EXPERIMENT, DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_TARGET, ConfigError, TrainConfig,
+                     check_fields, opt)
 from .models import sha256_file
 from .presets import PRESETS
 
@@ -88,7 +88,7 @@ def parse_search(text: str) -> dict[str, str]:
 class SweepConfig:
     """A sweep's settings, each field with its default, help and bound (config.opt, as TrainConfig);
     the trials' own settings are TrainConfig's, checked for each searched model on construction."""
-    model: str = opt("smol", "Preset, local folder or hub id (as train).")
+    model: str = opt(DEFAULT_MODEL, "Preset, local folder or hub id (as train).")
     n_trials: int = opt(12, "New trials this sweep trains (a new study's reference trials included; "
                         "configurations pruned under min_steps before loading a weight not counted).",
                         lambda v: isinstance(v, int) and v >= 1, "a whole number ≥ 1")
