@@ -1,5 +1,6 @@
 """The project's experiments: created with an absolute artifact location, marked as fine-tuning
-experiments with the UI's saved view of the runs by score (ui_view), and found again.
+experiments (and, once they hold scores, with the UI's saved view of the runs by score: scoring.py),
+and found again.
 
 Where the project's runs are: `mlflow run` puts them in the experiment named on its command line,
 or in `Default`; `molting …` in `--experiment` (default molting). Look-ups search them all.
@@ -14,7 +15,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .config import ConfigError
-from .ui_view import view_tag
 
 
 # MLflow's experiment kind (the UI's enum value `finetuning`, MLflow 3.17): what these experiments hold.
@@ -42,11 +42,10 @@ def ensure_experiment(name: str) -> str:
     return exp_id
 
 
-def mark_experiment(exp) -> None:
-    """Give an experiment that holds our runs (`Default` too, where `mlflow run` puts them) the
-    fine-tuning kind and the UI's saved view of the runs by score (ui_view), each unless it is
-    there already (a kind or a view someone chose stays theirs)."""
-    for key, value in (*EXPERIMENT_KIND.items(), view_tag()):
+def mark_experiment(exp, tags: dict | None = None) -> None:
+    """Give an experiment that holds our runs (`Default` too, where `mlflow run` puts them) each of `tags`
+    (default: the fine-tuning kind) it does not have yet: a kind or a view someone chose stays theirs."""
+    for key, value in (tags or EXPERIMENT_KIND).items():
         if key not in exp.tags:
             try:
                 MlflowClient().set_experiment_tag(exp.experiment_id, key, value)

@@ -1,6 +1,7 @@
 """Scores on a run: the rubric's results as metrics (D1–D5, score, ref_chrf, ref_nll), a table of
 one row a question with its reasons and their codes, the rubric version as a tag, and MLflow's
 evaluation view of the same answers (eval_view). Ground for the train, evaluate and rescore stages.
+An experiment that holds scores gets the MLflow UI's saved view of its runs by score (ui_view).
 """
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import mlflow
 import pandas as pd
 
 from .eval_view import log_evaluation
+from .experiments import mark_experiment
 from .rubric import DIMENSIONS, score_responses
+from .ui_view import view_tag
 
 
 RESULTS_TABLE = "eval_results.json"
@@ -43,4 +46,16 @@ def log_scores(records: list[dict], questions, persona, stats: dict, ref_nll: fl
     mlflow.set_tag("molting.rubric_version", scored["summary"]["rubric_version"])
     mlflow.log_table(data=pd.DataFrame(results_rows(scored)), artifact_file=RESULTS_TABLE)
     log_evaluation(records, questions, scored["results"])   # the same answers as MLflow evaluation results
+    mark_scores_view(mlflow.active_run().info.experiment_id)
     return scored
+
+
+_viewed: set[str] = set()      # the experiments this process has given the view already
+
+
+def mark_scores_view(experiment_id: str) -> None:
+    """The experiment's saved view of the runs by score (ui_view.view_tag), unless it has one: once a
+    process, when its first scores are logged (an experiment of pruned trials only has no score to show)."""
+    if experiment_id not in _viewed:
+        _viewed.add(experiment_id)
+        mark_experiment(mlflow.get_experiment(experiment_id), dict([view_tag()]))

@@ -5,7 +5,7 @@ MLflow 3.17's runs table shows no metric column until the user picks one, and re
 browser. Its "Views" menu lists saved views, which MLflow stores as experiment tags
 (`mlflow.sharedViewState.<id>`: {name, createdAt, updatedAt, state}, `state` the table's JSON state:
 the same format the UI writes, uncompressed, which it reads as well). The project writes one such
-view on each experiment that holds its runs, once (a view the user edited or deleted is theirs).
+view on each experiment that holds its scored runs, once (a view the user edited or deleted is theirs).
 
 Open it from Views → "molting: runs by score", or directly: `runs_url(base, experiment_id)`.
 The browser test (tests/test_ui.py) checks it renders.

@@ -1,5 +1,5 @@
 """Where the project's runs are, and what MLflow knows them as: every experiment holding them carries
-MLflow's fine-tuning kind and a saved view of the runs by score; `molting` commands and the sweep's
+MLflow's fine-tuning kind (and, with scores, a saved view of the runs by score); `molting` commands and the sweep's
 reuse find runs in the experiment `mlflow run` put them in (`Default` without --experiment-name)."""
 import json
 import os
@@ -13,23 +13,33 @@ from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
 from molting_mlflow.experiments import EXPERIMENT_KIND, ensure_experiment
+from molting_mlflow.scoring import mark_scores_view
 from molting_mlflow.ui_view import VIEW_NAME, VIEW_TAG
 
 ROOT = Path(__file__).resolve().parent.parent
 KIND = "mlflow.experimentKind"
 
 
-def test_an_experiment_of_ours_is_finetuning_with_a_scores_view_and_a_users_choice_stays():
+def test_an_experiment_of_ours_is_finetuning_and_a_users_choice_stays():
     exp = mlflow.get_experiment(ensure_experiment("molting"))
     assert exp.tags[KIND] == EXPERIMENT_KIND[KIND] == "finetuning"
-    view = json.loads(exp.tags[VIEW_TAG])
+    theirs = MlflowClient().create_experiment("theirs", tags={KIND: "genai_development"})
+    ensure_experiment("theirs")
+    assert mlflow.get_experiment(theirs).tags[KIND] == "genai_development"
+
+
+def test_an_experiment_with_scores_gets_the_view_by_score_and_a_users_view_stays():
+    """scoring.log_scores marks the run's experiment (mark_scores_view); without that call no experiment has
+    the view (the browser test, test_ui.py, opens it on a trained run's experiment)."""
+    ours = ensure_experiment("molting")
+    assert VIEW_TAG not in mlflow.get_experiment(ours).tags      # no scores yet: no view of scores
+    mark_scores_view(ours)
+    view = json.loads(mlflow.get_experiment(ours).tags[VIEW_TAG])
     state = json.loads(view["state"])
     assert view["name"] == VIEW_NAME and state["orderByKey"] == "metrics.`score`" and state["orderByAsc"] is False
     assert {"metrics.`score`", "metrics.`d1_identity`", "metrics.`d5_quality`"} <= set(state["selectedColumns"])
-
-    theirs = MlflowClient().create_experiment("theirs", tags={KIND: "genai_development", VIEW_TAG: "{}"})
-    ensure_experiment("theirs")
-    assert mlflow.get_experiment(theirs).tags[KIND] == "genai_development"
+    theirs = MlflowClient().create_experiment("theirs", tags={VIEW_TAG: "{}"})
+    mark_scores_view(theirs)
     assert mlflow.get_experiment(theirs).tags[VIEW_TAG] == "{}"
 
 
