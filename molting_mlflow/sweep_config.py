@@ -17,6 +17,7 @@ from .config import (DEFAULT_EXPERIMENT, DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_TA
                      check_fields, opt)
 from .models import sha256_file
 from .presets import PRESETS
+from .reaper import sqlite_path
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,8 @@ class SweepConfig:
             return self.storage
         import mlflow
 
-        uri = mlflow.get_tracking_uri()
-        folder = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else Path.cwd()
+        db = sqlite_path(mlflow.get_tracking_uri())
+        folder = db.parent if db is not None else Path.cwd()
         return f"sqlite:///{folder.resolve() / 'optuna.db'}"
 
     def resolved_study(self, experiment: str | None = None) -> str:

@@ -8,8 +8,6 @@ import re
 import shutil
 import sqlite3
 import struct
-import subprocess
-import sys
 
 import mlflow
 import pytest
