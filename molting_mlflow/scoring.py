@@ -50,12 +50,14 @@ def log_scores(records: list[dict], questions, persona, stats: dict, ref_nll: fl
     return scored
 
 
-_viewed: set[str] = set()      # the experiments this process has given the view already
+_viewed: set[tuple[str, str]] = set()    # (store URI, experiment id) this process has given the view already:
+                                         # ids repeat across stores ("1" is every store's first experiment)
 
 
 def mark_scores_view(experiment_id: str) -> None:
     """The experiment's saved view of the runs by score (ui_view.view_tag), unless it has one: once a
     process, when its first scores are logged (an experiment of pruned trials only has no score to show)."""
-    if experiment_id not in _viewed:
-        _viewed.add(experiment_id)
+    key = (mlflow.get_tracking_uri(), experiment_id)
+    if key not in _viewed:
+        _viewed.add(key)
         mark_experiment(mlflow.get_experiment(experiment_id), dict([view_tag()]))

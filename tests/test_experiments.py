@@ -43,6 +43,20 @@ def test_an_experiment_with_scores_gets_the_view_by_score_and_a_users_view_stays
     assert mlflow.get_experiment(theirs).tags[VIEW_TAG] == "{}"
 
 
+def test_the_same_experiment_id_in_a_second_store_gets_the_view_too(tmp_path, monkeypatch):
+    """Experiment ids repeat across stores ("1" is each store's first): marking one store's "1" in this
+    process must not skip another store's "1" (the suite's order hid this: each test has a new store)."""
+    from helpers import use_store
+
+    first = ensure_experiment("molting")
+    mark_scores_view(first)
+    use_store(monkeypatch, f"sqlite:///{tmp_path / 'second.db'}")
+    second = ensure_experiment("molting")
+    assert second == first
+    mark_scores_view(second)
+    assert VIEW_TAG in mlflow.get_experiment(second).tags
+
+
 def mlflow_run(*params, entry="train"):
     """The design card's command as written: no --experiment-name, so the run goes to `Default`."""
     cmd = [sys.executable, "-m", "mlflow", "run", ".", "-e", entry, "--env-manager", "local"]

@@ -473,12 +473,14 @@ def test_a_run_without_scores_fails_the_check(at):
     """The runs-table check can fail: a run logged like a train run but never scored."""
     import mlflow
 
+    from molting_mlflow.scoring import mark_scores_view
     from molting_mlflow.tracking import stage_run
 
     base, store, ctx, _ = at
     with stage_run("unscored", "no-scores", {"molting.stage": "train"}) as run:
         mlflow.log_metric("loss", 1.0, step=1)
     exp = run.info.experiment_id
+    mark_scores_view(exp)      # the view a scored run beside it would have given the experiment
     with pytest.raises(AssertionError, match="shows no score"):
         check_runs_table(ctx, base, exp, [run.info.run_id])
 
