@@ -11,6 +11,7 @@ import mlflow
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from helpers import use_store
 from molting_mlflow.cli import cli
 from molting_mlflow.experiments import EXPERIMENT_KIND, ensure_experiment
 from molting_mlflow.scoring import mark_scores_view
@@ -46,8 +47,6 @@ def test_an_experiment_with_scores_gets_the_view_by_score_and_a_users_view_stays
 def test_the_same_experiment_id_in_a_second_store_gets_the_view_too(tmp_path, monkeypatch):
     """Experiment ids repeat across stores ("1" is each store's first): marking one store's "1" in this
     process must not skip another store's "1" (the suite's order hid this: each test has a new store)."""
-    from helpers import use_store
-
     first = ensure_experiment("molting")
     mark_scores_view(first)
     use_store(monkeypatch, f"sqlite:///{tmp_path / 'second.db'}")
