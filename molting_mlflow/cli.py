@@ -138,24 +138,25 @@ class MoltingGroup(click.Group):
             raise UserError(e.format_message() + where) from None
 
 
-def train_options(fn):
-    """One click option per TrainConfig field, with the field's default and help."""
-    for f in reversed(fields(TrainConfig)):
-        name = "--" + f.name.replace("_", "-")
-        if f.metadata.get("preset"):
-            kind = float if f.name in ("lr", "lora_dropout") else int
-            fn = click.option(name, f.name, type=PresetOr(kind), default="preset", show_default=True,
-                              help=f.metadata["help"])(fn)
-        else:
-            kind = {bool: click.BOOL, int: int, float: float}.get(type(f.default), str)
-            fn = click.option(name, f.name, type=kind, default=f.default, show_default=True,
-                              help=f.metadata["help"])(fn)
-    return fn
+def config_options(config, skip: tuple[str, ...] = ()):
+    """One click option per field of a config dataclass (TrainConfig, EvalConfig, SweepConfig), with the
+    field's default and help (config.opt): adding a field adds its option. A preset field takes 'preset'
+    or a number of its annotated type (`lr: float | None` → float)."""
+    def decorate(fn):
+        for f in reversed(fields(config)):
+            if f.name in skip:
+                continue
+            if f.metadata.get("preset"):
+                kind, default = PresetOr(float if str(f.type).startswith("float") else int), "preset"
+            else:
+                kind, default = {bool: click.BOOL, int: int, float: float}.get(type(f.default), str), f.default
+            fn = click.option("--" + f.name.replace("_", "-"), f.name, type=kind, default=default,
+                              show_default=default != "", help=f.metadata["help"])(fn)
+        return fn
+    return decorate
 
 
-def _help(config, name: str) -> str:
-    """A config field's help (config.opt): an option says what its field says."""
-    return config.__dataclass_fields__[name].metadata["help"]
+train_options = config_options(TrainConfig)
 
 
 def _config(kw) -> TrainConfig:
@@ -233,19 +234,9 @@ def preflight(template_revision, **kw):
 
 
 @cli.command()
-@click.option("--run-id", default=EvalConfig.run_id, help=_help(EvalConfig, "run_id"))
-@click.option("--adapter", default=EvalConfig.adapter, help=_help(EvalConfig, "adapter"))
-@click.option("--model", default=EvalConfig.model, help=_help(EvalConfig, "model"))
-@click.option("--persona", default=EvalConfig.persona, help=_help(EvalConfig, "persona"))
-@click.option("--questions", default=EvalConfig.questions, help=_help(EvalConfig, "questions"))
-@click.option("--max-new-tokens", default=EvalConfig.max_new_tokens, show_default=True, type=int,
-              help=_help(EvalConfig, "max_new_tokens"))
-@click.option("--batch-size", default=EvalConfig.batch_size, show_default=True, type=int,
-              help=_help(EvalConfig, "batch_size"))
-@click.option("--seed", default=EvalConfig.seed, show_default=True, type=int, help=_help(EvalConfig, "seed"))
-@click.option("--experiment", default=EvalConfig.experiment, show_default=True, help=_help(EvalConfig, "experiment"))
+@config_options(EvalConfig)
 @user_errors
-def evaluate(run_id, adapter, model, persona, questions, max_new_tokens, batch_size, seed, experiment):
+def evaluate(**kw):
     """Answer the evaluation questions and score them with the rubric (D1–D5, ref_nll, ref_chrf) in a new MLflow run.
 
     \b
@@ -256,8 +247,7 @@ def evaluate(run_id, adapter, model, persona, questions, max_new_tokens, batch_s
     """
     from .evaluate import evaluate as run_eval
 
-    run_eval(EvalConfig(run_id=run_id, adapter=adapter, model=model, persona=persona, questions=questions,
-                        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, experiment=experiment))
+    run_eval(EvalConfig(**kw))
 
 
 @cli.command()
@@ -330,44 +320,10 @@ def search_options(fn):
 
 
 @cli.command()
-@click.option("--model", default=SweepConfig.model, show_default=True, help=_help(SweepConfig, "model"))
-@click.option("--n-trials", default=SweepConfig.n_trials, show_default=True, type=int,
-              help=_help(SweepConfig, "n_trials"))
-@click.option("--target", default=SweepConfig.target, show_default=True, type=float, help=_help(SweepConfig, "target"))
-@click.option("--stop-at-target", default=SweepConfig.stop_at_target, type=click.BOOL, show_default=True,
-              help=_help(SweepConfig, "stop_at_target"))
-@click.option("--storage", default=SweepConfig.storage, help=_help(SweepConfig, "storage"))
-@click.option("--study-name", default=SweepConfig.study_name, help=_help(SweepConfig, "study_name"))
+@config_options(SweepConfig, skip=("search",))
 @search_options
 @click.option("--search", "search_text", default="", help="The searched ranges as one string, name=values;… "
               "(the MLproject's form), e.g. 'lr=1e-4,1e-3;lora_r=8,16'; it overrides the options above.")
-@click.option("--enqueue-user", default=SweepConfig.enqueue_user, type=click.BOOL, show_default=True,
-              help=_help(SweepConfig, "enqueue_user"))
-@click.option("--enqueue-default", default=SweepConfig.enqueue_default, type=click.BOOL, show_default=True,
-              help=_help(SweepConfig, "enqueue_default"))
-@click.option("--prune", default=SweepConfig.prune, type=click.BOOL, show_default=True,
-              help=_help(SweepConfig, "prune"))
-@click.option("--reuse", default=SweepConfig.reuse, type=click.BOOL, show_default=True,
-              help=_help(SweepConfig, "reuse"))
-@click.option("--register", default=SweepConfig.register, type=click.BOOL, show_default=True,
-              help=_help(SweepConfig, "register"))
-@click.option("--seed", default=SweepConfig.seed, show_default=True, type=int, help=_help(SweepConfig, "seed"))
-@click.option("--experiment", default=SweepConfig.experiment, show_default=True,
-              help=_help(SweepConfig, "experiment"))
-@click.option("--min-steps", default=SweepConfig.min_steps, show_default=True, type=int,
-              help=_help(SweepConfig, "min_steps"))
-@click.option("--workers", default=SweepConfig.workers, show_default=True, type=int,
-              help=_help(SweepConfig, "workers"))
-@click.option("--trials-per-gpu", default=SweepConfig.trials_per_gpu, show_default=True, type=int,
-              help=_help(SweepConfig, "trials_per_gpu"))
-@click.option("--gpu-memory-gib", default=SweepConfig.gpu_memory_gib, show_default=True, type=float,
-              help=_help(SweepConfig, "gpu_memory_gib"))
-@click.option("--precision", default=SweepConfig.precision, show_default=True, help=_help(SweepConfig, "precision"))
-@click.option("--persona", default=SweepConfig.persona, help=_help(SweepConfig, "persona"))
-@click.option("--questions", default=SweepConfig.questions, show_default=True, help=_help(SweepConfig, "questions"))
-@click.option("--dataset", default=SweepConfig.dataset, show_default=True, help=_help(SweepConfig, "dataset"))
-@click.option("--heartbeat-s", default=SweepConfig.heartbeat_s, show_default=True, type=int,
-              help=_help(SweepConfig, "heartbeat_s"))
 @user_errors
 def sweep(search_text, **kw):
     """Search the sweep's table (grad_accum, epochs, lr; lora_r and models on request) with Optuna;

@@ -1,5 +1,6 @@
 """The command line: bad input is one line, exit code 2, no traceback, and no run left RUNNING."""
 import json
+from dataclasses import MISSING, fields
 
 import mlflow
 import pytest
@@ -7,6 +8,8 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
+from molting_mlflow.config import EvalConfig, TrainConfig
+from molting_mlflow.sweep_config import SweepConfig
 
 TINY = ["train", "--model", "tiny-random"]
 
@@ -218,3 +221,19 @@ def test_every_config_field_carries_its_help_and_the_options_show_it():
                 assert option.help.startswith(f.metadata["help"]), (command, f.name)
                 if f.default is not MISSING and option.default is not None and not f.metadata.get("preset"):
                     assert option.default == f.default, (command, f.name)
+
+
+@pytest.mark.parametrize("command, config, own", [("train", "TrainConfig", set()), ("evaluate", "EvalConfig", set()),
+                                                  ("sweep", "SweepConfig", {"search"})])
+def test_every_config_field_is_an_option_with_the_fields_default_and_help(command, config, own):
+    """cli.config_options: each field of the command's config is its option, default and help included
+    (a field added without an option, or an option whose default drifts from its field, fails here)."""
+    cls = {"TrainConfig": TrainConfig, "EvalConfig": EvalConfig, "SweepConfig": SweepConfig}[config]
+    params = {p.name: p for p in cli.commands[command].params}
+    for f in fields(cls):
+        if f.name in own:
+            continue
+        assert f.name in params, f"{command} has no option for {config}.{f.name}"
+        default = "preset" if f.metadata.get("preset") else f.default
+        assert default is not MISSING and params[f.name].default == default, f.name
+        assert params[f.name].help == f.metadata["help"], f.name
