@@ -38,6 +38,7 @@ from .rehearsal import has_templates  # noqa: E402
 from .rubric import Question, load_questions, load_responses, score_responses  # noqa: E402
 from .runtime import set_threads  # noqa: E402
 from .sweep_config import SEARCH_SPACE, SweepConfig, parse_search  # noqa: E402
+from .tags import CHAMPION
 
 class UserError(click.ClickException):
     """A mistake in the input: one line, exit code 2."""
@@ -389,7 +390,7 @@ def registry(name):
 @cli.command()
 @click.argument("name")
 @click.argument("version")
-@click.option("--alias", default="champion", show_default=True)
+@click.option("--alias", default=CHAMPION, show_default=True)
 @user_errors
 def promote(name, version, alias):
     """Point an alias (default champion) at a version by hand.

@@ -16,6 +16,7 @@ import pandas as pd
 from .config import TrainConfig
 from .experiments import experiments_to_search
 from .rubric import DIMENSIONS, UNTAGGED_RUBRIC_VERSION
+from .tags import MODEL_TAG, PREFLIGHT_TAG, RUBRIC_VERSION_TAG, STAGE_TAG
 from .tracking import resolve_run_id
 
 METRICS = ["score", *DIMENSIONS, "optimizer_steps", "final_loss", "ref_nll", "ref_chrf"]
@@ -40,7 +41,7 @@ def compare_runs(experiment: str | None = None, all_columns: bool = False, run_i
     else:
         _compact_columns(out, runs)
     # a scored run without the tag was scored before versions were recorded: v1.0
-    tag = runs["tags.molting.rubric_version"] if "tags.molting.rubric_version" in runs else [None] * len(runs)
+    tag = runs[f"tags.{RUBRIC_VERSION_TAG}"] if f"tags.{RUBRIC_VERSION_TAG}" in runs else [None] * len(runs)
     out["rubric"] = [None if pd.isna(score) else (v if isinstance(v, str) else UNTAGGED_RUBRIC_VERSION)
                      for score, v in zip(runs.get("metrics.score", [None] * len(runs)), tag)]
     return out.sort_values(["rubric", "score"], ascending=[False, False], na_position="last").reset_index(drop=True)
@@ -94,8 +95,8 @@ def _short(name: str, value):
 
 def _full_columns(out, runs, all_columns: bool) -> None:
     """Status, stage, model, pre-flight, the resolved train.* params (those that differ, or all), metrics."""
-    for col, tag in (("status", "status"), ("stage", "tags.molting.stage"), ("model", "tags.molting.model"),
-                     ("preflight", "tags.molting.preflight")):
+    for col, tag in (("status", "status"), ("stage", f"tags.{STAGE_TAG}"), ("model", f"tags.{MODEL_TAG}"),
+                     ("preflight", f"tags.{PREFLIGHT_TAG}")):
         out[col] = runs.get(tag)
     for m in METRICS:
         out[m] = _metric(runs, m)

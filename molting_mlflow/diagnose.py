@@ -21,6 +21,7 @@ from .errors import MoltingError, missing_in_store
 from .experiments import lookup_order
 from .rubric import DIMENSIONS, REASON_CODES, UNTAGGED_RUBRIC_VERSION, code_prefix, short_name
 from .scoring import REASONS_BY_CODE
+from .tags import ERROR_TAG, MODEL_TAG, PREFLIGHT_ARTIFACT, RUBRIC_VERSION_TAG, STAGE_TAG, TRIAL_STATE_TAG
 from .tracking import resolve_run_id
 
 THRESHOLDS = {
@@ -89,7 +90,7 @@ def load_run(run_id: str) -> RunData:
         except FileNotFoundError:
             return None
 
-    pre = json.loads(artifact("preflight.json") or "{}")
+    pre = json.loads(artifact(PREFLIGHT_ARTIFACT) or "{}")
     table = json.loads(artifact("eval_results.json") or "{}")
     answers = [dict(zip(table["columns"], row)) for row in table.get("data", [])]
     if answers and "codes" not in answers[0]:
@@ -102,7 +103,7 @@ def load_run(run_id: str) -> RunData:
 
 
 def rubric_version(run: RunData) -> str:
-    return run.tags.get("molting.rubric_version", UNTAGGED_RUBRIC_VERSION)
+    return run.tags.get(RUBRIC_VERSION_TAG, UNTAGGED_RUBRIC_VERSION)
 
 
 def find_baseline(run: RunData) -> RunData | None:
@@ -110,12 +111,12 @@ def find_baseline(run: RunData) -> RunData | None:
     (param persona.sha256, where the run logged one): in the run's experiment, else in the project's
     other experiments (`mlflow run . -e evaluate` may have put it in `Default`)."""
 
-    model = run.tags.get("molting.model", "")
+    model = run.tags.get(MODEL_TAG, "")
     card = run.params.get("persona.sha256")
     same_card = f" and params.`persona.sha256` = '{card}'" if card else ""
     for exp in lookup_order(MlflowClient().get_run(run.run_id).info.experiment_id):
         found = mlflow.search_runs([exp], filter_string=f"tags.`molting.baseline` = 'true' and "
-                                   f"tags.`molting.model` = '{model}' and attributes.status = 'FINISHED'" + same_card,
+                                   f"tags.`{MODEL_TAG}` = '{model}' and attributes.status = 'FINISHED'" + same_card,
                                    order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
         if found:
             return load_run(found[0].info.run_id)
@@ -387,16 +388,16 @@ def report(run_id: str, vs: str | None = None) -> str:
 def no_score(run: RunData) -> str:
     """Why a run has no rubric score, and the command that gives one where there is one."""
     t, short = run.tags, run.run_id[:8]
-    if t.get("molting.stage") == "sweep":
+    if t.get(STAGE_TAG) == "sweep":
         best = _best_child(run.run_id)
         return (f"run {short} is a sweep's parent run, which scores nothing itself; "
                 + (f"its best trial is {best[:8]}: molting diagnose {best[:8]}" if best else "none of its trials scored"))
-    if t.get("molting.trial_state") == "PRUNED":
+    if t.get(TRIAL_STATE_TAG) == "PRUNED":
         return (f"run {short} is a pruned trial ({t.get('molting.prune_reason', 'no reason logged')[:160]}): it "
                 "stopped before it was scored and has nothing to evaluate")
-    if t.get("molting.error"):
-        return f"run {short} ended with an error ({t['molting.error'][:160]}): it was never scored"
-    if t.get("molting.stage") == "train" and run.params.get("train.evaluate") == "False":
+    if t.get(ERROR_TAG):
+        return f"run {short} ended with an error ({t[ERROR_TAG][:160]}): it was never scored"
+    if t.get(STAGE_TAG) == "train" and run.params.get("train.evaluate") == "False":
         return f"run {short} trained with evaluate=false; score it: molting evaluate --run-id {short}"
     return f"run {short} has no rubric score; evaluate it first: molting evaluate --run-id {short}"
 

@@ -33,6 +33,7 @@ import time
 from contextlib import contextmanager
 
 from .rubric import DIMENSIONS, RUBRIC_VERSION, code_prefix
+from .tags import QUESTION_ID
 
 # Traces are written when their span ends, not by MLflow's background queue: the queue's consumer
 # waits up to 1 s for work before it sees a flush, and each flush (the read-back below, the
@@ -69,7 +70,7 @@ def rubric_scorers(results: list[dict]) -> list:
 
     def make(dim):
         def points(trace):
-            return dimension_feedback(by_id[_root(trace).attributes["molting.question_id"]], dim)
+            return dimension_feedback(by_id[_root(trace).attributes[QUESTION_ID]], dim)
         return scorer(points, name=dim)
 
     return [make(d) for d in DIMENSIONS]
@@ -86,12 +87,12 @@ def generation_traces(records: list[dict], questions) -> list:
         q = by_id[rec["id"]]
         now = time.time_ns()
         start, end = rec.get("started_ns", now), rec.get("ended_ns", now)
-        attrs = {"molting.question_id": q.id, "molting.finish_reason": rec.get("finish_reason"),
+        attrs = {QUESTION_ID: q.id, "molting.finish_reason": rec.get("finish_reason"),
                  "molting.trace": TRACE_NOTE if "started_ns" in rec else "no generation timing recorded",
                  **{k: rec[k] for k in ("prompt", "max_new_tokens", "new_tokens", "batch") if k in rec}}
         span = mlflow.start_span_no_context(name="generate", span_type=SpanType.CHAT_MODEL,
                                             inputs={"question": q.question}, attributes=attrs,
-                                            tags={"molting.question_id": q.id}, start_time_ns=start)
+                                            tags={QUESTION_ID: q.id}, start_time_ns=start)
         span.end(outputs=rec["response"], end_time_ns=max(end, start))
         traces.append(span.trace_id)
     # flush=True: with asynchronous trace logging switched back on, wait for each to reach the store

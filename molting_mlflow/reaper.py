@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import MoltingError
+from .tags import ERROR_TAG
 
 HOST_TAG, PID_TAG, START_TAG = "molting.host", "molting.pid", "molting.pid_start"
 _touched: set[str] = set()
@@ -97,7 +98,7 @@ def reap(client=None, log=None) -> list[str]:
             why = (f"process {pid} on {me} ended without closing this run (killed, out of memory or the machine "
                    f"stopped); ended FAILED by molting (pid {os.getpid()})")
             try:
-                client.set_tag(run.info.run_id, "molting.error", why)
+                client.set_tag(run.info.run_id, ERROR_TAG, why)
                 client.set_terminated(run.info.run_id, "FAILED")
             except Exception as e:  # e.g. READ permission on a team server: leave it to someone who may
                 log(f"molting: note: run {run.info.run_id} was left RUNNING by process {pid}, which is gone; "

@@ -27,6 +27,7 @@ from .models import load_adapter_model
 from .paths import DATA_DIR
 from .reaper import process_tags
 from .rubric import DIMENSIONS, Question
+from .tags import ADAPTER_META, CHAMPION
 
 
 class PersonaAdapterModel(mlflow.pyfunc.PythonModel):
@@ -68,7 +69,7 @@ def register_adapter(run_id: str, preset: str, target: float = DEFAULT_TARGET, l
     client = MlflowClient()
     run = client.get_run(run_id)
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter"))
-    meta = json.loads((local / "molting.json").read_text(encoding="utf-8"))
+    meta = json.loads((local / ADAPTER_META).read_text(encoding="utf-8"))
     name = model_name(preset)
     m = run.data.metrics
 
@@ -98,7 +99,7 @@ def register_adapter(run_id: str, preset: str, target: float = DEFAULT_TARGET, l
     champ = current_champion(name)
     champ_score = float(champ.tags.get("score", "-inf")) if champ else float("-inf")
     if score > target and score > champ_score:
-        client.set_registered_model_alias(name, "champion", version)
+        client.set_registered_model_alias(name, CHAMPION, version)
         log(f"registered {name} v{version} (score {score:.2f}): aliases candidate, champion")
     else:
         why = f"not above target {target}" if score <= target else f"not above champion v{champ.version} ({champ_score:.2f})"
@@ -120,7 +121,7 @@ def version_of_run(name: str, run_id: str) -> str | None:
 
 def current_champion(name: str):
     try:
-        return MlflowClient().get_model_version_by_alias(name, "champion")
+        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:
         return None
 
@@ -144,5 +145,5 @@ def list_versions(name: str) -> list[dict]:
     return rows
 
 
-def promote(name: str, version: str, alias: str = "champion") -> None:
+def promote(name: str, version: str, alias: str = CHAMPION) -> None:
     MlflowClient().set_registered_model_alias(name, alias, str(version))

@@ -24,6 +24,7 @@ from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from .persona import PersonaError, load_persona
 from .rubric import RUBRIC_VERSION, UNTAGGED_RUBRIC_VERSION, RubricInputError, load_questions, score_responses
 from .scoring import RESULTS_TABLE, results_rows, score_metrics
+from .tags import REUSED_RUN_TAG, RUBRIC_VERSION_TAG
 from .tracking import resolve_run_id
 
 
@@ -61,15 +62,15 @@ def rescore_run(run_id: str, persona_path: str | None = None, questions_path: st
         if not missing_in_store(e):
             raise
         return Rescored(run_id, "", None, None, f"not found in {mlflow.get_tracking_uri()}")
-    old_version = run.data.tags.get("molting.rubric_version", UNTAGGED_RUBRIC_VERSION)
+    old_version = run.data.tags.get(RUBRIC_VERSION_TAG, UNTAGGED_RUBRIC_VERSION)
     old_score = run.data.metrics.get("score")
     try:
         table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{RESULTS_TABLE}"))
     except (MlflowException, FileNotFoundError) as e:   # not logged; any other store failure goes on up
         if isinstance(e, MlflowException) and not missing_in_store(e):
             raise
-        why = ("a reused trial: its answers are on run " + run.data.tags["molting.reused_run_id"][:8]
-               if "molting.reused_run_id" in run.data.tags else "no logged answers (eval_results.json)")
+        why = ("a reused trial: its answers are on run " + run.data.tags[REUSED_RUN_TAG][:8]
+               if REUSED_RUN_TAG in run.data.tags else "no logged answers (eval_results.json)")
         return Rescored(run_id, old_version, old_score, None, why)
     records = [dict(zip(table["columns"], row)) for row in table["data"]]
 
@@ -94,7 +95,7 @@ def rescore_run(run_id: str, persona_path: str | None = None, questions_path: st
         client.log_metric(run_id, k, v, step=step)
     text = pd.DataFrame(results_rows(scored)).to_json(orient="split", index=False, date_format="iso")
     client.log_text(run_id, text, RESULTS_TABLE)   # the same path: the table is replaced, not appended to
-    client.set_tag(run_id, "molting.rubric_version", RUBRIC_VERSION)
+    client.set_tag(run_id, RUBRIC_VERSION_TAG, RUBRIC_VERSION)
     if old_version != RUBRIC_VERSION:
         client.set_tag(run_id, "molting.rescored_from", old_version)
     return Rescored(run_id, old_version, old_score, scored["summary"]["score"])

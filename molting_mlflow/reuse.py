@@ -14,6 +14,9 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .tags import REUSED_RUN_TAG
+
+
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
@@ -65,4 +68,4 @@ def find_finished_run(fp: str, experiment_ids: list[str]):
     runs = mlflow.search_runs(experiment_ids=experiment_ids, output_format="list",
                               order_by=["attributes.start_time ASC"],
                               filter_string=f"tags.`molting.fingerprint` = '{fp}' and attributes.status = 'FINISHED'")
-    return next((r for r in runs if "score" in r.data.metrics and "molting.reused_run_id" not in r.data.tags), None)
+    return next((r for r in runs if "score" in r.data.metrics and REUSED_RUN_TAG not in r.data.tags), None)

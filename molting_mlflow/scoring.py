@@ -11,6 +11,7 @@ import pandas as pd
 from .eval_view import log_evaluation
 from .experiments import mark_experiment
 from .rubric import DIMENSIONS, score_responses
+from .tags import RUBRIC_VERSION_TAG
 from .ui_view import view_tag
 
 
@@ -43,7 +44,7 @@ def log_scores(records: list[dict], questions, persona, stats: dict, ref_nll: fl
     if ref_nll is not None:
         scored["summary"]["ref_nll"] = ref_nll
     mlflow.log_metrics(score_metrics(scored["summary"]) | stats, step=step)
-    mlflow.set_tag("molting.rubric_version", scored["summary"]["rubric_version"])
+    mlflow.set_tag(RUBRIC_VERSION_TAG, scored["summary"]["rubric_version"])
     mlflow.log_table(data=pd.DataFrame(results_rows(scored)), artifact_file=RESULTS_TABLE)
     log_evaluation(records, questions, scored["results"])   # the same answers as MLflow evaluation results
     mark_scores_view(mlflow.active_run().info.experiment_id)

@@ -44,6 +44,7 @@ from .rubric import DIMENSIONS, load_questions
 from .runtime import set_threads
 from .sweep_config import SPACE, SweepConfig, Space
 from .sweep_report import PRUNED_AT_EPOCH, PRUNED_FOR_STEPS, log_study
+from .tags import ERROR_TAG, MODEL_TAG, PREFLIGHT_TAG, PRUNE_REASON_TAG, REFERENCE, REUSED_RUN_TAG, RUBRIC_VERSION_TAG, STAGE_TAG, STUDY_TAG, TRIAL_STATE_TAG
 from .tracking import stage_run
 from .train import train
 
@@ -91,7 +92,7 @@ def check_reach(sc: SweepConfig, n_examples: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 def _trial_config(trial, sc: SweepConfig) -> tuple[TrainConfig, str]:
-    ref = trial.user_attrs.get("molting.reference", "")
+    ref = trial.user_attrs.get(REFERENCE, "")
     common = dict(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions, seed=sc.seed,
                   experiment=sc.experiment, min_steps=sc.min_steps, precision=sc.precision,
                   gpu_memory_gib=sc.gpu_memory_gib)
@@ -164,8 +165,8 @@ class Worker:
 
         t_trial = time.time()
         cfg, ref = _trial_config(trial, self.sc)
-        tags = {"molting.trial": str(trial.number), "molting.study": trial.study.study_name,
-                "molting.reference": ref or "no", "molting.worker": self.name, "molting.gpu": self.gpu or "none",
+        tags = {"molting.trial": str(trial.number), STUDY_TAG: trial.study.study_name,
+                REFERENCE: ref or "no", "molting.worker": self.name, "molting.gpu": self.gpu or "none",
                 "molting.slot": str(self.slot)}
         trial.set_user_attr("worker", self.name)
         trial.set_user_attr("model", cfg.model)
@@ -219,8 +220,8 @@ class Worker:
         reason = (f"{steps} optimizer steps, below the minimum of {cfg.min_steps}: {cfg_r.arithmetic(self.n_examples)}; "
                   f"not trained (would pass: {describe_fixes(cfg_r, self.n_examples)})")
         with stage_run(self.sc.experiment, f"trial-{trial.number}-pruned",
-                       {**tags, "molting.stage": "train", "molting.trial_state": "PRUNED",
-                        "molting.prune_reason": reason, "molting.prune_cause": PRUNED_FOR_STEPS},
+                       {**tags, STAGE_TAG: "train", TRIAL_STATE_TAG: "PRUNED",
+                        PRUNE_REASON_TAG: reason, "molting.prune_cause": PRUNED_FOR_STEPS},
                        parent_run_id=self.parent_run_id):
             mlflow.log_params({f"train.{k}": v for k, v in asdict(cfg_r).items()
                                if k in ("model", "epochs", "grad_accum", "batch_size", "lr", "lora_r")})
@@ -245,9 +246,9 @@ def _reuse(done, tags: dict, trial, parent_run_id: str):
     answers stay there). Seeded training makes retraining it cost time and change nothing."""
     m = done.data.metrics
     # the rubric version goes with the scores copied (without it, compare and diagnose take them for v1.0)
-    copied = {k: done.data.tags[k] for k in ("molting.rubric_version", "molting.preflight") if k in done.data.tags}
-    with stage_run("", f"trial-{trial.number}-reused", {**tags, **copied, "molting.stage": "train",
-                                                         "molting.reused_run_id": done.info.run_id},
+    copied = {k: done.data.tags[k] for k in (RUBRIC_VERSION_TAG, PREFLIGHT_TAG) if k in done.data.tags}
+    with stage_run("", f"trial-{trial.number}-reused", {**tags, **copied, STAGE_TAG: "train",
+                                                         REUSED_RUN_TAG: done.info.run_id},
                    parent_run_id=parent_run_id):
         mlflow.log_params({k: v for k, v in done.data.params.items()
                            if k.startswith(("train.", "model.", "data.", "template.", "lora.", "eval.", "persona.",
@@ -414,9 +415,9 @@ def _end_runs_of_failed_trials(study, experiment_id: str) -> None:
     client = MlflowClient()
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         for run in mlflow.search_runs([experiment_id], output_format="list", filter_string=(
-                f"tags.`molting.study` = '{study.study_name}' and tags.`molting.trial` = '{t.number}' "
+                f"tags.`{STUDY_TAG}` = '{study.study_name}' and tags.`molting.trial` = '{t.number}' "
                 "and attributes.status = 'RUNNING'")):
-            client.set_tag(run.info.run_id, "molting.error", f"worker {t.user_attrs.get('worker', '?')} stopped "
+            client.set_tag(run.info.run_id, ERROR_TAG, f"worker {t.user_attrs.get('worker', '?')} stopped "
                            "beating (killed or lost); the trial was failed and retried")
             client.set_terminated(run.info.run_id, "FAILED")
 
@@ -426,7 +427,7 @@ def _stop_at_target(sc: SweepConfig):
 
     def callback(study, trial):
         if (sc.stop_at_target and trial.state == TrialState.COMPLETE and trial.value is not None
-                and trial.value > sc.target and not trial.user_attrs.get("molting.reference")):
+                and trial.value > sc.target and not trial.user_attrs.get(REFERENCE)):
             study.stop()
 
     return callback
@@ -518,14 +519,14 @@ def sweep(sc: SweepConfig, log=print) -> dict:
     lay = layout(sc, visible_gpus())
     touch_store()
     t0 = time.time()
-    with stage_run(sc.experiment, "sweep", {"molting.stage": "sweep", "molting.model": sc.model}) as parent:
+    with stage_run(sc.experiment, "sweep", {STAGE_TAG: "sweep", MODEL_TAG: sc.model}) as parent:
         experiment = mlflow.get_experiment(parent.info.experiment_id)
         sc = replace(sc, study_name=sc.resolved_study(experiment.name))   # the workers open this one
         study = open_study(sc)                   # made here, once: workers only open it
         first = _begin(study, sc, parent.info.run_id, experiment)
         log(announce(study, sc, first, experiment.name, reach))
         log(f"  on {lay.workers} worker(s){' on GPU(s) ' + ','.join(lay.gpus) if lay.gpus else ''}: {lay.why}")
-        mlflow.set_tags({"mlflow.runName": f"sweep-{study.study_name}", "molting.study": study.study_name})
+        mlflow.set_tags({"mlflow.runName": f"sweep-{study.study_name}", STUDY_TAG: study.study_name})
         mlflow.log_params({f"sweep.{k}": v for k, v in asdict(sc).items() if k not in ("search", "storage")}
                           | {f"sweep.search.{k}": ",".join(map(str, v)) for k, v in sc.space.items()}
                           | {"sweep.storage": redact(sc.resolved_storage()), "sweep.sampler": "TPE(multivariate)",
@@ -551,9 +552,9 @@ def _begin(study, sc: SweepConfig, parent_run_id: str, experiment) -> int:
     if not study.user_attrs.get("molting.references_enqueued"):
         study.set_user_attr("molting.references_enqueued", True)
         if sc.enqueue_user:
-            study.enqueue_trial({}, user_attrs={"molting.reference": "user-original"})
+            study.enqueue_trial({}, user_attrs={REFERENCE: "user-original"})
         if sc.enqueue_default:
-            study.enqueue_trial({}, user_attrs={"molting.reference": "preset-default"})
+            study.enqueue_trial({}, user_attrs={REFERENCE: "preset-default"})
     return first
 
 
@@ -573,8 +574,8 @@ def announce(study, sc: SweepConfig, first: int, experiment: str, reach: list[st
                 + f"; this sweep adds {sc.n_trials} new trial(s), numbered from {first} "
                 "(another --study-name starts a new study)")
     else:
-        refs = [t.user_attrs["molting.reference"] for t in study.get_trials(deepcopy=False)
-                if t.user_attrs.get("molting.reference")]
+        refs = [t.user_attrs[REFERENCE] for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get(REFERENCE)]
         head = (f"sweep: new study {where} for experiment '{experiment}': {sc.n_trials} new trial(s)"
                 + (f", the reference(s) {', '.join(refs)} first" if refs else ""))
         if refs and sc.n_trials <= len(refs):

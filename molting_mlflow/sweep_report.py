@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from .diagnose import report
 from .registry import model_name, register_adapter, version_of_run
 from .rubric import DIMENSIONS
+from .tags import REFERENCE
 
 # Why sweep.py pruned a trial (trial attribute prune_cause, run tag molting.prune_cause): readers count by these.
 PRUNED_FOR_STEPS = "min_steps"           # under the step minimum: no weight loaded
@@ -31,7 +32,7 @@ def time_accounting(trials, wall_s: float, target: float) -> dict:
     if shares:
         m.update(overhead_share_mean=statistics.fmean(shares), overhead_share_max=max(shares))
     hit = sorted((t for t in done if t.value is not None and t.value > target
-                  and not t.user_attrs.get("molting.reference")), key=lambda t: t.user_attrs.get("elapsed_s", 0))
+                  and not t.user_attrs.get(REFERENCE)), key=lambda t: t.user_attrs.get("elapsed_s", 0))
     if hit:
         m["time_to_target_s"] = hit[0].user_attrs.get("elapsed_s", float("nan"))
         m["trials_to_target"] = hit[0].number
@@ -46,8 +47,8 @@ def log_study(study, sc, wall_s: float, parent_run_id: str, log, first: int = 0)
 
     exp_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
     trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("experiment_id", exp_id) == exp_id]
-    searched = [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("molting.reference")]
-    refs = [t for t in trials if t.user_attrs.get("molting.reference") and t.state == TrialState.COMPLETE]
+    searched = [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get(REFERENCE)]
+    refs = [t for t in trials if t.user_attrs.get(REFERENCE) and t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     best = max(searched, key=lambda t: t.value, default=None)
     hit = [t for t in sorted(searched, key=lambda t: t.number) if t.value > sc.target]
@@ -71,7 +72,7 @@ def log_study(study, sc, wall_s: float, parent_run_id: str, log, first: int = 0)
     out = {"best": best, "refs": refs, "metrics": metrics, "parent_run_id": parent_run_id,
            "study_name": study.study_name, "new_trials": mine}
     log(summary)
-    user = next((t for t in refs if t.user_attrs["molting.reference"] == "user-original"), None)
+    user = next((t for t in refs if t.user_attrs[REFERENCE] == "user-original"), None)
     if best is not None and not _in_this_store(best.user_attrs["run_id"]):
         # Workers sharing a study but not a tracking server: the best run lives in another store.
         log(f"best trial #{best.number} ran on another worker (run {best.user_attrs['run_id'][:8]} is not in "
@@ -111,7 +112,7 @@ def why_no_best(mine: list, sc) -> str:
     the change that would give one."""
     from optuna.trial import TrialState
 
-    searched = [t for t in mine if not t.user_attrs.get("molting.reference")]
+    searched = [t for t in mine if not t.user_attrs.get(REFERENCE)]
     cause = lambda c: sum(t.user_attrs.get("prune_cause") == c for t in searched)  # noqa: E731
     failed = sum(t.state == TrialState.FAIL for t in searched)
     if not searched:

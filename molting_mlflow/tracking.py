@@ -20,6 +20,7 @@ from .config import ConfigError
 from .experiments import ensure_experiment, mark_experiment
 from .mlflow_run import keep_killed
 from .reaper import process_tags, touch_store
+from .tags import ERROR_TAG, PRUNE_REASON_TAG, TRIAL_STATE_TAG
 
 
 def _no_spark_lookups() -> None:
@@ -89,13 +90,13 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
         if isinstance(e, KeyboardInterrupt):
             if run.info.run_id in _attached:     # first: mlflow run's SIGTERM may cut what follows short
                 _keep_killed(run.info.run_id)
-            mlflow.set_tag("molting.error", "interrupted")
+            mlflow.set_tag(ERROR_TAG, "interrupted")
             mlflow.end_run("KILLED")
         elif _is_trial_pruned(e):  # optuna's: the sweep stopped this trial on purpose
-            mlflow.set_tags({"molting.trial_state": "PRUNED", "molting.prune_reason": str(e)[:5000]})
+            mlflow.set_tags({TRIAL_STATE_TAG: "PRUNED", PRUNE_REASON_TAG: str(e)[:5000]})
             mlflow.end_run("KILLED")
         else:
-            mlflow.set_tag("molting.error", (str(e).splitlines() or [type(e).__name__])[0][:5000])
+            mlflow.set_tag(ERROR_TAG, (str(e).splitlines() or [type(e).__name__])[0][:5000])
             mlflow.end_run("FAILED")
         raise
     else:
@@ -133,7 +134,7 @@ def _end_attached_run(status: str, message: str) -> str | None:
     client = MlflowClient()
     try:
         if client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "molting.error", message[:5000])
+            client.set_tag(run_id, ERROR_TAG, message[:5000])
             client.set_terminated(run_id, status)
     except (MlflowException, OSError) as e:  # the store may be the thing that is broken: the error is reported anyway
         print(f"molting: note: could not end run {run_id} {status} ({_first_line(e)[:200]})", file=sys.stderr,

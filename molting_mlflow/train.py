@@ -28,6 +28,7 @@ from .models import BaseCache, load_for_training
 from .prepare import Prepared, prepare, run_params
 from .rubric import format_summary
 from .scoring import log_scores
+from .tags import ADAPTER_META, MODEL_TAG, PREFLIGHT_ARTIFACT, PREFLIGHT_TAG, STAGE_TAG
 from .tracking import stage_run
 
 
@@ -95,7 +96,7 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
         p = prepared or prepare(cfg)
     cfg = p.cfg
     run_name = train_run_name(cfg)
-    tags = {"molting.stage": "train", "molting.model": cfg.model, "molting.preflight": p.report.status,
+    tags = {STAGE_TAG: "train", MODEL_TAG: cfg.model, PREFLIGHT_TAG: p.report.status,
             **(tags or {})}
     if p.source.preset is not None and p.source.preset.only_for_plumbing:
         tags["molting.plumbing_only"] = "true"
@@ -103,7 +104,7 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     with stage_run(cfg.experiment, run_name, tags, nested=nested, parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
         clock.seconds["time_run_open_s"] = time.time() - t_open
-        mlflow.log_text(p.report.to_json(), "preflight.json")
+        mlflow.log_text(p.report.to_json(), PREFLIGHT_ARTIFACT)
         mlflow.log_text(p.report.to_text() + "\n", "preflight.txt")
         log(p.report.to_text())
         if p.report.status == "fail" and cfg.preflight == "strict":
@@ -307,7 +308,7 @@ def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict, los
         p.tokenizer.chat_template = p.template
         if p.template != p.own_template:
             (adapter / "training_chat_template.jinja").write_text(p.template, encoding="utf-8")
-        (adapter / "molting.json").write_text(json.dumps({
+        (adapter / ADAPTER_META).write_text(json.dumps({
             "model": p.cfg.model, **p.source.as_params(), "device_trained": p.plan.device,
             "precision": p.plan.precision, "system_prompt": p.system_prompt_text, "system_prompt_fold": p.fold,
             "template_source": p.template_source, "train_run_id": run_id}, ensure_ascii=False, indent=1))

@@ -1,0 +1,25 @@
+"""The names molting writes on MLflow runs, trials and adapters, each named once: readers (diagnose,
+rescore, the sweep's report, reuse) find what writers (train, evaluate, the sweep, tracking) put there
+by these, not by repeating the string. Ground: imports nothing of the package."""
+
+# run tags
+STAGE_TAG = "molting.stage"                     # train | evaluate | sweep | rescore …: what made the run
+MODEL_TAG = "molting.model"                     # the preset or model the run trained or scored
+ERROR_TAG = "molting.error"                     # a FAILED or KILLED run's one-line reason ("interrupted": Ctrl-C)
+PREFLIGHT_TAG = "molting.preflight"             # pre-flight's verdict: pass | warn | fail
+RUBRIC_VERSION_TAG = "molting.rubric_version"   # the rubric version its scores were computed under
+TRIAL_STATE_TAG = "molting.trial_state"         # PRUNED on a sweep trial that stopped early
+PRUNE_REASON_TAG = "molting.prune_reason"       # why, in words, for the reader of the UI
+REUSED_RUN_TAG = "molting.reused_run_id"        # a reused trial: the finished run whose results it carries
+STUDY_TAG = "molting.study"                     # the Optuna study of a sweep run or trial
+REFERENCE = "molting.reference"                 # a reference trial (user-original | preset-default): user attr and tag
+
+# trace attributes (MLflow's evaluation view)
+QUESTION_ID = "molting.question_id"
+
+# files
+ADAPTER_META = "molting.json"                   # beside adapter_config.json: base model, revision, template, persona
+PREFLIGHT_ARTIFACT = "preflight.json"           # pre-flight's report, as JSON, on a train run
+
+# registry
+CHAMPION = "champion"                           # the alias of the best registered version
