@@ -44,6 +44,7 @@ def code_prefix(dim: str) -> str:
     return dim.split("_")[0].lower() + "."
 
 FINISH_REASONS = ("stop", "length")
+MIN_WORDS, MAX_WORDS = 3, 150       # D5(b): an answer of fewer or more words loses a point (rubric spec v1.1, D5 (b))
 
 # Every reason code the scorer emits, with what it means (the prefix names the dimension it costs).
 REASON_CODES = {
@@ -71,7 +72,7 @@ REASON_CODES = {
     "d5.run_on": "text after a chat-template token: the turn ran on (D5 = 0, v1.1)",
     "d5.length_limit": "hit the token limit (finish_reason length)",
     "d5.no_ending": "no finish_reason and the text does not end properly",
-    "d5.word_count": "fewer than 3 or more than 150 words",
+    "d5.word_count": f"fewer than {MIN_WORDS} or more than {MAX_WORDS} words",
     "d5.repetition": "degenerate repetition",
     "d5.off_topic": "does not address the question",
 }
@@ -455,9 +456,9 @@ def _d5(c: _Card, q: Question, text: str, norm: str, finish_reason: str | None, 
         d5 -= 1
         c.lose("d5.no_ending", f"D5(a): no finish_reason and the text ends with {text.rstrip()[-1]!r}")
     n_words = sum(1 for w in text.split() if re.search(r"\w", w))
-    if n_words < 3 or n_words > 150:
+    if not MIN_WORDS <= n_words <= MAX_WORDS:
         d5 -= 1
-        c.lose("d5.word_count", f"D5(b): {n_words} words (expected 3-150)")
+        c.lose("d5.word_count", f"D5(b): {n_words} words (expected {MIN_WORDS}-{MAX_WORDS})")
     if degenerate:
         d5 -= 1
         c.lose("d5.repetition", degenerate)
