@@ -324,12 +324,25 @@ def _config_diff(a: RunData, b: RunData) -> list[str]:
 
 
 def report(run_id: str, vs: str | None = None) -> str:
-    """The diagnosis of `run_id` (a unique prefix will do), against `vs` where given."""
+    """The diagnosis of `run_id` (a unique prefix will do), against `vs` where given: a markdown report of
+    scores, convergence, format, identity, root causes and hypotheses, and the difference against `vs`."""
     run = load_run(resolve_run_id(run_id))
     if "score" not in run.metrics:
         raise DiagnoseError(no_score(run))
     base = find_baseline(run)
     other = load_run(resolve_run_id(vs)) if vs else None
+    out = _header_lines(run, base, other)
+    out += ["## Convergence", ""] + _convergence_lines(run, other)
+    out += ["", "## Format", ""] + _format_lines(run)
+    out += ["", "## Identity and facts", ""] + _identity_lines(run)
+    out += _cause_lines(findings(run))
+    if other:
+        out += ["", f"## Against {other.run_id[:8]} ({other.name})", ""] + _vs_lines(run, other)
+    return "\n".join(out) + "\n"
+
+
+def _header_lines(run: RunData, base: RunData | None, other: RunData | None) -> list[str]:
+    """The title, the score against the bare model's, the scores table, the personas and a rubric-version warning."""
     out = [f"# Diagnosis of run {run.run_id[:8]} ({run.name})", "",
            f"Score **{run.metrics['score']:.2f}/10**" + (f" (baseline {base.metrics['score']:.2f}, "
            f"{run.metrics['score'] - base.metrics['score']:+.2f})" if base and "score" in base.metrics else
@@ -341,11 +354,13 @@ def report(run_id: str, vs: str | None = None) -> str:
     if len(versions) > 1:
         out += [f"> These runs were scored under rubric versions {', '.join(sorted(versions))}: their scores are "
                 "not comparable. Bring them to one with `molting rescore <run_id> …`.", ""]
-    fs = findings(run)
-    out += ["## Convergence", ""]
+    return out
+
+
+def _convergence_lines(run: RunData, other: RunData | None) -> list[str]:
     nums = run.preflight.get("numbers", {})
-    out.append(f"- optimizer steps: {int(run.metrics.get('optimizer_steps', 0))} (pre-flight minimum "
-               f"{nums.get('min_steps', '?')}); final loss {run.metrics.get('final_loss', float('nan')):.3f}")
+    out = [f"- optimizer steps: {int(run.metrics.get('optimizer_steps', 0))} (pre-flight minimum "
+           f"{nums.get('min_steps', '?')}); final loss {run.metrics.get('final_loss', float('nan')):.3f}"]
     drop = _slope_drop(run.losses)
     if drop is not None:
         out.append(f"- loss over the last {THRESHOLDS['tail_share']:.0%} of steps: "
@@ -353,36 +368,46 @@ def report(run_id: str, vs: str | None = None) -> str:
     if other and "final_loss" in other.metrics:
         out.append(f"- against {other.run_id[:8]}: {int(other.metrics.get('optimizer_steps', 0))} steps, final loss "
                    f"{other.metrics['final_loss']:.3f}")
-    out += ["", "## Format", ""]
+    return out
+
+
+def _format_lines(run: RunData) -> list[str]:
     pre_f = [f for f in run.preflight.get("findings", []) if f["level"] != "info"]
-    out += [f"- pre-flight [{f['level']}] {f['check']}: {f['message'][:200]}" for f in pre_f] or ["- pre-flight: clean"]
+    out = [f"- pre-flight [{f['level']}] {f['check']}: {f['message'][:200]}" for f in pre_f] or ["- pre-flight: clean"]
     cut = [a["id"] for a in run.answers if a.get("finish_reason") == "length"]
     tok = [a["id"] for a in run.answers if _has(a, "d4.template_token")]
     out.append(f"- answers with special tokens: {', '.join(tok) or 'none'}; cut by the token limit: {', '.join(cut) or 'none'}")
-    out += ["", "## Identity and facts", ""]
+    return out
+
+
+def _identity_lines(run: RunData) -> list[str]:
     lost = [a for a in run.answers if a["d1_identity"] < 2 or a["d2_factual"] < 2]
-    out += [f"- {a['id']} {a['question']!r}: {a['response'][:100]!r} — {_reason(a, 'D1')}; {_reason(a, 'D2')}"
+    return [f"- {a['id']} {a['question']!r}: {a['response'][:100]!r} — {_reason(a, 'D1')}; {_reason(a, 'D2')}"
             for a in lost] or ["- every answer kept the identity and covered its facts"]
-    out += ["", "## Root causes", "", "| cause | impact | points | fixable | change |", "|---|---|---|---|---|"]
+
+
+def _cause_lines(fs: list) -> list[str]:
+    out = ["", "## Root causes", "", "| cause | impact | points | fixable | change |", "|---|---|---|---|---|"]
     out += [f"| {f.cause} | {f.impact} | {f.points:.2f} | {f.fixable} | {f.change} |" for f in fs] or ["| none found | | | | |"]
     out += ["", "## Hypotheses, ranked", ""]
-    for i, f in enumerate(fs, 1):
-        out.append(f"{i}. **{f.cause}** ({f.impact} impact, ~{f.points:.2f} points): " + "; ".join(f.evidence))
-    if other:
-        out += ["", f"## Against {other.run_id[:8]} ({other.name})", ""]
-        diff = _config_diff(run, other)
-        out.append("- config: " + ("; ".join(diff) if diff else "identical resolved config"))
-        for d in DIMENSIONS:
-            if d in run.metrics and d in other.metrics:
-                delta = run.metrics[d] - other.metrics[d]
-                out.append(f"- {SHORT[d]}: {other.metrics[d]:.2f} → {run.metrics[d]:.2f} ({delta:+.2f})"
-                           + (f" — {_why(d, run, other)}" if abs(delta) > 1e-9 else ""))
-        if "score" in other.metrics:
-            out.append(f"- score: {other.metrics['score']:.2f} → {run.metrics['score']:.2f} "
-                       f"({run.metrics['score'] - other.metrics['score']:+.2f})")
-        else:
-            out.append(f"- score: {other.run_id[:8]} has none ({no_score(other)})")
-    return "\n".join(out) + "\n"
+    return out + [f"{i}. **{f.cause}** ({f.impact} impact, ~{f.points:.2f} points): " + "; ".join(f.evidence)
+                  for i, f in enumerate(fs, 1)]
+
+
+def _vs_lines(run: RunData, other: RunData) -> list[str]:
+    diff = _config_diff(run, other)
+    out = ["- config: " + ("; ".join(diff) if diff else "identical resolved config")]
+    for d in DIMENSIONS:
+        if d in run.metrics and d in other.metrics:
+            delta = run.metrics[d] - other.metrics[d]
+            out.append(f"- {SHORT[d]}: {other.metrics[d]:.2f} → {run.metrics[d]:.2f} ({delta:+.2f})"
+                       + (f" — {_why(d, run, other)}" if abs(delta) > 1e-9 else ""))
+    if "score" in other.metrics:
+        out.append(f"- score: {other.metrics['score']:.2f} → {run.metrics['score']:.2f} "
+                   f"({run.metrics['score'] - other.metrics['score']:+.2f})")
+    else:
+        out.append(f"- score: {other.run_id[:8]} has none ({no_score(other)})")
+    return out
 
 
 def no_score(run: RunData) -> str:
