@@ -182,6 +182,12 @@ class TrainConfig:
         return (f"ceil({n_examples} examples / (batch {self.batch_size} × grad_accum {self.grad_accum})) = {per} "
                 f"steps an epoch × {self.epochs} epochs = {per * self.epochs} optimizer steps")
 
+    def too_few_steps(self, n_examples: int) -> str:
+        """'50 optimizer steps, below the minimum of 150: ceil(79 examples / …)': what pre-flight's error and
+        the sweep's step pruning both say of a config under min_steps."""
+        return (f"{self.optimizer_steps(n_examples)} optimizer steps, below the minimum of {self.min_steps}: "
+                f"{self.arithmetic(n_examples)}")
+
     def as_params(self) -> dict:
         """The resolved config as MLflow params, under `train.` keys (mlflow run logs the bare names as given)."""
         return {f"train.{k}": v for k, v in asdict(self).items()}

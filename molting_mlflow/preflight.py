@@ -92,7 +92,7 @@ def _steps_check(r: PreflightReport, cfg: TrainConfig, n: int) -> None:
         fixes = [{k: getattr(alt, k) for k in ("epochs", "grad_accum", "batch_size")
                   if getattr(alt, k) != getattr(cfg, k)} for _, alt in step_fixes(cfg, n)]
         r.add("optimizer_steps", "error",
-              f"{steps} optimizer steps, below the minimum of {cfg.min_steps}: {arith}. "
+              f"{cfg.too_few_steps(n)}. "
               f"Fix: {describe_fixes(cfg, n)} (or min_steps=… if you know better)", arith, fixes)
     else:
         r.add("optimizer_steps", "info", arith)

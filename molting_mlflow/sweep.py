@@ -217,8 +217,8 @@ class Worker:
         steps = cfg_r.optimizer_steps(self.n_examples)
         if steps >= cfg.min_steps:
             return
-        reason = (f"{steps} optimizer steps, below the minimum of {cfg.min_steps}: {cfg_r.arithmetic(self.n_examples)}; "
-                  f"not trained (would pass: {describe_fixes(cfg_r, self.n_examples)})")
+        reason = (f"{cfg_r.too_few_steps(self.n_examples)}; not trained (would pass: "
+                  f"{describe_fixes(cfg_r, self.n_examples)})")
         with stage_run(self.sc.experiment, f"trial-{trial.number}-pruned",
                        {**tags, STAGE_TAG: "train", TRIAL_STATE_TAG: "PRUNED",
                         PRUNE_REASON_TAG: reason, "molting.prune_cause": PRUNED_FOR_STEPS},
