@@ -17,10 +17,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MoltingError
+from .errors import MoltingError, unpaired_surrogate, unreadable
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+EXAMPLE_FORM = ('an example reads {"messages": [{"role": "user", "content": "…"}, '
+                '{"role": "assistant", "content": "…"}]}')
 
 
 class DatasetError(MoltingError, ValueError):
@@ -77,7 +81,10 @@ def load_dataset(path: str | Path, system_prompt: str | None, fold: bool = False
                            "inside it")
     if not p.is_file():
         raise DatasetError(f"{p}: dataset file not found; pass dataset=<path to a JSON or JSONL file>")
-    raw = p.read_bytes()
+    try:
+        raw = p.read_bytes()
+    except OSError as e:     # permission denied, an I/O error
+        raise DatasetError(unreadable(p, e)) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -191,11 +198,11 @@ def _listed_turns(turns, bad, name: str, role_key: str, content_key: str, roles:
     """A list of turn objects under `name` as {role, content}: each an object with `role_key` and `content_key`;
     `roles` maps a format's role names to ours (None: taken as written, checked later by _turns_problem)."""
     if not isinstance(turns, list):
-        raise bad(f"'{name}' must be a list of {{{role_key}, {content_key}}} objects")
+        raise bad(f"'{name}' must be a list of {{{role_key}, {content_key}}} objects; {EXAMPLE_FORM}")
     msgs = []
     for j, t in enumerate(turns):
         if not isinstance(t, dict) or role_key not in t or content_key not in t:
-            raise bad(f"turn {j} must be an object with '{role_key}' and '{content_key}'")
+            raise bad(f"turn {j} must be an object with '{role_key}' and '{content_key}'; {EXAMPLE_FORM}")
         role = t[role_key]
         if roles is not None:
             if not isinstance(role, str) or role not in roles:   # a list or an object is no role (nor hashable)
@@ -231,12 +238,16 @@ def _prompt_completion_turns(item: dict, bad) -> list[dict]:
 def _turns_problem(msgs: list[dict]) -> str | None:
     """What keeps the turns from being trained on (a bad role or content, no answer last), or None."""
     if not msgs:
-        return "no turns"
+        return f"no turns; {EXAMPLE_FORM}"
     for j, m in enumerate(msgs):
         if m["role"] not in ROLES:
             return f"turn {j} has unknown role {m['role']!r}; expected one of {', '.join(ROLES)}"
         if not isinstance(m["content"], str):
-            return f"turn {j} ({m['role']}) content must be a string, got {type(m['content']).__name__}"
+            return (f"turn {j} ({m['role']}) content must be a string, got {type(m['content']).__name__}; write the "
+                    "turn's text as one string (content parts such as [{\"type\": \"text\", …}] are not read)")
+        if (bad_char := unpaired_surrogate(m["content"])) is not None:
+            return (f"turn {j} ({m['role']}) content holds an unpaired UTF-16 surrogate ({bad_char}), which no "
+                    "tokenizer encodes; write the character itself, or both halves of its \\u escape pair")
         if not m["content"].strip():
             return f"turn {j} ({m['role']}) has empty content"
         if m["role"] == "system" and j != 0:

@@ -10,8 +10,16 @@ A ground module: it imports nothing of the package, so every module may derive i
 from __future__ import annotations
 
 import os
+import re
 
 DEBUG_ENV = "MOLTING_DEBUG"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_LINE = 1000      # characters of an error line; the problem and its fix come first and last
+
+
+def unreadable(path, e: OSError) -> str:
+    """'<path>: cannot read it (Permission denied); …': a file the user named that the OS will not open."""
+    return f"{path}: cannot read it ({e.strerror or type(e).__name__}); make it readable (chmod u+r) or pass another file"
 
 
 class MoltingError(Exception):
@@ -20,8 +28,19 @@ class MoltingError(Exception):
     exit_code = 2
 
     def one_line(self) -> str:
-        text = str(self)
-        return text.splitlines()[0] if text.strip() else type(self).__name__
+        """The message as one line: a line break inside it (a path or a value quoted from the input) is
+        shown as \\n, and a value quoted whole (a YAML alias bomb expands to megabytes) is cut in the middle."""
+        text = str(self).strip().replace("\r", "\\r").replace("\n", "\\n")
+        if len(text) > MAX_LINE:
+            text = f"{text[:MAX_LINE // 2]} …[{len(text) - MAX_LINE} characters]… {text[-MAX_LINE // 2:]}"
+        return text or type(self).__name__
+
+
+def unpaired_surrogate(text: str) -> str | None:
+    """'\\ud83e at character 12' for the first half of a UTF-16 surrogate pair standing alone in `text` (JSON's
+    "\\ud83e" without its partner decodes to one), which no UTF-8 encoder or tokenizer takes; else None."""
+    m = _SURROGATE.search(text)
+    return f"\\u{ord(m.group()):04x} at character {m.start()}" if m else None
 
 
 def debugging() -> bool:

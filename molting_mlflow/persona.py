@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import MoltingError
+from .errors import MoltingError, unreadable
 from .language import LANGUAGES
 from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
 
@@ -52,6 +52,8 @@ def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
                            "lists): remove the tag") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise PersonaError(f"{p}: not valid UTF-8 YAML ({str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise PersonaError(unreadable(p, e)) from None
     if not isinstance(raw, dict):
         raise PersonaError(f"{p}: expected a mapping of persona fields at top level")
     names = {f.name for f in fields(Persona)} - {"path"}
@@ -64,7 +66,8 @@ def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
             continue
         if f.name not in raw:
             hint = " (its ISO 639-1 code, e.g. pt or en)" if f.name == "language" else ""
-            raise PersonaError(f"{p}: missing field '{f.name}'{hint}")
+            raise PersonaError(f"{p}: missing field '{f.name}'{hint}; add it to the card (data/persona.yaml shows "
+                               "every field)")
         kwargs[f.name] = _field(p, f.name, raw[f.name])
     return Persona(path=str(p), **kwargs)
 
@@ -88,10 +91,12 @@ def _field(p: Path, name: str, v):
     if name in ("name", "system_prompt", *CARD_FILES):
         if not isinstance(v, str) or not v.strip():
             raise PersonaError(f"{p}: field '{name}' must be a non-empty string"
-                               + (" (a file path, relative to the card)" if name in CARD_FILES else ""))
+                               + (" (a file path, relative to the card)" if name in CARD_FILES else "")
+                               + f"; write it as `{name}: <text>`")
         return str(p.parent / v.strip()) if name in CARD_FILES else v.strip()
     if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-        raise PersonaError(f"{p}: field '{name}' must be a list of non-empty strings")
+        raise PersonaError(f"{p}: field '{name}' must be a list of non-empty strings; write it as `{name}: [a, b]` "
+                           "or one `- item` a line")
     return list(v)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from . import bundle, runtime
 from .config import ConfigError, TrainConfig
 from .data import ChatDataset, load_dataset
+from .errors import unreadable
 from .models import ModelError, ModelSource, build_tiny_random, load_tokenizer, resolve_model
 from .persona import Persona, load_persona
 from .preflight import Finding, PreflightReport, count_params, lora_rank_limit, run_preflight
@@ -101,6 +102,8 @@ def _template_file(path: str, tok) -> str:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"chat_template={path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"chat_template={unreadable(path, e)}") from None
     check_chat_template(text, tok, f"chat_template={path}")
     return text
 

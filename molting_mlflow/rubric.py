@@ -26,7 +26,7 @@ from pathlib import Path
 from molting_mlflow.language import mainly_in, stop_words, words, LANGUAGES
 from molting_mlflow.persona import Persona
 
-from .errors import MoltingError
+from .errors import MoltingError, unreadable
 
 RUBRIC_VERSION = "1.1"
 # What a scored run without the tag `molting.rubric_version` was scored under: runs before the tag.
@@ -541,6 +541,8 @@ def _read_text(path: Path, what: str) -> str:
         return path.read_text(encoding="utf-8-sig")  # a BOM is not an error
     except UnicodeDecodeError as e:
         raise RubricInputError(f"{path}: not valid UTF-8 (byte {e.start}); expected {what} in UTF-8") from None
+    except OSError as e:
+        raise RubricInputError(unreadable(path, e)) from None
 
 
 def _str_list(v, *, nonempty: bool = False) -> bool:

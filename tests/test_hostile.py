@@ -8,6 +8,7 @@ import re
 import shutil
 import sqlite3
 import struct
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -21,6 +22,7 @@ from molting_mlflow.cli import cli
 from molting_mlflow.errors import MoltingError
 
 TINY = ["--model", "tiny-random"]
+DATA = Path(__file__).resolve().parent.parent / "data"
 TURNS = [{"role": "user", "content": "Quem é você?"}, {"role": "assistant", "content": "Sou o Cláudio."}]
 
 
@@ -69,10 +71,11 @@ def test_a_new_error_class_is_one_line_without_being_listed(monkeypatch):
         pass
 
     def fail(*a, **kw):
-        raise BrandNew("the new thing is wrong; do the new fix\nsecond line never shown")
+        raise BrandNew("the new thing is wrong; do the new fix\nand a second line, kept on the one")
 
     monkeypatch.setattr("molting_mlflow.diagnose.diagnose", fail)
-    assert one_line(CliRunner().invoke(cli, ["diagnose", "abc"])) == "Error: the new thing is wrong; do the new fix"
+    assert one_line(CliRunner().invoke(cli, ["diagnose", "abc"])) == \
+        "Error: the new thing is wrong; do the new fix\\nand a second line, kept on the one"
 
 
 def test_molting_debug_re_raises_with_the_traceback(monkeypatch):
@@ -390,3 +393,63 @@ def test_sweep_with_no_completed_trial_exits_non_zero(monkeypatch):
                                         "tags.`molting.stage` = 'sweep'")[0]
     assert parent.info.status == "FAILED" and parent.data.tags["molting.error"].startswith("no trial of study")
     nothing_running()
+
+
+# ---------------------------------------------------------------------------------------------
+# Round 3 (a corpus outside the repo, 2026-12-02): what it found, held here
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("row,expected", [
+    ('{"messages": [{"role": "user", "content": "oi \\ud83e"}, {"role": "assistant", "content": "olá"}]}',
+     "turn 0 (user) content holds an unpaired UTF-16 surrogate (\\ud83e at character 3)"),   # was a TypeError
+    ('{"messages": [{"role": "user", "content": [{"type": "text", "text": "oi"}]}, '
+     '{"role": "assistant", "content": "olá"}]}', "write the turn's text as one string"),
+    ('{"messages": null}', "'messages' must be a list of {role, content} objects; an example reads {\"messages\""),
+    ('{"messages": [null]}', "turn 0 must be an object with 'role' and 'content'; an example reads"),
+    ('{"prompt": [], "completion": []}', "no turns; an example reads"),
+])
+def test_a_dataset_row_the_corpus_broke_names_its_fix(tmp_path, row, expected):
+    ds = tmp_path / "ds.jsonl"
+    ds.write_text(row + "\n", encoding="utf-8")
+    line = one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--min-steps", "0", "--dataset", str(ds)]))
+    assert expected in line, line
+
+
+def test_a_file_the_os_will_not_open_is_one_line(tmp_path, monkeypatch):
+    """Permission denied on the dataset was a PermissionError traceback (the corpus ran as `nobody`; the
+    suite may run as root, whom chmod does not stop, so the OS's refusal is simulated)."""
+    ds = tmp_path / "ds.jsonl"
+    ds.write_text(json.dumps({"messages": TURNS}) + "\n", encoding="utf-8")
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if self == ds else real(self))
+    line = one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--dataset", str(ds)]))
+    assert line.endswith(f"{ds}: cannot read it (Permission denied); make it readable (chmod u+r) or pass another file")
+
+
+def test_a_path_with_a_line_break_stays_one_line(tmp_path):
+    line = one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--dataset", str(tmp_path / "no\nsuch.jsonl")]))
+    assert "no\\nsuch.jsonl: dataset file not found; pass dataset=" in line
+
+
+def test_a_yaml_alias_bomb_quoted_in_an_error_is_cut_to_a_line(tmp_path):
+    """'billion laughs' in a field: each level 9 aliases of the one before, 6 levels = 9^6 'lol's (~4 MB as
+    text); the error quoted the value whole (the corpus's 7 levels: one line of 39 MB)."""
+    levels = ["&a [" + ", ".join(["lol"] * 9) + "]"]
+    for prev, name in zip("abcde", "bcdef"):
+        levels.append(f"&{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    card = tmp_path / "p.yaml"
+    ours = (DATA / "persona.yaml").read_text(encoding="utf-8")
+    card.write_text(re.sub(r"(?m)^language: .*$", f"language: [{', '.join(levels)}]", ours), encoding="utf-8")
+    line = one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--persona", str(card)]))
+    assert len(line) < 1100 and "characters]…" in line and line.endswith("(ISO 639-1)"), line[:300]
+
+
+@pytest.mark.parametrize("card,expected", [
+    ("name: [a, b]\nsystem_prompt: x\nlanguage: pt\n", "field 'name' must be a non-empty string; write it as `name: <text>`"),
+    ("name: X\nlanguage: pt\n", "missing field 'system_prompt'; add it to the card (data/persona.yaml shows every field)"),
+])
+def test_a_card_field_the_corpus_broke_names_its_fix(tmp_path, card, expected):
+    p = tmp_path / "p.yaml"
+    p.write_text(card, encoding="utf-8")
+    assert expected in one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--persona", str(p)]))
