@@ -24,7 +24,7 @@ quiet_known_warnings()   # before peft imports bitsandbytes, which logs its line
 # inside its function. Those are the only imports of the package's own modules below the top.
 from .bundle import adapter_persona  # noqa: E402
 from .config import EvalConfig, TrainConfig  # noqa: E402
-from .errors import MoltingError, debugging, missing_in_store  # noqa: E402
+from .errors import MoltingError, debugging, missing_in_store, unwritable  # noqa: E402
 from .generation import adapter_prompt, generate  # noqa: E402
 from .interrupt import sigterm_as_interrupt  # noqa: E402
 from .language import YOU  # noqa: E402
@@ -107,6 +107,10 @@ def _world_error(e: Exception) -> str | None:
         return (f"no space left on the device holding {where}: free space there "
                 "(or give the experiment an artifact location elsewhere) and run again")
 
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = getattr(e, "filename2", None) or e.filename or "a file"   # the user's own files say so earlier
+        return (f"{where}: {e.strerror}; run from a folder you can write (MLflow's default artifact folder is "
+                "./mlruns where you run) or give the experiment an artifact location you can write")
     if (store := sqlite_fault(e)) is not None:    # a SQLite store gone read-only or locked mid-command
         return store
     status = e.get_http_status_code() if isinstance(e, MlflowException) else None
@@ -293,7 +297,10 @@ def compare(run_ids, experiment, csv_path, full, all_columns):
                    f"comparable; each version is ranked on its own. Bring them to one: "
                    + "; ".join(f"molting rescore --experiment {e}" for e in where), err=True)
     if csv_path:
-        table.to_csv(csv_path, index=False)
+        try:
+            table.to_csv(csv_path, index=False)
+        except OSError as e:     # no such folder, a directory, permission denied
+            raise UserError(f"--csv {unwritable(csv_path, e)}") from None
     import mlflow
     import pandas as pd
 
@@ -414,7 +421,7 @@ def promote(name, version, alias):
 @cli.command()
 @click.option("--model", "ref", default="models:/molting-smol@champion", show_default=True,
               help="models:/<name>@<alias>, runs:/<run>/adapter or an adapter folder.")
-@click.option("--max-new-tokens", default=128, show_default=True, type=int)
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1, 4096))
 @click.argument("question", required=False)
 @user_errors
 def chat(ref, max_new_tokens, question):

@@ -61,6 +61,9 @@ def _whole(lo: int):
 
 
 whole = _whole   # the bound "a whole number ≥ lo" for the other configs' fields (None passes: 'preset')
+# A seed reaches numpy's and torch's generators, which take 0 ≤ seed < 2**32
+SEED_OK = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32  # noqa: E731
+SEED_FORM = f"a whole number in 0..{2**32 - 1}"
 
 
 def opt(default, help: str, check=None, form: str = "", preset: bool = False, factory=None):
@@ -108,7 +111,7 @@ class TrainConfig:
                                   "a token count between 16 and 131072 (or 'preset')", preset=True)
     warmup_ratio: float = opt(0.05, "Share of optimizer steps spent warming the learning rate up.",
                               lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a value in [0, 1)")
-    seed: int = opt(DEFAULT_SEED, "Random seed (data order, LoRA init).", _whole(0), "a whole number ≥ 0")
+    seed: int = opt(DEFAULT_SEED, "Random seed (data order, LoRA init).", SEED_OK, SEED_FORM)
     experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name (under `mlflow run`, the run's own "
                           "experiment wins).", lambda v: isinstance(v, str) and v.strip() != "",
                           "a non-empty experiment name")
@@ -234,7 +237,7 @@ class EvalConfig:
     batch_size: int = opt(8, "Questions generated together.", lambda v: isinstance(v, int) and v >= 1,
                           "a whole number ≥ 1")
     seed: int = opt(DEFAULT_SEED, "Random seed (torch's, before generating; greedy decoding draws nothing).",
-                    whole(0), "a whole number ≥ 0")
+                    SEED_OK, SEED_FORM)
     experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name.")
 
     def __post_init__(self):

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .config import DEFAULT_MIN_STEPS, DEFAULT_MODEL, DEFAULT_TARGET, ConfigError, TrainConfig, describe_fixes
-from .errors import MoltingError, missing_in_store
+from .errors import MoltingError, missing_in_store, unwritable
 from .experiments import lookup_order
 from .rubric import DIMENSIONS, REASON_CODES, UNTAGGED_RUBRIC_VERSION, code_prefix, short_name
 from .scoring import REASONS_BY_CODE
@@ -475,6 +475,9 @@ def diagnose(run_id: str, vs: str | None = None, out: str | None = None, log=pri
         client.log_text(own, text, "diagnosis.md")
         client.set_tag(own, "molting.diagnosed_run", run_id)
     if out:
-        Path(out).write_text(text, encoding="utf-8")
+        try:
+            Path(out).write_text(text, encoding="utf-8")
+        except OSError as e:     # no such folder, a directory, permission denied
+            raise DiagnoseError(f"--out {unwritable(out, e)}") from None
     log(text)
     return text

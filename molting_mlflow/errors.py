@@ -36,6 +36,12 @@ class MoltingError(Exception):
         return text or type(self).__name__
 
 
+def unwritable(path, e: OSError) -> str:
+    """'<path>: cannot write it (No such file or directory); …': an output file the user named."""
+    why = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]    # pandas' OSError has no strerror
+    return f"{path}: cannot write it ({why}); pass a file in a folder that exists and you can write"
+
+
 def unpaired_surrogate(text: str) -> str | None:
     """'\\ud83e at character 12' for the first half of a UTF-16 surrogate pair standing alone in `text` (JSON's
     "\\ud83e" without its partner decodes to one), which no UTF-8 encoder or tokenizer takes; else None."""

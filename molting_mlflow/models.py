@@ -498,11 +498,25 @@ def load_adapter_model(adapter_dir: Path):
     warn_other_base(meta, source, adapter_dir)
     plan = runtime.eval_plan(meta.get("precision", "fp32"), quantizable=source.quantizable)
     base = load_model(source, plan)
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    model = _apply_adapter(PeftModel, base, adapter_dir, meta["model"])
     tok = AutoTokenizer.from_pretrained(str(adapter_dir))
     if tok.chat_template:
         check_chat_template(tok.chat_template, tok, f"adapter {adapter_dir}: its chat template")
     return model, tok, meta, plan
+
+
+def _apply_adapter(peft_model, base, adapter_dir: Path, base_name: str):
+    """The adapter on its base, or an AdapterError when they do not fit: target modules the base lacks (peft's
+    ValueError) or weights of another shape than its config says (torch's RuntimeError from load_state_dict)."""
+    import torch
+
+    try:
+        return peft_model.from_pretrained(base, str(adapter_dir)).eval()
+    except torch.OutOfMemoryError:
+        raise
+    except (ValueError, RuntimeError) as e:
+        raise AdapterError(f"{adapter_dir}: does not fit its base {base_name} ({_first_line(e)[:300]}); the adapter "
+                           "folder is damaged or edited: take it again from its train run (runs:/<run>/adapter)") from None
 
 
 def _first_line(e: BaseException) -> str:

@@ -126,12 +126,30 @@ def touch_store(create: bool = True, write: bool = True) -> None:
     with _store_lock(db):
         if write and db is not None and db.exists():
             check_writable(db)   # inside the lock: never waiting on another molting process's schema migration
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(uri)
-        client.search_experiments(max_results=1)  # creates (and migrates) the store, inside the lock
+        client = _opened(uri)
     _touched.add(uri)
     sweep_up(client)
+
+
+def _opened(uri: str):
+    """A client of the store at `uri`, which has answered one query (creating and migrating a new SQLite store).
+    A URI MLflow cannot open (an unknown scheme, a retired file store, a database driver not installed, a
+    database that does not answer) is a StoreUnreachable line naming the URI."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    except (MlflowException, SQLAlchemyError, ImportError) as e:
+        if sqlite_fault(e) is not None:
+            raise
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise StoreUnreachable(f"the tracking store {redact(uri)} cannot be opened ({type(e).__name__}: {why}); "
+                               "point MLFLOW_TRACKING_URI at sqlite:///mlflow.db, a running server (http://…) or a "
+                               "database you can reach") from None
+    return client
 
 
 def sweep_up(client=None) -> None:

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import (DEFAULT_EXPERIMENT, DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_TARGET, ConfigError, TrainConfig,
-                     check_fields, opt)
+from .config import (DEFAULT_EXPERIMENT, DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_TARGET, SEED_FORM, SEED_OK, ConfigError,
+                     TrainConfig, check_fields, opt)
 from .models import sha256_file
 from .presets import PRESETS
 from .reaper import sqlite_path
@@ -108,7 +108,7 @@ class SweepConfig:
     reuse: bool = opt(True, "A trial whose exact config (fingerprint) already finished in the experiment reuses "
                       "that run.")
     register: bool = opt(True, "Register the best adapter.")
-    seed: int = opt(DEFAULT_SEED, "Random seed (the sampler's, and every trial's).")
+    seed: int = opt(DEFAULT_SEED, "Random seed (the sampler's, and every trial's).", SEED_OK, SEED_FORM)
     experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name.")
     dataset: str = opt(TrainConfig.dataset, "Chat examples every trial trains on (as train); 'persona': the ones "
                        "the card names.")
@@ -121,7 +121,8 @@ class SweepConfig:
     trials_per_gpu: int = opt(0, "Trials sharing one GPU; 0 = as many as the card's free memory and the CPU cores "
                               "allow (runtime.trials_per_gpu).", lambda v: isinstance(v, int) and v >= 0,
                               "a whole number ≥ 0 (0 = as many as the card's memory and the CPU cores allow)")
-    heartbeat_s: int = opt(10, "A worker's heartbeat; 3 missed beats fail its trial, which is retried once.")
+    heartbeat_s: int = opt(10, "A worker's heartbeat, seconds; 3 missed beats fail its trial, which is retried once.",
+                           lambda v: isinstance(v, int) and v >= 1, "a whole number of seconds ≥ 1")
     precision: str = opt("auto", "Every trial's precision (as train).")
     gpu_memory_gib: float = opt(0.0, "A card's memory budget for its trials, GiB (0 = its free memory).",
                                 lambda v: isinstance(v, (int, float)) and 0 <= v <= 4096, "GiB in 0..4096")

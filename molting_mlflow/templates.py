@@ -106,6 +106,9 @@ def check_chat_template(template: str, tok, where: str) -> None:
         except TemplateError as e:   # raise_exception(...) in the template, or an error Jinja found rendering
             raise ChatTemplateError(f"{where}: the template refuses a user/assistant conversation ({e}); fix the "
                                     "template (or chat_template=model)") from None
+        except RecursionError:      # a macro that calls itself
+            raise ChatTemplateError(f"{where}: the template recurses without end (a macro calling itself); fix the "
+                                    "template (or chat_template=model)") from None
         except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as e:  # Python's, mid-render
             raise ChatTemplateError(f"{where}: the template fails to render ({type(e).__name__}: {e}); fix the "
                                     "template (or chat_template=model)") from None

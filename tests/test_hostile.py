@@ -239,6 +239,12 @@ def _damage(folder, how):
         (folder / "molting.json").write_text(json.dumps({**meta, "precision": "fp7"}))
     elif how == "hostile template":
         (folder / "chat_template.jinja").write_text("{{ ''.__class__.__mro__ }}", encoding="utf-8")
+    elif how == "targets the base lacks":    # peft's NoMatchingPeftModuleError was a traceback
+        cfg = json.loads(config.read_text())
+        config.write_text(json.dumps({**cfg, "target_modules": ["no_such_module"]}))
+    elif how == "rank the weights lack":     # torch's size mismatch from load_state_dict was a traceback
+        cfg = json.loads(config.read_text())
+        config.write_text(json.dumps({**cfg, "r": cfg["r"] * 2}))
 
 
 DAMAGE = [("truncated", "not a readable safetensors file (Error while deserializing header: incomplete metadata"),
@@ -247,7 +253,9 @@ DAMAGE = [("truncated", "not a readable safetensors file (Error while deserializ
           ("config not JSON", "adapter_config.json: not a JSON object (JSONDecodeError)"),
           ("molting.json not JSON", "molting.json: not a JSON object (JSONDecodeError)"),
           ("unknown precision", "records precision 'fp7', which is none of"),
-          ("hostile template", "its chat template: the template tries to leave Jinja's sandbox")]
+          ("hostile template", "its chat template: the template tries to leave Jinja's sandbox"),
+          ("targets the base lacks", "does not fit its base tiny-random (Target modules {'no_such_module'} not found"),
+          ("rank the weights lack", "does not fit its base tiny-random (Error(s) in loading state_dict")]
 
 
 # every damage through chat (no store: fast); through evaluate (a fresh store each: ~5 s), one of each file
@@ -453,3 +461,45 @@ def test_a_card_field_the_corpus_broke_names_its_fix(tmp_path, card, expected):
     p = tmp_path / "p.yaml"
     p.write_text(card, encoding="utf-8")
     assert expected in one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--persona", str(p)]))
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["train", *TINY, "--seed", str(2**64)], "seed=18446744073709551616 is invalid: expected a whole number in "
+                                            "0..4294967295"),                  # numpy's ValueError, mid-run
+    (["sweep", *TINY, "--heartbeat-s", "0"], "heartbeat_s=0 is invalid"),     # optuna's ValueError
+    (["chat", "--model", "tiny-random", "--max-new-tokens", "0", "Oi"], "'--max-new-tokens': 0 is not in the range"),
+    (["compare", "--csv", "/nonexistent/dir/x.csv"], "--csv /nonexistent/dir/x.csv: cannot write it ("),
+])
+def test_a_bound_or_an_output_path_the_corpus_broke_is_one_line(args, expected):
+    line = one_line(CliRunner().invoke(cli, args))
+    assert expected in line, line
+    nothing_running()
+
+
+def test_a_template_macro_that_calls_itself_is_one_line(tmp_path):
+    t = tmp_path / "t.jinja"
+    t.write_text("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", encoding="utf-8")     # was a RecursionError
+    line = one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--chat-template", str(t)]))
+    assert "the template recurses without end" in line, line
+
+
+@pytest.mark.parametrize("uri,expected", [
+    ("foo://x", "the tracking store foo://x cannot be opened (UnsupportedModelRegistryStoreURIException"),
+    ("postgresql://u:secret@127.0.0.1:1/db", "the tracking store postgresql://u:***@127.0.0.1:1/db cannot be opened"),
+])
+def test_a_tracking_uri_mlflow_cannot_open_is_one_line(monkeypatch, uri, expected):
+    from helpers import use_store
+
+    use_store(monkeypatch, uri)
+    line = one_line(CliRunner().invoke(cli, ["train", *TINY]))
+    assert expected in line and "secret" not in line, line
+
+
+def test_an_artifact_folder_the_os_refuses_is_one_line():
+    """Run as a user who may not write the folder it runs in (the corpus ran as `nobody`): MLflow's
+    PermissionError creating ./mlruns was a traceback; the CLI's reading of it is tested directly."""
+    from molting_mlflow.cli import _world_error
+
+    msg = _world_error(PermissionError(13, "Permission denied", "/work/x/mlruns"))
+    assert msg.startswith("/work/x/mlruns: Permission denied; run from a folder you can write"), msg
+    assert _world_error(OSError(5, "Input/output error", "/x")) is None     # not a fault the user fixes this way
