@@ -59,10 +59,11 @@ class PreflightReport:
 
 def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, template: str,
                   lengths: list[int], plan=None, total: int = 0, trainable: int = 0,
-                  rank_limit: int = 0) -> PreflightReport:
+                  rank_limit: int = 0, prompt_lengths: list[int] = ()) -> PreflightReport:
     """`cfg` resolved; `tok` the tokenizer; `own_template` the model's; `template` the one that will
-    train; `lengths` each example's tokens through it; `plan` the runtime plan (runtime.Plan);
-    `rank_limit` lora_rank_limit's (0: unknown). The checks, in the order a reader meets them."""
+    train; `lengths` each example's tokens through it, `prompt_lengths` its prompt's (up to where the
+    answer starts); `plan` the runtime plan (runtime.Plan); `rank_limit` lora_rank_limit's (0: unknown).
+    The checks, in the order a reader meets them."""
     r = PreflightReport()
     _turn_order_check(r, ds)
     _bounds_check(r, cfg, len(ds), lengths, total, trainable, rank_limit, plan)
@@ -78,6 +79,7 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
     _system_prompt_check(r, cfg, ds, tok, own_template, template)
     _end_of_turn_trained_check(r, ds, tok, msgs, eot, template, own_template)
     _truncation_check(r, cfg, lengths)
+    _answer_past_limit_check(r, cfg, lengths, prompt_lengths)
     _size_and_plan(r, total, trainable, plan)
     return r
 
@@ -155,6 +157,22 @@ def _end_of_turn_trained_check(r: PreflightReport, ds: ChatDataset, tok, msgs: l
         tail = trained_text[trained_text.rfind(end):] if end in trained_text else trained_text[-40:]
         which = "the model's own template" if template == own_template else "the template file"
         r.add("chat_template", "info", f"{which}: an assistant turn ends with {eot}; the trained span ends …{tail!r}")
+
+
+# Errors that leave nothing to train (TRL would stop on an IndexError): they stop a run with preflight=warn too
+UNTRAINABLE = frozenset({"answer_past_limit"})
+
+
+def _answer_past_limit_check(r: PreflightReport, cfg: TrainConfig, lengths: list[int], prompt_lengths) -> None:
+    """An example whose prompt alone fills max_seq_len keeps no answer token: TRL drops it, and with every
+    example dropped training has nothing to learn from (it stopped on an IndexError)."""
+    lost = [i for i, n in enumerate(prompt_lengths) if n >= cfg.max_seq_len]
+    if not lost:
+        return
+    level = "error" if len(lost) == len(prompt_lengths) else "warn"
+    r.add("answer_past_limit", level, f"{len(lost)} of {len(prompt_lengths)} examples have a prompt of "
+          f"max_seq_len={cfg.max_seq_len} tokens or more, so none of their answer is trained. Fix: "
+          f"max_seq_len={max(lengths)} (the longest example)", f"examples {lost[:10]}")
 
 
 def _truncation_check(r: PreflightReport, cfg: TrainConfig, lengths: list[int]) -> None:

@@ -77,13 +77,15 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
     total, trainable = count_params(model_config, cfg)
     lengths = [len(tok.apply_chat_template(ds.messages(i), chat_template=template, tokenize=True)["input_ids"])
                for i in range(len(ds))]
+    prompt_lengths = [len(tok.apply_chat_template(row["prompt"], chat_template=template, tokenize=True,
+                                                  add_generation_prompt=True)["input_ids"]) for row in ds.rows]
     budget = cfg.gpu_memory_gib or (REHEARSAL_GPU_GIB if rehearse else None)
     plan = runtime.plan(cfg.precision, cfg.examples_per_step, model_config=model_config, total=total,
                         trainable=trainable, seq=min(max(lengths), cfg.max_seq_len), dev=dev,
                         gpu_memory_gib=budget, quantizable=source.quantizable,
                         cpu_micro_batch=cfg.batch_size, fixed=source.auto_precision)
     report = run_preflight(cfg, ds, tok, own, template, lengths, plan, total, trainable,
-                           lora_rank_limit(model_config, cfg))
+                           lora_rank_limit(model_config, cfg), prompt_lengths)
     questions = load_questions(cfg.questions) if cfg.questions else []
     report.findings[:0] = bundle.findings(persona, cfg.questions, questions)
     if rehearse:

@@ -25,6 +25,7 @@ from .errors import MoltingError
 from .generation import generate, merged_lora, reference_nll
 from .interrupt import stop_at_step_end
 from .models import BaseCache, load_for_training
+from .preflight import UNTRAINABLE
 from .prepare import Prepared, prepare, run_params
 from .rubric import format_summary
 from .scoring import log_scores
@@ -107,11 +108,13 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
         mlflow.log_text(p.report.to_json(), PREFLIGHT_ARTIFACT)
         mlflow.log_text(p.report.to_text() + "\n", "preflight.txt")
         log(p.report.to_text())
-        if p.report.status == "fail" and cfg.preflight == "strict":
+        errors = [f for f in p.report.findings if f.level == "error"]
+        untrainable = [f for f in errors if f.check in UNTRAINABLE]
+        if untrainable or (errors and cfg.preflight == "strict"):
             mlflow.log_params({**run_params(p), "train.loaded": False})
-            errors = [f for f in p.report.findings if f.level == "error"]
-            raise PreflightFailed(f"pre-flight failed ({len(errors)} error(s)): {errors[0].message}"
-                                  " (preflight=warn trains anyway)")
+            first = (untrainable or errors)[0]
+            raise PreflightFailed(f"pre-flight failed ({len(errors)} error(s)): {first.message}"
+                                  + ("" if untrainable else " (preflight=warn trains anyway)"))
         result = _fit(p, run_id, log, callbacks, bases, loss_plot, clock)
         result.preflight = p.report.status
         mlflow.log_metrics({**clock.seconds, "time_in_train_s": time.time() - t_start})

@@ -503,3 +503,16 @@ def test_an_artifact_folder_the_os_refuses_is_one_line():
     msg = _world_error(PermissionError(13, "Permission denied", "/work/x/mlruns"))
     assert msg.startswith("/work/x/mlruns: Permission denied; run from a folder you can write"), msg
     assert _world_error(OSError(5, "Input/output error", "/x")) is None     # not a fault the user fixes this way
+
+
+@pytest.mark.parametrize("mode", ["strict", "warn"])
+def test_a_limit_that_leaves_no_answer_token_stops_train_even_with_warn(mode):
+    """max_seq_len=16: every prompt (system prompt and question) fills it, TRL dropped every example and
+    training stopped on an IndexError traceback; a pre-flight error that even preflight=warn does not pass."""
+    r = CliRunner().invoke(cli, ["train", *TINY, "--min-steps", "0", "--max-seq-len", "16", "--preflight", mode])
+    (line,) = [x for x in r.output.splitlines() if x.startswith("Error: ")]     # pre-flight's report besides
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output[-2000:]
+    assert "79 of 79 examples have a prompt of max_seq_len=16 tokens or more" in line and "Fix: max_seq_len=" in line
+    assert "trains anyway" not in line
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+    assert run.info.status == "FAILED" and "loss" not in run.data.metrics
