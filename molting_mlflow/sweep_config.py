@@ -20,6 +20,20 @@ from .presets import PRESETS
 from .reaper import sqlite_path
 
 
+def _storage_url(v) -> bool:
+    """'' (the default beside the store) or a URL SQLAlchemy parses (optuna's RDB storage)."""
+    if v == "":
+        return True
+    from sqlalchemy.engine import make_url      # here: the CLI imports this module, which `molting --help` need not load
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(v)
+        return True
+    except ArgumentError:
+        return False
+
+
 @dataclass(frozen=True)
 class Space:
     name: str                      # the Optuna parameter (and the CLI option --<name>)
@@ -97,7 +111,8 @@ class SweepConfig:
                         "a rubric score in (0, 10]")
     stop_at_target: bool = opt(False, "End the study once beaten.")
     storage: str = opt("", "Optuna storage (SQLAlchemy URL); default optuna.db beside a SQLite mlflow.db. "
-                       "postgresql://… lets workers on several machines share one study.")
+                       "postgresql://… lets workers on several machines share one study.", _storage_url,
+                       "a SQLAlchemy URL, e.g. sqlite:///optuna.db or postgresql://user@host/db")
     study_name: str = opt("", "Default molting-<model>-<hash of the experiment and the search settings>: the "
                           "same sweep again resumes its study, other settings start a new one. The same name "
                           "resumes a study (workers on several machines).")

@@ -516,3 +516,9 @@ def test_a_limit_that_leaves_no_answer_token_stops_train_even_with_warn(mode):
     assert "trains anyway" not in line
     run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
     assert run.info.status == "FAILED" and "loss" not in run.data.metrics
+
+
+def test_a_sweep_storage_that_is_no_url_is_one_line_before_a_run():
+    line = one_line(CliRunner().invoke(cli, ["sweep", *TINY, "--n-trials", "1", "--storage", "notaurl"]))
+    assert "storage='notaurl' is invalid: expected a SQLAlchemy URL" in line      # was SQLAlchemy's ArgumentError
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
