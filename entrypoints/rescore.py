@@ -5,7 +5,7 @@ import sys
 from molting_mlflow.cli import cli
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:]]
-    if args[-2:] == ["--experiment", ""]:
-        args = args[:-2]
+    # MLflow passes run_ids="3f2c… 7b1d…" as one argument (it quotes each value): the ids are its words
+    *ids, flag, experiment = sys.argv[1:]
+    args = [word for a in ids for word in a.split()] + ([flag, experiment] if experiment else [])
     cli.main(args=["rescore", *args], prog_name="entrypoints/rescore.py")

@@ -463,7 +463,11 @@ def chat(ref, max_new_tokens, question):
 
     # the labels: the persona card's name, the word for "you" in its language
     while True:
-        q = click.prompt(YOU.get(persona.language, YOU["en"]), default="", show_default=False)
+        try:
+            q = click.prompt(YOU.get(persona.language, YOU["en"]), default="", show_default=False)
+        except click.Abort:      # Ctrl-D or the end of piped input: the end of the conversation, like an empty line
+            click.echo()
+            break
         if not q.strip():
             break
         click.echo(f"{persona.name.lower()}: {answer(q)}")

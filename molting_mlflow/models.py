@@ -385,7 +385,14 @@ def build_tiny_random():
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
-    tok = build_tiny_random()[1] if source.built else AutoTokenizer.from_pretrained(source.path, local_files_only=True)
+    if source.built:
+        tok = build_tiny_random()[1]
+    else:
+        try:
+            tok = AutoTokenizer.from_pretrained(source.path, local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:   # no tokenizer files, an unknown model_type, a junk config
+            raise ModelError(f"model '{source.name}': no usable tokenizer in {source.path} ({_first_line(e)[:200]}); "
+                             "pass a folder holding a Hugging Face model with its tokenizer files") from None
     if tok.chat_template:
         check_chat_template(tok.chat_template, tok, f"model '{source.name}': its chat template")
     return tok

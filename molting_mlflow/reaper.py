@@ -121,7 +121,8 @@ def touch_store(create: bool = True, write: bool = True) -> None:
     db = sqlite_path(uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
-    elif db is not None and not db.exists() and not create:
+    check_database(uri)
+    if db is not None and not db.exists() and not create:
         return
     with _store_lock(db):
         if write and db is not None and db.exists():
@@ -150,6 +151,29 @@ def _opened(uri: str):
                                "point MLFLOW_TRACKING_URI at sqlite:///mlflow.db, a running server (http://…) or a "
                                "database you can reach") from None
     return client
+
+
+# A database store's default port by SQLAlchemy backend: a host that refuses a TCP connection there is one
+# line in seconds (MLflow's engine retries a refused connection for about 100 s, then raises)
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def check_database(uri: str, what: str = "the tracking store") -> None:
+    """A database URL (postgresql://, mysql://, mssql://, a +driver too) whose host accepts no TCP connection
+    is a StoreUnreachable line; any other URL passes untouched."""
+    backend = uri.split(":", 1)[0].split("+", 1)[0]
+    if backend not in DATABASE_PORTS:
+        return
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    if not url.host:          # a Unix socket: the driver's own error is clear enough
+        return
+    try:
+        socket.create_connection((url.host, url.port or DATABASE_PORTS[backend]), timeout=5).close()
+    except OSError as e:
+        raise StoreUnreachable(f"{what} {redact(uri)} is not reachable ({e.strerror or type(e).__name__}); start the "
+                               "database, or point at one that runs") from None
 
 
 def sweep_up(client=None) -> None:

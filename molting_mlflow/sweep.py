@@ -38,7 +38,7 @@ from .models import BaseCache, resolve_model
 from .paths import GPT2_TEMPLATE
 from .persona import load_persona
 from .prepare import prepare
-from .reaper import redact, sweep_up, touch_store
+from .reaper import check_database, redact, sweep_up, touch_store
 from .reuse import find_finished_run
 from .rubric import DIMENSIONS, load_questions
 from .runtime import set_threads
@@ -293,9 +293,14 @@ def _open_storage(cls, url: str, **kw):
     retries and finds it made."""
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+    check_database(url, "the sweep's storage")
     for attempt in range(8):
         try:
             return cls(url, **kw)
+        except ImportError as e:   # optuna: "Failed to import DB access module" (the URL's driver is not installed)
+            why = e.__cause__ or e          # optuna's ImportError wraps the driver's ModuleNotFoundError
+            raise ConfigError(f"storage={redact(url)}: its database driver is not installed ({why}); install it, "
+                              "name one you have (postgresql+psycopg2://…), or leave storage empty (optuna.db)") from None
         except (IntegrityError, ProgrammingError, OperationalError):
             if attempt == 7:
                 raise

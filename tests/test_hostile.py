@@ -522,3 +522,44 @@ def test_a_sweep_storage_that_is_no_url_is_one_line_before_a_run():
     line = one_line(CliRunner().invoke(cli, ["sweep", *TINY, "--n-trials", "1", "--storage", "notaurl"]))
     assert "storage='notaurl' is invalid: expected a SQLAlchemy URL" in line      # was SQLAlchemy's ArgumentError
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
+@pytest.mark.parametrize("args", [
+    ["train", *TINY],                                                                     # the tracking store
+    ["sweep", *TINY, "--n-trials", "1", "--storage", "postgresql+psycopg2://u:secret@127.0.0.1:1/x"],   # Optuna's
+])
+def test_a_database_that_refuses_connections_is_one_line_in_seconds(monkeypatch, args):
+    """MLflow's engine retried a refused PostgreSQL connection for ~100 s, then raised a traceback."""
+    from helpers import use_store
+
+    if args[0] == "train":
+        use_store(monkeypatch, "postgresql+psycopg2://u:secret@127.0.0.1:1/db")
+    line = one_line(CliRunner().invoke(cli, args))
+    assert "127.0.0.1:1/" in line and "is not reachable (Connection refused); start the database" in line, line
+    assert "secret" not in line
+
+
+def test_chat_ends_at_the_end_of_its_input(adapter):
+    """Ctrl-D (or piped input running out) ends the conversation as an empty line does: it said 'Aborted!', exit 1."""
+    r = CliRunner().invoke(cli, ["chat", "--model", str(adapter), "--max-new-tokens", "2"], input="")
+    assert r.exit_code == 0 and "Aborted" not in r.output, r.output
+
+
+def test_a_model_folder_without_a_usable_tokenizer_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "nonexistent-arch", "vocab_size": -1}')
+    line = one_line(CliRunner().invoke(cli, ["preflight", "--model", str(tmp_path)]))
+    assert f"no usable tokenizer in {tmp_path}" in line, line
+
+
+def test_the_rescore_entry_point_takes_space_separated_ids(tmp_path):
+    """MLflow quotes run_ids="<a> <b>" into one argument; the entry point read it as one id."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "entrypoints" / "rescore.py"), f"{'a' * 32} {'f' * 32}", "--experiment", ""],
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ}, timeout=120)
+    assert "aaaaaaaa: skipped: not found" in r.stdout and "ffffffff: skipped: not found" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, str(root / "entrypoints" / "rescore.py"), "", "--experiment", ""],
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ}, timeout=120)
+    assert r.returncode == 2 and "give run ids or --experiment <name>" in r.stderr, r.stderr
