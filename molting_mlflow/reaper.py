@@ -141,11 +141,11 @@ def _opened(uri: str):
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        client = MlflowClient(uri)
+        client = MlflowClient(uri)       # an unknown scheme fails here already
         client.search_experiments(max_results=1)
     except (MlflowException, SQLAlchemyError, ImportError) as e:
-        if sqlite_fault(e) is not None:
-            raise
+        if sqlite_fault(e) is not None or uri.startswith(("http://", "https://")):
+            raise        # said as themselves: a locked store, a server's 401/403 (cli._world_error)
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise StoreUnreachable(f"the tracking store {redact(uri)} cannot be opened ({type(e).__name__}: {why}); "
                                "point MLFLOW_TRACKING_URI at sqlite:///mlflow.db, a running server (http://…) or a "
