@@ -23,7 +23,7 @@ quiet_known_warnings()   # before peft imports bitsandbytes, which logs its line
 # (tracking) import MLflow (~2 s, and much more through it): each command imports the one it runs,
 # inside its function. Those are the only imports of the package's own modules below the top.
 from .bundle import adapter_persona  # noqa: E402
-from .config import EvalConfig, TrainConfig  # noqa: E402
+from .config import MAX_NEW_TOKENS, EvalConfig, TrainConfig  # noqa: E402
 from .errors import MoltingError, debugging, missing_in_store, unwritable  # noqa: E402
 from .generation import adapter_prompt, generate  # noqa: E402
 from .interrupt import sigterm_as_interrupt  # noqa: E402
@@ -38,7 +38,7 @@ from .rehearsal import has_templates  # noqa: E402
 from .rubric import Question, load_questions, load_responses, score_responses  # noqa: E402
 from .runtime import set_threads  # noqa: E402
 from .sweep_config import SEARCH_SPACE, SweepConfig, parse_search  # noqa: E402
-from .tags import CHAMPION
+from .tags import CHAMPION  # noqa: E402
 
 class UserError(click.ClickException):
     """A mistake in the input: one line, exit code 2."""
@@ -421,7 +421,8 @@ def promote(name, version, alias):
 @cli.command()
 @click.option("--model", "ref", default="models:/molting-smol@champion", show_default=True,
               help="models:/<name>@<alias>, runs:/<run>/adapter or an adapter folder.")
-@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--max-new-tokens", default=128, show_default=True,
+              type=click.IntRange(1, MAX_NEW_TOKENS))
 @click.argument("question", required=False)
 @user_errors
 def chat(ref, max_new_tokens, question):

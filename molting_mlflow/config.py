@@ -64,6 +64,9 @@ whole = _whole   # the bound "a whole number ≥ lo" for the other configs' fiel
 # A seed reaches numpy's and torch's generators, which take 0 ≤ seed < 2**32
 SEED_OK = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32  # noqa: E731
 SEED_FORM = f"a whole number in 0..{2**32 - 1}"
+MAX_NEW_TOKENS = 4096     # an answer's token limit, at most (train's eval, evaluate, chat)
+NEW_TOKENS_OK = lambda v: isinstance(v, int) and 1 <= v <= MAX_NEW_TOKENS  # noqa: E731
+NEW_TOKENS_FORM = f"a whole number in 1..{MAX_NEW_TOKENS}"
 
 
 def opt(default, help: str, check=None, form: str = "", preset: bool = False, factory=None):
@@ -136,7 +139,7 @@ class TrainConfig:
     evaluate: bool = opt(True, "End the run by scoring the adapter with the rubric (true/false).",
                          lambda v: isinstance(v, bool), "true or false")
     eval_max_new_tokens: int = opt(DEFAULT_MAX_NEW_TOKENS, "Token limit of each evaluation answer.",
-                                   lambda v: isinstance(v, int) and 1 <= v <= 4096, "a whole number in 1..4096")
+                                   NEW_TOKENS_OK, NEW_TOKENS_FORM)
     precision: str = opt("auto", "auto (fp32 on a CPU; on a GPU bf16 where the model and its batches fit the "
                          "memory budget, else QLoRA nf4), bf16, nf4 (CUDA) or fp32.",
                          lambda v: v in PRECISION_CHOICES, "one of: " + ", ".join(PRECISION_CHOICES))
@@ -233,7 +236,7 @@ class EvalConfig:
     persona: str = opt("", "Persona card (YAML) to score against. Default: the one the adapter's train run "
                        "logged; for a bare model, data/persona.yaml.")
     max_new_tokens: int = opt(DEFAULT_MAX_NEW_TOKENS, "Token limit of each answer.",
-                              lambda v: isinstance(v, int) and 1 <= v <= 4096, "a whole number in 1..4096")
+                              NEW_TOKENS_OK, NEW_TOKENS_FORM)
     batch_size: int = opt(8, "Questions generated together.", lambda v: isinstance(v, int) and v >= 1,
                           "a whole number ≥ 1")
     seed: int = opt(DEFAULT_SEED, "Random seed (torch's, before generating; greedy decoding draws nothing).",

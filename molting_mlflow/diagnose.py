@@ -20,8 +20,9 @@ from .config import DEFAULT_MIN_STEPS, DEFAULT_MODEL, DEFAULT_TARGET, ConfigErro
 from .errors import MoltingError, missing_in_store, unwritable
 from .experiments import lookup_order
 from .rubric import DIMENSIONS, REASON_CODES, UNTAGGED_RUBRIC_VERSION, code_prefix, short_name
-from .scoring import REASONS_BY_CODE
-from .tags import ERROR_TAG, MODEL_TAG, PREFLIGHT_ARTIFACT, RUBRIC_VERSION_TAG, STAGE_TAG, TRIAL_STATE_TAG
+from .scoring import REASONS_BY_CODE, RESULTS_TABLE
+from .tags import (ERROR_TAG, MODEL_TAG, PREFLIGHT_ARTIFACT, PRUNE_REASON_TAG, RUBRIC_VERSION_TAG, STAGE_TAG,
+                   TRIAL_STATE_TAG)
 from .tracking import resolve_run_id
 
 THRESHOLDS = {
@@ -91,7 +92,7 @@ def load_run(run_id: str) -> RunData:
             return None
 
     pre = json.loads(artifact(PREFLIGHT_ARTIFACT) or "{}")
-    table = json.loads(artifact("eval_results.json") or "{}")
+    table = json.loads(artifact(RESULTS_TABLE) or "{}")
     answers = [dict(zip(table["columns"], row)) for row in table.get("data", [])]
     if answers and "codes" not in answers[0]:
         raise DiagnoseError(f"run {run_id} was scored under rubric "
@@ -418,7 +419,7 @@ def no_score(run: RunData) -> str:
         return (f"run {short} is a sweep's parent run, which scores nothing itself; "
                 + (f"its best trial is {best[:8]}: molting diagnose {best[:8]}" if best else "none of its trials scored"))
     if t.get(TRIAL_STATE_TAG) == "PRUNED":
-        return (f"run {short} is a pruned trial ({t.get('molting.prune_reason', 'no reason logged')[:160]}): it "
+        return (f"run {short} is a pruned trial ({t.get(PRUNE_REASON_TAG, 'no reason logged')[:160]}): it "
                 "stopped before it was scored and has nothing to evaluate")
     if t.get(ERROR_TAG):
         return f"run {short} ended with an error ({t[ERROR_TAG][:160]}): it was never scored"

@@ -17,11 +17,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_LINE = 1000      # characters of an error line; the problem and its fix come first and last
 
 
-def unreadable(path, e: OSError) -> str:
-    """'<path>: cannot read it (Permission denied); …': a file the user named that the OS will not open."""
-    return f"{path}: cannot read it ({e.strerror or type(e).__name__}); make it readable (chmod u+r) or pass another file"
-
-
 class MoltingError(Exception):
     """A mistake in the input or a fault of the world that the user fixes; the message says how."""
 
@@ -34,6 +29,11 @@ class MoltingError(Exception):
         if len(text) > MAX_LINE:
             text = f"{text[:MAX_LINE // 2]} …[{len(text) - MAX_LINE} characters]… {text[-MAX_LINE // 2:]}"
         return text or type(self).__name__
+
+
+def unreadable(path, e: OSError) -> str:
+    """'<path>: cannot read it (Permission denied); …': a file the user named that the OS will not open."""
+    return f"{path}: cannot read it ({e.strerror or type(e).__name__}); make it readable (chmod u+r) or pass another file"
 
 
 def unwritable(path, e: OSError) -> str:

@@ -17,7 +17,6 @@ from pathlib import Path
 from .tags import REUSED_RUN_TAG
 
 
-
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """The package version and, in a git checkout, its commit (+dirty): a changed training path
