@@ -10,10 +10,15 @@ exchange; each way it fails is one line naming the template and the fix. transfo
 templates in Jinja's ImmutableSandboxedEnvironment without a loader: an attribute walk such as
 ''.__class__.__mro__ raises SecurityError and {% include '/etc/passwd' %} reads nothing;
 check_chat_template turns those, and a template's own raise_exception(...), into user errors.
+The sandbox bounds one range() (100,000 items) but not loops nested in each other or a string
+multiplied up, so the check's render is bounded too: RENDER_S seconds and RENDER_CHARS characters.
 """
 from __future__ import annotations
 
 import re
+import sys
+import time
+from contextlib import contextmanager
 
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
@@ -79,6 +84,12 @@ def folds(system_prompt: str | None, mode: str, tok, own_template: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 SAMPLE = [{"role": "user", "content": "Olá"}, {"role": "assistant", "content": "Olá! Como posso ajudar?"}]
+# A chat template renders SAMPLE (two turns, 30 characters) in well under a millisecond into a few hundred
+# characters; 10 s or 1,000,000 characters is a loop without bound (range(100000) in range(100000) is 10^10
+# iterations), never a template doing its job.
+RENDER_S = 10.0
+RENDER_CHARS = 1_000_000
+_TEMPLATE_CODE = "<template>"   # the filename Jinja compiles a template from a string under (from_string)
 
 
 class ChatTemplateError(MoltingError, ValueError):
@@ -98,21 +109,60 @@ def check_chat_template(template: str, tok, where: str) -> None:
                                 "{% extends %}), which a chat template may not; write its text inline") from None
     for generation_prompt in (False, True):
         try:
-            text = tok.apply_chat_template(SAMPLE, chat_template=template, tokenize=False,
-                                           add_generation_prompt=generation_prompt)
+            with _time_bound(RENDER_S):
+                text = tok.apply_chat_template(SAMPLE, chat_template=template, tokenize=False,
+                                               add_generation_prompt=generation_prompt)
         except SecurityError as e:
             raise ChatTemplateError(f"{where}: the template tries to leave Jinja's sandbox ({e}); nothing was read "
                                     "or run: use a template that only renders the messages") from None
         except TemplateError as e:   # raise_exception(...) in the template, or an error Jinja found rendering
             raise ChatTemplateError(f"{where}: the template refuses a user/assistant conversation ({e}); fix the "
                                     "template (or chat_template=model)") from None
+        except _TooSlow:
+            raise ChatTemplateError(f"{where}: the template renders a two-turn conversation for more than "
+                                    f"{RENDER_S:.0f} s (loops without bound); fix the template (or "
+                                    "chat_template=model)") from None
+        except MemoryError:         # 'x' * 10**12
+            raise ChatTemplateError(f"{where}: the template builds a text larger than memory; fix the template (or "
+                                    "chat_template=model)") from None
         except RecursionError:      # a macro that calls itself
             raise ChatTemplateError(f"{where}: the template recurses without end (a macro calling itself); fix the "
                                     "template (or chat_template=model)") from None
         except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as e:  # Python's, mid-render
             raise ChatTemplateError(f"{where}: the template fails to render ({type(e).__name__}: {e}); fix the "
                                     "template (or chat_template=model)") from None
+        if len(text) > RENDER_CHARS:
+            raise ChatTemplateError(f"{where}: the template renders a two-turn conversation into {len(text):,} "
+                                    f"characters (more than {RENDER_CHARS:,}); fix the template (or "
+                                    "chat_template=model)")
         missing = [m["role"] for m in SAMPLE if m["content"] not in text]
         if not generation_prompt and missing:
             raise ChatTemplateError(f"{where}: the template renders a user/assistant conversation without the "
                                     f"{' and '.join(missing)} turn's text; fix the template (or chat_template=model)")
+
+
+class _TooSlow(Exception):
+    """Raised inside a template's own code when its render passes the time bound."""
+
+
+@contextmanager
+def _time_bound(seconds: float):
+    """Lines of template code (Jinja compiles a template into Python) raise _TooSlow once `seconds` have
+    passed. Only frames of template code are traced, and only for this render; a tracer already set (a
+    debugger, coverage) is put back after."""
+    deadline = time.monotonic() + seconds
+
+    def in_template(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise _TooSlow
+        return in_template
+
+    def on_call(frame, event, arg):
+        return in_template if frame.f_code.co_filename == _TEMPLATE_CODE else None
+
+    previous = sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)

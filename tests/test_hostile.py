@@ -8,6 +8,8 @@ import re
 import shutil
 import sqlite3
 import struct
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -481,6 +483,45 @@ def test_a_template_macro_that_calls_itself_is_one_line(tmp_path):
     t.write_text("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", encoding="utf-8")     # was a RecursionError
     line = one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--chat-template", str(t)]))
     assert "the template recurses without end" in line, line
+
+
+# Loops nested in each other: each range() is within the sandbox's 100,000, their product is 10^10 iterations.
+# Without templates._time_bound the first (no output at all) renders for hours and the second for minutes.
+ENDLESS = "{% for i in range(100000) %}{% for j in range(100000) %}{% set x = i * j %}{% endfor %}{% endfor %}"
+HUGE = "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}{{ messages[0].content }}{{ messages[1].content }}"
+
+
+@pytest.mark.parametrize("template,expected", [
+    (ENDLESS, "renders a two-turn conversation for more than 1 s (loops without bound)"),
+    (HUGE, "renders a two-turn conversation into 10,000,0"),
+    ("{{ 'x' * 10 ** 15 }}", "builds a text larger than memory"),
+], ids=["endless", "huge", "memory"])
+def test_a_template_that_renders_without_bound_is_one_line(tmp_path, monkeypatch, template, expected):
+    import molting_mlflow.templates as templates
+
+    monkeypatch.setattr(templates, "RENDER_S", 1.0)
+    t = tmp_path / "t.jinja"
+    t.write_text(template, encoding="utf-8")
+    started = time.monotonic()
+    line = one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--chat-template", str(t)]))
+    assert expected in line, line
+    assert time.monotonic() - started < 60
+
+
+def test_the_render_bound_puts_back_a_tracer_already_set():
+    from molting_mlflow.templates import _time_bound
+
+    def tracer(frame, event, arg):
+        return None
+
+    before = sys.gettrace()       # coverage's, under a coverage run
+    sys.settrace(tracer)
+    try:
+        with _time_bound(1.0):
+            pass
+        assert sys.gettrace() is tracer
+    finally:
+        sys.settrace(before)
 
 
 @pytest.mark.parametrize("uri,expected", [
