@@ -119,9 +119,7 @@ def touch_store(create: bool = True, write: bool = True) -> None:
     if uri in _touched:
         return
     db = sqlite_path(uri)
-    if uri.startswith(("http://", "https://")):
-        check_server(uri)
-    check_database(uri)
+    check_answers(uri)
     if db is not None and not db.exists() and not create:
         return
     with _store_lock(db):
@@ -146,11 +144,30 @@ def _opened(uri: str):
     except (MlflowException, SQLAlchemyError, ImportError) as e:
         if sqlite_fault(e) is not None or uri.startswith(("http://", "https://")):
             raise        # said as themselves: a locked store, a server's 401/403 (cli._world_error)
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise StoreUnreachable(f"the tracking store {redact(uri)} cannot be opened ({type(e).__name__}: {why}); "
-                               "point MLFLOW_TRACKING_URI at sqlite:///mlflow.db, a running server (http://…) or a "
-                               "database you can reach") from None
+        raise unopenable(uri, e) from None
     return client
+
+
+def unopenable(uri: str, e: BaseException) -> StoreUnreachable:
+    """The line for a store MLflow could not open: its URI, MLflow's (or the driver's) first line, the fix."""
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
+    if isinstance(e, UnsupportedModelRegistryStoreURIException):   # a typo such as postgres:// or sqlite//
+        why = f"MLflow opens no store of the scheme '{uri.partition(':')[0]}'"
+    else:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        why = why if len(why) <= 160 else why[:159] + "…"
+    return StoreUnreachable(f"the tracking store {redact(uri)} cannot be opened ({type(e).__name__}: {why}); "
+                            "point MLFLOW_TRACKING_URI at sqlite:///mlflow.db, a running server (http://…) or a "
+                            "database you can reach")
+
+
+def check_answers(uri: str) -> None:
+    """Before the store is opened, fast: a server answers one request (check_server), a database's host takes
+    a TCP connection (check_database); a SQLite file or any other URI passes."""
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    check_database(uri)
 
 
 # A database store's default port by SQLAlchemy backend: a host that refuses a TCP connection there is one

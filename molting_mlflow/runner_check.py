@@ -22,6 +22,15 @@ in pyproject.toml):
   any query, so this comes before the experiment lookup and the create_run. The probe is
   reaper.check_writable: a write rolled back, which fails for a read-only store at once and for a
   locked one after reaper.LOCK_WAIT_S.
+- postgresql, mysql, mssql: the same entry point for MLflow's other SQL schemes (`postgresql+psycopg2://…`
+  is the `postgresql` scheme to MLflow). The check is reaper.check_database, one TCP connection: a refused
+  port was about 100 s of the engine's retries, then a traceback.
+- Any other URI (a scheme MLflow does not know, such as `postgres://`; the retired file store, `./mlruns`
+  or `file:`), and a database MLflow cannot open (its driver not installed): MLflow raises while it opens
+  the store, before any hook of its own is asked. This module, imported by MLflow while it loads its
+  plugins, sets `sys.excepthook` in a process whose command is `run` (ours() decides when an exception
+  comes, MLflow's CLI importable by then): an exception that passes MLflow's store opening (`_get_store`) and ends the process is
+  the reaper's one line for that store, any other exception of the runner one line with its type.
 - `mlflow.run_context_provider` would not do: its tags are resolved by `mlflow.start_run`, never by the
   runner's `MlflowClient.create_run`.
 
@@ -29,15 +38,17 @@ Both hooks act only in an `mlflow run` process (argv) whose project folder holds
 (`name: molting-mlflow`); anything else (another project, `mlflow server`, the entry point's own process,
 any script) is left as MLflow makes it. One look per process. The wording is reaper's (one owner).
 
-A fault is `molting: <problem>; <fix>` on stderr and exit 2. MLflow's registries catch `Exception` from a
+A fault the checks find is `molting: <problem>; <fix>` on stderr and exit 2. MLflow's registries catch `Exception` from a
 provider and only log a warning, so the exit is `SystemExit`, a BaseException, which passes through them
 and through click; no run was created yet, so none is left RUNNING. MOLTING_DEBUG=1 raises the error
 with its traceback instead (as `RunnerCheckDebug`, a BaseException too, for the same reason). A failure
 of this module's own (it cannot tell which project runs, a parse it does not expect) is a note line, and
-the run goes on.
+the run goes on. An exception that ends the runner is said in one line, exit 1 (Python's for an uncaught
+exception).
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -71,10 +82,7 @@ def ours() -> bool:
 def _run_project_uri(argv: list[str]) -> str | None:
     """The project URI of an `mlflow run …` command line (console script or `python -m mlflow`), else None;
     parsed by MLflow's own `run` command (click), so every option that takes a value is skipped as it is there."""
-    if len(argv) < 2 or argv[1] != "run":
-        return None
-    head = Path(argv[0])
-    if not (head.name == "mlflow" or (head.name == "__main__.py" and head.parent.name == "mlflow")):
+    if not _looks_like_mlflow_run(argv):
         return None
     from mlflow.cli import run as run_command
 
@@ -106,9 +114,8 @@ def guard(tracking_uri: str) -> None:
         return
     _state["checked"] = True   # first: whatever happens below, once per process
     try:
-        if tracking_uri.startswith(("http://", "https://")):
-            reaper.check_server(tracking_uri)
-        elif (db := reaper.sqlite_path(tracking_uri)) is not None and db.exists():
+        reaper.check_answers(tracking_uri)
+        if (db := reaper.sqlite_path(tracking_uri)) is not None and db.exists():
             reaper.check_writable(db)
     except MoltingError as e:
         if debugging():
@@ -137,16 +144,66 @@ class HeaderProvider:
         return {}
 
 
-def sqlite_store(store_uri, artifact_uri=None, **kw):
-    """`mlflow.tracking_store` for `sqlite`: the check, then the store MLflow's own builder makes."""
+def sql_store(store_uri, artifact_uri=None, **kw):
+    """`mlflow.tracking_store` for sqlite, postgresql, mysql and mssql: the check, then the store MLflow's own
+    builder makes."""
     guard(store_uri)
     return _mlflow_sql_builder()(store_uri, artifact_uri, **kw)
 
 
 def _mlflow_sql_builder():
-    """MLflow's builder for its SQL schemes (tracking/_tracking_service/utils.py, MLflow 3.17); where it is
-    renamed, the one MLflow still holds for PostgreSQL is the same function."""
+    """MLflow's builder for its SQL schemes (tracking/_tracking_service/utils.py, MLflow 3.17). Our entry points
+    take its place in the registry for every SQL scheme, so where MLflow renames it: the store class it builds."""
     from mlflow.tracking._tracking_service import utils
 
     own = getattr(utils, "_get_sqlalchemy_store", None)
-    return own if own is not None else utils._tracking_store_registry._registry["postgresql"]
+    if own is not None:
+        return own
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    return lambda store_uri, artifact_uri=None: SqlAlchemyStore(store_uri,
+                                                                 artifact_uri or DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the checks cannot see: MLflow failing to open the store, or the runner failing otherwise
+# ---------------------------------------------------------------------------------------------
+
+def _looks_like_mlflow_run(argv: list[str]) -> bool:
+    """`mlflow run …` (the console script or `python -m mlflow`) by the argv's first two words."""
+    head = Path(argv[0]) if argv else Path()
+    return len(argv) >= 2 and argv[1] == "run" and (
+        head.name == "mlflow" or (head.name == "__main__.py" and head.parent.name == "mlflow"))
+
+
+def _opening_store(tb) -> bool:
+    """Whether the traceback passes MLflow's tracking-store opening (tracking/_tracking_service/utils.py)."""
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "_get_store" and code.co_filename.endswith(f"_tracking_service{os.sep}utils.py"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _one_line_hook(kind, value, tb):
+    """sys.excepthook of an `mlflow run` process: MLflow's traceback as one line, in a run of this project."""
+    if debugging() or not issubclass(kind, Exception) or not ours():
+        return _python_hook(kind, value, tb)
+    import mlflow
+
+    if _opening_store(tb):
+        line = reaper.unopenable(mlflow.get_tracking_uri(), value).one_line()
+    else:
+        why = (str(value).strip().splitlines() or [""])[0][:300]
+        line = (f"mlflow run failed before the entry point started ({kind.__name__}: {why}); "
+                "check the `mlflow run` options (MOLTING_DEBUG=1 shows the traceback)")
+    print(f"molting: {line}", file=sys.stderr, flush=True)
+
+
+# Set where the command is `run`: under `python -m mlflow` argv[0] is still "-m" while MLflow loads its plugins,
+# so whether this is MLflow's run of this project is asked when an exception comes (ours()).
+_python_hook = sys.excepthook
+if sys.argv[1:2] == ["run"]:
+    sys.excepthook = _one_line_hook

@@ -118,6 +118,64 @@ def test_locked_store_under_mlflow_run_is_one_line(store, fault):
 
 
 # ---------------------------------------------------------------------------------------------
+# Stores MLflow cannot open, and the runner's other failures: one line through runner_check's excepthook
+# (without it: MLflow's traceback of 60-80 lines; without the SQL entry points, the refused port ~100 s of retries)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def listening():
+    """A port that takes TCP connections and speaks no database: the driver is what fails."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+UNOPENABLE = [
+    ("foo://x", "the tracking store foo://x cannot be opened (UnsupportedModelRegistryStoreURIException: MLflow "
+                "opens no store of the scheme 'foo'); point MLFLOW_TRACKING_URI at sqlite:///mlflow.db"),
+    ("./mlruns", "the tracking store ./mlruns cannot be opened (MlflowException: The filesystem tracking backend"),
+    ("mysql://127.0.0.1:{listening}/x", "the tracking store mysql://127.0.0.1:{listening}/x cannot be opened "
+                                        "(ModuleNotFoundError: No module named 'MySQLdb')"),
+]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("uri,expected", UNOPENABLE, ids=["unknown-scheme", "file-store", "driver-missing"])
+def test_a_store_mlflow_cannot_open_under_mlflow_run_is_one_line(tmp_path, listening, uri, expected):
+    uri, expected = uri.format(listening=listening), expected.format(listening=listening)
+    out, code, took = mlflow_run(env={"MLFLOW_TRACKING_URI": uri})
+    line = the_line(out)
+    assert line.startswith(f"molting: {expected}") and code == 1 and took < 30, (line, code, took)
+
+
+@pytest.mark.faults
+def test_a_database_that_refuses_under_mlflow_run_is_one_line_in_seconds(tmp_path):
+    uri = f"postgresql+psycopg2://127.0.0.1:{free_port()}/x"
+    out, code, took = mlflow_run(env={"MLFLOW_TRACKING_URI": uri})
+    line = the_line(out)
+    assert code == 2 and took < 30, (code, took)      # MLflow alone: ~100 s of the engine's retries, a traceback
+    assert line == f"molting: the tracking store {uri} is not reachable (Connection refused); start the database, or " \
+                   "point at one that runs"
+
+
+def test_another_failure_of_the_runner_is_one_line(store):
+    out, code, _ = mlflow_run("--experiment-id", "12345")
+    assert the_line(out) == ("molting: mlflow run failed before the entry point started (MlflowException: No "
+                             "Experiment with id=12345 exists); check the `mlflow run` options (MOLTING_DEBUG=1 shows "
+                             "the traceback)") and code == 1
+
+
+def test_the_hook_leaves_any_process_but_an_mlflow_run_of_this_project_as_python_makes_it(fresh, monkeypatch, capsys):
+    assert sys.excepthook is not runner_check._one_line_hook     # this process (pytest) keeps Python's
+    said = []
+    monkeypatch.setattr(runner_check, "_python_hook", lambda *exc: said.append(exc[0]))
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/mlflow", "run", "/elsewhere"])   # another project
+    runner_check._one_line_hook(ValueError, ValueError("x"), None)
+    assert said == [ValueError] and capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------------------------------
 # Only an `mlflow run` of this project; a failure of the check's own never blocks
 # ---------------------------------------------------------------------------------------------
 
@@ -202,10 +260,11 @@ def test_a_failure_of_the_check_s_own_never_blocks(fresh, monkeypatch, tmp_path)
     assert runner_check._state == {"ours": False}
 
 
-def test_the_sqlite_store_is_mlflow_s_own(tmp_path):
+def test_the_sql_stores_are_mlflow_s_own(tmp_path):
     # fails where the builder returns anything but MLflow's store (or the entry point is not installed)
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.tracking._tracking_service import utils
 
-    assert utils._tracking_store_registry._registry["sqlite"] is runner_check.sqlite_store
+    for scheme in ("sqlite", "postgresql", "mysql", "mssql"):
+        assert utils._tracking_store_registry._registry[scheme] is runner_check.sql_store, scheme
     assert type(MlflowClient(f"sqlite:///{tmp_path / 'other.db'}")._tracking_client.store) is SqlAlchemyStore
