@@ -67,6 +67,9 @@ SEED_FORM = f"a whole number in 0..{2**32 - 1}"
 MAX_NEW_TOKENS = 4096     # an answer's token limit, at most (train's eval, evaluate, chat)
 NEW_TOKENS_OK = lambda v: isinstance(v, int) and 1 <= v <= MAX_NEW_TOKENS  # noqa: E731
 NEW_TOKENS_FORM = f"a whole number in 1..{MAX_NEW_TOKENS}"
+MAX_GPU_GIB = 4096        # a memory budget past any card made (an H200 has 141 GiB); 0 = the card's own
+GPU_GIB_OK = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= MAX_GPU_GIB  # noqa: E731
+GPU_GIB_FORM = f"GiB in 0..{MAX_GPU_GIB} (0 = the card's memory)"
 
 
 def opt(default, help: str, check=None, form: str = "", preset: bool = False, factory=None):
@@ -144,8 +147,7 @@ class TrainConfig:
                          "memory budget, else QLoRA nf4), bf16, nf4 (CUDA) or fp32.",
                          lambda v: v in PRECISION_CHOICES, "one of: " + ", ".join(PRECISION_CHOICES))
     gpu_memory_gib: float = opt(0.0, "GPU memory budget for the plan, GiB (0: the card's); 4 rehearses a 4 GB card "
-                                "on a bigger one.", lambda v: isinstance(v, (int, float)) and 0 <= v <= 4096,
-                                "GiB in 0..4096 (0 = the card's memory)")
+                                "on a bigger one.", GPU_GIB_OK, GPU_GIB_FORM)
 
     def __post_init__(self):
         check_fields(self)

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import (DEFAULT_EXPERIMENT, DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_TARGET, SEED_FORM, SEED_OK, ConfigError,
-                     TrainConfig, check_fields, opt)
+from .config import (DEFAULT_EXPERIMENT, DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_TARGET, GPU_GIB_FORM, GPU_GIB_OK,
+                     SEED_FORM, SEED_OK, ConfigError, TrainConfig, check_fields, opt)
 from .models import sha256_file
 from .presets import PRESETS
 from .reaper import sqlite_path
@@ -140,7 +140,7 @@ class SweepConfig:
                            lambda v: isinstance(v, int) and v >= 1, "a whole number of seconds ≥ 1")
     precision: str = opt("auto", "Every trial's precision (as train).")
     gpu_memory_gib: float = opt(0.0, "A card's memory budget for its trials, GiB (0 = its free memory).",
-                                lambda v: isinstance(v, (int, float)) and 0 <= v <= 4096, "GiB in 0..4096")
+                                GPU_GIB_OK, GPU_GIB_FORM)
 
     def __post_init__(self):
         check_fields(self)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from molting_mlflow import runtime
-from molting_mlflow.config import TrainConfig
+from molting_mlflow.config import ConfigError, TrainConfig
 from molting_mlflow.sweep import layout
 from molting_mlflow.sweep_config import SweepConfig
 
@@ -234,3 +234,14 @@ def test_pyspark_is_marked_absent_so_no_thread_imports_it(monkeypatch):
     monkeypatch.delitem(sys.modules, "pyspark")
     tracking._no_spark_lookups()
     assert sys.modules["pyspark"] is None
+
+
+@pytest.mark.parametrize("gib,ok", [(0, True), (4096, True), (4096.5, False), (-1, False), (True, False)])
+def test_train_and_sweep_take_the_same_memory_budgets(gib, ok):
+    # one bound (config.GPU_GIB_OK) for both: either config accepting a budget the other refuses fails here
+    for make in (lambda: TrainConfig(gpu_memory_gib=gib), lambda: SweepConfig(model="tiny-random", gpu_memory_gib=gib)):
+        if ok:
+            make()
+        else:
+            with pytest.raises(ConfigError, match=r"GiB in 0\.\.4096"):
+                make()
