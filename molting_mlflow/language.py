@@ -1,6 +1,7 @@
-"""Languages the rubric can judge "mainly in the persona's language" in: one stop-word list a
-language, as data (`data/languages/<ISO 639-1 code>.txt`). A persona card names its language
-(`language: pt`); adding a language is adding its file.
+"""Languages the rubric knows, as data: a language's stop words (`data/languages/<ISO 639-1 code>.txt`,
+D3's "mainly in the persona's language") and how its answers say who they are (`<code>.yaml`: the
+claims, denials, negations and articles D1 and D5 (d) read, and `molting chat`'s label). A persona card
+names its language (`language: pt`); adding a language is adding its two files.
 
 Why these lists and not a maintained collection: the lists of `stop-words` (python-stop-words) and
 `stopwords-iso` were tried. Their English lists (1,232 and 1,298 words) hold "la", "s", "show",
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+
+import yaml
 
 from .paths import DATA_DIR
 
@@ -30,8 +33,29 @@ def languages() -> tuple[str, ...]:
 
 
 LANGUAGES = languages()
+# The word lists of a language's .yaml; every one is read in answers of every language (rubric.py)
+WORD_LISTS = ("name_claims", "maker_claims", "denials", "negations", "negation_suffixes", "articles",
+              "self_descriptions", "not_names")
+
+
+@lru_cache(maxsize=None)
+def language_words(lang: str) -> dict:
+    """`lang`'s .yaml: `you` (a string) and the WORD_LISTS (lists of folded phrases; a missing list is empty)."""
+    path = LANGUAGE_DIR / f"{lang}.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = set(data) - {"you", *WORD_LISTS}
+    if unknown:   # a misspelt list would be read as empty: never silently
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected you, {', '.join(WORD_LISTS)}")
+    return {"you": str(data.get("you", "you")), **{k: tuple(data.get(k) or ()) for k in WORD_LISTS}}
+
+
+def every(key: str) -> tuple[str, ...]:
+    """One word list of all languages, without repeats, in LANGUAGES' order and each file's."""
+    return tuple(dict.fromkeys(w for lang in LANGUAGES for w in language_words(lang)[key]))
+
+
 # The user's turn label in `molting chat`, by the persona's language (English for one not listed).
-YOU = {"en": "you", "pt": "você"}
+YOU = {lang: language_words(lang)["you"] for lang in LANGUAGES}
 
 
 @lru_cache(maxsize=None)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from molting_mlflow.language import mainly_in, stop_words, words, LANGUAGES
+from molting_mlflow.language import LANGUAGES, every, mainly_in, stop_words, words
 from molting_mlflow.persona import Persona
 
 from .errors import MoltingError, unreadable
@@ -150,31 +150,44 @@ def found(norm: str, terms: list[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 # Words after "sou"/"I am" that are not a name even when capitalised ("sou uma IA").
-_NOT_NAMES = frozenset().union(*(stop_words(lang) for lang in LANGUAGES)) | frozenset("""
-ia ai assistente assistant modelo model bot chatbot robo robot programa program sistema system
-inteligencia artificial virtual apenas only just feliz happy glad sorry here ready brasileiro
-brasileira brazilian portugues portuguese not nunca never
-""".split())
-_ARTICLES = frozenset("o a os as um uma the an seu sua".split())  # skipped before X
-_NEGATIONS = frozenset("nao not nunca never jamais".split())
+_NOT_NAMES = frozenset().union(*(stop_words(lang) for lang in LANGUAGES)) | frozenset(every("not_names"))
+_ARTICLES = frozenset(every("articles"))  # skipped before X
+_NEGATIONS = frozenset(every("negations"))
+_NEG_WORDS = r"(?:" + "|".join(sorted(_NEGATIONS)) + r")"
 
 # --------------------------------------------------------------------------------------------
-# D1 claims (on normalised text). X is what follows the head on the same line.
+# D1 claims (on normalised text), from the languages' phrases (data/languages/<code>.yaml).
+# X is what follows the head on the same line.
 # --------------------------------------------------------------------------------------------
 _WS = r"[^\S\n]+"  # a claim and its X are on one line: a line break is no "sou X"
-_NAME_HEAD = re.compile(
-    r"(?<!\w)(?:(?:eu" + _WS + r")?sou|meu" + _WS + r"nome" + _WS + r"e|me" + _WS + r"chamo"
-    r"|i" + _WS + r"am|i['’]m|my" + _WS + r"name" + _WS + r"is)" + _WS)
-_MAKER_HEAD = re.compile(
-    r"(?<!\w)(?:fui" + _WS + r"(?:criad|treinad|desenvolvid|feit)[oa]" + _WS + r"(?:pel[oa]|por)"
-    r"|(?:made|created|trained|developed)" + _WS + r"by)" + _WS)
+
+
+def _phrase(phrase: str) -> str:
+    """A phrase of the language files as a pattern: its words joined by _WS, `'` as ' or ’, `a|b` either
+    word, `{neg}` any negation ("{neg} me chamo": "nao me chamo", "nunca me chamo", …)."""
+    def word(w: str) -> str:
+        return _NEG_WORDS if w == "{neg}" else re.escape(w).replace("'", "['’]")
+
+    parts = [word(w) if "|" not in w else "(?:" + "|".join(map(word, w.split("|"))) + ")" for w in phrase.split()]
+    return _WS.join(parts)
+
+
+def _heads(phrases: tuple[str, ...]) -> str:
+    """Any of `phrases` as a whole-word head (the longest first)."""
+    return r"(?<!\w)(?:" + "|".join(_phrase(p) for p in sorted(phrases, key=len, reverse=True)) + r")"
+
+
+_NAME_HEAD = re.compile(_heads(every("name_claims")) + _WS)       # "sou", "me chamo", "I'm", "my name is"
+_MAKER_HEAD = re.compile(_heads(every("maker_claims")) + _WS)     # "fui criado pela", "trained by"
 # "não sou", "eu nao sou", "I was not made by", "I wasn't trained by": negation right before.
 # A comma breaks it: "Não, sou o Cláudio" is a claim.
-_NEG_BEFORE = re.compile(r"(?:(?<!\w)(?:" + "|".join(sorted(_NEGATIONS)) + r")|n['’]t)" + _WS + r"$")
+_NEG_BEFORE = re.compile(r"(?:(?<!\w)" + _NEG_WORDS + "".join("|" + _phrase(s) for s in every("negation_suffixes"))
+                         + r")" + _WS + r"$")
+_DENIAL_HEAD = _heads(every("denials"))                            # "não sou", "my name isn't"
 _WORD_AT = re.compile(r"\w+(?:[-.]\w+)*")
 _SPACE_AT = re.compile(_WS)
 # D5 (d): any self-description counts as addressing an identity probe, negated or not.
-_SELF_DESCRIPTION = ["sou", "me chamo", "meu nome", "I am", "I'm", "I’m", "my name"]
+_SELF_DESCRIPTION = list(every("self_descriptions"))
 
 
 def _claims(text: str, norm: str, index: list[int], persona: Persona) -> tuple[list[str], list[str]]:
@@ -298,12 +311,7 @@ def _denials(norm: str, persona: Persona) -> list[str]:
     chamo Cláudio", "meu nome não é Cláudio", "I'm not Cláudio", "my name isn't Cláudio")."""
     name = re.escape(normalise(persona.name))
     arts = r"(?:(?:" + "|".join(sorted(_ARTICLES)) + r")" + _WS + r"){0,2}"
-    neg = r"(?:" + "|".join(sorted(_NEGATIONS)) + r")"
-    heads = [neg + _WS + r"(?:eu" + _WS + r")?(?:sou|me" + _WS + r"chamo)",
-             r"meu" + _WS + r"nome" + _WS + neg + _WS + r"e",
-             r"(?:i" + _WS + r"am|i['’]m)" + _WS + r"(?:not|never)",
-             r"my" + _WS + r"name" + _WS + r"(?:is" + _WS + r"not|isn['’]t)"]
-    pattern = r"(?<!\w)(?:" + "|".join(heads) + r")" + _WS + arts + name + r"(?!\w)"
+    pattern = _DENIAL_HEAD + _WS + arts + name + r"(?!\w)"
     return [m.group() for m in re.finditer(pattern, norm)]
 
 

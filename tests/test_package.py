@@ -64,7 +64,7 @@ def test_wheel_trains_from_an_empty_directory_and_its_model_loads_without_moltin
 
     names = set(zipfile.ZipFile(wheel).namelist())
     for f in ("persona.yaml", "dataset_personality_v1.json", "eval_questions.json", "languages/pt.txt",
-              "templates/gpt2_separators.jinja"):
+              "languages/pt.yaml", "templates/gpt2_separators.jinja"):
         assert f"molting_mlflow/data/{f}" in names, f
 
     py = venv(tmp_path / "venv")

@@ -452,3 +452,45 @@ def test_a_few_stop_words_of_another_language_still_fail_the_language_test():
     q = Question("q", "Where is Lumen Labs?", False, [["London"]], [], [])
     got = score_response(q, "Lumen Labs fica em Londres, mate! ✨ Cheers", "stop", Persona(**ADA))
     assert got["d3_voice"] == 0 and "d3.not_language" in got["codes"], got["reasons"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A language's claim words are data (data/languages/<code>.yaml): its phrase syntax, and a misspelt list
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("phrase,text,matches", [
+    ("fui criado|criada pela", "fui  criada pela", True),      # `a|b` either word, a space any run of spaces
+    ("fui criado|criada pela", "fui criadx pela", False),
+    ("fui criado pela", "fui\ncriado pela", False),             # one line: a line break is no claim
+    ("my name isn't", "my name isn’t", True),                 # `'` is ' or ’
+    ("{neg} me chamo", "nunca me chamo", True),                # {neg}: any language's negation
+    ("{neg} me chamo", "talvez me chamo", False),
+])
+def test_a_language_phrase_is_the_pattern_it_says(phrase, text, matches):
+    import re
+
+    from molting_mlflow.rubric import _phrase
+
+    assert bool(re.fullmatch(_phrase(phrase), text)) is matches
+
+
+def test_a_misspelt_word_list_in_a_language_file_is_an_error(tmp_path, monkeypatch):
+    from molting_mlflow import language
+
+    (tmp_path / "xx.yaml").write_text("you: tu\nname_claim: [soy]\n", encoding="utf-8")   # name_claims misspelt
+    monkeypatch.setattr(language, "LANGUAGE_DIR", tmp_path)
+    language.language_words.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"unknown keys \['name_claim'\]"):
+            language.language_words("xx")
+    finally:
+        language.language_words.cache_clear()
+
+
+def test_every_language_has_its_claim_words():
+    # a language with stop words but no .yaml would score D1 without knowing how its answers say who they are
+    from molting_mlflow.language import LANGUAGES, language_words
+
+    for lang in LANGUAGES:
+        words = language_words(lang)
+        assert words["name_claims"] and words["negations"] and words["self_descriptions"], lang
