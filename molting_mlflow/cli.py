@@ -35,6 +35,7 @@ from .prepare import prepare  # noqa: E402
 from .presets import PRESETS  # noqa: E402
 from .reaper import redact, sqlite_fault, touch_store  # noqa: E402
 from .rehearsal import has_templates  # noqa: E402
+from .reuse import DIST_NAME  # noqa: E402
 from .rubric import Question, load_questions, load_responses, score_responses  # noqa: E402
 from .runtime import set_threads  # noqa: E402
 from .sweep_config import SEARCH_SPACE, SweepConfig, parse_search  # noqa: E402
@@ -176,7 +177,7 @@ READ_COMMANDS = ("compare", "registry")
 
 
 @click.group(cls=MoltingGroup)
-@click.version_option(package_name="molting-mlflow")
+@click.version_option(package_name=DIST_NAME)
 @click.pass_context
 def cli(ctx):
     """Fine-tune a small chat model into a persona, every run tracked in MLflow.

@@ -17,7 +17,7 @@ from .errors import MoltingError
 from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from .persona import resolve_paths
 from .presets import PRESETS, defaults_preset
-from .runtime import PRECISION_CHOICES
+from .runtime import AUTO, PRECISION_CHOICES
 
 __all__ = ["ConfigError", "TrainConfig", "steps_per_epoch", "step_fixes", "DEFAULT_DATASET", "DEFAULT_PERSONA",
            "DEFAULT_QUESTIONS", "DEFAULT_MODEL", "DEFAULT_MIN_STEPS", "DEFAULT_SEED", "DEFAULT_EXPERIMENT", "DEFAULT_TARGET",
@@ -143,7 +143,7 @@ class TrainConfig:
                          lambda v: isinstance(v, bool), "true or false")
     eval_max_new_tokens: int = opt(DEFAULT_MAX_NEW_TOKENS, "Token limit of each evaluation answer.",
                                    NEW_TOKENS_OK, NEW_TOKENS_FORM)
-    precision: str = opt("auto", "auto (fp32 on a CPU; on a GPU bf16 where the model and its batches fit the "
+    precision: str = opt(AUTO, "auto (fp32 on a CPU; on a GPU bf16 where the model and its batches fit the "
                          "memory budget, else QLoRA nf4), bf16, nf4 (CUDA) or fp32.",
                          lambda v: v in PRECISION_CHOICES, "one of: " + ", ".join(PRECISION_CHOICES))
     gpu_memory_gib: float = opt(0.0, "GPU memory budget for the plan, GiB (0: the card's); 4 rehearses a 4 GB card "

@@ -54,7 +54,7 @@ def _adapter_subject(ref: str, adapter_dir: Path) -> _Subject:
 
 def _baseline_subject(model_name: str, system_prompt: str) -> _Subject:
     source = resolve_model(model_name)
-    plan = runtime.eval_plan(source.auto_precision or "auto")
+    plan = runtime.eval_plan(source.auto_precision or runtime.AUTO)
     model = load_model(source, plan).eval()
     tok = load_tokenizer(source)
     return _Subject(model, tok, system_prompt, None, plan, {"molting.baseline": "true", MODEL_TAG: model_name},

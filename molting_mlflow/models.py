@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import runtime
 from .errors import MoltingError, missing_in_store
-from .paths import DATA_DIR
+from .paths import DEFAULT_DATASET, DEFAULT_PERSONA
 from .presets import PRESETS, Preset
 from .tags import ADAPTER_META
 from .templates import check_chat_template
@@ -342,8 +342,7 @@ def shipped_bpe(vocab_size: int, specials: list[str]):
     and the rehearsal's stand-in (rehearsal.stand_in_tokenizer) are built on it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    corpus = [(DATA_DIR / "dataset_personality_v1.json").read_text(encoding="utf-8"),
-              (DATA_DIR / "persona.yaml").read_text(encoding="utf-8")]
+    corpus = [DEFAULT_DATASET.read_text(encoding="utf-8"), DEFAULT_PERSONA.read_text(encoding="utf-8")]
     bpe = Tokenizer(models.BPE(unk_token=specials[0]))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

@@ -16,13 +16,15 @@ from pathlib import Path
 
 from .tags import REUSED_RUN_TAG
 
+DIST_NAME = "molting-mlflow"   # the distribution (pyproject's `name`): its installed version
+
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """The package version and, in a git checkout, its commit (+dirty): a changed training path
     never answers a sweep's trial with a stale run."""
     try:
-        v = version("molting-mlflow")
+        v = version(DIST_NAME)
     except PackageNotFoundError:
         v = "unknown"
     root = Path(__file__).resolve().parent.parent

@@ -51,7 +51,8 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in [
     Precision("nf4", "QLoRA: NF4 double-quant base, bf16 compute, gradient checkpointing, paged AdamW 8-bit",
               "bfloat16", True, True, True, 0.53, "nf4-double-quant/bf16-compute"),
 ]}
-PRECISION_CHOICES = ("auto", *PRECISIONS)
+AUTO = "auto"   # a precision: the plan picks one (plan())
+PRECISION_CHOICES = (AUTO, *PRECISIONS)
 
 # Memory the CUDA context, cuBLAS workspaces and the allocator's fragmentation take beyond what
 # PyTorch reports as allocated: a budget of B GiB leaves B - this for the estimate.
@@ -327,10 +328,10 @@ def plan(precision: str, examples_per_step: int, *, model_config=None, total: in
     if precision not in PRECISION_CHOICES:
         raise PlanError(f"precision={precision!r} is invalid: expected one of {', '.join(PRECISION_CHOICES)}")
     n_threads = threads()
-    if precision == "auto" and fixed:
+    if precision == AUTO and fixed:
         return Plan(dev, fixed, f"this model computes in {fixed} (plumbing only)", n_threads, examples_per_step,
                     cpu_micro_batch or 1 if dev == "cpu" else examples_per_step, None, None, cpu_native_bf16())
-    if not quantizable and PRECISIONS[precision if precision != "auto" else "bf16"].quantized:
+    if not quantizable and PRECISIONS[precision if precision != AUTO else "bf16"].quantized:
         raise PlanError(f"precision={precision} needs a model bitsandbytes can quantise; this one is not: "
                         "use precision=auto, bf16 or fp32")
     if dev == "cpu":
@@ -339,7 +340,7 @@ def plan(precision: str, examples_per_step: int, *, model_config=None, total: in
     usable = budget - CUDA_OVERHEAD_GIB
     est = (lambda prec, m: estimate_gib(prec, model_config, total, trainable, m, seq)) if model_config is not None \
         else (lambda prec, m: 0.0)
-    order = ["bf16", "nf4"] if precision == "auto" else [precision]
+    order = ["bf16", "nf4"] if precision == AUTO else [precision]
     if not quantizable:
         order = [p for p in order if not PRECISIONS[p].quantized] or ["bf16"]
     for prec in order:
@@ -347,8 +348,8 @@ def plan(precision: str, examples_per_step: int, *, model_config=None, total: in
         if fits:
             m = max(fits)
             why = (f"the {prec} base and micro-batches of {m} fit {budget:.1f} GiB (est. {est(prec, m):.1f} GiB)"
-                   if precision == "auto" else f"precision={prec} asked for")
-            if precision == "auto" and prec == "nf4":
+                   if precision == AUTO else f"precision={prec} asked for")
+            if precision == AUTO and prec == "nf4":
                 why = (f"the bf16 base does not fit {budget:.1f} GiB (est. {est('bf16', 1):.1f} GiB at micro-batch 1); "
                        f"NF4 at micro-batch {m} does (est. {est(prec, m):.1f} GiB)")
             eval_gib = (merged_eval_gib(prec, model_config, total, trainable)
@@ -367,7 +368,7 @@ def _cpu_plan(precision: str, examples_per_step: int, micro_batch: int, n_thread
     if precision == "nf4":
         raise PlanError("precision=nf4 needs a CUDA GPU (bitsandbytes 4-bit training); on a CPU use "
                         "precision=auto, bf16 or fp32")
-    if precision == "auto":
+    if precision == AUTO:
         # fp32 on every CPU: with native bf16 (AMX) a bf16 base trained no faster over a whole default
         # run, and its evaluation (fp32 LoRA on a bf16 base, a token at a time) was several times slower
         # (docs/performance.md, side by side). bf16 is precision=bf16.
@@ -405,7 +406,7 @@ def eval_plan(recorded: str, quantizable: bool = True) -> Plan:
     GPU without bitsandbytes, in fp32 on a CPU. "auto" (a bare base): bf16 on CUDA, fp32 on a CPU."""
     dev = device()
     native = "bf16" if dev == "cuda" else "fp32"   # what runs well here without 4-bit
-    if recorded == "auto":
+    if recorded == AUTO:
         recorded = native
     prec = trained_precision(recorded)
     if prec == "nf4" and (dev == "cpu" or not quantizable):

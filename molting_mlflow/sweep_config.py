@@ -18,6 +18,7 @@ from .config import (DEFAULT_EXPERIMENT, DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_TA
 from .models import sha256_file
 from .presets import PRESETS
 from .reaper import sqlite_path
+from .runtime import AUTO
 
 
 def _storage_url(v) -> bool:
@@ -138,7 +139,7 @@ class SweepConfig:
                               "a whole number ≥ 0 (0 = as many as the card's memory and the CPU cores allow)")
     heartbeat_s: int = opt(10, "A worker's heartbeat, seconds; 3 missed beats fail its trial, which is retried once.",
                            lambda v: isinstance(v, int) and v >= 1, "a whole number of seconds ≥ 1")
-    precision: str = opt("auto", "Every trial's precision (as train).")
+    precision: str = opt(AUTO, "Every trial's precision (as train).")
     gpu_memory_gib: float = opt(0.0, "A card's memory budget for its trials, GiB (0 = its free memory).",
                                 GPU_GIB_OK, GPU_GIB_FORM)
 

@@ -1,7 +1,7 @@
 """Pre-flight catches each of the user's three silent mistakes, with its evidence, and passes a clean config."""
 import pytest
 
-from molting_mlflow.config import DEFAULT_DATASET, TrainConfig
+from molting_mlflow.config import TrainConfig
 from molting_mlflow.prepare import prepare
 
 GPT2 = "data/templates/gpt2_separators.jinja"

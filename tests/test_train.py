@@ -1,6 +1,5 @@
 """End-to-end train on tiny-random, checked through the MLflow client (plumbing: no score claims)."""
 import json
-import os
 import re
 from pathlib import Path
 
