@@ -24,7 +24,7 @@ quiet_known_warnings()   # before peft imports bitsandbytes, which logs its line
 # inside its function. Those are the only imports of the package's own modules below the top.
 from .bundle import adapter_persona  # noqa: E402
 from .config import MAX_NEW_TOKENS, EvalConfig, TrainConfig  # noqa: E402
-from .errors import MoltingError, debugging, missing_in_store, unwritable  # noqa: E402
+from .errors import MoltingError, debugging, first_line, missing_in_store, unwritable  # noqa: E402
 from .generation import adapter_prompt, generate  # noqa: E402
 from .interrupt import sigterm_as_interrupt  # noqa: E402
 from .language import YOU  # noqa: E402
@@ -391,7 +391,7 @@ def registry(name):
     except MlflowException as e:   # only MLflow's "no such model" means a sweep has not registered it; the rest go on up
         if not missing_in_store(e):
             raise
-        raise UserError(f"no registered model '{name}' ({str(e).splitlines()[0][:120]}); run a sweep first") from None
+        raise UserError(f"no registered model '{name}' ({first_line(e, 120)}); run a sweep first") from None
     click.echo(pd.DataFrame(rows).to_string(index=False) if rows else f"{name}: no versions")
 
 
@@ -414,7 +414,7 @@ def promote(name, version, alias):
     except MlflowException as e:   # a model or version that is not there; a 403 or an outage goes on up (_world_error)
         if not missing_in_store(e):
             raise
-        raise UserError(f"cannot set {name}@{alias} -> v{version}: {str(e).splitlines()[0][:200]}; see the versions: "
+        raise UserError(f"cannot set {name}@{alias} -> v{version}: {first_line(e, 200)}; see the versions: "
                         f"molting registry --name {name}") from None
     click.echo(f"{name}@{alias} -> version {version}")
 
@@ -441,7 +441,7 @@ def chat(ref, max_new_tokens, question):
         except MlflowException as e:   # no such model, version or alias; a 403, an outage or a damaged adapter go on up
             if not missing_in_store(e):
                 raise
-            raise UserError(f"cannot load {ref}: {str(e).splitlines()[0][:200]}; see the versions: molting registry") \
+            raise UserError(f"cannot load {ref}: {first_line(e, 200)}; see the versions: molting registry") \
                 from None
 
         persona = model.unwrap_python_model().persona

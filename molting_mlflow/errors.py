@@ -36,9 +36,14 @@ def unreadable(path, e: OSError) -> str:
     return f"{path}: cannot read it ({e.strerror or type(e).__name__}); make it readable (chmod u+r) or pass another file"
 
 
+def first_line(e: BaseException, limit: int = MAX_LINE) -> str:
+    """An exception's first line (its type's name where it has no message), cut to `limit` characters."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 def unwritable(path, e: OSError) -> str:
     """'<path>: cannot write it (No such file or directory); …': an output file the user named."""
-    why = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]    # pandas' OSError has no strerror
+    why = e.strerror or first_line(e)    # pandas' OSError has no strerror
     return f"{path}: cannot write it ({why}); pass a file in a folder that exists and you can write"
 
 

@@ -32,6 +32,7 @@ import sys
 import time
 from contextlib import contextmanager
 
+from .errors import first_line
 from .rubric import DIMENSIONS, RUBRIC_VERSION, code_prefix
 from .tags import QUESTION_ID
 
@@ -116,7 +117,7 @@ def log_evaluation(records: list[dict], questions, results: list[dict]) -> dict 
                                                   else {} for r in records]})
             result = _quiet(lambda: mlflow.genai.evaluate(data=data, scorers=rubric_scorers(results)))
     except Exception as e:
-        why = (str(e).splitlines() or [type(e).__name__])[0][:400]
+        why = first_line(e, 400)
         mlflow.MlflowClient().set_tag(run.info.run_id, STATUS_TAG, f"failed: {type(e).__name__}: {why}")
         print(f"molting: warning: MLflow's evaluation view was not logged ({type(e).__name__}: {why}); "
               "the run's scores and eval_results.json are", file=sys.stderr, flush=True)

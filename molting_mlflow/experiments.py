@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .config import ConfigError
+from .errors import first_line
 from .tags import STAGE_TAG
 
 
@@ -52,7 +53,7 @@ def mark_experiment(exp, tags: dict | None = None) -> None:
                 MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
             except MlflowException as e:   # a server that lets us log runs but not tag experiments: runs first
                 print(f"molting: note: experiment '{exp.name}' keeps no tag {key} "
-                      f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})", flush=True)
+                      f"({first_line(e, 200)})", flush=True)
 
 
 def project_experiments() -> list:

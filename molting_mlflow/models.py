@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import runtime
-from .errors import MoltingError, missing_in_store
+from .errors import MoltingError, first_line, missing_in_store
 from .paths import DEFAULT_DATASET, DEFAULT_PERSONA
 from .presets import PRESETS, Preset
 from .tags import ADAPTER_META
@@ -390,7 +390,7 @@ def load_tokenizer(source: ModelSource):
         try:
             tok = AutoTokenizer.from_pretrained(source.path, local_files_only=True)
         except (OSError, ValueError, KeyError) as e:   # no tokenizer files, an unknown model_type, a junk config
-            raise ModelError(f"model '{source.name}': no usable tokenizer in {source.path} ({_first_line(e)[:200]}); "
+            raise ModelError(f"model '{source.name}': no usable tokenizer in {source.path} ({first_line(e, 200)}); "
                              "pass a folder holding a Hugging Face model with its tokenizer files") from None
     if tok.chat_template:
         check_chat_template(tok.chat_template, tok, f"model '{source.name}': its chat template")
@@ -471,10 +471,10 @@ def resolve_adapter(ref: str) -> Path:
         except MlflowException as e:   # a missing run, model, version or alias; others (a 403, an outage) go on up
             if not missing_in_store(e):
                 raise
-            raise AdapterError(f"adapter {ref!r} not found ({_first_line(e)[:200]}); pass a run id from "
+            raise AdapterError(f"adapter {ref!r} not found ({first_line(e, 200)}); pass a run id from "
                                "`molting compare` or a models:/<name>@<alias> from `molting registry`") from None
         except FileNotFoundError as e:   # the run exists, its artifact path does not
-            raise AdapterError(f"adapter {ref!r} not found ({_first_line(e)[:200]}); a train run's adapter is "
+            raise AdapterError(f"adapter {ref!r} not found ({first_line(e, 200)}); a train run's adapter is "
                                "runs:/<run>/adapter") from None
     else:
         local = Path(ref).expanduser()
@@ -521,12 +521,10 @@ def _apply_adapter(peft_model, base, adapter_dir: Path, base_name: str):
     except torch.OutOfMemoryError:
         raise
     except (ValueError, RuntimeError) as e:
-        raise AdapterError(f"{adapter_dir}: does not fit its base {base_name} ({_first_line(e)[:300]}); the adapter "
+        raise AdapterError(f"{adapter_dir}: does not fit its base {base_name} ({first_line(e, 300)}); the adapter "
                            "folder is damaged or edited: take it again from its train run (runs:/<run>/adapter)") from None
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def _json_object(path: Path) -> dict:

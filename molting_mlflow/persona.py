@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import MoltingError, unreadable
+from .errors import MoltingError, first_line, unreadable
 from .language import LANGUAGES
 from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
 
@@ -51,7 +51,7 @@ def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
         raise PersonaError(f"{p}: {_refused_tag(text, e.problem_mark)}; a persona card is plain data (strings and "
                            "lists): remove the tag") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise PersonaError(f"{p}: not valid UTF-8 YAML ({str(e).splitlines()[0]})") from None
+        raise PersonaError(f"{p}: not valid UTF-8 YAML ({first_line(e)})") from None
     except OSError as e:
         raise PersonaError(unreadable(p, e)) from None
     if not isinstance(raw, dict):

@@ -17,7 +17,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import MoltingError
+from .errors import MoltingError, first_line
 from .tags import ERROR_TAG
 
 HOST_TAG, PID_TAG, START_TAG = "molting.host", "molting.pid", "molting.pid_start"
@@ -102,7 +102,7 @@ def reap(client=None, log=None) -> list[str]:
                 client.set_terminated(run.info.run_id, "FAILED")
             except Exception as e:  # e.g. READ permission on a team server: leave it to someone who may
                 log(f"molting: note: run {run.info.run_id} was left RUNNING by process {pid}, which is gone; "
-                    f"could not end it ({str(e).splitlines()[0][:200]})")
+                    f"could not end it ({first_line(e, 200)})")
                 continue
             ended.append(run.info.run_id)
             log(f"molting: run {run.info.run_id} was left RUNNING by process {pid}, which is gone: ended it FAILED")
@@ -155,7 +155,7 @@ def unopenable(uri: str, e: BaseException) -> StoreUnreachable:
     if isinstance(e, UnsupportedModelRegistryStoreURIException):   # a typo such as postgres:// or sqlite//
         why = f"MLflow opens no store of the scheme '{uri.partition(':')[0]}'"
     else:
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        why = first_line(e)
         why = why if len(why) <= 160 else why[:159] + "…"
     return StoreUnreachable(f"the tracking store {redact(uri)} cannot be opened ({type(e).__name__}: {why}); "
                             "point MLFLOW_TRACKING_URI at sqlite:///mlflow.db, a running server (http://…) or a "
@@ -198,7 +198,7 @@ def sweep_up(client=None) -> None:
     try:
         reap(client)
     except Exception as e:
-        print(f"molting: note: could not look for abandoned runs ({str(e).splitlines()[0][:200]})",
+        print(f"molting: note: could not look for abandoned runs ({first_line(e, 200)})",
               file=sys.stderr, flush=True)
 
 

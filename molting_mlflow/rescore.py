@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from . import bundle
 from .config import ConfigError
-from .errors import missing_in_store
+from .errors import first_line, missing_in_store
 from .experiments import experiments_to_search, project_experiments
 from .paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from .persona import PersonaError, load_persona
@@ -81,7 +81,7 @@ def rescore_run(run_id: str, persona_path: str | None = None, questions_path: st
                                    or params.get("train.questions") or DEFAULT_QUESTIONS)
         persona = load_persona(persona_path or logged[0] or params.get("train.persona") or DEFAULT_PERSONA)
     except (PersonaError, RubricInputError) as e:
-        return Rescored(run_id, old_version, old_score, None, f"{str(e).splitlines()[0]}; rescore it with "
+        return Rescored(run_id, old_version, old_score, None, f"{first_line(e)}; rescore it with "
                         "--persona <card> / --questions <file>")
     scored = score_responses(questions, [{k: r.get(k) for k in ("id", "response", "finish_reason")}
                                          for r in records], persona)

@@ -55,7 +55,7 @@ from pathlib import Path
 import yaml
 
 from . import reaper
-from .errors import MoltingError, debugging
+from .errors import MoltingError, debugging, first_line
 
 # mlflow is imported inside the hooks: MLflow itself imports this module while it loads its plugins.
 
@@ -196,7 +196,7 @@ def _one_line_hook(kind, value, tb):
     if _opening_store(tb):
         line = reaper.unopenable(mlflow.get_tracking_uri(), value).one_line()
     else:
-        why = (str(value).strip().splitlines() or [""])[0][:300]
+        why = first_line(value, 300)
         line = (f"mlflow run failed before the entry point started ({kind.__name__}: {why}); "
                 "check the `mlflow run` options (MOLTING_DEBUG=1 shows the traceback)")
     print(f"molting: {line}", file=sys.stderr, flush=True)

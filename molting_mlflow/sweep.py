@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from . import bundle, runtime
 from .config import ConfigError, TrainConfig, describe_fixes
 from .data import load_dataset
-from .errors import MoltingError
+from .errors import MoltingError, first_line
 from .experiments import lookup_order
 from .models import BaseCache, resolve_model
 from .paths import GPT2_TEMPLATE
@@ -377,7 +377,7 @@ def _recording_failures(objective):
             return objective(trial)
         except Exception as e:
             if not _is_pruned(e):
-                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:500]}")
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {first_line(e, 500)}")
             raise
 
     return recorded

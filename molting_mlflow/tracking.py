@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .config import ConfigError
+from .errors import first_line
 from .experiments import ensure_experiment, mark_experiment
 from .mlflow_run import keep_killed
 from .reaper import process_tags, touch_store
@@ -96,7 +97,7 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
             mlflow.set_tags({TRIAL_STATE_TAG: "PRUNED", PRUNE_REASON_TAG: str(e)[:5000]})
             mlflow.end_run("KILLED")
         else:
-            mlflow.set_tag(ERROR_TAG, (str(e).splitlines() or [type(e).__name__])[0][:5000])
+            mlflow.set_tag(ERROR_TAG, first_line(e, 5000))
             mlflow.end_run("FAILED")
         raise
     else:
@@ -137,7 +138,7 @@ def _end_attached_run(status: str, message: str) -> str | None:
             client.set_tag(run_id, ERROR_TAG, message[:5000])
             client.set_terminated(run_id, status)
     except (MlflowException, OSError) as e:  # the store may be the thing that is broken: the error is reported anyway
-        print(f"molting: note: could not end run {run_id} {status} ({_first_line(e)[:200]})", file=sys.stderr,
+        print(f"molting: note: could not end run {run_id} {status} ({first_line(e, 200)})", file=sys.stderr,
               flush=True)
         return None
     return run_id
@@ -147,8 +148,6 @@ def _keep_killed(run_id: str) -> None:
     keep_killed(run_id, mlflow.get_tracking_uri())
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 # ---------------------------------------------------------------------------------------------

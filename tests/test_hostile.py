@@ -605,3 +605,12 @@ def test_the_rescore_entry_point_takes_space_separated_ids(tmp_path):
     r = subprocess.run([sys.executable, str(root / "entrypoints" / "rescore.py"), "", "--experiment", ""],
                        capture_output=True, text=True, cwd=tmp_path, env={**os.environ}, timeout=120)
     assert r.returncode == 2 and "give run ids or --experiment <name>" in r.stderr, r.stderr
+
+
+def test_an_exception_without_a_message_still_has_a_first_line():
+    # str(e).splitlines()[0] was an IndexError for `raise X()` (cli's registry errors, the reaper's notes)
+    from molting_mlflow.errors import first_line
+
+    assert first_line(KeyError()) == "KeyError"
+    assert first_line(ValueError("  \n  ")) == "ValueError"
+    assert first_line(ValueError("first\nsecond"), 3) == "fir"
