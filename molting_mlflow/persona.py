@@ -50,12 +50,18 @@ def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
     except yaml.constructor.ConstructorError as e:   # a tag safe_load refuses to build: !!python/object, ...
         raise PersonaError(f"{p}: {_refused_tag(text, e.problem_mark)}; a persona card is plain data (strings and "
                            "lists): remove the tag") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise PersonaError(f"{p}: not valid UTF-8 YAML ({first_line(e)})") from None
+    except yaml.YAMLError as e:
+        raise PersonaError(f"{p}: not valid YAML{_where(e)} ({getattr(e, 'problem', None) or first_line(e, 200)}); "
+                           "fix the card's syntax (data/persona.yaml shows every field)") from None
+    except UnicodeDecodeError as e:
+        raise PersonaError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save the "
+                           "card as UTF-8") from None
     except OSError as e:
         raise PersonaError(unreadable(p, e)) from None
     if not isinstance(raw, dict):
-        raise PersonaError(f"{p}: expected a mapping of persona fields at top level")
+        raise PersonaError(f"{p}: expected a mapping of persona fields at top level, got "
+                           f"{type(raw).__name__}; write the card as `field: value` lines (data/persona.yaml shows "
+                           "every field)")
     names = {f.name for f in fields(Persona)} - {"path"}
     unknown = sorted(set(raw) - names)
     if unknown:
@@ -70,6 +76,12 @@ def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
                                "every field)")
         kwargs[f.name] = _field(p, f.name, raw[f.name])
     return Persona(path=str(p), **kwargs)
+
+
+def _where(e: yaml.YAMLError) -> str:
+    """' at line 3, column 7' where the parser marked the problem (its marks count from 0), else ''."""
+    mark = getattr(e, "problem_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
 
 
 def _refused_tag(text: str, mark) -> str:

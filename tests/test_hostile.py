@@ -614,3 +614,17 @@ def test_an_exception_without_a_message_still_has_a_first_line():
     assert first_line(KeyError()) == "KeyError"
     assert first_line(ValueError("  \n  ")) == "ValueError"
     assert first_line(ValueError("first\nsecond"), 3) == "fir"
+
+
+@pytest.mark.parametrize("body,expected", [
+    (b"name: [x, y\nlanguage: pt\n", "not valid YAML at line 2, column 9 (expected ',' or ']', but got ':'); fix the "
+                                     "card's syntax"),
+    (b"\xff\xfename: x\n", "not UTF-8 text (byte 0xff at offset 0); save the card as UTF-8"),
+    (b"- a\n- b\n", "expected a mapping of persona fields at top level, got list; write the card as `field: value`"),
+], ids=["syntax", "not-utf8", "a-list"])
+def test_a_card_that_is_not_a_yaml_mapping_says_where_and_the_fix(tmp_path, body, expected):
+    # round 4's corpus: "not valid UTF-8 YAML (while parsing a flow sequence)" named neither the place nor a fix
+    card = tmp_path / "p.yaml"
+    card.write_bytes(body)
+    line = one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--persona", str(card)]))
+    assert line == f"Error: {card}: {expected}" or line.startswith(f"Error: {card}: {expected}"), line
