@@ -65,6 +65,7 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
     sp = {"none": None, "persona": persona.system_prompt, "fold": persona.system_prompt}.get(cfg.system_prompt,
                                                                                            cfg.system_prompt)
     fold = folds(sp, cfg.system_prompt, tok, own)
+    _check_system_prompt_fits(sp, tok, cfg)
     ds = load_dataset(cfg.dataset, sp, fold)
     if sp is not None:
         ds.system_prompt_source = ("dataset" if ds.system_prompts_added == 0 else
@@ -96,6 +97,18 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
     targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
     return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, plan, targets, fold,
                     persona, questions)
+
+
+def _check_system_prompt_fits(sp: str | None, tok, cfg: TrainConfig) -> None:
+    """A system prompt of max_seq_len tokens or more leaves no room for any turn after it: said once, before
+    every example is rendered and tokenized with it (two renders an example; a 1 MB prompt took minutes)."""
+    if not sp:
+        return
+    n = len(tok.encode(sp, add_special_tokens=False))
+    if n >= cfg.max_seq_len:
+        raise ConfigError(f"the system prompt is {n:,} tokens, and max_seq_len={cfg.max_seq_len}: no turn of the "
+                          "dataset fits after it; shorten the card's system_prompt (a few sentences) or raise "
+                          "max_seq_len")
 
 
 def _template_file(path: str, tok) -> str:

@@ -549,12 +549,13 @@ def test_an_artifact_folder_the_os_refuses_is_one_line():
 
 @pytest.mark.parametrize("mode", ["strict", "warn"])
 def test_a_limit_that_leaves_no_answer_token_stops_train_even_with_warn(mode):
-    """max_seq_len=16: every prompt (system prompt and question) fills it, TRL dropped every example and
-    training stopped on an IndexError traceback; a pre-flight error that even preflight=warn does not pass."""
-    r = CliRunner().invoke(cli, ["train", *TINY, "--min-steps", "0", "--max-seq-len", "16", "--preflight", mode])
+    """max_seq_len=48: every prompt (tiny-random's: 43 tokens of system prompt, then the question; 60 to 75) fills
+    it, TRL dropped every example and training stopped on an IndexError traceback; a pre-flight error that even
+    preflight=warn does not pass. (Under 43 the system prompt alone is too long: prepare's own error, above.)"""
+    r = CliRunner().invoke(cli, ["train", *TINY, "--min-steps", "0", "--max-seq-len", "48", "--preflight", mode])
     (line,) = [x for x in r.output.splitlines() if x.startswith("Error: ")]     # pre-flight's report besides
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output[-2000:]
-    assert "79 of 79 examples have a prompt of max_seq_len=16 tokens or more" in line and "Fix: max_seq_len=" in line
+    assert "79 of 79 examples have a prompt of max_seq_len=48 tokens or more" in line and "Fix: max_seq_len=" in line
     assert "trains anyway" not in line
     run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
     assert run.info.status == "FAILED" and "loss" not in run.data.metrics
@@ -628,3 +629,17 @@ def test_a_card_that_is_not_a_yaml_mapping_says_where_and_the_fix(tmp_path, body
     card.write_bytes(body)
     line = one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--persona", str(card)]))
     assert line.startswith(f"Error: {card}: {expected}"), line
+
+
+def test_a_system_prompt_longer_than_max_seq_len_is_one_line_before_the_dataset_is_tokenized(tmp_path):
+    # round 4's corpus: a 1 MB system_prompt rendered into each of 79 examples twice ran past 120 s
+    card = tmp_path / "p.yaml"
+    text = (DATA / "persona.yaml").read_text(encoding="utf-8")
+    card.write_text(re.sub(r"(?m)^system_prompt:.*$", "system_prompt: " + "palavra " * 5000, text, count=1),
+                    encoding="utf-8")
+    started = time.monotonic()
+    line = one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--persona", str(card), "--max-seq-len", "512",
+                                             "--dataset", str(DATA / "dataset_personality_v1.json")]))
+    assert line.startswith("Error: the system prompt is ") and "and max_seq_len=512: no turn of the dataset fits" \
+        in line, line
+    assert time.monotonic() - started < 60

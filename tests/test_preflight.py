@@ -63,9 +63,9 @@ def test_users_whole_config_has_all_three_errors(repo):
 
 
 def test_truncation_is_counted(repo):
-    r = prepare(TrainConfig(model="tiny-random", max_seq_len=40)).report
+    r = prepare(TrainConfig(model="tiny-random", max_seq_len=64)).report
     w = findings(r, "warn")
-    assert r.numbers["truncated"] > 0 and "exceed max_seq_len=40" in w["truncation"].message
+    assert r.numbers["truncated"] > 0 and "exceed max_seq_len=64" in w["truncation"].message
 
 
 def test_size_numbers_for_lora(repo):
