@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MoltingError, unpaired_surrogate, unreadable
+from .errors import MoltingError, too_deep, unpaired_surrogate, unreadable
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -155,9 +154,8 @@ def _parse(p: Path, text: str) -> list:
 
 
 def _too_deep(p: Path, where: str = "") -> DatasetError:
-    # Python's json parser recurses once a nesting level; a chat example is 3 deep (list, example, turns)
-    return DatasetError(f"{p}: JSON nested deeper than the parser's limit of {sys.getrecursionlimit()} levels{where}; "
-                        "a dataset is a list of examples a few levels deep: check how the file was written")
+    # a chat example is 3 levels deep (list, example, turns)
+    return DatasetError(too_deep(p, "a dataset is a list of examples a few levels deep", where))
 
 
 def _to_messages(p: Path, i: int, item) -> tuple[str, list[dict]]:

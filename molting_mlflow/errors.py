@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 DEBUG_ENV = "MOLTING_DEBUG"
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -39,6 +40,13 @@ def unreadable(path, e: OSError) -> str:
 def first_line(e: BaseException, limit: int = MAX_LINE) -> str:
     """An exception's first line (its type's name where it has no message), cut to `limit` characters."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
+def too_deep(path, what: str, where: str = "") -> str:
+    """'<path>: nested deeper than the parser's limit …': JSON or YAML whose parser (recursive, one call a
+    level) hit Python's recursion limit; `what` says how deep the file should be."""
+    return (f"{path}: nested deeper than the parser's limit of {sys.getrecursionlimit()} levels{where}; {what}: "
+            "check how the file was written")
 
 
 def unwritable(path, e: OSError) -> str:

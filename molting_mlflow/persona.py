@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import MoltingError, first_line, unreadable
+from .errors import MoltingError, first_line, too_deep, unreadable
 from .language import LANGUAGES
 from .paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
 
@@ -58,6 +58,8 @@ def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
                            "card as UTF-8") from None
     except OSError as e:
         raise PersonaError(unreadable(p, e)) from None
+    except RecursionError:     # PyYAML composes a node a level, recursively
+        raise PersonaError(too_deep(p, "a persona card is fields of strings and lists, 2 levels deep")) from None
     if not isinstance(raw, dict):
         raise PersonaError(f"{p}: expected a mapping of persona fields at top level, got "
                            f"{type(raw).__name__}; write the card as `field: value` lines (data/persona.yaml shows "

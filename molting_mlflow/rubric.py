@@ -26,7 +26,7 @@ from pathlib import Path
 from molting_mlflow.language import LANGUAGES, every, mainly_in, stop_words, words
 from molting_mlflow.persona import Persona
 
-from .errors import MoltingError, unreadable
+from .errors import MoltingError, too_deep, unreadable
 
 RUBRIC_VERSION = "1.1"
 # What a scored run without the tag `molting.rubric_version` was scored under: runs before the tag.
@@ -575,6 +575,8 @@ def load_questions(path: str | Path) -> list[Question]:
     except json.JSONDecodeError as e:
         raise RubricInputError(f"{p}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}); "
                                "expected a JSON list of question objects") from None
+    except RecursionError:
+        raise RubricInputError(too_deep(p, "a questions file is a list of question objects, 4 levels deep")) from None
     if not isinstance(raw, list) or not raw:
         raise RubricInputError(f"{p}: top level is {type(raw).__name__}"
                                f"{' (empty)' if raw == [] else ''}; expected a non-empty JSON list of question objects")
@@ -625,6 +627,8 @@ def load_responses(path: str | Path, questions: list[Question]) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise RubricInputError(f"{where}: invalid JSON at column {e.colno} ({e.msg}); {_R_FORM}") from None
+        except RecursionError:
+            raise RubricInputError(too_deep(p, "a response is one flat object", f" (line {lineno})")) from None
         if not isinstance(rec, dict):
             raise RubricInputError(f"{where}: is {type(rec).__name__}; {_R_FORM}")
         _check_keys(where, rec, ("id", "response"), ("id", "response", "finish_reason"), _R_FORM)

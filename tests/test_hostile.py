@@ -118,7 +118,7 @@ def test_dataset_path_that_is_a_directory_says_so(tmp_path):
 def test_json_nested_200000_deep_is_one_line(tmp_path):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 200_000 + "]" * 200_000)
-    assert "JSON nested deeper than" in one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--dataset", str(deep)]))
+    assert "nested deeper than the parser's limit" in one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--dataset", str(deep)]))
     deep.write_text('{"messages": ' + "[" * 200_000 + "]" * 200_000 + "}\n")   # JSONL
     assert "(line 1)" in one_line(CliRunner().invoke(cli, ["preflight", *TINY, "--dataset", str(deep)]))
 
@@ -643,3 +643,15 @@ def test_a_system_prompt_longer_than_max_seq_len_is_one_line_before_the_dataset_
     assert line.startswith("Error: the system prompt is ") and "and max_seq_len=512: no turn of the dataset fits" \
         in line, line
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("what", ["questions", "responses", "card"])
+def test_questions_responses_or_a_card_nested_200000_deep_are_one_line(tmp_path, what):
+    # round 4's corpus (Q07): questions nested 200,000 deep were a RecursionError traceback in evaluate
+    f = tmp_path / {"questions": "q.json", "responses": "r.jsonl", "card": "p.yaml"}[what]
+    f.write_text("[" * 200_000 + "]" * 200_000, encoding="utf-8")
+    args = {"questions": ["score", "--questions", str(f), "--responses", str(f)],
+            "responses": ["score", "--questions", str(DATA / "eval_questions.json"), "--responses", str(f)],
+            "card": ["preflight", *TINY, "--persona", str(f)]}[what]
+    line = one_line(CliRunner().invoke(cli, args))
+    assert f"{f}: nested deeper than the parser's limit of " in line and "check how the file was written" in line, line
