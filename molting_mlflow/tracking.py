@@ -62,6 +62,7 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
 
     touch_store()
     run_id = os.environ.get("MLFLOW_RUN_ID")
+    elsewhere = None   # under `mlflow run`, the experiment the runner chose where it is not `experiment`
     if parent_run_id:
         exp_id = MlflowClient().get_run(parent_run_id).info.experiment_id
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent_run_id,
@@ -74,9 +75,7 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
         os.environ.pop("MLFLOW_RUN_ID", None)
         exp = mlflow.get_experiment(run.info.experiment_id)
         mark_experiment(exp)
-        if exp.name != experiment:
-            print(f"molting: note: `mlflow run` put this run in experiment '{exp.name}', not '{experiment}'; "
-                  f"pass --experiment-name {experiment} to mlflow run to keep runs together", flush=True)
+        elsewhere = exp.name if exp.name != experiment else None
         mlflow.set_tag("mlflow.runName", run_name)
     else:
         parent = mlflow.active_run() if nested else None
@@ -102,6 +101,9 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
         raise
     else:
         mlflow.end_run("FINISHED")
+        if elsewhere:   # said once the run is done: a failure stays one line
+            print(f"molting: note: `mlflow run` put this run in experiment '{elsewhere}', not '{experiment}'; "
+                  f"pass --experiment-name {experiment} to mlflow run to keep runs together", flush=True)
 
 
 def _is_trial_pruned(e: BaseException) -> bool:

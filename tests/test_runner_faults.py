@@ -268,3 +268,10 @@ def test_the_sql_stores_are_mlflow_s_own(tmp_path):
     for scheme in ("sqlite", "postgresql", "mysql", "mssql"):
         assert utils._tracking_store_registry._registry[scheme] is runner_check.sql_store, scheme
     assert type(MlflowClient(f"sqlite:///{tmp_path / 'other.db'}")._tracking_client.store) is SqlAlchemyStore
+
+
+def test_a_run_that_fails_in_the_default_experiment_says_only_its_error():
+    # round 4's corpus (N02): the "put this run in experiment 'Default'" note came first, then the error: two lines
+    out, code, _ = mlflow_run("-P", "lora_r=1000000", "-P", "evaluate=false")
+    ours = [line for line in out.splitlines() if line.startswith(("Error:", "molting:"))]
+    assert code == 1 and len(ours) == 1 and "lora_r=1000000 exceeds 32" in ours[0], out[-3000:]
