@@ -230,7 +230,7 @@ def check_writable(db: Path) -> None:
             conn.execute("ROLLBACK")
         finally:
             conn.close()
-    except sqlite3.OperationalError as e:
+    except sqlite3.DatabaseError as e:      # OperationalError (read-only, locked) and "file is not a database"
         raise StoreUnwritable(sqlite_fault(e, db, LOCK_WAIT_S) or f"the tracking store {db} cannot be written ({e}); check it "
                               f"with `sqlite3 {db} 'PRAGMA integrity_check'` or point MLFLOW_TRACKING_URI elsewhere") \
             from None
@@ -260,6 +260,9 @@ def sqlite_fault(e: BaseException, db: Path | None = None, waited_s: int | None 
             if code & 0xFF == sqlite3.SQLITE_CANTOPEN:
                 return (f"the tracking store {where} cannot be opened for writing (its folder is read-only or gone); "
                         "fix the folder's permissions or point MLFLOW_TRACKING_URI elsewhere")
+            if code & 0xFF in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                return (f"the tracking store {where} is not a SQLite database, or a damaged one ({seen}); move it "
+                        "away (a new store is made in its place) or point MLFLOW_TRACKING_URI at another file")
             return None
         seen = seen.__cause__ or seen.__context__ or getattr(seen, "orig", None)
     return None

@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 from mlflow.tracking import MlflowClient
 
-from helpers import made_read_only
+from helpers import made_read_only, use_store
 from molting_mlflow.cli import cli
 from molting_mlflow.errors import MoltingError
 
@@ -655,3 +655,15 @@ def test_questions_responses_or_a_card_nested_200000_deep_are_one_line(tmp_path,
             "card": ["preflight", *TINY, "--persona", str(f)]}[what]
     line = one_line(CliRunner().invoke(cli, args))
     assert f"{f}: nested deeper than the parser's limit of " in line and "check how the file was written" in line, line
+
+
+@pytest.mark.parametrize("command", [["train", *TINY], ["compare"]])
+def test_a_store_that_is_not_a_sqlite_database_is_one_line(tmp_path, monkeypatch, command):
+    # round 4's corpus (U16): random bytes as mlflow.db were sqlite3's DatabaseError traceback from the write probe
+    db = tmp_path / "garbage.db"
+    db.write_bytes(bytes(range(256)) * 20)
+    use_store(monkeypatch, f"sqlite:///{db}")
+    line = one_line(CliRunner().invoke(cli, command))
+    assert line == (f"Error: the tracking store {db} is not a SQLite database, or a damaged one (file is not a "
+                    "database); move it away (a new store is made in its place) or point MLFLOW_TRACKING_URI at "
+                    "another file"), line
