@@ -494,6 +494,10 @@ def rescore(run_ids, experiment, persona, questions):
     """
     from .rescore import rescore as run_rescore
 
+    if persona:      # the files the user names are checked once, not reported as a skip of every run
+        load_persona(persona)
+    if questions:
+        load_questions(questions)
     out = run_rescore(list(run_ids), experiment, log=click.echo, persona=persona, questions=questions)
     if out and all(r.skipped for r in out):
         sys.exit(1)

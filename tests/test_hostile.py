@@ -667,3 +667,11 @@ def test_a_store_that_is_not_a_sqlite_database_is_one_line(tmp_path, monkeypatch
     assert line == (f"Error: the tracking store {db} is not a SQLite database, or a damaged one (file is not a "
                     "database); move it away (a new store is made in its place) or point MLFLOW_TRACKING_URI at "
                     "another file"), line
+
+
+def test_rescore_with_a_broken_card_of_the_user_s_own_is_its_error_not_a_skip(tmp_path):
+    # round 4's corpus (R16): "<run>: skipped: <card>: not valid YAML …; rescore it with --persona <card>", exit 1
+    card = tmp_path / "p.yaml"
+    card.write_text("name: [x\n", encoding="utf-8")
+    line = one_line(CliRunner().invoke(cli, ["rescore", "0123abcd", "--persona", str(card)]))
+    assert line.startswith(f"Error: {card}: not valid YAML at line 2"), line
