@@ -168,6 +168,9 @@ def resolve_run_id(ref: str) -> str:
     as it is (the command then says whether the run exists); no match, or several, is a one-line
     error, listing the candidates."""
     prefix = ref.strip().lower()
+    if not prefix:       # `mlflow run . -e diagnose` without -P run_id (the MLproject's default is "")
+        raise RunIdError("no run id given; name the run (-P run_id=<id> under mlflow run), e.g. one of the 8-character "
+                         "ids that `molting compare` prints")
     if not re.fullmatch(r"[0-9a-f]+", prefix):
         raise RunIdError(f"run id {ref!r} is not a run id (hex digits, e.g. the 8 that `molting compare` prints)")
     if len(prefix) >= 32:

@@ -124,7 +124,7 @@ def test_mlproject_defaults_are_the_configs_defaults():
             assert _mlproject_default(by_name[name], str(spec["default"])) == want, (entry, name, spec, want)
     # rescore and diagnose have no config: their MLproject defaults are the options' ("" for none)
     for entry, option_of in (("rescore", {"run_ids": "run_ids", "experiment_name": "experiment"}),
-                             ("diagnose", {"vs": "vs"})):
+                             ("diagnose", {"run_id": "run_id", "vs": "vs"})):
         command = cli.commands[entry]
         ctx = click.Context(command)
         params = {p.name: p.get_default(ctx) for p in command.params}   # None, (), click's UNSET: none

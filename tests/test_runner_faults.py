@@ -275,3 +275,15 @@ def test_a_run_that_fails_in_the_default_experiment_says_only_its_error():
     out, code, _ = mlflow_run("-P", "lora_r=1000000", "-P", "evaluate=false")
     ours = [line for line in out.splitlines() if line.startswith(("Error:", "molting:"))]
     assert code == 1 and len(ours) == 1 and "lora_r=1000000 exceeds 32" in ours[0], out[-3000:]
+
+
+def test_diagnose_without_a_run_id_under_mlflow_run_is_our_line(store):
+    # round 4's corpus (R18): MLflow's "No value given for missing parameters: 'run_id'" named no fix
+    r = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "-e", "diagnose", "--env-manager", "local",
+                        "--experiment-name", "molting"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    ours = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith(("Error:", "molting:"))]
+    assert r.returncode == 1 and ours == ["Error: no run id given; name the run (-P run_id=<id> under mlflow run), "
+                                          "e.g. one of the 8-character ids that `molting compare` prints"], \
+        r.stderr[-2000:]
+    (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("molting").experiment_id])
+    assert run.info.status == "FAILED"          # the run MLflow made for it is not left RUNNING
