@@ -525,8 +525,6 @@ def _apply_adapter(peft_model, base, adapter_dir: Path, base_name: str):
                            "folder is damaged or edited: take it again from its train run (runs:/<run>/adapter)") from None
 
 
-
-
 def _json_object(path: Path) -> dict:
     """A JSON object file of an adapter folder, or an AdapterError naming it and the fix."""
     damaged = "the adapter folder is damaged: take it again from its train run (runs:/<run>/adapter)"

@@ -29,8 +29,9 @@ in pyproject.toml):
   or `file:`), and a database MLflow cannot open (its driver not installed): MLflow raises while it opens
   the store, before any hook of its own is asked. This module, imported by MLflow while it loads its
   plugins, sets `sys.excepthook` in a process whose command is `run` (ours() decides when an exception
-  comes, MLflow's CLI importable by then): an exception that passes MLflow's store opening (`_get_store`) and ends the process is
-  the reaper's one line for that store, any other exception of the runner one line with its type.
+  comes, MLflow's CLI importable by then): an exception that passes MLflow's store opening (`_get_store`)
+  and ends the process is the reaper's one line for that store, any other exception of the runner one line
+  with its type.
 - `mlflow.run_context_provider` would not do: its tags are resolved by `mlflow.start_run`, never by the
   runner's `MlflowClient.create_run`.
 
@@ -38,9 +39,9 @@ Both hooks act only in an `mlflow run` process (argv) whose project folder holds
 (`name: molting-mlflow`); anything else (another project, `mlflow server`, the entry point's own process,
 any script) is left as MLflow makes it. One look per process. The wording is reaper's (one owner).
 
-A fault the checks find is `molting: <problem>; <fix>` on stderr and exit 2. MLflow's registries catch `Exception` from a
-provider and only log a warning, so the exit is `SystemExit`, a BaseException, which passes through them
-and through click; no run was created yet, so none is left RUNNING. MOLTING_DEBUG=1 raises the error
+A fault the checks find is `molting: <problem>; <fix>` on stderr and exit 2. MLflow's registries catch
+`Exception` from a provider and only log a warning, so the exit is `SystemExit`, a BaseException, which
+passes through them and through click; no run was created yet, so none is left RUNNING. MOLTING_DEBUG=1 raises the error
 with its traceback instead (as `RunnerCheckDebug`, a BaseException too, for the same reason). A failure
 of this module's own (it cannot tell which project runs, a parse it does not expect) is a note line, and
 the run goes on. An exception that ends the runner is said in one line, exit 1 (Python's for an uncaught
@@ -82,7 +83,10 @@ def ours() -> bool:
 def _run_project_uri(argv: list[str]) -> str | None:
     """The project URI of an `mlflow run …` command line (console script or `python -m mlflow`), else None;
     parsed by MLflow's own `run` command (click), so every option that takes a value is skipped as it is there."""
-    if not _looks_like_mlflow_run(argv):
+    if len(argv) < 2 or argv[1] != "run":
+        return None
+    head = Path(argv[0])
+    if not (head.name == "mlflow" or (head.name == "__main__.py" and head.parent.name == "mlflow")):
         return None
     from mlflow.cli import run as run_command
 
@@ -169,13 +173,6 @@ def _mlflow_sql_builder():
 # ---------------------------------------------------------------------------------------------
 # What the checks cannot see: MLflow failing to open the store, or the runner failing otherwise
 # ---------------------------------------------------------------------------------------------
-
-def _looks_like_mlflow_run(argv: list[str]) -> bool:
-    """`mlflow run …` (the console script or `python -m mlflow`) by the argv's first two words."""
-    head = Path(argv[0]) if argv else Path()
-    return len(argv) >= 2 and argv[1] == "run" and (
-        head.name == "mlflow" or (head.name == "__main__.py" and head.parent.name == "mlflow"))
-
 
 def _opening_store(tb) -> bool:
     """Whether the traceback passes MLflow's tracking-store opening (tracking/_tracking_service/utils.py)."""
