@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def cpu_line() -> str:
-    from molting_mlflow.runtime import cpu_flags, cpu_model
+    from molting_mlflow.ground.runtime import cpu_flags, cpu_model
 
     flags = cpu_flags()
     have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
@@ -31,7 +31,7 @@ def cpu_line() -> str:
 def run(tree: Path, store: str, label: str) -> dict:
     import mlflow
 
-    from molting_mlflow.rubric import UNTAGGED_RUBRIC_VERSION
+    from molting_mlflow.ground.rubric import UNTAGGED_RUBRIC_VERSION
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(tree), "GIT_PYTHON_REFRESH": "quiet"}
     t = time.time()

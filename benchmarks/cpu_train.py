@@ -15,8 +15,8 @@ from pathlib import Path
 
 import mlflow
 
-from molting_mlflow.config import DEFAULT_DATASET, TrainConfig
-from molting_mlflow.train import train
+from molting_mlflow.ground.config import DEFAULT_DATASET, TrainConfig
+from molting_mlflow.stages.train import train
 
 # (name, precision, lora_dropout, batch)
 SETTINGS = [("fp32, dropout 0.05, batch 1 (before)", "fp32", 0.05, 1), ("fp32, dropout 0, batch 1 (default)", "fp32", 0.0, 1),
@@ -43,7 +43,7 @@ def main():
         rows.append((name, r.optimizer_steps, m["train_runtime_s"], m["final_loss"], m["train_tokens_per_s"]))
     base = rows[0][4]
     print(f"\nsmol, {args.examples} examples, 1 epoch, LoRA r=16 all linear, {os.environ.get('MOLTING_THREADS', 'all')} threads\n")
-    from molting_mlflow.runtime import cpu_flags, cpu_model
+    from molting_mlflow.ground.runtime import cpu_flags, cpu_model
 
     print(f"CPU: {cpu_model()}; bf16 flags: {sorted(f for f in cpu_flags() if 'bf16' in f or 'amx' in f) or 'none'}")
     print("| setting | steps | seconds | final loss (last 10 steps) | tokens/s | vs the first row |")

@@ -38,10 +38,10 @@ LABEL = {"smol": "SmolLM2-135M", "tinyllama": "TinyLlama-1.1B", "phi3": "Phi-3-m
 def child(arch: str, variant: str, overrides: dict, smoke: bool) -> None:
     """One train() with the preset `arch` on the random-init folder; prints one JSON line."""
     import mlflow
-
     from gpu_train import build_folder
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.train import train
+
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.stages.train import train
 
     folder, _ = build_folder(arch, smoke)
     os.environ[f"MOLTING_{arch.upper()}_PATH"] = str(folder)
@@ -68,7 +68,7 @@ def _patch(patches: dict) -> None:
     """Exploration knobs, not settings: `_autocast` puts bf16 autocast back on CUDA (as before)."""
     from dataclasses import replace
 
-    from molting_mlflow import runtime
+    from molting_mlflow.ground import runtime
 
     if "_autocast" in patches:
         runtime.PRECISIONS["bf16"] = replace(runtime.PRECISIONS["bf16"], cuda_autocast=bool(patches["_autocast"]))
@@ -79,10 +79,10 @@ def eval_again(run_id: str, static=None) -> dict:
     copies (generation.merged_lora, as train's in-run evaluation does) twice, cold and warm; and how
     many of the merged answers' tokens equal the unmerged ones (bf16 rounds the merged weights, and
     random-init logits are nearly flat, so greedy tokens may part; fp32 equality is a CPU test)."""
-    from molting_mlflow.generation import generate, merged_lora
-    from molting_mlflow.models import load_adapter_model, resolve_adapter
-    from molting_mlflow.paths import DEFAULT_QUESTIONS
-    from molting_mlflow.rubric import load_questions
+    from molting_mlflow.ground.generation import generate, merged_lora
+    from molting_mlflow.ground.models import load_adapter_model, resolve_adapter
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
+    from molting_mlflow.ground.rubric import load_questions
 
     model, tok, meta, plan = load_adapter_model(resolve_adapter(f"runs:/{run_id}/adapter"))
     qs = load_questions(DEFAULT_QUESTIONS)
@@ -135,7 +135,6 @@ def time_mlflow_run(arch: str, smoke: bool) -> str:
     folder takes its architecture's defaults), and where it went: training and evaluation as the
     run logged them, the rest outside them."""
     import mlflow
-
     from gpu_train import build_folder
 
     folder, _ = build_folder(arch, smoke)

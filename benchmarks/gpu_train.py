@@ -1,4 +1,4 @@
-"""GPU proof of the project's real train path: `molting_mlflow.train.train(TrainConfig(...))` on
+"""GPU proof of the project's real train path: `molting_mlflow.stages.train.train(TrainConfig(...))` on
 random-init models of three real architectures (SmolLM2-135M, TinyLlama-1.1B, Phi-3-mini).
 
 On CUDA that path loads the base in NF4 4-bit with double quant and bf16 compute, runs peft's
@@ -96,7 +96,7 @@ BENCH_VOCAB = 366  # 16,400 tokens an epoch on the shipped dataset, as the basel
 def bench_tokenizer(vocab_size: int = BENCH_VOCAB):
     """models.build_tiny_random()'s tokenizer (same corpus, specials, ChatML template, ids 0-2),
     with a smaller vocabulary so that examples have realistic lengths (see the module docstring)."""
-    from molting_mlflow.models import tiny_tokenizer
+    from molting_mlflow.ground.models import tiny_tokenizer
 
     tok = tiny_tokenizer(vocab_size)
     assert tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [1, 2]
@@ -222,8 +222,8 @@ def child(name: str, smoke: bool, out_json: Path, evaluate: bool = False, sft: d
     import torch
     import trl
 
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.train import train
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.stages.train import train
 
     WORK.mkdir(parents=True, exist_ok=True)
     os.chdir(WORK)  # the experiment's artifact root is ./mlruns of the working directory
@@ -394,7 +394,7 @@ def parent(archs: list[str], smoke: bool, eval_arch: str = "", variants: list | 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     notes = [
         f"{when}, {v['device']}; " + ", ".join(f"{k} {v[k]}" for k in v if k not in ("device",)),
-        f"Real train path: molting_mlflow.train.train(TrainConfig(model=<folder>, epochs={epochs}, batch_size=1, "
+        f"Real train path: molting_mlflow.stages.train.train(TrainConfig(model=<folder>, epochs={epochs}, batch_size=1, "
         "grad_accum=4, lr=2e-4, max_seq_len=512, min_steps=0, evaluate=False" + (f"; True for {eval_arch}" if eval_arch
         in archs else "") + ")) on the shipped 79-example dataset; numbers read back from the MLflow run (SQLite store).",
         f"Random-init bases (from_config, bf16) with a ChatML byte-level BPE built like the project's tiny-random "

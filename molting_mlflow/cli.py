@@ -12,8 +12,8 @@ from dataclasses import fields
 
 import click
 
-from .offline import stay_offline
-from .quiet import quiet_known_warnings
+from molting_mlflow.ground.offline import stay_offline
+from molting_mlflow.ground.quiet import quiet_known_warnings
 
 stay_offline()   # before anything imports mlflow: its telemetry starts at import
 quiet_known_warnings()   # before peft imports bitsandbytes, which logs its line at import
@@ -22,24 +22,24 @@ quiet_known_warnings()   # before peft imports bitsandbytes, which logs its line
 # `molting preflight` and `molting score` start at once. The stage modules and the MLflow plumbing
 # (tracking) import MLflow (~2 s, and much more through it): each command imports the one it runs,
 # inside its function. Those are the only imports of the package's own modules below the top.
-from .bundle import adapter_persona  # noqa: E402
-from .config import MAX_NEW_TOKENS, EvalConfig, TrainConfig  # noqa: E402
-from .errors import MoltingError, debugging, first_line, missing_in_store, unwritable  # noqa: E402
-from .generation import adapter_prompt, generate  # noqa: E402
-from .interrupt import sigterm_as_interrupt  # noqa: E402
-from .language import YOU  # noqa: E402
-from .models import WeightsNotFound, load_adapter_model, resolve_adapter  # noqa: E402
-from .paths import DEFAULT_PERSONA  # noqa: E402
-from .persona import load_persona  # noqa: E402
-from .prepare import prepare  # noqa: E402
-from .presets import PRESETS  # noqa: E402
-from .reaper import redact, sqlite_fault, touch_store  # noqa: E402
-from .rehearsal import has_templates  # noqa: E402
-from .reuse import DIST_NAME  # noqa: E402
-from .rubric import Question, load_questions, load_responses, score_responses  # noqa: E402
-from .runtime import set_threads  # noqa: E402
-from .sweep_config import SEARCH_SPACE, SweepConfig, parse_search  # noqa: E402
-from .tags import CHAMPION  # noqa: E402
+from molting_mlflow.ground.bundle import adapter_persona  # noqa: E402
+from molting_mlflow.ground.config import MAX_NEW_TOKENS, EvalConfig, TrainConfig  # noqa: E402
+from molting_mlflow.ground.errors import MoltingError, debugging, first_line, missing_in_store, unwritable  # noqa: E402
+from molting_mlflow.ground.generation import adapter_prompt, generate  # noqa: E402
+from molting_mlflow.ground.language import YOU  # noqa: E402
+from molting_mlflow.ground.models import WeightsNotFound, load_adapter_model, resolve_adapter  # noqa: E402
+from molting_mlflow.ground.paths import DEFAULT_PERSONA  # noqa: E402
+from molting_mlflow.ground.persona import load_persona  # noqa: E402
+from molting_mlflow.ground.prepare import prepare  # noqa: E402
+from molting_mlflow.ground.presets import PRESETS  # noqa: E402
+from molting_mlflow.ground.rehearsal import has_templates  # noqa: E402
+from molting_mlflow.ground.reuse import DIST_NAME  # noqa: E402
+from molting_mlflow.ground.rubric import Question, load_questions, load_responses, score_responses  # noqa: E402
+from molting_mlflow.ground.runtime import set_threads  # noqa: E402
+from molting_mlflow.ground.sweep_config import SEARCH_SPACE, SweepConfig, parse_search  # noqa: E402
+from molting_mlflow.ground.tags import CHAMPION  # noqa: E402
+from molting_mlflow.store.interrupt import sigterm_as_interrupt  # noqa: E402
+from molting_mlflow.store.reaper import redact, sqlite_fault, touch_store  # noqa: E402
 
 class UserError(click.ClickException):
     """A mistake in the input: one line, exit code 2."""
@@ -78,7 +78,7 @@ def user_errors(fn):
         try:
             return fn(*a, **kw)
         except KeyboardInterrupt:
-            from .tracking import kill_attached_run
+            from molting_mlflow.store.tracking import kill_attached_run
 
             kill_attached_run()
             raise
@@ -86,7 +86,7 @@ def user_errors(fn):
             msg = e.one_line() if isinstance(e, MoltingError) else _world_error(e)
             if msg is None:
                 raise
-            from .tracking import fail_attached_run
+            from molting_mlflow.store.tracking import fail_attached_run
 
             fail_attached_run(msg)
             if debugging():
@@ -137,7 +137,7 @@ class MoltingGroup(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
-            from .tracking import fail_attached_run
+            from molting_mlflow.store.tracking import fail_attached_run
 
             where = f" (see: molting {ctx.invoked_subcommand} --help)" if ctx.invoked_subcommand else ""
             fail_attached_run(e.format_message())
@@ -207,7 +207,7 @@ def train(**kw):
     molting train --epochs 5 --grad-accum 8 --batch-size 1 --system-prompt none
     --chat-template data/templates/gpt2_separators.jinja --preflight warn
     """
-    from .train import train as run_train
+    from molting_mlflow.stages.train import train as run_train
 
     run_train(_config(kw))
 
@@ -251,7 +251,7 @@ def evaluate(**kw):
       molting evaluate --adapter models:/molting-smol@champion
       molting evaluate                           # the bare smol model: the baseline
     """
-    from .evaluate import evaluate as run_eval
+    from molting_mlflow.stages.evaluate import evaluate as run_eval
 
     run_eval(EvalConfig(**kw))
 
@@ -288,7 +288,7 @@ def compare(run_ids, experiment, csv_path, full, all_columns):
 
     Example: molting compare 3f2c9a81 7b1d0e44 --full
     """
-    from .compare import compare_runs, rubric_versions
+    from molting_mlflow.stages.compare import compare_runs, rubric_versions
 
     table = compare_runs(experiment, all_columns, run_ids, full)
     versions = rubric_versions(table)
@@ -340,7 +340,7 @@ def sweep(search_text, **kw):
 
     Example: molting sweep --n-trials 12 --stop-at-target true --lora-r 8,16,32
     """
-    from .sweep import sweep as run_sweep
+    from molting_mlflow.stages.sweep import sweep as run_sweep
 
     search = {row.name: kw.pop(row.name) for row in SEARCH_SPACE}
     search.update(parse_search(search_text))
@@ -358,7 +358,7 @@ def sweep_worker(config, parent_run_id, name, gpu, slot):
     """One worker of a sweep (started by `molting sweep --workers N`)."""
     import json
 
-    from .sweep import work
+    from molting_mlflow.stages.sweep import work
 
     work(SweepConfig(**json.loads(config)), parent_run_id, name, gpu,
          float(os.environ.get("MOLTING_SWEEP_T0", "0")) or None, slot)
@@ -376,7 +376,7 @@ def registry(name):
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from .registry import list_versions, registered_models
+    from molting_mlflow.stages.registry import list_versions, registered_models
 
     if not name:
         names = registered_models()
@@ -407,7 +407,7 @@ def promote(name, version, alias):
     """
     from mlflow.exceptions import MlflowException
 
-    from .registry import promote as do_promote
+    from molting_mlflow.stages.registry import promote as do_promote
 
     try:
         do_promote(name, version, alias)
@@ -449,7 +449,7 @@ def chat(ref, max_new_tokens, question):
         def answer(q):
             return model.predict([q], params={"max_new_tokens": max_new_tokens})[0]
     else:
-        from .tracking import resolve_run_uri
+        from molting_mlflow.store.tracking import resolve_run_uri
 
         adapter = resolve_adapter(resolve_run_uri(ref))
         persona = adapter_persona(adapter)
@@ -492,7 +492,7 @@ def rescore(run_ids, experiment, persona, questions):
       molting rescore --experiment molting       # every scored run of the experiment
       molting rescore 3f2c9a81 --persona data/persona.yaml   # a run whose own card is gone or older
     """
-    from .rescore import rescore as run_rescore
+    from molting_mlflow.stages.rescore import rescore as run_rescore
 
     if persona:      # the files the user names are checked once, not reported as a skip of every run
         load_persona(persona)
@@ -515,7 +515,7 @@ def diagnose(run_id, vs, out):
 
     Example: molting diagnose 3f2c9a… --vs 81be04…
     """
-    from .diagnose import diagnose as run_diagnose
+    from molting_mlflow.stages.diagnose import diagnose as run_diagnose
 
     run_diagnose(run_id, vs or None, out or None, log=click.echo)
 

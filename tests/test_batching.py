@@ -15,12 +15,12 @@ def trainer():
     fail when _trainer changes what is learned: its SFTConfig's `completion_only_loss=True` → False puts
     loss on the prompt (test_the_loss_is_on_answer_tokens_only); its LoraConfig ignoring the config's
     lora_dropout (`lora_dropout=0.1`) makes a batch of four differ from four of one (both checked)."""
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.models import load_for_training
-    from molting_mlflow.paths import DEFAULT_QUESTIONS
-    from molting_mlflow.prepare import prepare
-    from molting_mlflow.rubric import load_questions
-    from molting_mlflow.train import _trainer
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.ground.models import load_for_training
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
+    from molting_mlflow.ground.prepare import prepare
+    from molting_mlflow.ground.rubric import load_questions
+    from molting_mlflow.stages.train import _trainer
 
     p = prepare(TrainConfig(model="tiny-random", batch_size=4, grad_accum=1, lora_dropout=0.0, min_steps=0))
     assert p.plan.micro_batch == 4

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
-from molting_mlflow.config import EvalConfig, TrainConfig
-from molting_mlflow.sweep_config import SweepConfig
+from molting_mlflow.ground.config import EvalConfig, TrainConfig
+from molting_mlflow.ground.sweep_config import SweepConfig
 
 TINY = ["train", "--model", "tiny-random"]
 
@@ -59,7 +59,7 @@ def test_nf4_on_a_cpu_is_one_line_before_a_run_opens(tmp_path, monkeypatch):
     """A model bitsandbytes could quantise (a local folder; tiny-random is refused earlier, for not being
     one) asked for nf4 on a CPU. Fails when runtime._cpu_plan stops refusing nf4 (its `if precision ==
     "nf4": raise PlanError(...)` removed): a run then opens and trains (exit code 0)."""
-    from molting_mlflow.models import build_tiny_random
+    from molting_mlflow.ground.models import build_tiny_random
 
     model, tok = build_tiny_random()
     model.save_pretrained(tmp_path / "local-model")
@@ -142,7 +142,7 @@ def test_no_run_left_running_after_bad_inputs(monkeypatch):
 
 def test_score_round_trip(tmp_path):
     """Responses from anywhere: one result per line, input order, shared ids allowed, summary means."""
-    from molting_mlflow.paths import DEFAULT_QUESTIONS
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
 
     lines = [
         {"id": "q1", "response": "Sou o Cláudio, assistente do João na Softtor, tá? 🦞", "finish_reason": "stop"},
@@ -166,7 +166,7 @@ def test_score_round_trip(tmp_path):
 
 
 def test_score_bad_responses_file(tmp_path):
-    from molting_mlflow.paths import DEFAULT_QUESTIONS
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
 
     r_path = tmp_path / "r.jsonl"
     r_path.write_text('{"id": "q99", "response": "oi"}\n', encoding="utf-8")
@@ -208,9 +208,8 @@ def test_every_config_field_carries_its_help_and_the_options_show_it():
     (`--workers default=2`); both checked."""
     from dataclasses import MISSING, fields
 
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.config import EvalConfig
-    from molting_mlflow.sweep_config import SweepConfig
+    from molting_mlflow.ground.config import EvalConfig, TrainConfig
+    from molting_mlflow.ground.sweep_config import SweepConfig
 
     for cls, command in ((TrainConfig, "train"), (EvalConfig, "evaluate"), (SweepConfig, "sweep")):
         options = {p.name: p for p in cli.commands[command].params}

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from molting_mlflow.data import DatasetError, load_dataset
+from molting_mlflow.ground.data import DatasetError, load_dataset
 
 SYS = "Você é Cláudio."
 CASES = {
@@ -48,7 +48,7 @@ def test_existing_system_turn_is_kept_and_none_removes_it(tmp_path):
 
 
 def test_shipped_dataset_has_79_examples():
-    from molting_mlflow.config import DEFAULT_DATASET
+    from molting_mlflow.ground.config import DEFAULT_DATASET
 
     ds = load_dataset(DEFAULT_DATASET, SYS)
     assert len(ds) == 79 and ds.system_prompts_added == 79

@@ -4,14 +4,14 @@ from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
+from helpers import use_store
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
-from molting_mlflow.config import TrainConfig
-from molting_mlflow.diagnose import findings, load_run, report
-from molting_mlflow.paths import DATA_DIR
-from molting_mlflow.train import train
-from helpers import use_store
+from molting_mlflow.ground.config import TrainConfig
+from molting_mlflow.ground.paths import DATA_DIR
+from molting_mlflow.stages.diagnose import findings, load_run, report
+from molting_mlflow.stages.train import train
 
 GPT2 = str(DATA_DIR / "templates" / "gpt2_separators.jinja")
 

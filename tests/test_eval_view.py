@@ -11,8 +11,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from molting_mlflow.paths import DEFAULT_QUESTIONS
-from molting_mlflow.rubric import DIMENSIONS, RUBRIC_VERSION, load_questions
+from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
+from molting_mlflow.ground.rubric import DIMENSIONS, RUBRIC_VERSION, load_questions
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(model="tiny-random", epochs=1, min_steps=0, eval_max_new_tokens=16)
@@ -32,8 +32,8 @@ def test_a_train_run_carries_the_rubric_as_evaluation_results(monkeypatch):
     """Each question a trace (question in, answer out, the generation's prompt and timing), each
     dimension a feedback whose value and rationale are the rubric's, equal to eval_results.json; the
     run keeps its metrics. Two runs with one seed keep separate traces."""
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.train import train
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.stages.train import train
 
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")   # not what this test is about
     first = train(TrainConfig(**TINY), log=lambda *a: None)
@@ -74,7 +74,7 @@ def test_each_dimension_shows_the_reasons_of_its_own_codes():
     """Hand-written: a reason goes to the dimension its code names (`d1.` → d1_identity), `empty` to
     every one, and a dimension without a reason says "full points". Fails when eval_view.dimension_feedback
     picks codes otherwise (its prefix `d1.` → `d`, or `or c == "empty"` dropped)."""
-    from molting_mlflow.eval_view import dimension_feedback
+    from molting_mlflow.store.eval_view import dimension_feedback
 
     result = {"d1_identity": 1, "d2_factual": 0, "d3_voice": 2, "d4_cleanliness": 2, "d5_quality": 0,
               "codes": ["d1.no_name", "d2.facts_missed", "d5.length_limit", "d5.repetition"],
@@ -91,8 +91,8 @@ def test_each_dimension_shows_the_reasons_of_its_own_codes():
 
 
 def test_the_evaluate_stage_logs_it_too_and_a_failing_view_keeps_the_scores(monkeypatch, capsys):
-    from molting_mlflow.config import EvalConfig
-    from molting_mlflow.evaluate import evaluate
+    from molting_mlflow.ground.config import EvalConfig
+    from molting_mlflow.stages.evaluate import evaluate
 
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     evaluate(EvalConfig(model="tiny-random", max_new_tokens=8), log=lambda *a: None)
@@ -113,8 +113,8 @@ def test_the_evaluate_stage_logs_it_too_and_a_failing_view_keeps_the_scores(monk
 
 
 def test_stage_runs_log_system_metrics_unless_turned_off(monkeypatch):
-    from molting_mlflow.config import EvalConfig
-    from molting_mlflow.evaluate import evaluate
+    from molting_mlflow.ground.config import EvalConfig
+    from molting_mlflow.stages.evaluate import evaluate
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     evaluate(EvalConfig(model="tiny-random", max_new_tokens=32), log=lambda *a: None)

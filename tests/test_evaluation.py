@@ -8,13 +8,13 @@ import mlflow
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from helpers import store_in, use_store
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
-from molting_mlflow.paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
-from molting_mlflow.persona import PersonaError, load_persona
-from molting_mlflow.rubric import DIMENSIONS, RUBRIC_VERSION, load_questions, score_response
-from helpers import store_in, use_store
+from molting_mlflow.ground.paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
+from molting_mlflow.ground.persona import PersonaError, load_persona
+from molting_mlflow.ground.rubric import DIMENSIONS, RUBRIC_VERSION, load_questions, score_response
 
 ADA = Path(__file__).parent / "data" / "ada"
 
@@ -53,10 +53,9 @@ def test_persona_language_is_named_and_known(tmp_path, line, msg):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny-random train run (evaluated) and its standalone evaluation, in one store."""
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.config import EvalConfig
-    from molting_mlflow.evaluate import evaluate
-    from molting_mlflow.train import train
+    from molting_mlflow.ground.config import EvalConfig, TrainConfig
+    from molting_mlflow.stages.evaluate import evaluate
+    from molting_mlflow.stages.train import train
 
     d = tmp_path_factory.mktemp("ev")
     with store_in(d) as uri:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import mlflow
 from click.testing import CliRunner
+from helpers import use_store
 from mlflow.tracking import MlflowClient
 
-from helpers import use_store
 from molting_mlflow.cli import cli
-from molting_mlflow.experiments import EXPERIMENT_KIND, ensure_experiment
-from molting_mlflow.scoring import mark_scores_view
-from molting_mlflow.ui_view import VIEW_NAME, VIEW_TAG
+from molting_mlflow.store.experiments import EXPERIMENT_KIND, ensure_experiment
+from molting_mlflow.store.scoring import mark_scores_view
+from molting_mlflow.store.ui_view import VIEW_NAME, VIEW_TAG
 
 ROOT = Path(__file__).resolve().parent.parent
 KIND = "mlflow.experimentKind"
@@ -65,11 +65,11 @@ def mlflow_run(*params, entry="train"):
 
 
 def test_the_design_cards_commands_find_each_others_runs_without_flags(tmp_path):
-    from molting_mlflow.diagnose import find_baseline, load_run
-    from molting_mlflow.config import EvalConfig
-    from molting_mlflow.evaluate import evaluate
-    from molting_mlflow.sweep import sweep
-    from molting_mlflow.sweep_config import SweepConfig
+    from molting_mlflow.ground.config import EvalConfig
+    from molting_mlflow.ground.sweep_config import SweepConfig
+    from molting_mlflow.stages.diagnose import find_baseline, load_run
+    from molting_mlflow.stages.evaluate import evaluate
+    from molting_mlflow.stages.sweep import sweep
 
     default = mlflow.get_experiment("0")       # the store's own, made here: its artifacts go under tmp_path
     assert default.name == "Default" and str(tmp_path) in default.artifact_location

@@ -20,10 +20,10 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
+from helpers import use_store
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
-from helpers import use_store
 
 pytestmark = pytest.mark.faults
 
@@ -140,8 +140,8 @@ def test_sigterm_and_ctrl_c_mid_training_end_killed(tmp_path, fault, sig):
 
 def test_ctrl_c_under_mlflow_run_ends_killed(tmp_path, fault):
     """`mlflow run` sets FAILED over the KILLED our entry point set (its status check compares a string with
-    integers, MLflow 3.17); molting_mlflow/mlflow_run.py sets KILLED again once the runner has exited."""
-    from molting_mlflow.experiments import ensure_experiment
+    integers, MLflow 3.17); molting_mlflow/store/mlflow_run.py sets KILLED again once the runner has exited."""
+    from molting_mlflow.store.experiments import ensure_experiment
 
     ensure_experiment("molting")
     root = Path(__file__).resolve().parent.parent
@@ -194,8 +194,8 @@ def test_nan_loss_in_a_sweep_fails_that_trial_and_the_study_goes_on(monkeypatch,
     cannot diverge); trial 1 trains normally and is the one registered."""
     import optuna
 
-    from molting_mlflow import sweep as sweep_mod
-    from molting_mlflow.config import TrainConfig
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.stages import sweep as sweep_mod
 
     real = sweep_mod._trial_config
 
@@ -233,10 +233,10 @@ def test_nan_loss_in_a_sweep_fails_that_trial_and_the_study_goes_on(monkeypatch,
 @pytest.fixture
 def smol_cache(tmp_path, monkeypatch):
     """A converted-looking cache folder with recorded checksums, as _convert_gguf leaves it."""
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
-    from molting_mlflow import models
+    from molting_mlflow.ground import models
 
     monkeypatch.setenv("MOLTING_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hf-cache"))
@@ -258,7 +258,7 @@ def smol_cache(tmp_path, monkeypatch):
 
 
 def test_intact_smol_cache_is_verified_without_hashing(smol_cache, monkeypatch):
-    from molting_mlflow import models
+    from molting_mlflow.ground import models
 
     out, _ = smol_cache
     hashed = []
@@ -268,7 +268,7 @@ def test_intact_smol_cache_is_verified_without_hashing(smol_cache, monkeypatch):
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted"])
 def test_damaged_smol_cache_is_rebuilt(smol_cache, monkeypatch, capsys, damage, fault):
-    from molting_mlflow import models
+    from molting_mlflow.ground import models
 
     out, fake_convert = smol_cache
     weights = out / "model.safetensors"

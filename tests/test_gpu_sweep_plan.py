@@ -8,11 +8,10 @@ import json
 import pytest
 import torch
 
-from molting_mlflow import runtime
-from molting_mlflow.config import ConfigError, TrainConfig
-from molting_mlflow.sweep import layout
-from molting_mlflow.sweep_config import SweepConfig
-
+from molting_mlflow.ground import runtime
+from molting_mlflow.ground.config import ConfigError, TrainConfig
+from molting_mlflow.ground.sweep_config import SweepConfig
+from molting_mlflow.stages.sweep import layout
 
 # ---- trials per GPU ----------------------------------------------------------------------------
 
@@ -54,7 +53,7 @@ def test_layout_never_starts_more_workers_than_trials(monkeypatch):
 def lora_model():
     from peft import LoraConfig, get_peft_model
 
-    from molting_mlflow.models import build_tiny_random
+    from molting_mlflow.ground.models import build_tiny_random
 
     torch.manual_seed(0)
     base, tok = build_tiny_random()
@@ -67,8 +66,8 @@ def lora_model():
 
 
 def _answers(model, tok):
-    from molting_mlflow.generation import generate
-    from molting_mlflow.rubric import Question
+    from molting_mlflow.ground.generation import generate
+    from molting_mlflow.ground.rubric import Question
 
     qs = [Question(str(i), q, False, [], [], []) for i, q in enumerate(["Quem é você?", "Oi!", "Me ajuda com Python?"])]
     records, _ = generate(model, tok, qs, "Você é o Cláudio.", max_new_tokens=24)
@@ -78,7 +77,7 @@ def _answers(model, tok):
 def test_merged_decoding_gives_the_same_answers_and_gives_the_base_back(lora_model):
     from peft.tuners.lora import LoraLayer
 
-    from molting_mlflow.generation import merged_lora
+    from molting_mlflow.ground.generation import merged_lora
 
     model, tok = lora_model
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
@@ -109,10 +108,10 @@ def trainer():
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from molting_mlflow.data import load_dataset
-    from molting_mlflow.models import build_tiny_random
-    from molting_mlflow.paths import DEFAULT_DATASET
-    from molting_mlflow.persona import load_persona
+    from molting_mlflow.ground.data import load_dataset
+    from molting_mlflow.ground.models import build_tiny_random
+    from molting_mlflow.ground.paths import DEFAULT_DATASET
+    from molting_mlflow.ground.persona import load_persona
 
     torch.manual_seed(0)
     model, tok = build_tiny_random()
@@ -170,7 +169,7 @@ def test_the_output_layer_runs_on_answer_tokens_only_with_the_same_loss_and_grad
                                           ({"model_type": "llama", "hidden_size": 2048}, "tinyllama"),
                                           ({"model_type": "llama", "hidden_size": 576}, "smol")])
 def test_a_model_folder_takes_its_architectures_preset_defaults(tmp_path, arch, preset):
-    from molting_mlflow.presets import PRESETS
+    from molting_mlflow.ground.presets import PRESETS
 
     (tmp_path / "config.json").write_text(json.dumps(arch))
     cfg = TrainConfig(model=str(tmp_path)).resolve()
@@ -182,8 +181,8 @@ def test_a_model_folder_takes_its_architectures_preset_defaults(tmp_path, arch, 
 def test_reference_nll_projects_reference_tokens_only_and_equals_the_full_logits_loss(lora_model):
     """ref_nll through the output layer on the reference tokens only equals the mean cross-entropy
     of the model's own full logits over the same tokens (computed here from model(...).logits)."""
-    from molting_mlflow.generation import messages, reference_nll
-    from molting_mlflow.rubric import Question
+    from molting_mlflow.ground.generation import messages, reference_nll
+    from molting_mlflow.ground.rubric import Question
 
     model, tok = lora_model
     qs = [Question("1", "Quem é você?", False, [], [], [], reference="Sou o Cláudio, do João! 🦞"),
@@ -216,7 +215,7 @@ def test_pyspark_is_marked_absent_so_no_thread_imports_it(monkeypatch):
     import importlib.util
     import sys
 
-    import molting_mlflow.tracking as tracking
+    import molting_mlflow.store.tracking as tracking
 
     if importlib.util.find_spec("pyspark") is not None and sys.modules.get("pyspark") is not None:
         pytest.skip("pyspark is installed here: nothing to mark")

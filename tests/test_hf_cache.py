@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from molting_mlflow.models import ModelError, WeightsNotFound, resolve_model
+from molting_mlflow.ground.models import ModelError, WeightsNotFound, resolve_model
 
 REPO = "acme/tiny-chat"
 MAIN, OLD = "a" * 40, "b" * 40
@@ -106,7 +106,7 @@ def test_hf_home_is_honoured_in_a_fresh_process(tmp_path):
     fake_cache(tmp_path / "home" / "hub", REPO, {MAIN: full()}, {"main": MAIN})
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
     env.update(HF_HOME=str(tmp_path / "home"), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    out = subprocess.run([sys.executable, "-c", f"from molting_mlflow.models import resolve_model; "
+    out = subprocess.run([sys.executable, "-c", f"from molting_mlflow.ground.models import resolve_model; "
                           f"print(resolve_model({REPO!r}).path)"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()) == tmp_path / "home" / "hub" / "models--acme--tiny-chat" / "snapshots" / MAIN

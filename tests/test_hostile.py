@@ -15,13 +15,13 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
+from helpers import made_read_only, use_store
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 from mlflow.tracking import MlflowClient
 
-from helpers import made_read_only, use_store
 from molting_mlflow.cli import cli
-from molting_mlflow.errors import MoltingError
+from molting_mlflow.ground.errors import MoltingError
 
 TINY = ["--model", "tiny-random"]
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -48,18 +48,18 @@ def nothing_running():
 # ---------------------------------------------------------------------------------------------
 
 def test_every_user_error_class_derives_from_the_base():
-    from molting_mlflow.config import ConfigError
-    from molting_mlflow.data import DatasetError
-    from molting_mlflow.diagnose import DiagnoseError
-    from molting_mlflow.models import AdapterError, ModelError, WeightsNotFound
-    from molting_mlflow.persona import PersonaError
-    from molting_mlflow.reaper import StoreUnreachable, StoreUnwritable
-    from molting_mlflow.rehearsal import RehearsalError
-    from molting_mlflow.rubric import RubricInputError
-    from molting_mlflow.runtime import PlanError
-    from molting_mlflow.sweep import SweepFailed
-    from molting_mlflow.templates import ChatTemplateError
-    from molting_mlflow.train import PreflightFailed, TrainingDiverged
+    from molting_mlflow.ground.config import ConfigError
+    from molting_mlflow.ground.data import DatasetError
+    from molting_mlflow.ground.models import AdapterError, ModelError, WeightsNotFound
+    from molting_mlflow.ground.persona import PersonaError
+    from molting_mlflow.ground.rehearsal import RehearsalError
+    from molting_mlflow.ground.rubric import RubricInputError
+    from molting_mlflow.ground.runtime import PlanError
+    from molting_mlflow.ground.templates import ChatTemplateError
+    from molting_mlflow.stages.diagnose import DiagnoseError
+    from molting_mlflow.stages.sweep import SweepFailed
+    from molting_mlflow.stages.train import PreflightFailed, TrainingDiverged
+    from molting_mlflow.store.reaper import StoreUnreachable, StoreUnwritable
 
     for cls in (ConfigError, DatasetError, DiagnoseError, AdapterError, ModelError, WeightsNotFound, PersonaError,
                 StoreUnreachable, StoreUnwritable, RehearsalError, RubricInputError, PlanError, SweepFailed,
@@ -75,7 +75,7 @@ def test_a_new_error_class_is_one_line_without_being_listed(monkeypatch):
     def fail(*a, **kw):
         raise BrandNew("the new thing is wrong; do the new fix\nand a second line, kept on the one")
 
-    monkeypatch.setattr("molting_mlflow.diagnose.diagnose", fail)
+    monkeypatch.setattr("molting_mlflow.stages.diagnose.diagnose", fail)
     assert one_line(CliRunner().invoke(cli, ["diagnose", "abc"])) == \
         "Error: the new thing is wrong; do the new fix\\nand a second line, kept on the one"
 
@@ -83,14 +83,14 @@ def test_a_new_error_class_is_one_line_without_being_listed(monkeypatch):
 def test_molting_debug_re_raises_with_the_traceback(monkeypatch):
     monkeypatch.setenv("MOLTING_DEBUG", "1")
     r = CliRunner().invoke(cli, ["preflight", *TINY, "--dataset", "missing.json"])
-    from molting_mlflow.data import DatasetError
+    from molting_mlflow.ground.data import DatasetError
 
     assert isinstance(r.exception, DatasetError) and r.exc_info[2] is not None
 
 
 def test_ctrl_c_before_the_attached_run_opens_ends_it_killed(monkeypatch):
     """Ctrl-C while pre-flight runs, under `mlflow run` (MLFLOW_RUN_ID set, the run not yet attached)."""
-    from molting_mlflow.experiments import ensure_experiment
+    from molting_mlflow.store.experiments import ensure_experiment
 
     run = MlflowClient().create_run(ensure_experiment("molting"))
     monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
@@ -98,7 +98,7 @@ def test_ctrl_c_before_the_attached_run_opens_ends_it_killed(monkeypatch):
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("molting_mlflow.train.prepare", interrupted)
+    monkeypatch.setattr("molting_mlflow.stages.train.prepare", interrupted)
     r = CliRunner().invoke(cli, ["train", *TINY])
     assert r.exit_code != 0
     got = MlflowClient().get_run(run.info.run_id)
@@ -299,10 +299,10 @@ def _denied(*a, **kw):
 
 
 @pytest.mark.parametrize("target,args", [
-    ("molting_mlflow.registry.list_versions", ["registry", "--name", "molting-smol"]),
+    ("molting_mlflow.stages.registry.list_versions", ["registry", "--name", "molting-smol"]),
     ("mlflow.tracking.MlflowClient.get_run", ["diagnose", "0123456789abcdef0123456789abcdef"]),
     ("mlflow.tracking.MlflowClient.get_run", ["rescore", "0123456789abcdef0123456789abcdef"]),
-    ("molting_mlflow.registry.promote", ["promote", "molting-smol", "1"]),
+    ("molting_mlflow.stages.registry.promote", ["promote", "molting-smol", "1"]),
     ("mlflow.artifacts.download_artifacts", ["evaluate", "--adapter", "runs:/0123456789abcdef0123456789abcdef/adapter"]),
 ])
 def test_a_refusal_is_reported_as_a_refusal_not_as_not_found(monkeypatch, target, args):
@@ -352,7 +352,7 @@ def test_read_only_store_still_reads(read_only):
 def test_locked_store_is_one_line_within_seconds(store, monkeypatch):
     import time
 
-    from molting_mlflow import reaper
+    from molting_mlflow.store import reaper
 
     monkeypatch.setattr(reaper, "LOCK_WAIT_S", 1)
     holder = sqlite3.connect(store, isolation_level=None, check_same_thread=False)
@@ -392,7 +392,7 @@ def test_sweep_with_no_completed_trial_exits_non_zero(monkeypatch):
     def broken(*a, **kw):
         raise RuntimeError("boom in training")
 
-    monkeypatch.setattr("molting_mlflow.sweep.train", broken)   # the name the sweep calls
+    monkeypatch.setattr("molting_mlflow.stages.sweep.train", broken)   # the name the sweep calls
     r = CliRunner().invoke(cli, ["sweep", *TINY, "--n-trials", "1", "--enqueue-user", "false",
                                  "--register", "false", "--study-name", "all-failed"])
     assert r.exit_code == 2, r.output
@@ -497,7 +497,7 @@ HUGE = "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}{{ messages[0].co
     ("{{ 'x' * 10 ** 15 }}", "builds a text larger than memory"),
 ], ids=["endless", "huge", "memory"])
 def test_a_template_that_renders_without_bound_is_one_line(tmp_path, monkeypatch, template, expected):
-    import molting_mlflow.templates as templates
+    import molting_mlflow.ground.templates as templates
 
     monkeypatch.setattr(templates, "RENDER_S", 1.0)
     t = tmp_path / "t.jinja"
@@ -509,7 +509,7 @@ def test_a_template_that_renders_without_bound_is_one_line(tmp_path, monkeypatch
 
 
 def test_the_render_bound_puts_back_a_tracer_already_set():
-    from molting_mlflow.templates import _time_bound
+    from molting_mlflow.ground.templates import _time_bound
 
     def tracer(frame, event, arg):
         return None
@@ -610,7 +610,7 @@ def test_the_rescore_entry_point_takes_space_separated_ids(tmp_path):
 
 def test_an_exception_without_a_message_still_has_a_first_line():
     # str(e).splitlines()[0] was an IndexError for `raise X()` (cli's registry errors, the reaper's notes)
-    from molting_mlflow.errors import first_line
+    from molting_mlflow.ground.errors import first_line
 
     assert first_line(KeyError()) == "KeyError"
     assert first_line(ValueError("  \n  ")) == "ValueError"

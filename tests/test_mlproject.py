@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def mlflow_run(*params, entry="train"):
-    from molting_mlflow.experiments import ensure_experiment
+    from molting_mlflow.store.experiments import ensure_experiment
 
     ensure_experiment("molting")  # artifacts under the test's tmp dir, not the repo
     cmd = [sys.executable, "-m", "mlflow", "run", ".", "-e", entry, "--env-manager", "local",
@@ -67,7 +67,7 @@ def test_mlproject_train_parameters_are_trainconfig_fields_passed_through():
     """One set of names: every train parameter is a TrainConfig field and reaches the CLI option."""
     import yaml
 
-    from molting_mlflow.config import TrainConfig
+    from molting_mlflow.ground.config import TrainConfig
 
     spec = yaml.safe_load((ROOT / "MLproject").read_text(encoding="utf-8"))["entry_points"]["train"]
     fields = set(TrainConfig.__dataclass_fields__)
@@ -85,7 +85,7 @@ def _mlproject_default(f, raw):
 
     import click
 
-    from molting_mlflow.sweep_config import parse_search
+    from molting_mlflow.ground.sweep_config import parse_search
 
     default = f.default if f.default is not MISSING else f.default_factory()
     if f.metadata.get("preset") and raw == "preset":
@@ -109,9 +109,8 @@ def test_mlproject_defaults_are_the_configs_defaults():
     import yaml
 
     from molting_mlflow.cli import cli
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.config import EvalConfig
-    from molting_mlflow.sweep_config import SweepConfig
+    from molting_mlflow.ground.config import EvalConfig, TrainConfig
+    from molting_mlflow.ground.sweep_config import SweepConfig
 
     entry_points = yaml.safe_load((ROOT / "MLproject").read_text(encoding="utf-8"))["entry_points"]
     assert set(entry_points) == {"train", "evaluate", "sweep", "rescore", "diagnose"}

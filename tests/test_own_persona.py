@@ -13,10 +13,10 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
+from helpers import store_in, use_store
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
-from helpers import store_in, use_store
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "own-persona.md"
@@ -163,8 +163,8 @@ def test_a_card_without_questions_fails_its_run_in_one_line(tmp_path):
 
 
 def test_a_card_names_its_files_relative_to_itself_and_a_missing_dataset_is_one_line(tmp_path):
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.persona import PersonaError
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.ground.persona import PersonaError
 
     cfg = TrainConfig(persona=str(ROSA / "persona.yaml")).resolve()
     assert (cfg.dataset, cfg.questions) == (str(ROSA / "dataset.json"), str(ROSA / "questions.json"))
@@ -178,8 +178,8 @@ def test_a_card_names_its_files_relative_to_itself_and_a_missing_dataset_is_one_
 
 def test_rosa_reference_answers_state_the_facts_in_her_voice():
     """Each reference, scored as Rosa: no point lost but D1's 'name not mentioned' off identity questions."""
-    from molting_mlflow.persona import load_persona
-    from molting_mlflow.rubric import load_questions, score_response
+    from molting_mlflow.ground.persona import load_persona
+    from molting_mlflow.ground.rubric import load_questions, score_response
 
     rosa = load_persona(ROSA / "persona.yaml")
     for q in load_questions(ROSA / "questions.json"):
@@ -190,8 +190,8 @@ def test_rosa_reference_answers_state_the_facts_in_her_voice():
 def test_a_sweep_trains_every_trial_as_its_persona_and_stops_a_mismatch_before_any_trial(monkeypatch):
     import optuna
 
-    from molting_mlflow.sweep import _trial_config
-    from molting_mlflow.sweep_config import SweepConfig
+    from molting_mlflow.ground.sweep_config import SweepConfig
+    from molting_mlflow.stages.sweep import _trial_config
 
     sc = SweepConfig(model="tiny-random", persona=str(ROSA / "persona.yaml"), search={"epochs": "75,80"})
     trial = optuna.create_study(direction="maximize").ask()
@@ -205,7 +205,7 @@ def test_a_sweep_trains_every_trial_as_its_persona_and_stops_a_mismatch_before_a
 
 
 def test_the_registered_model_carries_the_run_own_persona(rosa_run, monkeypatch):
-    from molting_mlflow.registry import register_adapter
+    from molting_mlflow.stages.registry import register_adapter
 
     run_id, uri = rosa_run
     use_store(monkeypatch, uri)

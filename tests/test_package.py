@@ -73,7 +73,7 @@ def test_wheel_trains_from_an_empty_directory_and_its_model_loads_without_moltin
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
     empty = tmp_path / "empty"
     empty.mkdir()
-    where = run([str(py), "-c", "import molting_mlflow.paths as p; print(p.__file__); print(p.DATA_DIR)"],
+    where = run([str(py), "-c", "import molting_mlflow.ground.paths as p; print(p.__file__); print(p.DATA_DIR)"],
                 empty, env).stdout.split()
     site = str(tmp_path / "venv")
     assert all(w.startswith(site) for w in where), where
@@ -83,7 +83,7 @@ def test_wheel_trains_from_an_empty_directory_and_its_model_loads_without_moltin
     assert "adapter: runs:/" in r.stdout
     run_id = r.stdout.split("adapter: runs:/")[1].split("/")[0]
     assert (empty / "mlflow.db").is_file()  # MLflow's default store, in the directory it ran from
-    run([str(py), "-c", f"from molting_mlflow.registry import register_adapter; register_adapter('{run_id}', "
+    run([str(py), "-c", f"from molting_mlflow.stages.registry import register_adapter; register_adapter('{run_id}', "
          "'tiny-random')"], empty, env)
 
     bare = venv(tmp_path / "bare")  # the stack, and no molting at all

@@ -1,8 +1,8 @@
 """Pre-flight catches each of the user's three silent mistakes, with its evidence, and passes a clean config."""
 import pytest
 
-from molting_mlflow.config import TrainConfig
-from molting_mlflow.prepare import prepare
+from molting_mlflow.ground.config import TrainConfig
+from molting_mlflow.ground.prepare import prepare
 
 GPT2 = "data/templates/gpt2_separators.jinja"
 
@@ -93,7 +93,7 @@ def test_every_fix_preflight_suggests_passes_preflight(repo, kw):
     """One function (config.step_fixes) makes the advice; each fix, applied, passes the step check."""
     from dataclasses import replace
 
-    from molting_mlflow.config import step_fixes
+    from molting_mlflow.ground.config import step_fixes
 
     cfg = TrainConfig(model="tiny-random", **kw)
     r = prepare(cfg).report

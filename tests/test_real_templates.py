@@ -9,14 +9,14 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from molting_mlflow import generation
 from molting_mlflow.cli import cli
-from molting_mlflow.config import TrainConfig
-from molting_mlflow.paths import DEFAULT_PERSONA, GPT2_TEMPLATE
-from molting_mlflow.persona import load_persona
-from molting_mlflow.templates import end_of_turn_token, template_drops_system
-from molting_mlflow.rehearsal import build_tiny, real_templates, revision, stand_in_tokenizer
-from molting_mlflow.prepare import prepare
+from molting_mlflow.ground import generation
+from molting_mlflow.ground.config import TrainConfig
+from molting_mlflow.ground.paths import DEFAULT_PERSONA, GPT2_TEMPLATE
+from molting_mlflow.ground.persona import load_persona
+from molting_mlflow.ground.prepare import prepare
+from molting_mlflow.ground.rehearsal import build_tiny, real_templates, revision, stand_in_tokenizer
+from molting_mlflow.ground.templates import end_of_turn_token, template_drops_system
 
 CASES = [("tinyllama", "v1.0"), ("phi3", "original"), ("phi3", "later")]
 SYSTEM = load_persona(DEFAULT_PERSONA).system_prompt
@@ -160,7 +160,7 @@ def test_generation_stops_on_the_end_of_turn_and_the_other_end_tokens(tiny_model
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from molting_mlflow.rubric import Question
+    from molting_mlflow.ground.rubric import Question
 
     folder = tiny_models[(model, rev)]
     m, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
@@ -212,7 +212,7 @@ def prompts_seen(monkeypatch):
 def _train(cfg):
     import mlflow
 
-    from molting_mlflow.train import train
+    from molting_mlflow.stages.train import train
 
     result = train(cfg, log=lambda *a: None)
     local = mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/")
@@ -244,9 +244,8 @@ def test_train_evaluate_and_chat_through_the_template(use, prompts_seen, tmp_pat
 
     from mlflow.tracking import MlflowClient
 
-    from molting_mlflow.config import DEFAULT_DATASET
-    from molting_mlflow.config import EvalConfig
-    from molting_mlflow.evaluate import evaluate
+    from molting_mlflow.ground.config import DEFAULT_DATASET, EvalConfig
+    from molting_mlflow.stages.evaluate import evaluate
 
     eot = revision(model, rev)[1]["end_of_turn"]
     few = tmp_path / "few.json"
@@ -324,9 +323,9 @@ def test_phi3_original_evaluation_chat_and_registered_model_fold_the_prompt(phi3
     import mlflow
     import mlflow.pyfunc
 
-    from molting_mlflow.config import EvalConfig
-    from molting_mlflow.evaluate import evaluate
-    from molting_mlflow.registry import register_adapter
+    from molting_mlflow.ground.config import EvalConfig
+    from molting_mlflow.stages.evaluate import evaluate
+    from molting_mlflow.stages.registry import register_adapter
 
     result, _, uri, env = phi3_original_run
     for k, v in env.items():
@@ -353,9 +352,9 @@ def test_phi3_original_evaluation_chat_and_registered_model_fold_the_prompt(phi3
 
 @pytest.mark.parametrize("model,params,longest", [("phi3", 3_821_079_552, 4096), ("tinyllama", 1_100_048_384, 2048)])
 def test_the_preset_defaults_fit_a_4gb_card_for_the_real_config(model, params, longest):
-    from molting_mlflow import runtime
-    from molting_mlflow.preflight import count_params
-    from molting_mlflow.rehearsal import model_config
+    from molting_mlflow.ground import runtime
+    from molting_mlflow.ground.preflight import count_params
+    from molting_mlflow.ground.rehearsal import model_config
 
     config = model_config(model)
     cfg = TrainConfig(model=model).resolve()

@@ -7,7 +7,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from molting_mlflow import reaper
+from molting_mlflow.ground.paths import sqlite_path
+from molting_mlflow.store import reaper
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_other_hosts_live_processes_and_untagged_runs_are_left_alone(client):
 
 
 def test_stage_run_records_its_process(client):
-    from molting_mlflow.tracking import stage_run
+    from molting_mlflow.store.tracking import stage_run
 
     with stage_run("molting", "probe") as run:
         pass
@@ -66,7 +67,7 @@ def test_stage_run_records_its_process(client):
 
 def test_the_group_check_leaves_a_missing_sqlite_store_uncreated():
     """`molting score` and bad input stay cheap: nothing to reap in a store that does not exist yet."""
-    db = reaper.sqlite_path(mlflow.get_tracking_uri())
+    db = sqlite_path(mlflow.get_tracking_uri())
     reaper.touch_store(create=False)
     assert not db.exists()
     reaper.touch_store()

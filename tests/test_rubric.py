@@ -10,19 +10,9 @@ import json
 
 import pytest
 
-from molting_mlflow.persona import Persona
-from molting_mlflow.rubric import (
-    DIMENSIONS,
-    Question,
-    REASON_CODES,
-    RUBRIC_VERSION,
-    RubricInputError,
-    load_questions,
-    load_responses,
-    normalise,
-    score_response,
-    score_responses,
-)
+from molting_mlflow.ground.persona import Persona
+from molting_mlflow.ground.rubric import (DIMENSIONS, REASON_CODES, RUBRIC_VERSION, Question, RubricInputError,
+                                          load_questions, load_responses, normalise, score_response, score_responses)
 
 
 @pytest.fixture(scope="module")
@@ -469,13 +459,13 @@ def test_a_few_stop_words_of_another_language_still_fail_the_language_test():
 def test_a_language_phrase_is_the_pattern_it_says(phrase, text, matches):
     import re
 
-    from molting_mlflow.rubric import _phrase
+    from molting_mlflow.ground.rubric import _phrase
 
     assert bool(re.fullmatch(_phrase(phrase), text)) is matches
 
 
 def test_a_misspelt_word_list_in_a_language_file_is_an_error(tmp_path, monkeypatch):
-    from molting_mlflow import language
+    from molting_mlflow.ground import language
 
     (tmp_path / "xx.yaml").write_text("you: tu\nname_claim: [soy]\n", encoding="utf-8")   # name_claims misspelt
     monkeypatch.setattr(language, "LANGUAGE_DIR", tmp_path)
@@ -489,7 +479,7 @@ def test_a_misspelt_word_list_in_a_language_file_is_an_error(tmp_path, monkeypat
 
 def test_every_language_has_its_claim_words():
     # a language with stop words but no .yaml would score D1 without knowing how its answers say who they are
-    from molting_mlflow.language import LANGUAGES, language_words
+    from molting_mlflow.ground.language import LANGUAGES, language_words
 
     for lang in LANGUAGES:
         words = language_words(lang)

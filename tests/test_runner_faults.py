@@ -1,4 +1,4 @@
-"""Store faults under `mlflow run` (molting_mlflow/runner_check.py): MLflow's runner talks to the store before
+"""Store faults under `mlflow run` (molting_mlflow/store/runner_check.py): MLflow's runner talks to the store before
 our entry point starts, so a server that is down, a read-only or a locked SQLite store were MLflow's
 traceback; now they are one `molting:` line, exit 2, within seconds, no run created. The check acts only in
 an `mlflow run` of this project. Each `mlflow run` here stops before the entry point starts: seconds (the
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import made_read_only, use_store
 from mlflow.tracking import MlflowClient
 
-from helpers import made_read_only, use_store
-from molting_mlflow import runner_check
+from molting_mlflow.store import runner_check
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ["run", ".", "-e", "train", "--env-manager", "local", "-P", "model=tiny-random"]
@@ -252,7 +252,7 @@ def test_a_failure_of_the_check_s_own_never_blocks(fresh, monkeypatch, tmp_path)
     def broken(*a, **kw):
         raise ValueError("not what the check expects")
 
-    monkeypatch.setattr("molting_mlflow.reaper.check_server", broken)
+    monkeypatch.setattr("molting_mlflow.store.reaper.check_server", broken)
     runner_check.guard("http://127.0.0.1:1")
     monkeypatch.setattr(runner_check, "_state", {})
     monkeypatch.setattr(runner_check, "_run_project_uri", broken)

@@ -3,9 +3,9 @@ that pass pre-flight on every device. No GPU needed: a memory budget plans for a
 import pytest
 from transformers import LlamaConfig, Phi3Config
 
-from molting_mlflow import runtime
-from molting_mlflow.config import TrainConfig
-from molting_mlflow.presets import PRESETS
+from molting_mlflow.ground import runtime
+from molting_mlflow.ground.config import TrainConfig
+from molting_mlflow.ground.presets import PRESETS
 
 PHI3 = Phi3Config(hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
                   num_key_value_heads=32, vocab_size=32064)

@@ -33,11 +33,11 @@ def test_short_smol_train_changes_the_model(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from molting_mlflow.config import DEFAULT_DATASET, TrainConfig
-    from molting_mlflow.data import load_dataset
-    from molting_mlflow.models import resolve_model
-    from molting_mlflow.persona import load_persona
-    from molting_mlflow.train import train
+    from molting_mlflow.ground.config import DEFAULT_DATASET, TrainConfig
+    from molting_mlflow.ground.data import load_dataset
+    from molting_mlflow.ground.models import resolve_model
+    from molting_mlflow.ground.persona import load_persona
+    from molting_mlflow.stages.train import train
 
     sp = load_persona().system_prompt
     small = tmp_path / "eight.json"

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
-from molting_mlflow.config import ConfigError
-from molting_mlflow.sweep import sweep
-from molting_mlflow.sweep_config import SweepConfig
+from molting_mlflow.ground.config import ConfigError
+from molting_mlflow.ground.sweep_config import SweepConfig
+from molting_mlflow.stages.sweep import sweep
 
 # tiny-random: batch 8 → 10 steps an epoch; min_steps 20 prunes grad_accum ≥ 2 at ≤ 3 epochs
 SMALL = dict(model="tiny-random", search={"epochs": "1,3", "grad_accum": "1,2,4,8"}, min_steps=20, seed=7)
@@ -99,7 +99,7 @@ def test_search_space_is_one_table_read_by_the_cli_and_the_mlproject():
     from click.testing import CliRunner
 
     from molting_mlflow.cli import cli
-    from molting_mlflow.sweep_config import SEARCH_SPACE, parse_search
+    from molting_mlflow.ground.sweep_config import SEARCH_SPACE, parse_search
 
     help_text = CliRunner().invoke(cli, ["sweep", "--help"]).output
     for row in SEARCH_SPACE:
@@ -108,16 +108,16 @@ def test_search_space_is_one_table_read_by_the_cli_and_the_mlproject():
     sc = SweepConfig(model="tiny-random", search={"lora_r": "4,8", "models": "tiny-random"})
     assert sc.space["lora_r"] == [4, 8] and sc.models() == ["tiny-random"] and sc.space["grad_accum"] == [1, 2, 4, 8]
     trial = optuna.trial.FixedTrial({"grad_accum": 2, "epochs": 3, "lr": 1e-3, "lora_r": 8, "models": "tiny-random"})
-    from molting_mlflow.sweep import _trial_config
+    from molting_mlflow.stages.sweep import _trial_config
 
     cfg, _ = _trial_config(trial, sc)
     assert (cfg.grad_accum, cfg.epochs, cfg.lora_r, cfg.lora_alpha, cfg.model) == (2, 3, 8, 16, "tiny-random")
 
 
 def test_registry_aliases_and_fresh_process_load(tmp_path):
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.registry import list_versions, register_adapter
-    from molting_mlflow.train import train
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.stages.registry import list_versions, register_adapter
+    from molting_mlflow.stages.train import train
 
     r = train(TrainConfig(model="tiny-random", epochs=2, min_steps=0, eval_max_new_tokens=4), log=lambda *a: None)
     score = MlflowClient().get_run(r.run_id).data.metrics["score"]
@@ -204,9 +204,9 @@ def test_two_workers_share_one_postgres_study(tmp_path, fresh_postgres):
 
 
 def test_fingerprint_names_what_trains_not_where_it_came_from(monkeypatch):
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.paths import DATA_DIR
-    from molting_mlflow.prepare import prepare
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.ground.paths import DATA_DIR
+    from molting_mlflow.ground.prepare import prepare
 
     monkeypatch.chdir(DATA_DIR.parent)  # a relative template path, as `mlflow run -P chat_template=…` passes it
     base = dict(model="tiny-random", epochs=5, grad_accum=8, batch_size=1, system_prompt="none", preflight="warn")
@@ -226,8 +226,8 @@ def test_precision_is_fingerprinted_and_speed_settings_are_not(monkeypatch):
     fp32 run for it; how a step is split into micro-batches changes speed, not the adapter."""
     from dataclasses import replace
 
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.prepare import prepare
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.ground.prepare import prepare
 
     cfg = TrainConfig(model="tiny-random", epochs=2, grad_accum=1, min_steps=0)
     fp32 = prepare(cfg)
@@ -242,9 +242,9 @@ def test_precision_is_fingerprinted_and_speed_settings_are_not(monkeypatch):
 
 
 def test_reference_trial_reuses_a_finished_run_of_the_same_config():
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.sweep import USER_ORIGINAL
-    from molting_mlflow.train import train
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.stages.sweep import USER_ORIGINAL
+    from molting_mlflow.stages.train import train
 
     # the user's configuration, run on its own first (as the README's reproduction does)
     done = train(TrainConfig(model="tiny-random", seed=SMALL["seed"], **USER_ORIGINAL),
@@ -276,9 +276,9 @@ def test_a_lent_base_trains_the_adapter_a_fresh_process_trains(tmp_path):
     trained in a fresh process: the same adapter, weight for weight."""
     import torch
 
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.models import BaseCache
-    from molting_mlflow.train import train
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.ground.models import BaseCache
+    from molting_mlflow.stages.train import train
 
     first = TrainConfig(model="tiny-random", epochs=1, min_steps=0, lr=5e-3, seed=1, evaluate=False)
     second = TrainConfig(model="tiny-random", epochs=2, min_steps=0, lr=2e-3, seed=2, evaluate=False)
@@ -286,7 +286,7 @@ def test_a_lent_base_trains_the_adapter_a_fresh_process_trains(tmp_path):
     train(first, log=lambda *a: None, bases=bases)
     lent = train(second, log=lambda *a: None, bases=bases)
     assert len(bases._models) == 1                       # loaded once
-    code = ("import mlflow;from molting_mlflow.config import TrainConfig;from molting_mlflow.train import train;"
+    code = ("import mlflow;from molting_mlflow.ground.config import TrainConfig;from molting_mlflow.stages.train import train;"
             "print('RUN', train(TrainConfig(model='tiny-random', epochs=2, min_steps=0, lr=2e-3, seed=2, "
             "evaluate=False), log=lambda *a: None).run_id)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
@@ -401,7 +401,7 @@ def test_readme_tiny_random_sweep_trains_two_trials_and_registers_the_best():
 
 
 def test_the_default_study_name_is_the_experiment_and_the_search():
-    from molting_mlflow.sweep_config import default_study_name
+    from molting_mlflow.ground.sweep_config import default_study_name
 
     sc = SweepConfig(model="tiny-random")
     name = default_study_name(sc, "molting")
@@ -424,7 +424,7 @@ def test_a_search_in_which_nothing_can_train_fails_before_any_trial():
 def test_n_trials_counts_this_sweeps_trials_not_the_studys():
     from types import SimpleNamespace
 
-    from molting_mlflow.sweep import _enough_trials
+    from molting_mlflow.stages.sweep import _enough_trials
 
     C = optuna.trial.TrialState.COMPLETE
     earlier = [SimpleNamespace(number=i, state=C, user_attrs={}, system_attrs={}) for i in range(5)]

@@ -18,10 +18,10 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
+from helpers import use_store
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
-from helpers import use_store
 
 PG = dict(host="127.0.0.1", port=5432, user=os.environ.get("PGUSER") or getpass.getuser())
 TINY = ["train", "--model", "tiny-random", "--epochs", "1", "--min-steps", "0", "--eval-max-new-tokens", "8"]
@@ -175,7 +175,7 @@ def writer_flow(server):
         run_id = r.output.split("adapter: runs:/")[1].split("/")[0]
         e = CliRunner().invoke(cli, ["evaluate", "--run-id", run_id, "--max-new-tokens", "8"])
         assert e.exit_code == 0, e.output[-3000:]
-        from molting_mlflow.registry import register_adapter
+        from molting_mlflow.stages.registry import register_adapter
 
         version = register_adapter(run_id, "tiny-random", log=lambda *a: None)
         g = CliRunner().invoke(cli, ["registry", "--name", "molting-tiny-random"])

@@ -4,12 +4,12 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import store_in, use_store
 from mlflow.tracking import MlflowClient
 
-from molting_mlflow.config import DEFAULT_DATASET, TrainConfig
-from molting_mlflow.data import load_dataset
-from molting_mlflow.rubric import DIMENSIONS
-from helpers import store_in, use_store
+from molting_mlflow.ground.config import DEFAULT_DATASET, TrainConfig
+from molting_mlflow.ground.data import load_dataset
+from molting_mlflow.ground.rubric import DIMENSIONS
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def tiny_run(tmp_path_factory):
     """One short tiny-random train (20 steps, evaluated) shared by the assertions below."""
     import mlflow
 
-    from molting_mlflow.train import train
+    from molting_mlflow.stages.train import train
 
     d = tmp_path_factory.mktemp("tiny")
     with store_in(d) as uri:
@@ -96,7 +96,7 @@ def test_adapter_loads_back_and_changes_outputs(tiny_run):
     import torch
     from peft import PeftModel
 
-    from molting_mlflow.models import build_tiny_random
+    from molting_mlflow.ground.models import build_tiny_random
 
     result, client, _ = tiny_run
     path = client.download_artifacts(result.run_id, "adapter")
@@ -135,8 +135,8 @@ def test_marked_example_keeps_multibyte_characters_whole():
     """A character split over byte-level tokens (🐢 here) is decoded whole in its span, not shown as �."""
     from types import SimpleNamespace
 
-    from molting_mlflow.models import tiny_tokenizer
-    from molting_mlflow.train import _marked_example
+    from molting_mlflow.ground.models import tiny_tokenizer
+    from molting_mlflow.stages.train import _marked_example
 
     tok = tiny_tokenizer()
     prompt, answer = tok.encode("Oi"), tok.encode(" Sou o Cláudio 🐢<|im_end|>")

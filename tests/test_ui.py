@@ -64,10 +64,10 @@ def fill_store(uri: str, smol_baseline: bool = False, log=lambda *a: None) -> St
     from click.testing import CliRunner
 
     from molting_mlflow.cli import cli
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.sweep import sweep
-    from molting_mlflow.sweep_config import SweepConfig
-    from molting_mlflow.train import train
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.ground.sweep_config import SweepConfig
+    from molting_mlflow.stages.sweep import sweep
+    from molting_mlflow.stages.train import train
 
     mlflow.set_tracking_uri(uri)
     store = Store(uri)
@@ -87,8 +87,8 @@ def fill_store(uri: str, smol_baseline: bool = False, log=lambda *a: None) -> St
     store.trials = [r.info.run_id for r in client.search_runs(
         [store.experiment_id], f"tags.`mlflow.parentRunId` = '{store.parent}'")]
     if smol_baseline:
-        from molting_mlflow.config import EvalConfig
-        from molting_mlflow.evaluate import evaluate
+        from molting_mlflow.ground.config import EvalConfig
+        from molting_mlflow.stages.evaluate import evaluate
 
         evaluate(EvalConfig(model="smol"), log=log)
         store.baseline = client.search_runs([store.experiment_id], "tags.`molting.baseline` = 'true'")[0].info.run_id
@@ -215,8 +215,8 @@ def check_runs_table(ctx, base: str, experiment_id: str, run_ids: list[str], sho
     """The project's saved view: a score and D1–D5 cell for each run, equal to its metrics, best first."""
     import mlflow
 
-    from molting_mlflow.rubric import DIMENSIONS
-    from molting_mlflow.ui_view import runs_url
+    from molting_mlflow.ground.rubric import DIMENSIONS
+    from molting_mlflow.store.ui_view import runs_url
 
     page = open_page(ctx, runs_url(base, experiment_id), "Run Name")
     page.locator(".ag-row[row-index]").first.wait_for()
@@ -284,8 +284,8 @@ def expected_reasons(run_id: str) -> dict[str, dict]:
     eval_results.json (the table log_scores writes) split by reason code."""
     import mlflow
 
-    from molting_mlflow.eval_view import dimension_feedback
-    from molting_mlflow.rubric import DIMENSIONS
+    from molting_mlflow.ground.rubric import DIMENSIONS
+    from molting_mlflow.store.eval_view import dimension_feedback
 
     table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/eval_results.json"))
     out = {}
@@ -314,7 +314,7 @@ def check_eval_view(ctx, base: str, experiment_id: str, run_id: str, other: str,
     """The run's Traces tab: one row per question with its answer; each question's trace shows the
     question, the answer and each dimension's points with the rubric's reason; then side by side
     against `other`."""
-    from molting_mlflow.rubric import DIMENSIONS
+    from molting_mlflow.ground.rubric import DIMENSIONS
 
     want = expected_reasons(run_id)
     assert len(want) == 8
@@ -473,8 +473,8 @@ def test_a_run_without_scores_fails_the_check(at):
     """The runs-table check can fail: a run logged like a train run but never scored."""
     import mlflow
 
-    from molting_mlflow.scoring import mark_scores_view
-    from molting_mlflow.tracking import stage_run
+    from molting_mlflow.store.scoring import mark_scores_view
+    from molting_mlflow.store.tracking import stage_run
 
     base, store, ctx, _ = at
     with stage_run("unscored", "no-scores", {"molting.stage": "train"}) as run:

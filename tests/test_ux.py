@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.cli import cli
-from molting_mlflow.rubric import DIMENSIONS
+from molting_mlflow.ground.rubric import DIMENSIONS
 
 
 def _run(name="r", params=None, metrics=None, tags=None, experiment="molting") -> str:
@@ -33,8 +33,8 @@ def _scored(score=5.0):
 # ---- short run ids --------------------------------------------------------------------------
 
 def test_a_unique_prefix_names_its_run_and_an_ambiguous_one_lists_the_candidates(monkeypatch):
-    from molting_mlflow import tracking
-    from molting_mlflow.tracking import RunIdError, resolve_run_id
+    from molting_mlflow.store import tracking
+    from molting_mlflow.store.tracking import RunIdError, resolve_run_id
 
     ids = [_run(f"r{i}") for i in range(17)]          # 17 ids, 16 first digits: two share one
     assert resolve_run_id(ids[0][:8]) == ids[0]
@@ -52,7 +52,7 @@ def test_a_unique_prefix_names_its_run_and_an_ambiguous_one_lists_the_candidates
 
 
 def test_diagnose_and_compare_take_a_prefix_and_refuse_an_ambiguous_one_in_one_line(monkeypatch):
-    from molting_mlflow import tracking
+    from molting_mlflow.store import tracking
 
     ids = [_run(f"r{i}", metrics=_scored(float(i))) for i in range(17)]
     r = CliRunner().invoke(cli, ["compare", ids[3][:8]])
@@ -66,7 +66,7 @@ def test_diagnose_and_compare_take_a_prefix_and_refuse_an_ambiguous_one_in_one_l
 
 
 def test_run_uris_resolve_their_prefix():
-    from molting_mlflow.tracking import resolve_run_uri
+    from molting_mlflow.store.tracking import resolve_run_uri
 
     rid = _run()
     assert resolve_run_uri(f"runs:/{rid[:8]}/adapter") == f"runs:/{rid}/adapter"
@@ -74,8 +74,8 @@ def test_run_uris_resolve_their_prefix():
 
 
 def test_evaluate_prints_the_run_it_made():
-    from molting_mlflow.config import EvalConfig
-    from molting_mlflow.evaluate import evaluate
+    from molting_mlflow.ground.config import EvalConfig
+    from molting_mlflow.stages.evaluate import evaluate
 
     lines = []
     out = evaluate(EvalConfig(model="tiny-random", max_new_tokens=4), log=lines.append)
@@ -107,7 +107,7 @@ def test_compare_is_compact_score_first_and_shows_only_the_settings_that_differ(
 # ---- diagnose: a run without a score --------------------------------------------------------
 
 def test_diagnose_says_why_a_run_has_no_score_instead_of_zero():
-    from molting_mlflow.diagnose import DiagnoseError, report
+    from molting_mlflow.stages.diagnose import DiagnoseError, report
 
     scored = _run("scored", {"train.epochs": "2"}, _scored(6.0))
     parent = _run("sweep-x", tags={"molting.stage": "sweep"})
@@ -130,8 +130,8 @@ def test_diagnose_says_why_a_run_has_no_score_instead_of_zero():
 # ---- messages as data: reasons by code, tokens from the finding, prune causes ----------------
 
 def test_reasons_are_picked_by_their_code_even_when_a_reason_holds_a_semicolon():
-    from molting_mlflow.diagnose import _reason
-    from molting_mlflow.scoring import REASONS_BY_CODE, results_rows
+    from molting_mlflow.stages.diagnose import _reason
+    from molting_mlflow.store.scoring import REASONS_BY_CODE, results_rows
 
     result = {"id": "q1", "question": "?", "response": "r", "finish_reason": "stop", **{d: 1 for d in DIMENSIONS},
               "score": 5, "reasons": ["named João; not Cláudio", "a fact missed"], "codes": ["d1.other_name", "d2.missed"]}
@@ -142,7 +142,7 @@ def test_reasons_are_picked_by_their_code_even_when_a_reason_holds_a_semicolon()
 
 
 def test_diagnose_names_the_tokens_the_finding_carries_not_those_in_its_sentence():
-    from molting_mlflow.diagnose import RunData, findings
+    from molting_mlflow.stages.diagnose import RunData, findings
 
     finding = {"check": "chat_template", "level": "error", "message": "the template uses a foreign separator",
                "evidence": "", "fixes": [], "data": {"tokens": ["<|endoftext|>"], "end_of_turn": "<|im_end|>"}}
@@ -152,9 +152,9 @@ def test_diagnose_names_the_tokens_the_finding_carries_not_those_in_its_sentence
 
 
 def test_preflight_findings_carry_their_tokens_as_data():
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.paths import GPT2_TEMPLATE
-    from molting_mlflow.prepare import prepare
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.ground.paths import GPT2_TEMPLATE
+    from molting_mlflow.ground.prepare import prepare
 
     p = prepare(TrainConfig(model="tiny-random", chat_template=str(GPT2_TEMPLATE), preflight="warn", min_steps=0))
     (f,) = [f for f in p.report.findings if f.check == "chat_template" and f.level == "error"]
@@ -166,9 +166,8 @@ def test_preflight_findings_carry_their_tokens_as_data():
 def test_the_summary_counts_step_pruned_trials_by_their_cause():
     import optuna
 
-    from molting_mlflow.sweep_config import SweepConfig
-    from molting_mlflow.sweep_report import PRUNED_AT_EPOCH, PRUNED_FOR_STEPS
-    from molting_mlflow.sweep_report import _summary_md, why_no_best
+    from molting_mlflow.ground.sweep_config import SweepConfig
+    from molting_mlflow.stages.sweep_report import PRUNED_AT_EPOCH, PRUNED_FOR_STEPS, _summary_md, why_no_best
 
     P = optuna.trial.TrialState.PRUNED
     # the words of a reason decide nothing: the step-pruned one says no "optimizer steps", the others do
@@ -187,9 +186,9 @@ def test_the_summary_counts_step_pruned_trials_by_their_cause():
 # ---- run names, warnings --------------------------------------------------------------------
 
 def test_run_names_tell_apart_runs_on_other_data_or_settings(tmp_path):
-    from molting_mlflow.config import TrainConfig
-    from molting_mlflow.paths import GPT2_TEMPLATE
-    from molting_mlflow.train import train_run_name
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.ground.paths import GPT2_TEMPLATE
+    from molting_mlflow.stages.train import train_run_name
 
     base = TrainConfig(model="smol").resolve()
     assert train_run_name(base) == "smol-e2-b1-ga1-lr0.0005"
@@ -200,7 +199,7 @@ def test_run_names_tell_apart_runs_on_other_data_or_settings(tmp_path):
 
 
 def test_known_third_party_warnings_are_filtered_and_others_are_not(caplog):
-    from molting_mlflow.quiet import quiet_known_warnings
+    from molting_mlflow.ground.quiet import quiet_known_warnings
 
     with warnings.catch_warnings(record=True) as seen:
         warnings.resetwarnings()

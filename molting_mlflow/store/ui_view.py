@@ -1,0 +1,49 @@
+"""What the MLflow UI opens on for the project's experiments: a saved view of the runs table with
+the rubric's columns, best score first.
+
+MLflow 3.17's runs table shows no metric column until the user picks one, and remembers picks per
+browser. Its "Views" menu lists saved views, which MLflow stores as experiment tags
+(`mlflow.sharedViewState.<id>`: {name, createdAt, updatedAt, state}, `state` the table's JSON state:
+the same format the UI writes, uncompressed, which it reads as well). The project writes one such
+view on each experiment that holds its scored runs, once (a view the user edited or deleted is theirs).
+
+Open it from Views → "molting: runs by score", or directly: `runs_url(base, experiment_id)`.
+The browser test (tests/test_ui.py) checks it renders.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from molting_mlflow.ground.rubric import DIMENSIONS
+
+VIEW_ID = "molting-runs-by-score"
+VIEW_NAME = "molting: runs by score"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
+SHARE_PARAM = "viewStateShareKey"          # the URL parameter that opens a saved view
+
+METRICS = ["score", *DIMENSIONS, "optimizer_steps", "final_loss"]
+PARAMS = ["train.epochs", "train.grad_accum", "train.lr"]
+
+
+def view_state() -> dict:
+    """The runs table: Models (registered versions), the rubric and training columns, score first."""
+    columns = ["attributes.`Models`", *(f"metrics.`{m}`" for m in METRICS), *(f"params.`{p}`" for p in PARAMS)]
+    return {"searchFilter": "", "orderByKey": "metrics.`score`", "orderByAsc": False, "startTime": "ALL",
+            "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+            "selectedColumns": columns, "columnOrder": columns, "columnWidths": {}, "runsHiddenMode": "FIRST_10_RUNS", "viewMaximized": False,
+            "runListHidden": False, "isAccordionReordered": False, "useGroupedValuesInCharts": True,
+            "hideEmptyCharts": True, "groupBy": None, "groupsExpanded": {},
+            "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""}}
+
+
+def view_tag() -> tuple[str, str]:
+    now = int(time.time() * 1000)
+    return VIEW_TAG, json.dumps({"name": VIEW_NAME, "createdAt": now, "updatedAt": now,
+                                 "state": json.dumps(view_state())})
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the saved view, with the sidebar on "Model training" (MLflow
+    3.17 picks the page an experiment opens on from that switch, not from the experiment's kind)."""
+    return f"{base}/#/experiments/{experiment_id}/runs?{SHARE_PARAM}={VIEW_ID}&workflowType=machine_learning"
