@@ -130,7 +130,22 @@ def test_compare_says_when_rubric_versions_are_mixed(trained, monkeypatch):
     client = MlflowClient()
     _downgrade_to_v1_0(client, run_id)
     r = CliRunner().invoke(cli, ["compare"])
-    assert r.exit_code == 0 and "rubric versions 1.0, 1.1" in r.output
+    assert r.exit_code == 0 and f"rubric versions 1.0, {RUBRIC_VERSION}" in r.output
     CliRunner().invoke(cli, ["rescore", "--experiment", "molting"])
     r = CliRunner().invoke(cli, ["compare"])
     assert "rubric versions" not in r.output
+
+
+def test_a_v1_1_run_reads_as_v1_1_and_rescores_to_the_current_version(trained, monkeypatch):
+    """v1.2 moved D3 on 6 of the fixed corpus's 456 answers (tests/test_rubric_snapshot.py): a run tagged 1.1
+    is compared as 1.1 and rescore brings it over, saying from which version."""
+    run_id, uri = trained
+    use_store(monkeypatch, uri)
+    client = MlflowClient()
+    client.set_tag(run_id, "molting.rubric_version", "1.1")
+    r = CliRunner().invoke(cli, ["compare", "--full", run_id])
+    assert r.exit_code == 0 and r.output.splitlines()[1].split()[-1] == "1.1", r.output     # the rubric column
+    r = CliRunner().invoke(cli, ["rescore", run_id])
+    assert r.exit_code == 0 and "rubric v1.1 " in r.output and f"→ v{RUBRIC_VERSION} " in r.output, r.output
+    tags = client.get_run(run_id).data.tags
+    assert tags["molting.rubric_version"] == RUBRIC_VERSION != "1.1" and tags["molting.rescored_from"] == "1.1"

@@ -401,7 +401,7 @@ def test_summary_carries_the_version_and_reference_chrf(persona):
     q = Question("q_ref", "Quem é o João?", False, [["Softtor"]], [], ["João"],
                  reference="O João é o fundador da Softtor, tá? 🦞")
     out = score_responses([q], [{"id": "q_ref", "response": "O João é o fundador da Softtor, tá? 🦞"}], persona)
-    assert out["summary"]["rubric_version"] == RUBRIC_VERSION == "1.1"
+    assert out["summary"]["rubric_version"] == RUBRIC_VERSION == "1.2"
     assert out["summary"]["ref_chrf"] == pytest.approx(100.0) and out["results"][0]["ref_chrf"] == pytest.approx(100.0)
     wrong = score_responses([q], [{"id": "q_ref", "response": "Ele pratica tênis todo dia, tá? 🦞"}], persona)
     assert wrong["summary"]["ref_chrf"] < 30

@@ -27,7 +27,7 @@ from molting_mlflow.ground.errors import MoltingError, too_deep, unreadable
 from molting_mlflow.ground.language import LANGUAGES, every, mainly_in, stop_words, words
 from molting_mlflow.ground.persona import Persona
 
-RUBRIC_VERSION = "1.1"
+RUBRIC_VERSION = "1.2"
 # What a scored run without the tag `molting.rubric_version` was scored under: runs before the tag.
 UNTAGGED_RUBRIC_VERSION = "1.0"
 DIMENSIONS = ("d1_identity", "d2_factual", "d3_voice", "d4_cleanliness", "d5_quality")
