@@ -82,7 +82,7 @@ def eval_again(run_id: str, static=None) -> dict:
     from molting_mlflow.ground.generation import generate, merged_lora
     from molting_mlflow.ground.models import load_adapter_model, resolve_adapter
     from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
-    from molting_mlflow.ground.rubric import load_questions
+    from molting_mlflow.ground.questions import load_questions
 
     model, tok, meta, plan = load_adapter_model(resolve_adapter(f"runs:/{run_id}/adapter"))
     qs = load_questions(DEFAULT_QUESTIONS)

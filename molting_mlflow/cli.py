@@ -26,7 +26,6 @@ from molting_mlflow.ground.bundle import adapter_persona  # noqa: E402
 from molting_mlflow.ground.config import MAX_NEW_TOKENS, EvalConfig, TrainConfig  # noqa: E402
 from molting_mlflow.ground.errors import MoltingError, debugging, first_line, missing_in_store, unwritable  # noqa: E402
 from molting_mlflow.ground.generation import adapter_prompt, generate  # noqa: E402
-from molting_mlflow.ground.language import YOU  # noqa: E402
 from molting_mlflow.ground.models import WeightsNotFound, load_adapter_model, resolve_adapter  # noqa: E402
 from molting_mlflow.ground.paths import DEFAULT_PERSONA  # noqa: E402
 from molting_mlflow.ground.persona import load_persona  # noqa: E402
@@ -34,7 +33,8 @@ from molting_mlflow.ground.prepare import prepare  # noqa: E402
 from molting_mlflow.ground.presets import PRESETS  # noqa: E402
 from molting_mlflow.ground.rehearsal import has_templates  # noqa: E402
 from molting_mlflow.ground.reuse import DIST_NAME  # noqa: E402
-from molting_mlflow.ground.rubric import Question, load_questions, load_responses, score_responses  # noqa: E402
+from molting_mlflow.ground.rubric import score_responses  # noqa: E402
+from molting_mlflow.ground.questions import Question, load_questions, load_responses
 from molting_mlflow.ground.runtime import set_threads  # noqa: E402
 from molting_mlflow.ground.sweep_config import SEARCH_SPACE, SweepConfig, parse_search  # noqa: E402
 from molting_mlflow.ground.tags import CHAMPION  # noqa: E402
@@ -466,7 +466,7 @@ def chat(ref, max_new_tokens, question):
     # the labels: the persona card's name, the word for "you" in its language
     while True:
         try:
-            q = click.prompt(YOU.get(persona.language, YOU["en"]), default="", show_default=False)
+            q = click.prompt(persona.languages.get(persona.language).you, default="", show_default=False)
         except click.Abort:      # Ctrl-D or the end of piped input: the end of the conversation, like an empty line
             click.echo()
             break

@@ -19,7 +19,7 @@ def trainer():
     from molting_mlflow.ground.models import load_for_training
     from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
     from molting_mlflow.ground.prepare import prepare
-    from molting_mlflow.ground.rubric import load_questions
+    from molting_mlflow.ground.questions import load_questions
     from molting_mlflow.stages.train import _trainer
 
     p = prepare(TrainConfig(model="tiny-random", batch_size=4, grad_accum=1, lora_dropout=0.0, min_steps=0))

@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 from molting_mlflow.cli import cli
 from molting_mlflow.ground.config import TrainConfig
 from molting_mlflow.ground.paths import DATA_DIR
-from molting_mlflow.stages.diagnose import findings, load_run, report
+from molting_mlflow.stages.causes import findings
+from molting_mlflow.stages.diagnose import load_run, report
 from molting_mlflow.stages.train import train
 
 GPT2 = str(DATA_DIR / "templates" / "gpt2_separators.jinja")

@@ -12,7 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
-from molting_mlflow.ground.rubric import DIMENSIONS, RUBRIC_VERSION, load_questions
+from molting_mlflow.ground.rubric import DIMENSIONS, RUBRIC_VERSION
+from molting_mlflow.ground.questions import load_questions
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(model="tiny-random", epochs=1, min_steps=0, eval_max_new_tokens=16)

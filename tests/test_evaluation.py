@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from molting_mlflow.cli import cli
 from molting_mlflow.ground.paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from molting_mlflow.ground.persona import PersonaError, load_persona
-from molting_mlflow.ground.rubric import DIMENSIONS, RUBRIC_VERSION, load_questions, score_response
+from molting_mlflow.ground.rubric import DIMENSIONS, RUBRIC_VERSION, score_response
+from molting_mlflow.ground.questions import load_questions
 
 ADA = Path(__file__).parent / "data" / "ada"
 

@@ -67,7 +67,7 @@ def lora_model():
 
 def _answers(model, tok):
     from molting_mlflow.ground.generation import generate
-    from molting_mlflow.ground.rubric import Question
+    from molting_mlflow.ground.questions import Question
 
     qs = [Question(str(i), q, False, [], [], []) for i, q in enumerate(["Quem é você?", "Oi!", "Me ajuda com Python?"])]
     records, _ = generate(model, tok, qs, "Você é o Cláudio.", max_new_tokens=24)
@@ -182,7 +182,7 @@ def test_reference_nll_projects_reference_tokens_only_and_equals_the_full_logits
     """ref_nll through the output layer on the reference tokens only equals the mean cross-entropy
     of the model's own full logits over the same tokens (computed here from model(...).logits)."""
     from molting_mlflow.ground.generation import messages, reference_nll
-    from molting_mlflow.ground.rubric import Question
+    from molting_mlflow.ground.questions import Question
 
     model, tok = lora_model
     qs = [Question("1", "Quem é você?", False, [], [], [], reference="Sou o Cláudio, do João! 🦞"),

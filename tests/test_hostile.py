@@ -53,7 +53,7 @@ def test_every_user_error_class_derives_from_the_base():
     from molting_mlflow.ground.models import AdapterError, ModelError, WeightsNotFound
     from molting_mlflow.ground.persona import PersonaError
     from molting_mlflow.ground.rehearsal import RehearsalError
-    from molting_mlflow.ground.rubric import RubricInputError
+    from molting_mlflow.ground.questions import RubricInputError
     from molting_mlflow.ground.runtime import PlanError
     from molting_mlflow.ground.templates import ChatTemplateError
     from molting_mlflow.stages.diagnose import DiagnoseError

@@ -179,7 +179,8 @@ def test_a_card_names_its_files_relative_to_itself_and_a_missing_dataset_is_one_
 def test_rosa_reference_answers_state_the_facts_in_her_voice():
     """Each reference, scored as Rosa: no point lost but D1's 'name not mentioned' off identity questions."""
     from molting_mlflow.ground.persona import load_persona
-    from molting_mlflow.ground.rubric import load_questions, score_response
+    from molting_mlflow.ground.rubric import score_response
+    from molting_mlflow.ground.questions import load_questions
 
     rosa = load_persona(ROSA / "persona.yaml")
     for q in load_questions(ROSA / "questions.json"):

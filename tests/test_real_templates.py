@@ -160,7 +160,7 @@ def test_generation_stops_on_the_end_of_turn_and_the_other_end_tokens(tiny_model
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from molting_mlflow.ground.rubric import Question
+    from molting_mlflow.ground.questions import Question
 
     folder = tiny_models[(model, rev)]
     m, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)

@@ -11,8 +11,9 @@ import json
 import pytest
 
 from molting_mlflow.ground.persona import Persona
-from molting_mlflow.ground.rubric import (DIMENSIONS, REASON_CODES, RUBRIC_VERSION, Question, RubricInputError,
-                                          load_questions, load_responses, normalise, score_response, score_responses)
+from molting_mlflow.ground.rubric import DIMENSIONS, REASON_CODES, RUBRIC_VERSION, score_response, score_responses
+from molting_mlflow.ground.questions import Question, RubricInputError, load_questions, load_responses
+from molting_mlflow.ground.matching import normalise
 
 
 @pytest.fixture(scope="module")
@@ -459,28 +460,23 @@ def test_a_few_stop_words_of_another_language_still_fail_the_language_test():
 def test_a_language_phrase_is_the_pattern_it_says(phrase, text, matches):
     import re
 
-    from molting_mlflow.ground.rubric import _phrase
+    from molting_mlflow.ground.claims import phrase as pattern
 
-    assert bool(re.fullmatch(_phrase(phrase), text)) is matches
+    assert bool(re.fullmatch(pattern(phrase), text)) is matches
 
 
-def test_a_misspelt_word_list_in_a_language_file_is_an_error(tmp_path, monkeypatch):
-    from molting_mlflow.ground import language
+def test_a_misspelt_word_list_in_a_language_file_is_an_error(tmp_path):
+    from molting_mlflow.ground.language import LanguageError, read_language
 
+    (tmp_path / "xx.txt").write_text("el\n", encoding="utf-8")
     (tmp_path / "xx.yaml").write_text("you: tu\nname_claim: [soy]\n", encoding="utf-8")   # name_claims misspelt
-    monkeypatch.setattr(language, "LANGUAGE_DIR", tmp_path)
-    language.language_words.cache_clear()
-    try:
-        with pytest.raises(ValueError, match=r"unknown keys \['name_claim'\]"):
-            language.language_words("xx")
-    finally:
-        language.language_words.cache_clear()
+    with pytest.raises(LanguageError, match=r"unknown keys \['name_claim'\]"):
+        read_language("xx", tmp_path)
 
 
 def test_every_language_has_its_claim_words():
     # a language with stop words but no .yaml would score D1 without knowing how its answers say who they are
-    from molting_mlflow.ground.language import LANGUAGES, language_words
+    from molting_mlflow.ground.language import package_languages
 
-    for lang in LANGUAGES:
-        words = language_words(lang)
-        assert words["name_claims"] and words["negations"] and words["self_descriptions"], lang
+    for lang in package_languages().langs:
+        assert lang.words("name_claims") and lang.words("negations") and lang.words("self_descriptions"), lang.code

@@ -25,7 +25,8 @@ def snapshot_path(version: str) -> Path:
 
 def score_corpus() -> list[dict]:
     from molting_mlflow.ground.persona import load_persona
-    from molting_mlflow.ground.rubric import DIMENSIONS, Question, load_questions, score_response
+    from molting_mlflow.ground.rubric import DIMENSIONS, score_response
+    from molting_mlflow.ground.questions import Question, load_questions
 
     cards, question_files, out = {}, {}, []
     for line in CORPUS.read_text(encoding="utf-8").splitlines():

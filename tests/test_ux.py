@@ -130,7 +130,7 @@ def test_diagnose_says_why_a_run_has_no_score_instead_of_zero():
 # ---- messages as data: reasons by code, tokens from the finding, prune causes ----------------
 
 def test_reasons_are_picked_by_their_code_even_when_a_reason_holds_a_semicolon():
-    from molting_mlflow.stages.diagnose import _reason
+    from molting_mlflow.stages.causes import reasons_for as _reason
     from molting_mlflow.store.scoring import REASONS_BY_CODE, results_rows
 
     result = {"id": "q1", "question": "?", "response": "r", "finish_reason": "stop", **{d: 1 for d in DIMENSIONS},
@@ -142,7 +142,7 @@ def test_reasons_are_picked_by_their_code_even_when_a_reason_holds_a_semicolon()
 
 
 def test_diagnose_names_the_tokens_the_finding_carries_not_those_in_its_sentence():
-    from molting_mlflow.stages.diagnose import RunData, findings
+    from molting_mlflow.stages.causes import RunData, findings
 
     finding = {"check": "chat_template", "level": "error", "message": "the template uses a foreign separator",
                "evidence": "", "fixes": [], "data": {"tokens": ["<|endoftext|>"], "end_of_turn": "<|im_end|>"}}

@@ -12,17 +12,19 @@ registry, so that a run is scored against its own persona and never silently aga
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
 
-from molting_mlflow.ground.language import LANGUAGES, mainly_in, stop_words, words
+from molting_mlflow.ground.language import LANGUAGE_DIR, OWN_LANGUAGE_DIR, words
+from molting_mlflow.ground.matching import found, normalise
 from molting_mlflow.ground.models import sha256_file
 from molting_mlflow.ground.paths import DEFAULT_PERSONA
 from molting_mlflow.ground.persona import Persona, PersonaError, load_persona
 from molting_mlflow.ground.preflight import Finding
-from molting_mlflow.ground.rubric import found, normalise, score_response
+from molting_mlflow.ground.rubric import score_response
 
 BUNDLE_DIR = "persona"         # the artifact folder, in a run and in its adapter
 CARD_FILE = "persona.yaml"
@@ -48,9 +50,9 @@ def findings(persona: Persona, questions_path: str, questions: list | None) -> l
     out = []
 
     tokens = [t for q in questions for t in words(normalise(f"{q.question} {q.reference}"))]
-    ok, evidence = mainly_in(tokens, persona.language)
+    ok, evidence = persona.languages.mainly_in(tokens, persona.language)
     if not ok:
-        lang = _likeliest_language(tokens)
+        lang = persona.languages.likeliest(tokens)
         out.append(Finding("persona.questions_language", "error",
                            f"the questions ({questions_path}) are in '{lang}', the persona card {card} speaks "
                            f"'{persona.language}': references and facts in another language score answers in the "
@@ -79,11 +81,6 @@ def check(persona: Persona, questions_path: str, questions: list | None) -> None
         raise PersonaError(f"{errors[0].check}: {errors[0].message}")
 
 
-def _likeliest_language(tokens: list[str]) -> str:
-    counts = {lang: sum(t in stop_words(lang) for t in tokens) for lang in LANGUAGES}
-    return max(counts, key=counts.get)
-
-
 def _names_another(persona: Persona, q) -> str:
     """Why question q is another persona's ("" when it is not): its reference answer, scored as this
     persona, speaks as someone else; or it asks who the assistant is and no fact names this persona."""
@@ -103,19 +100,32 @@ def _names_another(persona: Persona, q) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def params(persona: Persona, questions_path: str) -> dict:
-    """The bundle as MLflow params: what the run was scored against."""
+    """The bundle as MLflow params: what the run was scored against (its language's files too: their words
+    decide D1 and D3, so another es.yaml is another score)."""
+    lang = persona.languages.get(persona.language)
+    digest = hashlib.sha256(b"".join(Path(f).read_bytes() for f in lang.files)).hexdigest() if lang else ""
     return {"persona.name": persona.name, "persona.language": persona.language,
-            "persona.sha256": sha256_file(persona.path),
+            "persona.sha256": sha256_file(persona.path), "persona.language_sha256": digest,
             "questions.sha256": sha256_file(questions_path) if questions_path else ""}
 
 
+def own_language_files(persona: Persona) -> list[Path]:
+    """The language files of the persona's own (beside its card, not the package's): they travel with it."""
+    return [Path(f) for lang in persona.languages.langs for f in lang.files
+            if Path(f).resolve().parent != LANGUAGE_DIR.resolve()]
+
+
 def write(folder: Path, persona: Persona, questions_path: str) -> Path:
-    """Copy the card and the questions into folder/persona/ (fixed names: a reader needs no paths)."""
+    """Copy the card, the questions and the card's own language files into folder/persona/ (fixed names and
+    languages/: a reader needs no paths, and the copied card finds its languages beside it)."""
     out = Path(folder) / BUNDLE_DIR
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(persona.path, out / CARD_FILE)
     if questions_path:
         shutil.copyfile(questions_path, out / QUESTIONS_FILE)
+    for f in own_language_files(persona):
+        (out / OWN_LANGUAGE_DIR).mkdir(exist_ok=True)
+        shutil.copyfile(f, out / OWN_LANGUAGE_DIR / f.name)
     return out
 
 

@@ -72,10 +72,10 @@ GPU_GIB_OK = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) a
 GPU_GIB_FORM = f"GiB in 0..{MAX_GPU_GIB} (0 = the card's memory)"
 
 
-def opt(default, help: str, check=None, form: str = "", preset: bool = False, factory=None):
+def opt(default, help: str, check=None, form="", preset: bool = False, factory=None):
     """A config field (TrainConfig, EvalConfig, SweepConfig): default, help (the CLI's), check and
-    expected form (the error's), and whether `None` means the preset's default. `factory`: a mutable
-    default's maker, in place of `default`."""
+    expected form (the error's; a function where it reads a table that may grow, e.g. the rubric's maximum),
+    and whether `None` means the preset's default. `factory`: a mutable default's maker, in place of `default`."""
     meta = {"help": help, "check": check, "form": form, "preset": preset}
     return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
 
@@ -85,7 +85,8 @@ def check_fields(config) -> None:
     for f in fields(config):
         check = f.metadata.get("check")
         if check is not None and not check(getattr(config, f.name)):
-            raise ConfigError(f"{f.name}={getattr(config, f.name)!r} is invalid: expected {f.metadata['form']}")
+            form = f.metadata["form"]
+            raise ConfigError(f"{f.name}={getattr(config, f.name)!r} is invalid: expected {form() if callable(form) else form}")
 
 
 @dataclass

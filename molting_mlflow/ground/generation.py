@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from molting_mlflow.ground.config import DEFAULT_SEED
 from molting_mlflow.ground.data import common_prefix, fold_system
-from molting_mlflow.ground.rubric import Question
+from molting_mlflow.ground.questions import Question
 from molting_mlflow.ground.templates import end_of_turn_token, folds
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import yaml
 
 from molting_mlflow.ground.errors import MoltingError, first_line, too_deep, unreadable
-from molting_mlflow.ground.language import LANGUAGES
+from molting_mlflow.ground.language import Languages, folders_for, languages_in, package_languages, unknown_language
 from molting_mlflow.ground.paths import DEFAULT_DATASET, DEFAULT_PERSONA, DEFAULT_QUESTIONS
+from molting_mlflow.ground.yamlwords import node_problem, top_level
 
 
 class PersonaError(MoltingError, ValueError):
@@ -29,15 +30,20 @@ class Persona:
     template_tokens: list[str]      # D4 (a): chat-template / special tokens
     agent_contamination: list[str]  # D4 (b): tool markup, shell, paths, tool-use narration
     role_prefixes: list[str] = field(default_factory=list)  # D4 (c): "Usuário:", "User:", ...
-    language: str = "pt"            # ISO 639-1: D3's "mainly in the persona's language" (rubric.LANGUAGES)
+    language: str = "pt"            # ISO 639-1: D3's "mainly in the persona's language" (language.py)
     questions: str = ""             # its evaluation questions (the card names them relative to itself); "" none
     dataset: str = ""               # its training examples, likewise; "" none
     path: str = ""
+    # the languages in play: the package's and the card's own beside it (language.folders_for)
+    languages: Languages = field(default_factory=package_languages, compare=False, repr=False)
 
 
 # Fields a card may leave out; `questions` and `dataset` are file paths, relative to the card.
 OPTIONAL = ("role_prefixes", "questions", "dataset")
 CARD_FILES = ("questions", "dataset")
+NOT_CARD_FIELDS = ("path", "languages")      # what loading adds, never written in a card
+# A persona's name is a name: it is matched in every answer and printed in every report line that names it
+MAX_NAME = 100
 
 
 def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
@@ -64,20 +70,25 @@ def load_persona(path: str | Path = DEFAULT_PERSONA) -> Persona:
         raise PersonaError(f"{p}: expected a mapping of persona fields at top level, got "
                            f"{type(raw).__name__}; write the card as `field: value` lines (data/persona.yaml shows "
                            "every field)")
-    names = {f.name for f in fields(Persona)} - {"path"}
+    names = {f.name for f in fields(Persona)} - set(NOT_CARD_FIELDS)
     unknown = sorted(set(raw) - names)
     if unknown:
         raise PersonaError(f"{p}: unknown field(s) {unknown}; expected only {sorted(names)}")
-    kwargs = {}
+    kwargs, nodes = {}, top_level(text)
     for f in fields(Persona):
-        if f.name == "path" or (f.name not in raw and f.name in OPTIONAL):
+        if f.name in NOT_CARD_FIELDS or (f.name not in raw and f.name in OPTIONAL):
             continue
         if f.name not in raw:
             hint = " (its ISO 639-1 code, e.g. pt or en)" if f.name == "language" else ""
             raise PersonaError(f"{p}: missing field '{f.name}'{hint}; add it to the card (data/persona.yaml shows "
                                "every field)")
+        if (line := node_problem(p, f.name, nodes.get(f.name))) is not None:    # `name: no`, `voice_markers: [yes, tá]`
+            raise PersonaError(line)
         kwargs[f.name] = _field(p, f.name, raw[f.name])
-    return Persona(path=str(p), **kwargs)
+    langs = languages_in(folders_for(p))
+    if kwargs["language"] not in langs.codes:
+        raise PersonaError(unknown_language(p, kwargs["language"], langs))
+    return Persona(path=str(p), languages=langs, **kwargs)
 
 
 def _where(e: yaml.YAMLError) -> str:
@@ -98,10 +109,12 @@ def _refused_tag(text: str, mark) -> str:
 def _field(p: Path, name: str, v):
     """One field's value, checked; a file the card names is taken relative to the card's folder."""
     if name == "language":
-        if v not in LANGUAGES:
-            raise PersonaError(f"{p}: field 'language' is {v!r}; expected one of {', '.join(sorted(LANGUAGES))} "
-                               "(ISO 639-1)")
-        return v
+        if not isinstance(v, str) or not v.strip():
+            raise PersonaError(f"{p}: field 'language' must be an ISO 639-1 code; write it as `language: pt`")
+        return v.strip()
+    if name == "name" and isinstance(v, str) and len(v.strip()) > MAX_NAME:
+        raise PersonaError(f"{p}: field 'name' is {len(v.strip()):,} characters; a persona's name has at most "
+                           f"{MAX_NAME}: write the name alone (the system prompt describes the persona)")
     if name in ("name", "system_prompt", *CARD_FILES):
         if not isinstance(v, str) or not v.strip():
             raise PersonaError(f"{p}: field '{name}' must be a non-empty string"

@@ -18,6 +18,7 @@ from molting_mlflow.ground.config import (DEFAULT_EXPERIMENT, DEFAULT_MODEL, DEF
 from molting_mlflow.ground.models import sha256_file
 from molting_mlflow.ground.paths import sqlite_path
 from molting_mlflow.ground.presets import PRESETS
+from molting_mlflow.ground.rubric import RUBRIC
 from molting_mlflow.ground.runtime import AUTO
 
 
@@ -43,6 +44,11 @@ class Space:
     help: str
     cast: Callable = float
     to_config: Callable = None     # value → TrainConfig fields (default: {name: value})
+    fields: tuple = ()             # the TrainConfig fields it sets (default: (name,)): what reports show of a trial
+
+    @property
+    def config_fields(self) -> tuple[str, ...]:
+        return self.fields or (self.name,)
 
     def parse(self, text: str) -> list:
         try:
@@ -79,9 +85,9 @@ SEARCH_SPACE: tuple[Space, ...] = (
     Space("epochs", "int", "1,4", "Passes over the data (range lo,hi).", int),
     Space("lr", "log", "2e-4,3e-3", "Peak learning rate (log-uniform range lo,hi).", float),
     Space("lora_r", "choice", "", "LoRA rank, alpha = 2 × rank (choices, e.g. 8,16,32).", int,
-          lambda r: {"lora_r": r, "lora_alpha": 2 * r}),
+          lambda r: {"lora_r": r, "lora_alpha": 2 * r}, ("lora_r", "lora_alpha")),
     Space("models", "choice", "", "Presets compared in one study (choices, e.g. tinyllama,phi3); empty: --model.",
-          str, _models),
+          str, _models, ("model",)),
 )
 
 
@@ -108,8 +114,8 @@ class SweepConfig:
     n_trials: int = opt(12, "New trials this sweep trains (a new study's reference trials included; "
                         "configurations pruned under min_steps before loading a weight not counted).",
                         lambda v: isinstance(v, int) and v >= 1, "a whole number ≥ 1")
-    target: float = opt(DEFAULT_TARGET, "Rubric score to beat.", lambda v: 0 < float(v) <= 10,
-                        "a rubric score in (0, 10]")
+    target: float = opt(DEFAULT_TARGET, "Rubric score to beat.", lambda v: 0 < float(v) <= RUBRIC.max_score,
+                        lambda: f"a rubric score in (0, {RUBRIC.max_score}]")
     stop_at_target: bool = opt(False, "End the study once beaten.")
     storage: str = opt("", "Optuna storage (SQLAlchemy URL); default optuna.db beside a SQLite mlflow.db. "
                        "postgresql://… lets workers on several machines share one study.", _storage_url,
@@ -151,8 +157,16 @@ class SweepConfig:
         ranges = {s.name: self.search.get(s.name) or self.default_range(s) for s in SEARCH_SPACE}
         self.space = {s.name: s.parse(ranges[s.name]) for s in SEARCH_SPACE if ranges[s.name]}
         for model in self.models():
-            TrainConfig(model=model, dataset=self.dataset, persona=self.persona, questions=self.questions,
-                        min_steps=self.min_steps, seed=self.seed, precision=self.precision)
+            self.trial_config(model)
+
+    def trial_config(self, model: str | None = None, **changes) -> TrainConfig:
+        """A trial's TrainConfig before the search sets its parameters (`changes`: those, or a reference's):
+        the sweep's data, persona, questions, seed, experiment, step minimum, precision and memory budget, for
+        `model` (default: the study's first). Checked as TrainConfig checks any run's."""
+        return TrainConfig(**{"model": model or self.models()[0], "dataset": self.dataset, "persona": self.persona,
+                              "questions": self.questions, "seed": self.seed, "experiment": self.experiment,
+                              "min_steps": self.min_steps, "precision": self.precision,
+                              "gpu_memory_gib": self.gpu_memory_gib, **changes})
 
     def default_range(self, row: Space) -> str:
         """A row's range when none is given: the preset's own (Preset.sweep_search), else the table's. A

@@ -19,7 +19,8 @@ from molting_mlflow.ground.models import (AdapterError, load_adapter_model, load
                                           resolve_model)
 from molting_mlflow.ground.paths import DEFAULT_PERSONA
 from molting_mlflow.ground.persona import Persona, card_file, load_persona
-from molting_mlflow.ground.rubric import format_summary, load_questions
+from molting_mlflow.ground.rubric import format_summary
+from molting_mlflow.ground.questions import load_questions
 from molting_mlflow.ground.tags import MODEL_TAG, STAGE_TAG
 from molting_mlflow.ground.templates import folds
 from molting_mlflow.store.scoring import log_scores

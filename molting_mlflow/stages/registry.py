@@ -25,7 +25,8 @@ from molting_mlflow.ground.config import DEFAULT_TARGET
 from molting_mlflow.ground.generation import adapter_prompt, generate
 from molting_mlflow.ground.models import load_adapter_model
 from molting_mlflow.ground.paths import DATA_DIR, PACKAGE_DIR
-from molting_mlflow.ground.rubric import DIMENSIONS, Question
+from molting_mlflow.ground.rubric import DIMENSIONS
+from molting_mlflow.ground.questions import Question
 from molting_mlflow.ground.tags import ADAPTER_META, CHAMPION
 from molting_mlflow.store.reaper import process_tags
 

@@ -21,8 +21,8 @@ from molting_mlflow.ground.config import ConfigError
 from molting_mlflow.ground.errors import first_line, missing_in_store
 from molting_mlflow.ground.paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
 from molting_mlflow.ground.persona import PersonaError, load_persona
-from molting_mlflow.ground.rubric import (RUBRIC_VERSION, UNTAGGED_RUBRIC_VERSION, RubricInputError, load_questions,
-                                          score_responses)
+from molting_mlflow.ground.rubric import RUBRIC_VERSION, UNTAGGED_RUBRIC_VERSION, score_responses
+from molting_mlflow.ground.questions import RubricInputError, load_questions
 from molting_mlflow.ground.tags import REUSED_RUN_TAG, RUBRIC_VERSION_TAG
 from molting_mlflow.store.experiments import experiments_to_search, project_experiments
 from molting_mlflow.store.scoring import RESULTS_TABLE, results_rows, score_metrics

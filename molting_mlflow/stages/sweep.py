@@ -38,9 +38,10 @@ from molting_mlflow.ground.paths import GPT2_TEMPLATE
 from molting_mlflow.ground.persona import load_persona
 from molting_mlflow.ground.prepare import prepare
 from molting_mlflow.ground.reuse import find_finished_run
-from molting_mlflow.ground.rubric import DIMENSIONS, load_questions
+from molting_mlflow.ground.rubric import DIMENSIONS
+from molting_mlflow.ground.questions import load_questions
 from molting_mlflow.ground.runtime import set_threads
-from molting_mlflow.ground.sweep_config import SPACE, Space, SweepConfig
+from molting_mlflow.ground.sweep_config import SEARCH_SPACE, SPACE, Space, SweepConfig
 from molting_mlflow.ground.tags import (ERROR_TAG, MODEL_TAG, PREFLIGHT_TAG, PRUNE_REASON_TAG, REFERENCE,
                                         REUSED_RUN_TAG, RUBRIC_VERSION_TAG, STAGE_TAG, STUDY_TAG, TRIAL_STATE_TAG)
 from molting_mlflow.stages.sweep_report import PRUNED_AT_EPOCH, PRUNED_FOR_STEPS, log_study
@@ -63,7 +64,7 @@ USER_ORIGINAL = dict(epochs=5, grad_accum=8, batch_size=1, system_prompt="none",
 def step_reach(sc: SweepConfig, model: str, n_examples: int) -> tuple[int, int, TrainConfig]:
     """(configurations of the searched grad_accum × epochs that reach min_steps, all of them, the one
     with the most steps) for one model, at its preset's batch size."""
-    base = TrainConfig(model=model, dataset=sc.dataset, min_steps=sc.min_steps).resolve()
+    base = sc.trial_config(model).resolve()
     accums = sc.space.get("grad_accum", [base.grad_accum])
     lo, hi = sc.space.get("epochs", [base.epochs, base.epochs])
     grid = [replace(base, grad_accum=g, epochs=e) for g in accums for e in range(lo, hi + 1)]
@@ -94,20 +95,19 @@ def check_reach(sc: SweepConfig, n_examples: int) -> list[str]:
 
 def _trial_config(trial, sc: SweepConfig) -> tuple[TrainConfig, str]:
     ref = trial.user_attrs.get(REFERENCE, "")
-    common = dict(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions, seed=sc.seed,
-                  experiment=sc.experiment, min_steps=sc.min_steps, precision=sc.precision,
-                  gpu_memory_gib=sc.gpu_memory_gib)
     if ref == "user-original":
-        cfg = TrainConfig(**common, **USER_ORIGINAL)
-        for k in ("grad_accum", "epochs", "lr"):
-            trial.set_user_attr(k, getattr(cfg.resolve(), k))
+        cfg = sc.trial_config(**USER_ORIGINAL)
+        resolved = cfg.resolve()
+        for row in SEARCH_SPACE:           # what it has where the search would set a value: the report's columns
+            for f in row.config_fields:
+                trial.set_user_attr(f, getattr(resolved, f))
         return cfg, ref
     if ref == "preset-default":
-        return TrainConfig(**common), ref
+        return sc.trial_config(), ref
     kw: dict = {}
     for name, vals in sc.space.items():
         kw.update(SPACE[name].config(SPACE[name].suggest(trial, vals)))
-    return TrainConfig(**{**common, **kw}), ""
+    return sc.trial_config(**kw), ""
 
 
 def _epoch_pruner_callback(trial, enabled: bool):
@@ -154,10 +154,7 @@ class Worker:
     def preload(self) -> float:
         """Load the study's (first) base before the first trial: a worker's cost, not a trial's."""
 
-        cfg = TrainConfig(model=self.sc.models()[0], dataset=self.sc.dataset, persona=self.sc.persona,
-                          questions=self.sc.questions, min_steps=0, precision=self.sc.precision,
-                          gpu_memory_gib=self.sc.gpu_memory_gib)
-        prepared = prepare(cfg)
+        prepared = prepare(self.sc.trial_config(min_steps=0))
         return self.bases.take(prepared.source, prepared.plan)[1]
 
     def objective(self, trial):
@@ -478,8 +475,7 @@ def layout(sc: SweepConfig, gpus: list[str]) -> Layout:
     if sc.trials_per_gpu:
         k, why = sc.trials_per_gpu, f"trials_per_gpu={sc.trials_per_gpu} asked for"
     else:
-        p = prepare(TrainConfig(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions,
-                                min_steps=0, precision=sc.precision, gpu_memory_gib=sc.gpu_memory_gib, seed=sc.seed))
+        p = prepare(sc.trial_config(min_steps=0))
         k, why = runtime.trials_per_gpu(p.plan.peak_gib or 0.0, budget, os.cpu_count() or 1, len(gpus))
     k = min(k, max(1, -(-sc.n_trials // len(gpus))))
     return Layout(min(k * len(gpus), max(sc.n_trials, len(gpus))), tuple(gpus), k, why, _share(sc, k, budget))
@@ -519,8 +515,8 @@ def sweep(sc: SweepConfig, log=print) -> dict:
     """Open the parent run and the study, say what this sweep will do, run the workers, and report."""
     for model in sc.models():
         resolve_model(model)                 # an unknown model fails here, in one line, before any trial
-    _check_bundle(sc)
-    data = TrainConfig(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions).resolve()
+    data = sc.trial_config().resolve()
+    _check_bundle(data)
     reach = check_reach(sc, len(load_dataset(data.dataset, "x")))   # a search that can train nothing, too
     lay = layout(sc, visible_gpus())
     touch_store()
@@ -607,9 +603,7 @@ def _origin(study, parent_run_id: str) -> str:
     return f"sweep run {parent_run_id[:8]} in experiment '{seen.get('experiment', '?')}'"
 
 
-def _check_bundle(sc: SweepConfig) -> None:
+def _check_bundle(cfg: TrainConfig) -> None:
     """The persona card and its questions belong together, before any trial (the user's reference trial
-    trains with preflight=warn, which would let a mismatch through)."""
-
-    cfg = TrainConfig(model=sc.models()[0], dataset=sc.dataset, persona=sc.persona, questions=sc.questions).resolve()
+    trains with preflight=warn, which would let a mismatch through). `cfg`: a trial's, resolved."""
     bundle.check(load_persona(cfg.persona), cfg.questions, load_questions(cfg.questions) if cfg.questions else [])

@@ -12,6 +12,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from molting_mlflow.ground.rubric import DIMENSIONS
+from molting_mlflow.ground.sweep_config import SPACE
 from molting_mlflow.ground.tags import REFERENCE
 from molting_mlflow.stages.diagnose import report
 from molting_mlflow.stages.registry import model_name, register_adapter, version_of_run
@@ -159,17 +160,35 @@ def _summary_md(sc, best, refs, pruned, hit, wall_s, mine=()) -> str:
              f"- pruned: {len(pruned)} "
              f"({sum(t.user_attrs.get('prune_cause') == PRUNED_FOR_STEPS for t in pruned)} "
              "for too few optimizer steps, before training)",
-             f"- wall time: {wall_s:.0f} s", ""]
-    rows = [("best", best)] + [(f"reference: {t.user_attrs['molting.reference']}", t) for t in refs]
+             f"- wall time: {wall_s:.0f} s", *_reference_lines(best, refs), ""]
+    rows = [("best", best)] + [(f"reference: {t.user_attrs[REFERENCE]}", t) for t in refs]
     rows = [(n, t) for n, t in rows if t is not None]
+    searched = [SPACE[name] for name in sc.space]          # the search table's rows this sweep searched
     if rows:
-        lines += ["| trial | grad_accum | epochs | lr | steps | " + " | ".join(DIMENSIONS) + " | score |",
-                  "|---" * (6 + len(DIMENSIONS)) + "|"]
+        lines += ["| trial | " + " | ".join(row.name for row in searched) + " | steps | " + " | ".join(DIMENSIONS)
+                  + " | score |", "|---" * (3 + len(searched) + len(DIMENSIONS)) + "|"]
         for name, t in rows:
-            ga = t.params.get("grad_accum", t.user_attrs.get("grad_accum", "preset"))
-            ep = t.params.get("epochs", t.user_attrs.get("epochs", "preset"))
-            lr = t.params.get("lr", t.user_attrs.get("lr", "preset"))
-            lr = f"{lr:.2e}" if isinstance(lr, float) else lr
-            lines.append(f"| {name} (#{t.number}) | {ga} | {ep} | {lr} | {t.user_attrs.get('optimizer_steps')} | "
+            values = [_shown(t.params.get(row.name, t.user_attrs.get(row.config_fields[0], "preset"))) for row in searched]
+            lines.append(f"| {name} (#{t.number}) | " + " | ".join(map(str, values))
+                         + f" | {t.user_attrs.get('optimizer_steps')} | "
                          + " | ".join(f"{t.user_attrs[d]:.2f}" for d in DIMENSIONS) + f" | {t.value:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _shown(value):
+    """A searched value as the table shows it: a learning rate as 2.00e-04, the rest as it is."""
+    return f"{value:.2e}" if isinstance(value, float) else value
+
+
+def _reference_lines(best, refs) -> list[str]:
+    """What the reference trials are, beside the best: baselines to beat, never candidates for the registry;
+    said plainly where a reference scored higher than every searched trial."""
+    if not refs:
+        return []
+    above = [t for t in refs if best is None or t.value > best.value]
+    out = ["- reference trials (" + ", ".join(f"{t.user_attrs[REFERENCE]} #{t.number}: {t.value:.2f}" for t in refs)
+           + ") are configurations to beat, never candidates for the best or the registry"]
+    if above and best is not None:
+        out.append(f"- no searched trial beat {', '.join(t.user_attrs[REFERENCE] for t in above)}: the best searched "
+                   f"trial #{best.number} scored {best.value:.2f}, below {max(t.value for t in above):.2f}")
+    return out

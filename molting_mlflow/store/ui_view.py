@@ -16,19 +16,27 @@ import json
 import time
 
 from molting_mlflow.ground.rubric import DIMENSIONS
+from molting_mlflow.ground.sweep_config import SEARCH_SPACE
 
 VIEW_ID = "molting-runs-by-score"
 VIEW_NAME = "molting: runs by score"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
 SHARE_PARAM = "viewStateShareKey"          # the URL parameter that opens a saved view
 
-METRICS = ["score", *DIMENSIONS, "optimizer_steps", "final_loss"]
-PARAMS = ["train.epochs", "train.grad_accum", "train.lr"]
+
+
+def view_columns() -> list[str]:
+    """Models (registered versions), the score and each rubric dimension, the training numbers, and the
+    settings a sweep searches (sweep_config.SEARCH_SPACE): read when the view is written, so a row added
+    to either table is a column."""
+    metrics = ["score", *DIMENSIONS, "optimizer_steps", "final_loss"]
+    params = [f"train.{f}" for row in SEARCH_SPACE for f in row.config_fields]
+    return ["attributes.`Models`", *(f"metrics.`{m}`" for m in metrics), *(f"params.`{p}`" for p in params)]
 
 
 def view_state() -> dict:
-    """The runs table: Models (registered versions), the rubric and training columns, score first."""
-    columns = ["attributes.`Models`", *(f"metrics.`{m}`" for m in METRICS), *(f"params.`{p}`" for p in PARAMS)]
+    """The runs table in the view's columns, score first."""
+    columns = view_columns()
     return {"searchFilter": "", "orderByKey": "metrics.`score`", "orderByAsc": False, "startTime": "ALL",
             "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
             "selectedColumns": columns, "columnOrder": columns, "columnWidths": {}, "runsHiddenMode": "FIRST_10_RUNS", "viewMaximized": False,
