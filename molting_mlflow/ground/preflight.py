@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
+from difflib import SequenceMatcher
 
 from molting_mlflow.ground.config import TrainConfig, describe_fixes, step_fixes, steps_per_epoch
 from molting_mlflow.ground.data import ChatDataset, common_prefix
+from molting_mlflow.ground.matching import normalise
 from molting_mlflow.ground.presets import lora_targets
 from molting_mlflow.ground.templates import (default_system_prompt, end_of_turn_token, special_tokens,
                                              template_drops_system)
@@ -321,3 +324,60 @@ def _bounds_check(r: PreflightReport, cfg: TrainConfig, n: int, lengths: list[in
             r.add("time_bound", "error", f"training needs at least {days:,.0f} days even at {peak:.0e} FLOP/s "
                   f"(2 FLOPs × {total + trainable:,} parameters × {tokens:,} tokens). Fix: epochs={enough}",
                   f"{cfg.epochs} epochs × {tokens // max(cfg.epochs, 1):,} tokens", [{"epochs": enough}])
+
+
+# ---------------------------------------------------------------------------------------------
+# A leaked test set: evaluation questions that are also training prompts
+# ---------------------------------------------------------------------------------------------
+
+EVAL_LEAK = "eval_leak"       # the finding's check; the run's tag molting.eval_leak counts the questions
+# Two prompts alike at least this much (difflib's ratio of their folded words, 0–1) are the same question
+# asked again: "Quem é você?" and "quem e voce" are 1.0, a changed word in ten about 0.9; unrelated
+# questions of one persona stay under 0.7.
+LEAK_RATIO = 0.85
+
+
+def _plain(text: str) -> str:
+    """Folded (accents, case) with punctuation and spacing gone: how two askings of one question compare."""
+    return " ".join(re.findall(r"\w+", normalise(text)))
+
+
+def _user_turns(ds: ChatDataset, i: int) -> list[str]:
+    """Example i's user turns as written (a folded system prompt taken off the first)."""
+    sys_text = ds.system_prompts[i] if i < len(ds.system_prompts) else None
+    out = []
+    for m in ds.rows[i]["prompt"]:
+        if m["role"] == "user":
+            text = m["content"]
+            if ds.folded and sys_text and text.startswith(sys_text):
+                text = text[len(sys_text):].lstrip()
+            out.append(text)
+    return out
+
+
+def _alike(a: str, b: str) -> float:
+    """difflib's ratio of two plain prompts (its cheap upper bound first: most pairs stop there)."""
+    m = SequenceMatcher(None, a, b)
+    return m.ratio() if m.quick_ratio() >= LEAK_RATIO else 0.0
+
+
+def leak_findings(questions: list, ds: ChatDataset) -> list[Finding]:
+    """A warning where evaluation questions are also training prompts, exactly or nearly (LEAK_RATIO): the
+    model answers those from memory, and the score overstates what it learned. Nothing where none is."""
+    prompts = [(i, _plain(u)) for i in range(len(ds)) for u in _user_turns(ds, i)]
+    hits = []
+    for q in questions:
+        mine = _plain(q.question)
+        best = max(((_alike(mine, p), i) for i, p in prompts), default=None)
+        if best is not None and best[0] >= LEAK_RATIO:
+            hits.append((q.id, best[1], best[0]))
+    if not hits:
+        return []
+    said = "; ".join(f"{qid} ≈ example {i} ({'exactly' if r == 1 else f'{r:.0%} alike'})" for qid, i, r in hits[:6])
+    return [Finding(EVAL_LEAK, "warn",
+                    f"{len(hits)} of {len(questions)} evaluation questions are also prompts of the training data "
+                    f"({said}): their answers are recalled, not learned, and the score overstates the model. Fix: "
+                    "questions=<questions the dataset does not hold>, or take those examples out of the dataset",
+                    "; ".join(f"{qid}: {next(q.question for q in questions if q.id == qid)!r}" for qid, _, _ in hits[:6]),
+                    [{"questions": "<file>"}],
+                    {"questions": [qid for qid, _, _ in hits], "examples": [i for _, i, _ in hits]})]

@@ -16,12 +16,13 @@ from molting_mlflow.ground.data import ChatDataset, load_dataset
 from molting_mlflow.ground.errors import unreadable
 from molting_mlflow.ground.models import ModelError, ModelSource, build_tiny_random, load_tokenizer, resolve_model
 from molting_mlflow.ground.persona import Persona, load_persona
-from molting_mlflow.ground.preflight import Finding, PreflightReport, count_params, lora_rank_limit, run_preflight
+from molting_mlflow.ground.preflight import (Finding, PreflightReport, count_params, leak_findings, lora_rank_limit,
+                                             run_preflight)
 from molting_mlflow.ground.presets import PRESETS, defaults_preset, lora_targets
 from molting_mlflow.ground.rehearsal import (REHEARSAL_GPU_GIB, describe, rehearsal_config, rehearsal_source,
                                              rehearsal_tokenizer)
 from molting_mlflow.ground.reuse import code_version, fingerprint
-from molting_mlflow.ground.rubric import load_questions
+from molting_mlflow.ground.questions import load_questions
 from molting_mlflow.ground.templates import check_chat_template, folds
 
 
@@ -90,6 +91,7 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
                            lora_rank_limit(model_config, cfg), prompt_lengths)
     questions = load_questions(cfg.questions) if cfg.questions else []
     report.findings[:0] = bundle.findings(persona, cfg.questions, questions)
+    report.findings += leak_findings(questions, ds)
     if rehearse:
         report.findings.insert(0, Finding("rehearsal", "info", describe(source, template_revision)))
     if cfg.model not in PRESETS:

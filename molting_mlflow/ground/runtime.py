@@ -21,6 +21,7 @@ included, even with AMX); on CUDA bf16 where the model and its batches fit the m
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -104,21 +105,83 @@ def cpu_model() -> str:
         return "unknown"
 
 
-def threads() -> int:
-    """torch's CPU threads: MOLTING_THREADS, default all cores. Oversubscribed cores make torch dozens
-    of times slower (seen here: 2 threads with one core busy ran ~55× slower)."""
-    raw = os.environ.get("MOLTING_THREADS", "0") or "0"
+THREADS_ENV = "MOLTING_THREADS"
+# How long the CPU is watched before the first thread count is chosen, seconds: long enough to see a
+# process that keeps a core busy (it shows as ~1.0 core), short against any run's start-up.
+LOAD_SAMPLE_S = 0.5
+
+
+@dataclass(frozen=True)
+class Threads:
+    """torch's CPU threads and why: a count asked for (MOLTING_THREADS), or the cores other processes leave."""
+    n: int
+    cores: int
+    others: float | None      # cores' worth of CPU other processes used while it looked (None: asked for)
+
+    @property
+    def why(self) -> str:
+        if self.others is None:
+            return f"{THREADS_ENV}={self.n} asked for"
+        if self.n == self.cores:
+            return f"all {self.cores} cores: other processes use ~{self.others:.1f} of them ({THREADS_ENV}=N sets them)"
+        return (f"{self.n} of {self.cores} cores: other processes keep ~{self.others:.1f} busy, and threads that "
+                f"share a core with them wait on it at every step ({THREADS_ENV}=N sets them)")
+
+
+def _asked_threads() -> int:
+    """MOLTING_THREADS as a number; 0 (or unset): choose from the load."""
+    raw = os.environ.get(THREADS_ENV, "0") or "0"
     if not raw.isdigit():
-        raise PlanError(f"MOLTING_THREADS={raw!r} is invalid: expected a whole number of threads (0 = all cores)")
-    return int(raw) or (os.cpu_count() or 1)
+        raise PlanError(f"{THREADS_ENV}={raw!r} is invalid: expected a whole number of threads (0 = as many as the "
+                        "cores other processes leave free)")
+    return int(raw)
 
 
-def set_threads() -> int:
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(wall clock, CPU seconds all processes used, CPU seconds this process and its children used): two
+    snapshots give the cores other processes kept busy between them (others_busy)."""
+    import psutil
+
+    total, me = psutil.cpu_times(), psutil.Process().cpu_times()
+    busy = total.user + total.nice + total.system + getattr(total, "irq", 0.0) + getattr(total, "softirq", 0.0)
+    return time.monotonic(), busy, me.user + me.system + me.children_user + me.children_system
+
+
+def others_busy(before: tuple, after: tuple) -> float:
+    """Cores' worth of CPU that other processes used between two cpu_snapshot()s."""
+    wall = after[0] - before[0]
+    return max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / wall if wall > 0 else 0.0
+
+
+def fitting_threads(others: float, cores: int) -> int:
+    """The threads that share no core with another process's load: the cores it leaves, rounded; at least 1.
+    Two threads on two cores with one core busy elsewhere ran a smol step 10–20× slower than one thread."""
+    return max(1, min(cores, round(cores - others)))
+
+
+_chosen: list[Threads] = []        # this process's choice, made once (a watcher may change torch's later)
+
+
+def threads() -> Threads:
+    """torch's CPU threads for this process: MOLTING_THREADS where set, else the cores other processes leave
+    free, watched for LOAD_SAMPLE_S once a process."""
+    asked, cores = _asked_threads(), os.cpu_count() or 1
+    if asked:
+        return Threads(asked, cores, None)
+    if not _chosen:
+        before = cpu_snapshot()
+        time.sleep(LOAD_SAMPLE_S)
+        others = others_busy(before, cpu_snapshot())
+        _chosen.append(Threads(fitting_threads(others, cores), cores, others))
+    return _chosen[0]
+
+
+def set_threads() -> Threads:
     import torch
 
-    n = threads()
-    torch.set_num_threads(n)
-    return n
+    t = threads()
+    torch.set_num_threads(t.n)
+    return t
 
 
 def gpu_total_gib() -> float:
@@ -220,7 +283,7 @@ class Plan:
     device: str                 # cpu / cuda
     precision: str              # a PRECISIONS key
     why: str                    # one sentence: why this precision and micro-batch
-    threads: int
+    threads: Threads            # torch's CPU threads and why (a GPU run's data and logging threads too)
     examples_per_step: int      # batch_size × grad_accum: the optimizer's batch, a hyperparameter
     micro_batch: int            # examples in one forward pass (a divisor of examples_per_step)
     est_gib: float | None       # estimated peak GPU memory (None on a CPU)
@@ -313,8 +376,9 @@ class Plan:
     def describe(self) -> str:
         mem = (f"; est. peak {self.est_gib:.1f} GiB of a {self.budget_gib:.1f} GiB budget"
                if self.est_gib is not None else "")
+        cpu = "" if self.cuda else f"; {self.threads.n} CPU thread(s): {self.threads.why}"
         return (f"{self.device}, {self.precision} ({self.spec.help}); {self.examples_per_step} examples an optimizer "
-                f"step in micro-batches of {self.micro_batch}{mem}. Why: {self.why}")
+                f"step in micro-batches of {self.micro_batch}{mem}{cpu}. Why: {self.why}")
 
 
 def plan(precision: str, examples_per_step: int, *, model_config=None, total: int = 0, trainable: int = 0,
@@ -363,7 +427,7 @@ def plan(precision: str, examples_per_step: int, *, model_config=None, total: in
                         "smaller max_seq_len")
 
 
-def _cpu_plan(precision: str, examples_per_step: int, micro_batch: int, n_threads: int) -> Plan:
+def _cpu_plan(precision: str, examples_per_step: int, micro_batch: int, n_threads: Threads) -> Plan:
     native = cpu_native_bf16()
     if precision == "nf4":
         raise PlanError("precision=nf4 needs a CUDA GPU (bitsandbytes 4-bit training); on a CPU use "

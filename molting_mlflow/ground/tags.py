@@ -7,6 +7,7 @@ STAGE_TAG = "molting.stage"                     # train | evaluate | sweep | res
 MODEL_TAG = "molting.model"                     # the preset or model the run trained or scored
 ERROR_TAG = "molting.error"                     # a FAILED or KILLED run's one-line reason ("interrupted": Ctrl-C)
 PREFLIGHT_TAG = "molting.preflight"             # pre-flight's verdict: pass | warn | fail
+EVAL_LEAK_TAG = "molting.eval_leak"             # "3/8": evaluation questions that are also training prompts
 RUBRIC_VERSION_TAG = "molting.rubric_version"   # the rubric version its scores were computed under
 TRIAL_STATE_TAG = "molting.trial_state"         # PRUNED on a sweep trial that stopped early
 PRUNE_REASON_TAG = "molting.prune_reason"       # why, in words, for the reader of the UI

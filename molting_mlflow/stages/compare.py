@@ -14,12 +14,12 @@ import mlflow
 import pandas as pd
 
 from molting_mlflow.ground.config import TrainConfig
-from molting_mlflow.ground.rubric import DIMENSIONS, UNTAGGED_RUBRIC_VERSION
-from molting_mlflow.ground.tags import MODEL_TAG, PREFLIGHT_TAG, RUBRIC_VERSION_TAG, STAGE_TAG
+from molting_mlflow.ground.rubric import DIMENSIONS, UNTAGGED_RUBRIC_VERSION, short_name
+from molting_mlflow.ground.tags import (EVAL_LEAK_TAG, MODEL_TAG, PREFLIGHT_TAG, RUBRIC_VERSION_TAG, STAGE_TAG,
+                                        TRIAL_STATE_TAG)
 from molting_mlflow.store.experiments import experiments_to_search
 from molting_mlflow.store.tracking import resolve_run_id
 
-METRICS = ["score", *DIMENSIONS, "optimizer_steps", "final_loss", "ref_nll", "ref_chrf"]
 # The settings a compact table may show, where they differ: what the user sets (TrainConfig's
 # fields), not where the run was logged; file paths as their file name.
 COMPACT_SETTINGS = [f.name for f in fields(TrainConfig) if f.name != "experiment"]
@@ -67,9 +67,14 @@ def _metric(runs, m: str):
 
 def _compact_columns(out, runs) -> None:
     """score, D1–D5, steps, loss, then each setting whose values differ between the runs that logged it."""
+    status = _status(runs)
+    if (status != "FINISHED").any():       # a run with no score says why: RUNNING, FAILED, KILLED or PRUNED
+        out["status"] = status
     out["score"] = _metric(runs, "score")
+    if f"tags.{EVAL_LEAK_TAG}" in runs and runs[f"tags.{EVAL_LEAK_TAG}"].notna().any():
+        out["leak"] = runs[f"tags.{EVAL_LEAK_TAG}"].fillna("")    # "3/8" questions also in its training data
     for d in DIMENSIONS:
-        out[d.split("_")[0].upper()] = _metric(runs, d)      # d1_identity → D1
+        out[short_name(d)] = _metric(runs, d)      # d1_identity → D1
     out["steps"] = runs.get("metrics.optimizer_steps")
     out["loss"] = _metric(runs, "final_loss")
     for name in COMPACT_SETTINGS:
@@ -79,6 +84,13 @@ def _compact_columns(out, runs) -> None:
         vals = runs[col].map(lambda v: _short(name, v))
         if vals.nunique(dropna=True) > 1:
             out[name] = vals
+
+
+def _status(runs):
+    """Each run's status; a trial the sweep pruned (KILLED on purpose) reads PRUNED."""
+    if f"tags.{TRIAL_STATE_TAG}" not in runs:
+        return runs["status"]
+    return runs["status"].where(runs[f"tags.{TRIAL_STATE_TAG}"] != "PRUNED", "PRUNED")
 
 
 def _short(name: str, value):
@@ -95,10 +107,11 @@ def _short(name: str, value):
 
 def _full_columns(out, runs, all_columns: bool) -> None:
     """Status, stage, model, pre-flight, the resolved train.* params (those that differ, or all), metrics."""
-    for col, tag in (("status", "status"), ("stage", f"tags.{STAGE_TAG}"), ("model", f"tags.{MODEL_TAG}"),
-                     ("preflight", f"tags.{PREFLIGHT_TAG}")):
+    out["status"] = _status(runs)
+    for col, tag in (("stage", f"tags.{STAGE_TAG}"), ("model", f"tags.{MODEL_TAG}"),
+                     ("preflight", f"tags.{PREFLIGHT_TAG}"), ("leak", f"tags.{EVAL_LEAK_TAG}")):
         out[col] = runs.get(tag)
-    for m in METRICS:
+    for m in ("score", *DIMENSIONS, "optimizer_steps", "final_loss", "ref_nll", "ref_chrf"):
         out[m] = _metric(runs, m)
     cfg_cols = [c for c in runs.columns if c.startswith("params.train.")
                 and c not in ("params.train.dataset", "params.train.persona", "params.train.experiment")]

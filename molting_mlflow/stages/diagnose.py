@@ -1,74 +1,35 @@
-"""`molting diagnose RUN [--vs OTHER]`: a run explains its own score from what it logged.
+"""`molting diagnose RUN [--vs OTHER]`: a run explains its own score from what it logged: the scores
+against the bare model's and the references', convergence, format, identity and the causes (causes.py),
+and the difference against another run.
 
-Every finding cites the metric, param, tag, artifact or answer it comes from; with no evidence
-there is no finding. The thresholds live in THRESHOLDS, each with its reason. Answers are read by
-the rubric's reason codes (`d5.repetition`, …), never by the wording of its sentences; a run
-scored before codes existed is rescored first (`molting rescore`).
+A run scored before reason codes existed is rescored first (`molting rescore`).
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from molting_mlflow.ground.config import (DEFAULT_MIN_STEPS, DEFAULT_MODEL, DEFAULT_TARGET, ConfigError, TrainConfig,
-                                          describe_fixes)
+from molting_mlflow.ground import bundle
 from molting_mlflow.ground.errors import MoltingError, missing_in_store, unwritable
-from molting_mlflow.ground.rubric import DIMENSIONS, REASON_CODES, UNTAGGED_RUBRIC_VERSION, code_prefix, short_name
+from molting_mlflow.ground.persona import load_persona
+from molting_mlflow.ground.presets import PRESETS
+from molting_mlflow.ground.questions import load_questions
+from molting_mlflow.ground.rubric import DIMENSIONS, RUBRIC, UNTAGGED_RUBRIC_VERSION, score_response, short_name
+from molting_mlflow.ground.sweep_config import SEARCH_SPACE
 from molting_mlflow.ground.tags import (ERROR_TAG, MODEL_TAG, PREFLIGHT_ARTIFACT, PRUNE_REASON_TAG, RUBRIC_VERSION_TAG,
                                         STAGE_TAG, TRIAL_STATE_TAG)
 from molting_mlflow.store.experiments import lookup_order
-from molting_mlflow.store.scoring import REASONS_BY_CODE, RESULTS_TABLE
+from molting_mlflow.stages.causes import THRESHOLDS, RunData, findings, has_code, reasons_for, tail_drop
+from molting_mlflow.store.scoring import RESULTS_TABLE
 from molting_mlflow.store.tracking import resolve_run_id
-
-THRESHOLDS = {
-    # Impact by the rubric points (of 10) a cause plausibly cost: a point is a tenth of the scale,
-    # and the user's target (config.DEFAULT_TARGET) sits 2.1 points above their 2.9.
-    "impact_high_points": 1.0,
-    "impact_medium_points": 0.3,
-    # "Still falling": the loss dropped by more than this share over the last quarter of the
-    # steps (the user's 50-step curve was still falling steeply when it stopped).
-    "still_falling_drop": 0.10,
-    "tail_share": 0.25,
-    # A final loss above this on answer tokens left smol's answers degenerate in the probe
-    # (2.16 at 50 steps); runs that answered in persona ended near 1.0 or below.
-    "high_final_loss": 1.5,
-}
-SHORT = {d: short_name(d) for d in DIMENSIONS}
-
 
 class DiagnoseError(MoltingError, ValueError):
     pass
-
-
-@dataclass
-class RunData:
-    run_id: str
-    params: dict
-    metrics: dict
-    tags: dict
-    losses: list            # [(step, loss)]
-    preflight: dict
-    answers: list           # rows of eval_results.json as dicts
-
-    @property
-    def name(self) -> str:
-        return self.tags.get("mlflow.runName", self.run_id[:8])
-
-
-@dataclass
-class Finding:
-    cause: str
-    impact: str             # high / medium / low
-    points: float           # rubric points it plausibly cost
-    fixable: str
-    change: str
-    evidence: list = field(default_factory=list)
 
 
 def load_run(run_id: str) -> RunData:
@@ -101,7 +62,19 @@ def load_run(run_id: str) -> RunData:
                             f", without reason codes; rescore it first: molting rescore {run_id}")
     for a in answers:
         a["codes"] = (a.get("codes") or "").split()
-    return RunData(run_id, run.data.params, run.data.metrics, run.data.tags, losses, pre, answers)
+    return RunData(run_id, run.data.params, run.data.metrics, run.data.tags, losses, pre, answers,
+                   reference_ceiling(run_id) if answers else {})
+
+
+def reference_ceiling(run_id: str) -> dict:
+    """{question id: {dimension: points}} of the persona's own reference answers, scored as the run's card
+    (the bundle it logged under persona/); {} where it logged none or its questions have no references."""
+    logged = bundle.of_run(run_id)
+    if not logged or not logged[1]:
+        return {}
+    persona = load_persona(logged[0])
+    return {q.id: {d: s[d] for d in DIMENSIONS} for q in load_questions(logged[1]) if q.reference
+            for s in [score_response(q, q.reference, "stop", persona)]}
 
 
 def rubric_version(run: RunData) -> str:
@@ -125,194 +98,13 @@ def find_baseline(run: RunData) -> RunData | None:
     return None
 
 
-def _has(a: dict, *codes: str) -> bool:
-    return any(c in a["codes"] for c in codes)
-
-
-def _points_lost(run: RunData, dims: tuple, *codes: str) -> float:
-    """Mean points lost in `dims` on the answers that carry one of the reason `codes`."""
-    if not run.answers:
-        return 0.0
-    lost = sum(2 - a[d] for a in run.answers for d in dims if _has(a, *codes))
-    return lost / len(run.answers)
-
-
-def _impact(points: float) -> str:
-    return ("high" if points >= THRESHOLDS["impact_high_points"] else
-            "medium" if points >= THRESHOLDS["impact_medium_points"] else "low")
-
-
-def _slope_drop(losses) -> float | None:
-    """Relative drop of a least-squares line over the last quarter of the steps."""
-    tail = losses[-max(4, int(len(losses) * THRESHOLDS["tail_share"])):]
-    if len(tail) < 4:
-        return None
-    xs, ys = [s for s, _ in tail], [v for _, v in tail]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    var = sum((x - mx) ** 2 for x in xs)
-    if var == 0 or my <= 0:
-        return None
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
-    return -slope * (xs[-1] - xs[0]) / my
-
-
-def findings(run: RunData) -> list[Finding]:
-    """The causes the run's own logs give evidence for, the costliest first: convergence, format, identity,
-    facts, truncation. Each helper returns its findings or none; the order here breaks ties in the sort."""
-    nums = run.preflight.get("numbers", {})
-    score = run.metrics.get("score")
-    below = score is not None and score <= DEFAULT_TARGET
-    out = [*_step_findings(run, nums, score, below), *_loss_findings(run, below), *_template_findings(run),
-           *_length_limit_findings(run), *_identity_findings(run), *_fact_findings(run), *_truncation_findings(nums)]
-    order = {"high": 0, "medium": 1, "low": 2}
-    return sorted(out, key=lambda f: (order[f.impact], -f.points))
-
-
-def _step_findings(run: RunData, nums: dict, score: float | None, below: bool) -> list[Finding]:
-    """Too few optimizer steps (metric optimizer_steps < pre-flight's minimum), with its fixes (config.step_fixes)."""
-    p, m = run.params, run.metrics
-    steps = int(m.get("optimizer_steps", nums.get("optimizer_steps", 0)) or 0)
-    min_steps = int(nums.get("min_steps", p.get("train.min_steps", DEFAULT_MIN_STEPS)))
-    if not (steps and steps < min_steps):
-        return []
-    ex = int(nums.get("examples", p.get("data.examples", 0)))
-    cfg = _config_of(run, nums, min_steps) if ex else None   # no example count logged: no arithmetic to redo
-    pts = (10 - score) if below else 0.0
-    return [Finding("too few optimizer steps", _impact(pts) if below else "low", round(pts, 2),
-                    "yes (config)", describe_fixes(cfg, ex) if cfg else f"min_steps {min_steps}",
-                    [f"{cfg.arithmetic(ex) if cfg else steps} < minimum {min_steps} "
-                     "(metric optimizer_steps, preflight.json)"])]
-
-
-def _loss_findings(run: RunData, below: bool) -> list[Finding]:
-    """The loss still falling at the end (over the last quarter of the steps), and a high final loss."""
-    out: list[Finding] = []
-    drop = _slope_drop(run.losses)
-    final = run.metrics.get("final_loss")
-    if drop is not None and drop > THRESHOLDS["still_falling_drop"]:
-        out.append(Finding("loss still falling at the end", "medium", 0.0, "yes (config)",
-                           "train longer: more epochs, or a smaller grad_accum",
-                           [f"loss fell {drop:.0%} over the last {THRESHOLDS['tail_share']:.0%} of steps "
-                            f"(metric loss, steps {run.losses[-1][0] - len(run.losses) // 4}–{run.losses[-1][0]})"]))
-    if final is not None and final > THRESHOLDS["high_final_loss"]:
-        # With too few steps the high loss is that cause's symptom (its points are counted there).
-        out.append(Finding("high final loss", "low" if below else "medium", 0.0, "yes (config)",
-                           "more optimizer steps (see above)" if below else "more optimizer steps or a higher learning rate",
-                           [f"final_loss {final:.3f} > {THRESHOLDS['high_final_loss']} (metric final_loss)"]))
-    return out
-
-
-def _template_findings(run: RunData) -> list[Finding]:
-    """The template the run trained with: pre-flight's first template error, and special tokens in the answers."""
-    out: list[Finding] = []
-    for f in run.preflight.get("findings", []):
-        if f["check"] in ("chat_template", "end_of_turn") and f["level"] == "error":
-            data = f.get("data", {})      # a preflight.json from before findings carried data names none
-            tokens = [*data.get("tokens", []), *filter(None, [data.get("end_of_turn")])]
-            pts = _points_lost(run, ("d4_cleanliness", "d5_quality"), "d4.template_token", "d4.text_after_token",
-                               "d4.role_line", "d5.run_on")
-            out.append(Finding("foreign chat-template separators" if f["check"] == "chat_template"
-                               else "assistant turns not closed by the end-of-turn token", _impact(pts) if pts else "high",
-                               round(pts, 2), "yes (config)", "chat_template=model",
-                               [f"preflight.json {f['check']}: {f['message'][:160]}"]
-                               + ([f"tokens named: {', '.join(dict.fromkeys(tokens))}"] if tokens else [])))
-            break
-    leaked = [a for a in run.answers if _has(a, "d4.template_token")]
-    if leaked:
-        pts = _points_lost(run, ("d4_cleanliness", "d5_quality"), "d4.template_token")
-        out.append(Finding("special tokens in the answers", _impact(pts), round(pts, 2),
-                           "yes (template/training)", "train with the model's own template (chat_template=model)",
-                           [f"{a['id']}: {a['response'][:90]!r}" for a in leaked[:3]]))
-    return out
-
-
-def _length_limit_findings(run: RunData) -> list[Finding]:
-    """Answers cut by the token limit: those whose finish_reason is "length" (they never stopped)."""
-    cut = [a for a in run.answers if a.get("finish_reason") == "length"]
-    if not cut:
-        return []
-    pts = _points_lost(run, ("d5_quality",), "d5.length_limit")
-    return [Finding("answers cut by the token limit (never stopped)", _impact(pts), round(pts, 2),
-                    "partly", "more training steps teach the end-of-turn; or raise eval_max_new_tokens",
-                    [f"{len(cut)}/{len(run.answers)} answers with finish_reason=length: "
-                     + ", ".join(a["id"] for a in cut)])]
-
-
-def _identity_findings(run: RunData) -> list[Finding]:
-    """Identity: no system prompt (and what the model called itself), or, with one, the identity not held."""
-    p, pre = run.params, run.preflight
-    out: list[Finding] = []
-    if p.get("data.system_prompt_source") == "none":
-        claims = [a for a in run.answers if _has(a, "d1.conflicting_identity", "d1.other_name", "d1.denies_name")]
-        pts = _points_lost(run, ("d1_identity", "d3_voice"), "d1.conflicting_identity", "d1.other_name",
-                           "d1.denies_name", "d1.probe_without_name", "d1.no_name")
-        ev = ["param data.system_prompt_source = none"]
-        injected = next((f["evidence"] for f in pre.get("findings", []) if f["check"] == "system_prompt"), "")
-        if injected:
-            ev.append(f"preflight.json system_prompt: {injected[:160]}")
-        ev += [f"{a['id']}: {a['response'][:90]!r} ({_reason(a, 'D1')})" for a in claims[:3]]
-        if not claims:  # no other name claimed: show what it said when asked who it is
-            probes = [a for a in run.answers if _has(a, "d1.probe_without_name")]
-            ev += [f"asked {a.get('question', a['id'])!r}, it answered {a['response'][:70]!r} ({_reason(a, 'D1')})"
-                   for a in probes[:2]]
-        out.append(Finding("no system prompt", _impact(pts) if pts else "high", round(pts, 2), "yes (config)",
-                           "system_prompt=persona", ev))
-    d1_lost = [a for a in run.answers if a["d1_identity"] < 2]
-    if d1_lost and p.get("data.system_prompt_source") != "none":
-        pts = _points_lost(run, ("d1_identity",), *[c for c in REASON_CODES if c.startswith("d1.")])
-        out.append(Finding("identity not held", _impact(pts), round(pts, 2), "partly",
-                           "more steps on identity examples; check the system prompt",
-                           [f"{a['id']}: {_reason(a, 'D1')}" for a in d1_lost[:4]]))
-    return out
-
-
-def _fact_findings(run: RunData) -> list[Finding]:
-    """Facts missed or wrong: the answers that lost D2 points, by their d2 reasons."""
-    d2_lost = [a for a in run.answers if a["d2_factual"] < 2]
-    if not d2_lost:
-        return []
-    pts = _points_lost(run, ("d2_factual",), *[c for c in REASON_CODES if c.startswith("d2.")])
-    return [Finding("facts missed or wrong", _impact(pts), round(pts, 2), "partly",
-                    "more steps; more examples stating the missed facts",
-                    [f"{a['id']}: {_reason(a, 'D2')}" for a in d2_lost[:4]])]
-
-
-def _truncation_findings(nums: dict) -> list[Finding]:
-    """Examples truncated at max_seq_len, as pre-flight counted them (preflight.json numbers.truncated)."""
-    if not nums.get("truncated"):
-        return []
-    return [Finding("examples truncated at max_seq_len", "low", 0.0, "yes (config)",
-                    f"max_seq_len > {nums.get('max_tokens')}",
-                    [f"preflight.json: {nums['truncated']} examples over the limit"])]
-
-
-def _config_of(run: RunData, nums: dict, min_steps: int) -> TrainConfig | None:
-    """The resolved step settings a run logged, as a TrainConfig (None when they were not logged)."""
-    p = run.params
-    try:
-        return TrainConfig(model=p.get("train.model", DEFAULT_MODEL), epochs=int(p["train.epochs"]),
-                           grad_accum=int(p["train.grad_accum"]), batch_size=int(p["train.batch_size"]),
-                           min_steps=min_steps)
-    except (KeyError, ValueError, ConfigError):
-        return None
-
-
-def _reason(a: dict, dim: str) -> str:
-    """The answer's reason sentences for one dimension ("D1"), picked by their codes ("d1.…") from the
-    table's (code, reason) pairs. A table logged before it had them: every reason, as logged."""
-    pairs = a.get(REASONS_BY_CODE)
-    if pairs is None:
-        return a.get("reasons", "") or "no reason logged"
-    return "; ".join(t for c, t in pairs if c.startswith(code_prefix(dim))) or "no reason logged"
-
-
-def _scores_table(rows: list[tuple[str, RunData | None]]) -> list[str]:
-    lines = ["| run | " + " | ".join(SHORT[d] for d in DIMENSIONS) + " | score | steps | final loss |",
+def _scores_table(rows: list[tuple[str, dict | None]]) -> list[str]:
+    """One row a run (its metrics; None: left out), and the references' row where the run has them."""
+    lines = ["| run | " + " | ".join(short_name(d) for d in DIMENSIONS) + " | score | steps | final loss |",
              "|---" * (len(DIMENSIONS) + 4) + "|"]
-    for name, r in rows:
-        if r is None:
+    for name, m in rows:
+        if m is None:
             continue
-        m = r.metrics
         fmt = lambda k: f"{m[k]:.2f}" if k in m else "–"  # noqa: E731
         lines.append(f"| {name} | " + " | ".join(fmt(d) for d in DIMENSIONS) + f" | {fmt('score')} | "
                      f"{int(m['optimizer_steps']) if 'optimizer_steps' in m else '–'} | {fmt('final_loss')} |")
@@ -320,8 +112,10 @@ def _scores_table(rows: list[tuple[str, RunData | None]]) -> list[str]:
 
 
 def _config_diff(a: RunData, b: RunData) -> list[str]:
-    keys = ["train.epochs", "train.grad_accum", "train.batch_size", "train.lr", "train.optimizer_steps",
-            "data.system_prompt_source", "template.source", "train.seed"]
+    """The settings that differ: what a sweep searches (sweep_config.SEARCH_SPACE), then what else decides a run."""
+    searched = [f"train.{f}" for row in SEARCH_SPACE for f in row.config_fields]
+    keys = dict.fromkeys([*searched, "train.batch_size", "train.optimizer_steps", "data.system_prompt_source",
+                          "template.source", "train.seed"])
     return [f"{k}: {b.params.get(k)} → {a.params.get(k)}" for k in keys if a.params.get(k) != b.params.get(k)]
 
 
@@ -346,12 +140,13 @@ def report(run_id: str, vs: str | None = None) -> str:
 def _header_lines(run: RunData, base: RunData | None, other: RunData | None) -> list[str]:
     """The title, the score against the bare model's, the scores table, the personas and a rubric-version warning."""
     out = [f"# Diagnosis of run {run.run_id[:8]} ({run.name})", "",
-           f"Score **{run.metrics['score']:.2f}/10**" + (f" (baseline {base.metrics['score']:.2f}, "
+           f"Score **{run.metrics['score']:.2f}/{RUBRIC.max_score}**" + (f" (baseline {base.metrics['score']:.2f}, "
            f"{run.metrics['score'] - base.metrics['score']:+.2f})" if base and "score" in base.metrics else
            " (no baseline run of this model in the experiment: `molting evaluate --model <model>`)"), ""]
-    out += _scores_table([(f"this run {run.run_id[:8]}", run), ("baseline (bare model)", base),
-                          (f"--vs {other.run_id[:8]}" if other else "", other)]) + [""]
-    out += _persona_lines(run, other)
+    out += _scores_table([(f"this run {run.run_id[:8]}", run.metrics), ("baseline (bare model)", base and base.metrics),
+                          (f"--vs {other.run_id[:8]}" if other else "", other and other.metrics),
+                          (f"the persona's reference answers ({len(run.ceiling)} questions)", _reference_row(run))])
+    out += [""] + _plumbing_lines(run) + _persona_lines(run, other)
     versions = {rubric_version(r) for r in (run, base, other) if r is not None and "score" in r.metrics}
     if len(versions) > 1:
         out += [f"> These runs were scored under rubric versions {', '.join(sorted(versions))}: their scores are "
@@ -359,14 +154,36 @@ def _header_lines(run: RunData, base: RunData | None, other: RunData | None) -> 
     return out
 
 
+def _reference_row(run: RunData) -> dict | None:
+    """The mean points of the persona's reference answers on the questions that have one: the ceiling
+    of each dimension there (None where the run logged no references)."""
+    if not run.ceiling:
+        return None
+    rows = list(run.ceiling.values())
+    means = {d: sum(r[d] for r in rows) / len(rows) for d in DIMENSIONS}
+    return {**means, "score": sum(means.values())}
+
+
+def _plumbing_lines(run: RunData) -> list[str]:
+    """A model of random weights says so: its answers and scores say nothing about a persona."""
+    model = run.tags.get(MODEL_TAG, "")
+    if not (model in PRESETS and PRESETS[model].only_for_plumbing):
+        return []
+    return [f"> **{model} has random weights**: a model for testing the plumbing. Its answers and this score say "
+            "nothing about the persona or the configuration; diagnose a run of a real model (smol, tinyllama, phi3).",
+            ""]
+
+
 def _convergence_lines(run: RunData, other: RunData | None) -> list[str]:
     nums = run.preflight.get("numbers", {})
     out = [f"- optimizer steps: {int(run.metrics.get('optimizer_steps', 0))} (pre-flight minimum "
            f"{nums.get('min_steps', '?')}); final loss {run.metrics.get('final_loss', float('nan')):.3f}"]
-    drop = _slope_drop(run.losses)
-    if drop is not None:
-        out.append(f"- loss over the last {THRESHOLDS['tail_share']:.0%} of steps: "
-                   + (f"still falling ({drop:.0%})" if drop > THRESHOLDS["still_falling_drop"] else f"flat ({drop:+.0%})"))
+    fell = tail_drop(run.losses)
+    if fell is not None:
+        first, last, drop = fell
+        how = "still falling" if drop > THRESHOLDS["still_falling_drop"] else "flat"
+        out.append(f"- loss over the last {THRESHOLDS['tail_share']:.0%} of steps: {how}, from {first:.3f} to "
+                   f"{last:.3f} ({-drop:+.1%}; means of its first and last {THRESHOLDS['tail_part']:.0%})")
     if other and "final_loss" in other.metrics:
         out.append(f"- against {other.run_id[:8]}: {int(other.metrics.get('optimizer_steps', 0))} steps, final loss "
                    f"{other.metrics['final_loss']:.3f}")
@@ -377,14 +194,14 @@ def _format_lines(run: RunData) -> list[str]:
     pre_f = [f for f in run.preflight.get("findings", []) if f["level"] != "info"]
     out = [f"- pre-flight [{f['level']}] {f['check']}: {f['message'][:200]}" for f in pre_f] or ["- pre-flight: clean"]
     cut = [a["id"] for a in run.answers if a.get("finish_reason") == "length"]
-    tok = [a["id"] for a in run.answers if _has(a, "d4.template_token")]
+    tok = [a["id"] for a in run.answers if has_code(a, "d4.template_token")]
     out.append(f"- answers with special tokens: {', '.join(tok) or 'none'}; cut by the token limit: {', '.join(cut) or 'none'}")
     return out
 
 
 def _identity_lines(run: RunData) -> list[str]:
     lost = [a for a in run.answers if a["d1_identity"] < 2 or a["d2_factual"] < 2]
-    return [f"- {a['id']} {a['question']!r}: {a['response'][:100]!r} — {_reason(a, 'D1')}; {_reason(a, 'D2')}"
+    return [f"- {a['id']} {a['question']!r}: {a['response'][:100]!r} — {reasons_for(a, 'D1')}; {reasons_for(a, 'D2')}"
             for a in lost] or ["- every answer kept the identity and covered its facts"]
 
 
@@ -402,7 +219,7 @@ def _vs_lines(run: RunData, other: RunData) -> list[str]:
     for d in DIMENSIONS:
         if d in run.metrics and d in other.metrics:
             delta = run.metrics[d] - other.metrics[d]
-            out.append(f"- {SHORT[d]}: {other.metrics[d]:.2f} → {run.metrics[d]:.2f} ({delta:+.2f})"
+            out.append(f"- {short_name(d)}: {other.metrics[d]:.2f} → {run.metrics[d]:.2f} ({delta:+.2f})"
                        + (f" — {_why(d, run, other)}" if abs(delta) > 1e-9 else ""))
     if "score" in other.metrics:
         out.append(f"- score: {other.metrics['score']:.2f} → {run.metrics['score']:.2f} "

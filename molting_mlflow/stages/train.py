@@ -24,10 +24,11 @@ from molting_mlflow.ground.config import DEFAULT_DATASET, TrainConfig
 from molting_mlflow.ground.errors import MoltingError
 from molting_mlflow.ground.generation import generate, merged_lora, reference_nll
 from molting_mlflow.ground.models import BaseCache, load_for_training
-from molting_mlflow.ground.preflight import UNTRAINABLE
+from molting_mlflow.ground.preflight import EVAL_LEAK, UNTRAINABLE
 from molting_mlflow.ground.prepare import Prepared, prepare, run_params
 from molting_mlflow.ground.rubric import format_summary
-from molting_mlflow.ground.tags import ADAPTER_META, MODEL_TAG, PREFLIGHT_ARTIFACT, PREFLIGHT_TAG, STAGE_TAG
+from molting_mlflow.ground.tags import (ADAPTER_META, EVAL_LEAK_TAG, MODEL_TAG, PREFLIGHT_ARTIFACT, PREFLIGHT_TAG,
+                                        STAGE_TAG)
 from molting_mlflow.store.interrupt import stop_at_step_end
 from molting_mlflow.store.scoring import log_scores
 from molting_mlflow.store.tracking import stage_run
@@ -101,6 +102,9 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
             **(tags or {})}
     if p.source.preset is not None and p.source.preset.only_for_plumbing:
         tags["molting.plumbing_only"] = "true"
+    leak = next((f for f in p.report.findings if f.check == EVAL_LEAK), None)
+    if leak is not None:      # the score of this run measures recall on these questions (compare, diagnose say so)
+        tags[EVAL_LEAK_TAG] = f"{len(leak.data['questions'])}/{len(p.questions)}"
     t_open = time.time()
     with stage_run(cfg.experiment, run_name, tags, nested=nested, parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
@@ -149,6 +153,7 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
     from transformers import set_seed
 
     threads = runtime.set_threads()
+    watch = () if p.plan.cuda or threads.others is None else (_thread_watch(threads, run_id, log),)
     p.plan.configure_backends()
     t_load = time.time()
     if bases is not None:
@@ -160,12 +165,12 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
     clock = clock or _Clock()
     try:
         with clock("params"):
-            mlflow.log_params({**run_params(p), "train.cpu_threads": threads})
+            mlflow.log_params({**run_params(p), "train.cpu_threads": threads.n, "train.cpu_threads_why": threads.why})
             _log_dataset(p)
             bundle.log(p.persona, p.cfg.questions)
         questions = p.questions
         t_setup = time.time()
-        trainer, losses = _trainer(p, model, run_id, questions, callbacks, bases)
+        trainer, losses = _trainer(p, model, run_id, questions, (*callbacks, *watch), bases)
         mlflow.log_text(_marked_example(trainer, p.tokenizer), "example_rendered.txt")
         setup_s = time.time() - t_setup
         stats = _run_trainer(trainer, p, losses, load_s)
@@ -362,6 +367,37 @@ def _stop_on_divergence(cfg: TrainConfig, run_id: str, progress):
                 raise TrainingDiverged(state.global_step, f"{bad[0]} = {float(logs[bad[0]])}", cfg)
 
     return StopOnDivergence()
+
+
+# How often a run that chose its threads from the load looks again, seconds of training
+RECHECK_S = 30
+
+
+def _thread_watch(chosen: runtime.Threads, run_id: str, log):
+    """Every RECHECK_S during training, the cores other processes used since the last look decide torch's
+    threads again (runtime.fitting_threads): a laptop that gets busy mid-run stays fast, and one that
+    quietens gets its cores back. Each change is said, and logged as the metric cpu_threads at its step."""
+    import torch
+    from transformers import TrainerCallback
+
+    class ThreadWatch(TrainerCallback):
+        def __init__(self):
+            self.n, self.last = chosen.n, runtime.cpu_snapshot()
+
+        def on_step_end(self, args, state, control, **kw):
+            now = runtime.cpu_snapshot()
+            if now[0] - self.last[0] < RECHECK_S:
+                return
+            others, self.last = runtime.others_busy(self.last, now), now
+            n = runtime.fitting_threads(others, chosen.cores)
+            if n != self.n:
+                log(f"molting: other processes now use ~{others:.1f} of {chosen.cores} cores: torch threads "
+                    f"{self.n} → {n} from step {state.global_step}")
+                torch.set_num_threads(n)
+                self.n = n
+                mlflow.log_metric("cpu_threads", n, step=state.global_step, run_id=run_id, synchronous=False)
+
+    return ThreadWatch()
 
 
 def _quiet_progress():

@@ -15,6 +15,7 @@ import mlflow
 from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 
 from molting_mlflow.ground.config import ConfigError
 from molting_mlflow.ground.errors import first_line
@@ -62,7 +63,7 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
 
     touch_store()
     run_id = os.environ.get("MLFLOW_RUN_ID")
-    elsewhere = None   # under `mlflow run`, the experiment the runner chose where it is not `experiment`
+    elsewhere = None   # under `mlflow run` without --experiment-name: `Default`, where `experiment` was meant
     if parent_run_id:
         exp_id = MlflowClient().get_run(parent_run_id).info.experiment_id
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent_run_id,
@@ -75,7 +76,8 @@ def stage_run(experiment: str, run_name: str, tags: dict | None = None, nested: 
         os.environ.pop("MLFLOW_RUN_ID", None)
         exp = mlflow.get_experiment(run.info.experiment_id)
         mark_experiment(exp)
-        elsewhere = exp.name if exp.name != experiment else None
+        # only where the runner fell back on `Default` (no --experiment-name): a name the user gave is theirs
+        elsewhere = exp.name if exp.experiment_id == DEFAULT_EXPERIMENT_ID and exp.name != experiment else None
         mlflow.set_tag("mlflow.runName", run_name)
     else:
         parent = mlflow.active_run() if nested else None
