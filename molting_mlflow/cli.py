@@ -23,7 +23,7 @@ quiet_known_warnings()   # before peft imports bitsandbytes, which logs its line
 # (tracking) import MLflow (~2 s, and much more through it): each command imports the one it runs,
 # inside its function. Those are the only imports of the package's own modules below the top.
 from molting_mlflow.ground.bundle import adapter_persona  # noqa: E402
-from molting_mlflow.ground.config import MAX_NEW_TOKENS, EvalConfig, TrainConfig  # noqa: E402
+from molting_mlflow.ground.config import DEFAULT_EXPERIMENT, MAX_NEW_TOKENS, EvalConfig, JudgeSettings, TrainConfig  # noqa: E402
 from molting_mlflow.ground.errors import MoltingError, debugging, first_line, missing_in_store, unwritable  # noqa: E402
 from molting_mlflow.ground.generation import adapter_prompt, generate  # noqa: E402
 from molting_mlflow.ground.models import WeightsNotFound, load_adapter_model, resolve_adapter  # noqa: E402
@@ -172,7 +172,8 @@ def _config(kw) -> TrainConfig:
 # The commands that read or write the tracking store: before they run, a server must answer and runs
 # this host's dead processes left RUNNING are ended FAILED (reaper.py); all but READ_COMMANDS write, so
 # a SQLite store they cannot write (read-only, locked) stops them first.
-STORE_COMMANDS = ("train", "evaluate", "sweep", "compare", "registry", "promote", "rescore", "diagnose")
+STORE_COMMANDS = ("train", "evaluate", "sweep", "compare", "registry", "promote", "rescore", "diagnose", "label",
+                  "agreement")
 READ_COMMANDS = ("compare", "registry")
 
 
@@ -235,6 +236,10 @@ def preflight(template_revision, **kw):
             raise
         p = prepare(cfg, rehearse=True)
     click.echo(p.report.to_text())
+    if cfg.judge:
+        from molting_mlflow.ground.judge import check, judge_of
+
+        click.echo(f"  [info] judge: {cfg.judge}: {check(judge_of(cfg))}")
     if p.report.status == "fail":
         sys.exit(1)
 
@@ -260,17 +265,68 @@ def evaluate(**kw):
 @click.option("--questions", required=True, help="Questions file (JSON list, rubric format).")
 @click.option("--responses", required=True, help="Responses (JSONL: id, response, finish_reason?).")
 @click.option("--persona", default=None, help="Persona card (YAML). Default: data/persona.yaml.")
+@click.option("--log", "log_run", is_flag=True, help="Log the answers as an evaluation run (traces, scores, "
+              "eval_results.json), to label, compare and read in the UI like an evaluate run.")
+@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="With --log: the MLflow experiment.")
+@click.option("--run-name", default="", help="With --log: the run's name (default score-<responses file>).")
+@config_options(JudgeSettings)
 @user_errors
-def score(questions, responses, persona):
-    """Score responses from anywhere (another model, a person) with the rubric; JSON to stdout.
+def score(questions, responses, persona, log_run, experiment, run_name, **judge):
+    """Score responses from anywhere (another model, a person) with the rubric; JSON to stdout, or with --log
+    an evaluation run.
 
-    Example: molting score --questions data/eval_questions.json --responses answers.jsonl
+    \b
+    Examples:
+      molting score --questions data/eval_questions.json --responses answers.jsonl
+      molting score --questions data/eval_questions.json --responses answers.jsonl --log --run-name gpt-4o
     """
     import json
 
+    if log_run:
+        from molting_mlflow.ground.judge import judge_of
+        from molting_mlflow.stages.evaluate import score_and_log
+        from molting_mlflow.store.reaper import touch_store
+
+        touch_store()
+        score_and_log(questions, responses, persona or str(DEFAULT_PERSONA), experiment, run_name,
+                      judge_of(JudgeSettings(**judge)), log=click.echo)
+        return
+    if judge["judge"]:
+        raise UserError("--judge goes with --log (a judge's reading is logged on the run's answers)")
     qs = load_questions(questions)
     scored = score_responses(qs, load_responses(responses, qs), load_persona(persona or DEFAULT_PERSONA))
     click.echo(json.dumps(scored, ensure_ascii=False, indent=1))
+
+
+@cli.command()
+@click.option("--run-id", required=True, help="The run whose answers were read (a unique prefix will do).")
+@click.argument("labels")
+@user_errors
+def label(run_id, labels):
+    """Log a person's reading of a run's answers as human assessments on their traces.
+
+    LABELS is JSON Lines, one answer a line: {"id": "q1", "d1_identity": 2, …, "overall": 6.5, "note": "…"}.
+
+    Example: molting label --run-id 3f2c9a81 my_labels.jsonl; then: molting agreement 3f2c9a81
+    """
+    from molting_mlflow.stages.label import label as do_label
+
+    do_label(run_id, labels, log=click.echo)
+
+
+@cli.command()
+@click.argument("run_ids", nargs=-1)
+@click.option("--experiment", default=None, help="Every scored run of this experiment (default: the project's).")
+@user_errors
+def agreement(run_ids, experiment):
+    """How far the rubric (and a judge) agree with a person's labels: n, Spearman, mean |Δ| and bias per
+    dimension and overall, and the largest disagreements; logged on each run as agreement.* metrics.
+
+    Example: molting agreement 3f2c9a81 7b1d0e44
+    """
+    from molting_mlflow.stages.agreement import agreement as measure
+
+    measure(run_ids, experiment, log=click.echo)
 
 
 @cli.command()
@@ -480,8 +536,9 @@ def chat(ref, max_new_tokens, question):
 @click.option("--experiment", default=None, help="Rescore every scored run of this experiment (with no RUN_IDS).")
 @click.option("--persona", default=None, help="Persona card to score with (default: the one each run logged).")
 @click.option("--questions", default=None, help="Questions file (default: the one each run logged).")
+@config_options(JudgeSettings)
 @user_errors
-def rescore(run_ids, experiment, persona, questions):
+def rescore(run_ids, experiment, persona, questions, **judge):
     """Score runs again from their logged answers under the current rubric; no model is loaded.
 
     Updates each run's D1–D5 and score metrics, its eval_results.json table and its rubric version.
@@ -498,7 +555,10 @@ def rescore(run_ids, experiment, persona, questions):
         load_persona(persona)
     if questions:
         load_questions(questions)
-    out = run_rescore(list(run_ids), experiment, log=click.echo, persona=persona, questions=questions)
+    from molting_mlflow.ground.judge import judge_of
+
+    out = run_rescore(list(run_ids), experiment, log=click.echo, persona=persona, questions=questions,
+                      judge=judge_of(JudgeSettings(**judge)))
     if out and all(r.skipped for r in out):
         sys.exit(1)
 

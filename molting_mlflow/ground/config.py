@@ -80,6 +80,29 @@ def opt(default, help: str, check=None, form="", preset: bool = False, factory=N
     return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
 
 
+# A model judge beside the rubric (judge.py): the same three settings for train, evaluate, rescore and the sweep
+JUDGE_TIMEOUT_S = 60          # one call to the judge at most, seconds (a refused connection is said at once)
+
+
+def judge_opt():
+    return opt("", "A model that reads the answers beside the rubric, provider:/model (e.g. openai:/gpt-4.1-mini, or "
+               "openai:/<served model> with judge_base_url for a local server); '': no judge (docs/judge.md).",
+               lambda v: v == "" or (isinstance(v, str) and ":/" in v and v.split(":/", 1)[1].strip("/") != ""),
+               "'' or provider:/model, e.g. openai:/gpt-4.1-mini")
+
+
+def judge_base_url_opt():
+    return opt("", "The judge's OpenAI-compatible server, its /v1 root (transformers serve, Ollama, vLLM, llama.cpp), "
+               "e.g. http://127.0.0.1:8000/v1; '': the provider's own.",
+               lambda v: v == "" or (isinstance(v, str) and v.startswith(("http://", "https://"))),
+               "'' or an http(s) URL, e.g. http://127.0.0.1:8000/v1")
+
+
+def judge_timeout_opt():
+    return opt(JUDGE_TIMEOUT_S, "One call to the judge at most, seconds.",
+               lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 600, "a whole number of seconds in 1..600")
+
+
 def check_fields(config) -> None:
     """Every field's check, on construction: a ConfigError naming the field, the value and the form."""
     for f in fields(config):
@@ -149,6 +172,9 @@ class TrainConfig:
                          lambda v: v in PRECISION_CHOICES, "one of: " + ", ".join(PRECISION_CHOICES))
     gpu_memory_gib: float = opt(0.0, "GPU memory budget for the plan, GiB (0: the card's); 4 rehearses a 4 GB card "
                                 "on a bigger one.", GPU_GIB_OK, GPU_GIB_FORM)
+    judge: str = judge_opt()
+    judge_base_url: str = judge_base_url_opt()
+    judge_timeout_s: int = judge_timeout_opt()
 
     def __post_init__(self):
         check_fields(self)
@@ -245,8 +271,22 @@ class EvalConfig:
     seed: int = opt(DEFAULT_SEED, "Random seed (torch's, before generating; greedy decoding draws nothing).",
                     SEED_OK, SEED_FORM)
     experiment: str = opt(DEFAULT_EXPERIMENT, "MLflow experiment name.")
+    judge: str = judge_opt()
+    judge_base_url: str = judge_base_url_opt()
+    judge_timeout_s: int = judge_timeout_opt()
 
     def __post_init__(self):
         if self.run_id and self.adapter:
             raise ConfigError("give run_id or adapter, not both")
+        check_fields(self)
+
+
+@dataclass
+class JudgeSettings:
+    """The judge alone, for the commands that read answers already given (score, rescore)."""
+    judge: str = judge_opt()
+    judge_base_url: str = judge_base_url_opt()
+    judge_timeout_s: int = judge_timeout_opt()
+
+    def __post_init__(self):
         check_fields(self)

@@ -50,6 +50,7 @@ class LanguageError(MoltingError, ValueError):
 @dataclass(frozen=True, eq=False)
 class Language:
     code: str
+    name: str                              # in English ("Portuguese"): what a model judge is told
     you: str                               # the user's label in `molting chat`
     lists: dict                            # WORD_LISTS name → tuple of folded phrases (a missing list: ())
     stop: frozenset                        # folded stop words
@@ -70,11 +71,11 @@ def read_language(code: str, folder: Path) -> Language:
     except UnicodeDecodeError as e:
         raise LanguageError(f"{txt}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     try:
-        data = read_words(yml, lists=WORD_LISTS, strings=("you",))
+        data = read_words(yml, lists=WORD_LISTS, strings=("name", "you"))
     except WordsError as e:
         raise LanguageError(str(e)) from None
-    return Language(code, data.get("you", "you"), {k: tuple(data.get(k, ())) for k in WORD_LISTS}, stop,
-                    (str(txt), str(yml)))
+    return Language(code, data.get("name", code), data.get("you", "you"), {k: tuple(data.get(k, ())) for k in WORD_LISTS},
+                    stop, (str(txt), str(yml)))
 
 
 def _codes_in(folder: Path) -> list[str]:

@@ -46,7 +46,9 @@ NOT_IN_FINGERPRINT = {"train.experiment", "train.dataset", "train.persona", "tra
                        "train.precision_why", "train.micro_batch", "train.accum_steps", "train.attn_implementation",
                        "train.est_gpu_memory_gib", "train.gpu_memory_budget_gib", "train.gpu_memory_gib", "train.eval_merge",
                        "train.answer_logits_only",
-                       "train.cpu_bf16", "train.optimizer", "train.gradient_checkpointing"}
+                       "train.cpu_bf16", "train.optimizer", "train.gradient_checkpointing", "train.cpu_threads_why",
+                       # who reads the answers beside the rubric changes no adapter and no rubric score
+                       "train.judge", "train.judge_base_url", "train.judge_timeout_s"}
 
 
 def fingerprint(params: dict, system_prompt_text: str | None) -> str:

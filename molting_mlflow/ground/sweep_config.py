@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from molting_mlflow.ground.config import (DEFAULT_EXPERIMENT, DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_TARGET, GPU_GIB_FORM,
-                                          GPU_GIB_OK, SEED_FORM, SEED_OK, ConfigError, TrainConfig, check_fields, opt)
+                                          GPU_GIB_OK, SEED_FORM, SEED_OK, ConfigError, TrainConfig, check_fields,
+                                          judge_base_url_opt, judge_opt, judge_timeout_opt, opt)
 from molting_mlflow.ground.models import sha256_file
 from molting_mlflow.ground.paths import sqlite_path
 from molting_mlflow.ground.presets import PRESETS
@@ -92,6 +93,7 @@ SEARCH_SPACE: tuple[Space, ...] = (
 
 
 SPACE = {s.name: s for s in SEARCH_SPACE}
+CHAMPION_BY = ("rubric", "judge")      # what the registry's champion gate reads
 
 
 def parse_search(text: str) -> dict[str, str]:
@@ -148,9 +150,23 @@ class SweepConfig:
     precision: str = opt(AUTO, "Every trial's precision (as train).")
     gpu_memory_gib: float = opt(0.0, "A card's memory budget for its trials, GiB (0 = its free memory).",
                                 GPU_GIB_OK, GPU_GIB_FORM)
+    judge: str = judge_opt()
+    judge_base_url: str = judge_base_url_opt()
+    judge_timeout_s: int = judge_timeout_opt()
+    judge_finalists: int = opt(0, "Judge the N best searched trials by rubric with the judge and rank them by "
+                               "judge.score too (0: none; needs judge).", lambda v: isinstance(v, int) and v >= 0,
+                               "a whole number ≥ 0")
+    champion_by: str = opt("rubric", "What the registry's champion gate reads: rubric (score) or judge (judge.score "
+                           "of the finalists; needs judge_finalists).", lambda v: v in CHAMPION_BY,
+                           "one of: " + ", ".join(CHAMPION_BY))
 
     def __post_init__(self):
         check_fields(self)
+        if self.judge_finalists and not self.judge:
+            raise ConfigError(f"judge_finalists={self.judge_finalists} needs a judge; give judge=<provider:/model>")
+        if self.champion_by == "judge" and not self.judge_finalists:
+            raise ConfigError("champion_by=judge needs judged trials; give judge=<provider:/model> and "
+                              "judge_finalists=<N ≥ 1>")
         unknown = set(self.search) - set(SPACE)
         if unknown:
             raise ConfigError(f"unknown searched parameter(s) {sorted(unknown)}; known: {', '.join(SPACE)}")

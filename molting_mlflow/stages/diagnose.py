@@ -25,7 +25,7 @@ from molting_mlflow.ground.tags import (ERROR_TAG, MODEL_TAG, PREFLIGHT_ARTIFACT
                                         STAGE_TAG, TRIAL_STATE_TAG)
 from molting_mlflow.store.experiments import lookup_order
 from molting_mlflow.stages.causes import THRESHOLDS, RunData, findings, has_code, reasons_for, tail_drop
-from molting_mlflow.store.scoring import RESULTS_TABLE
+from molting_mlflow.store.scoring import logged_results
 from molting_mlflow.store.tracking import resolve_run_id
 
 class DiagnoseError(MoltingError, ValueError):
@@ -54,8 +54,7 @@ def load_run(run_id: str) -> RunData:
             return None
 
     pre = json.loads(artifact(PREFLIGHT_ARTIFACT) or "{}")
-    table = json.loads(artifact(RESULTS_TABLE) or "{}")
-    answers = [dict(zip(table["columns"], row)) for row in table.get("data", [])]
+    answers = logged_results(run_id) or []
     if answers and "codes" not in answers[0]:
         raise DiagnoseError(f"run {run_id} was scored under rubric "
                             f"v{run.data.tags.get('molting.rubric_version', UNTAGGED_RUBRIC_VERSION)}"

@@ -6,7 +6,6 @@ evaluation here gives the answers the train run's own evaluation gave.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,19 +13,23 @@ import mlflow
 
 from molting_mlflow.ground import bundle, runtime
 from molting_mlflow.ground.config import DEFAULT_MODEL, EvalConfig
-from molting_mlflow.ground.generation import adapter_prompt, generate, merged_lora, reference_nll
+from molting_mlflow.ground.generation import adapter_prompt
+from molting_mlflow.ground.judge import Judge, check, judge_of
 from molting_mlflow.ground.models import (AdapterError, load_adapter_model, load_model, load_tokenizer, resolve_adapter,
                                           resolve_model)
 from molting_mlflow.ground.paths import DEFAULT_PERSONA
 from molting_mlflow.ground.persona import Persona, card_file, load_persona
+from molting_mlflow.ground.questions import load_questions, load_responses
 from molting_mlflow.ground.rubric import format_summary
-from molting_mlflow.ground.questions import load_questions
 from molting_mlflow.ground.tags import MODEL_TAG, STAGE_TAG
 from molting_mlflow.ground.templates import folds
+from molting_mlflow.store.evaluation import answer_and_score
+from molting_mlflow.store.judging import judge_run
 from molting_mlflow.store.scoring import log_scores
 from molting_mlflow.store.tracking import resolve_run_id, resolve_run_uri, stage_run
 
-__all__ = ["EvalConfig", "evaluate", "AdapterError"]
+__all__ = ["EvalConfig", "evaluate", "score_and_log", "AdapterError"]
+RESPONSES_MODEL = "responses"      # the model tag of a run of answers from elsewhere (score --log)
 
 
 @dataclass
@@ -70,6 +73,8 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     persona, questions_path, source = _bundle(cfg, adapter_dir, log)
     questions = load_questions(questions_path) if questions_path else []
     bundle.check(persona, questions_path, questions)     # before any weight loads: a mismatch costs seconds
+    judge = judge_of(cfg)
+    calibration = check(judge) if judge is not None else None      # a dead judge, too
     sub = _adapter_subject(ref, adapter_dir) if ref else _baseline_subject(cfg.model or DEFAULT_MODEL, persona.system_prompt)
     with stage_run(cfg.experiment, sub.name, {STAGE_TAG: "evaluate", **sub.tags}) as run:
         bundle.log(persona, questions_path)
@@ -77,14 +82,12 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                            **bundle.params(persona, questions_path), "eval.max_new_tokens": cfg.max_new_tokens,
                            "eval.seed": cfg.seed, "eval.system_prompt": (sub.system_prompt or "none")[:500],
                            "eval.greedy": True, "eval.precision": sub.plan.precision, "eval.device": sub.plan.device,
-                           "eval.system_prompt_fold": sub.fold})
+                           "eval.system_prompt_fold": sub.fold, **({"judge.calibration": calibration} if judge else {})})
         # the model is thrown away after: merged in place, no copy
-        with merged_lora(sub.model, restore=False) if sub.plan.eval_merge else nullcontext():
-            records, stats = generate(sub.model, sub.tok, questions, sub.system_prompt, cfg.max_new_tokens,
-                                      cfg.batch_size, cfg.seed, sub.fold)
-            nll = reference_nll(sub.model, sub.tok, questions, sub.system_prompt, sub.training_template, sub.fold)
-        scored = log_scores(records, questions, persona, stats, ref_nll=nll)
-    log(format_summary(scored))
+        scored = answer_and_score(sub.model, sub.tok, questions, persona, system_prompt=sub.system_prompt,
+                                  fold=sub.fold, nll_template=sub.training_template, max_new_tokens=cfg.max_new_tokens,
+                                  seed=cfg.seed, merge="in_place" if sub.plan.eval_merge else None,
+                                  batch_size=cfg.batch_size, judge=judge, log=log)
     log(f"\nrun {run.info.run_id} ({sub.name}): score {scored['summary']['score']:.2f}\n"
         f"see it:  molting compare {run.info.run_id[:8]}   or   molting diagnose {run.info.run_id[:8]}")
     scored["run_id"] = run.info.run_id
@@ -105,3 +108,31 @@ def _bundle(cfg: EvalConfig, adapter_dir: Path | None, log) -> tuple[Persona, st
     if cfg.questions:
         return persona, cfg.questions, source
     return persona, logged[1] if source == "adapter" else card_file(persona, "questions"), source
+
+
+def score_and_log(questions_path: str, responses_path: str, persona_path: str, experiment: str, run_name: str = "",
+                  judge: Judge | None = None, log=print) -> dict:
+    """Answers from anywhere (another model, a person, an old experiment) as an evaluation run: the same
+    bundle, params, metrics, eval_results.json and traces as an evaluate run, so `molting label`,
+    `molting agreement`, compare and the UI read it like one. Nothing is generated."""
+    questions = load_questions(questions_path)
+    records = load_responses(responses_path, questions)
+    persona = load_persona(persona_path)
+    bundle.check(persona, questions_path, questions)
+    calibration = check(judge) if judge is not None else None
+    name = run_name or f"score-{Path(responses_path).stem}"
+    with stage_run(experiment, name, {STAGE_TAG: "evaluate", MODEL_TAG: RESPONSES_MODEL,
+                                      "molting.responses": str(Path(responses_path).resolve())}) as run:
+        bundle.log(persona, questions_path)
+        mlflow.log_params({"eval.questions": questions_path, "eval.persona": persona_path, "eval.responses": responses_path,
+                           **bundle.params(persona, questions_path), **({"judge.calibration": calibration} if judge else {})})
+        mlflow.log_artifact(responses_path, "responses")
+        scored = log_scores(records, questions, persona, {})
+        log(format_summary(scored))
+        if judge is not None:
+            scored["judge"] = judge_run(judge, persona, questions, records, scored["trace_ids"], scored["results"],
+                                        run.info.run_id, log=log)
+    log(f"\nrun {run.info.run_id} ({name}): score {scored['summary']['score']:.2f}; label it: molting label --run-id "
+        f"{run.info.run_id[:8]} <labels.jsonl>")
+    scored["run_id"] = run.info.run_id
+    return scored

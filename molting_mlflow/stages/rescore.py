@@ -8,7 +8,6 @@ answers gets a one-line reason and is skipped.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import mlflow
@@ -20,12 +19,15 @@ from molting_mlflow.ground import bundle
 from molting_mlflow.ground.config import ConfigError
 from molting_mlflow.ground.errors import first_line, missing_in_store
 from molting_mlflow.ground.paths import DEFAULT_PERSONA, DEFAULT_QUESTIONS
+from molting_mlflow.ground.judge import Judge, check
 from molting_mlflow.ground.persona import PersonaError, load_persona
 from molting_mlflow.ground.rubric import RUBRIC_VERSION, UNTAGGED_RUBRIC_VERSION, score_responses
 from molting_mlflow.ground.questions import RubricInputError, load_questions
 from molting_mlflow.ground.tags import REUSED_RUN_TAG, RUBRIC_VERSION_TAG
 from molting_mlflow.store.experiments import experiments_to_search, project_experiments
-from molting_mlflow.store.scoring import RESULTS_TABLE, results_rows, score_metrics
+from molting_mlflow.store.scoring import RESULTS_TABLE, logged_results, results_rows, score_metrics
+from molting_mlflow.store.assessments import question_traces
+from molting_mlflow.store.judging import judge_run
 from molting_mlflow.store.tracking import resolve_run_id
 
 
@@ -52,7 +54,8 @@ def runs_to_rescore(run_ids: list[str], experiment: str | None) -> list[str]:
     return [r.info.run_id for r in runs]
 
 
-def rescore_run(run_id: str, persona_path: str | None = None, questions_path: str | None = None) -> Rescored:
+def rescore_run(run_id: str, persona_path: str | None = None, questions_path: str | None = None,
+                judge: Judge | None = None, log=print) -> Rescored:
     """Rescore one run with its own persona card and questions (the files it logged under persona/; a
     run logged before bundles were: the paths its params name), or the ones given."""
 
@@ -65,15 +68,11 @@ def rescore_run(run_id: str, persona_path: str | None = None, questions_path: st
         return Rescored(run_id, "", None, None, f"not found in {mlflow.get_tracking_uri()}")
     old_version = run.data.tags.get(RUBRIC_VERSION_TAG, UNTAGGED_RUBRIC_VERSION)
     old_score = run.data.metrics.get("score")
-    try:
-        table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{RESULTS_TABLE}"))
-    except (MlflowException, FileNotFoundError) as e:   # not logged; any other store failure goes on up
-        if isinstance(e, MlflowException) and not missing_in_store(e):
-            raise
+    records = logged_results(run_id)
+    if records is None:
         why = ("a reused trial: its answers are on run " + run.data.tags[REUSED_RUN_TAG][:8]
-               if REUSED_RUN_TAG in run.data.tags else "no logged answers (eval_results.json)")
+               if REUSED_RUN_TAG in run.data.tags else f"no logged answers ({RESULTS_TABLE})")
         return Rescored(run_id, old_version, old_score, None, why)
-    records = [dict(zip(table["columns"], row)) for row in table["data"]]
 
     params = run.data.params
     logged = bundle.of_run(run_id) or ("", "")
@@ -99,14 +98,19 @@ def rescore_run(run_id: str, persona_path: str | None = None, questions_path: st
     client.set_tag(run_id, RUBRIC_VERSION_TAG, RUBRIC_VERSION)
     if old_version != RUBRIC_VERSION:
         client.set_tag(run_id, "molting.rescored_from", old_version)
+    if judge is not None:     # the logged answers read by the judge too, on the answers' own traces
+        traces = {qid: t.info.trace_id for qid, t in question_traces(run_id).items()}
+        judge_run(judge, persona, questions, records, traces, scored["results"], run_id, step, log)
     return Rescored(run_id, old_version, old_score, scored["summary"]["score"])
 
 
 def rescore(run_ids: list[str], experiment: str | None = None, log=print, persona: str | None = None,
-            questions: str | None = None) -> list[Rescored]:
+            questions: str | None = None, judge: Judge | None = None) -> list[Rescored]:
+    if judge is not None:
+        log(f"judge {judge.model}: {check(judge)}")      # before any run: a dead judge is one line
     out = []
     for run_id in runs_to_rescore(run_ids, experiment):
-        r = rescore_run(run_id, persona, questions)
+        r = rescore_run(run_id, persona, questions, judge, log)
         out.append(r)
         if r.skipped:
             log(f"{run_id[:8]}: skipped: {r.skipped}")

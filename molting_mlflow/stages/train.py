@@ -22,15 +22,15 @@ from mlflow.tracking import MlflowClient
 from molting_mlflow.ground import bundle, runtime
 from molting_mlflow.ground.config import DEFAULT_DATASET, TrainConfig
 from molting_mlflow.ground.errors import MoltingError
-from molting_mlflow.ground.generation import generate, merged_lora, reference_nll
+from molting_mlflow.ground.generation import reference_nll
+from molting_mlflow.ground.judge import Judge, check, judge_of
 from molting_mlflow.ground.models import BaseCache, load_for_training
 from molting_mlflow.ground.preflight import EVAL_LEAK, UNTRAINABLE
 from molting_mlflow.ground.prepare import Prepared, prepare, run_params
-from molting_mlflow.ground.rubric import format_summary
 from molting_mlflow.ground.tags import (ADAPTER_META, EVAL_LEAK_TAG, MODEL_TAG, PREFLIGHT_ARTIFACT, PREFLIGHT_TAG,
                                         STAGE_TAG)
 from molting_mlflow.store.interrupt import stop_at_step_end
-from molting_mlflow.store.scoring import log_scores
+from molting_mlflow.store.evaluation import answer_and_score
 from molting_mlflow.store.tracking import stage_run
 
 
@@ -97,6 +97,8 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     with clock("prepare"):
         p = prepared or prepare(cfg)
     cfg = p.cfg
+    judge = judge_of(cfg) if cfg.evaluate else None
+    calibration = check(judge) if judge is not None else None   # before a weight loads: a dead judge costs seconds
     run_name = train_run_name(cfg)
     tags = {STAGE_TAG: "train", MODEL_TAG: cfg.model, PREFLIGHT_TAG: p.report.status,
             **(tags or {})}
@@ -119,6 +121,8 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
             first = (untrainable or errors)[0]
             raise PreflightFailed(f"pre-flight failed ({len(errors)} error(s)): {first.message}"
                                   + ("" if untrainable else " (preflight=warn trains anyway)"))
+        if calibration is not None:
+            mlflow.log_param("judge.calibration", calibration)
         result = _fit(p, run_id, log, callbacks, bases, loss_plot, clock)
         result.preflight = p.report.status
         mlflow.log_metrics({**clock.seconds, "time_in_train_s": time.time() - t_start})
@@ -181,7 +185,8 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
         result = TrainResult(run_id, stats["optimizer_steps"], stats["final_loss"], stats["train_runtime_s"],
                              f"runs:/{run_id}/adapter", "", losses)
         if p.cfg.evaluate and questions:
-            result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step, clock)
+            result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step, clock,
+                                             judge_of(p.cfg))
         elif p.cfg.evaluate:
             log(f"not evaluated: {p.cfg.persona} names no questions (pre-flight's persona.no_questions)")
     except BaseException:
@@ -330,23 +335,21 @@ def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict, los
         mlflow.log_artifact(str(curve))
 
 
-def _evaluate_in_run(p: Prepared, model, questions, log, step: int, clock: _Clock) -> dict:
-    """Score the adapter still in memory (the saved one's weights, the same precision) on this run."""
-    t0 = time.time()
-    model.eval()
+def _evaluate_in_run(p: Prepared, model, questions, log, step: int, clock: _Clock, judge: Judge | None) -> dict:
+    """Score the adapter still in memory (the saved one's weights, the same precision) on this run; the ref_nll
+    is on the template it trained with, the answers through the model's own (as chat and the registry ask)."""
     p.tokenizer.chat_template = p.own_template
-    # merged into copies: a lent base goes back to the sweep worker as it was
-    with merged_lora(model) if p.plan.eval_merge else contextlib.nullcontext():
-        records, stats = generate(model, p.tokenizer, questions, p.system_prompt_text, p.cfg.eval_max_new_tokens,
-                                  seed=p.cfg.seed, fold=p.fold)
-        nll = reference_nll(model, p.tokenizer, questions, p.system_prompt_text, p.template, p.fold)
-    p.tokenizer.chat_template = p.template
-    stats["eval_seconds"] = time.time() - t0     # answers and ref_nll: the sweep's time accounting
-    with clock("eval_log"):
-        mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
-        scored = log_scores(records, questions, p.persona, stats, ref_nll=nll, step=step)
-    log(format_summary(scored))
-    return {**scored["summary"], "eval_seconds": stats["eval_seconds"]}
+    mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
+    try:
+        # merged into copies: a lent base goes back to the sweep worker as it was
+        scored = answer_and_score(model, p.tokenizer, questions, p.persona, system_prompt=p.system_prompt_text,
+                                  fold=p.fold, nll_template=p.template, max_new_tokens=p.cfg.eval_max_new_tokens,
+                                  seed=p.cfg.seed, merge="copy" if p.plan.eval_merge else None, step=step,
+                                  judge=judge, log=log)
+    finally:
+        p.tokenizer.chat_template = p.template
+    clock.seconds["time_eval_log_s"] = scored["eval_log_seconds"]
+    return {**scored["summary"], "eval_seconds": scored["eval_seconds"], **scored.get("judge", {})}
 
 
 def _stop_on_divergence(cfg: TrainConfig, run_id: str, progress):

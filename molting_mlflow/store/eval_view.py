@@ -100,10 +100,10 @@ def generation_traces(records: list[dict], questions) -> list:
     return [mlflow.get_trace(t, flush=True) for t in traces]
 
 
-def log_evaluation(records: list[dict], questions, results: list[dict]) -> dict | None:
+def log_evaluation(records: list[dict], questions, results: list[dict]) -> dict[str, str]:
     """Log the rubric's `results` for the generation `records` through mlflow.genai.evaluate on the
-    active run; its aggregates, or None when MLflow's evaluation failed (the reason is then in the tag
-    molting.eval_view)."""
+    active run; {question id: trace id} of the answers' traces (where a judge's or a person's readings
+    go), or {} when MLflow's evaluation failed (the reason is then in the tag molting.eval_view)."""
     import mlflow
     import pandas as pd
 
@@ -115,15 +115,15 @@ def log_evaluation(records: list[dict], questions, results: list[dict]) -> dict 
             data = pd.DataFrame({"trace": traces,
                                  "expectations": [{"reference": by_id[r["id"]].reference} if by_id[r["id"]].reference
                                                   else {} for r in records]})
-            result = _quiet(lambda: mlflow.genai.evaluate(data=data, scorers=rubric_scorers(results)))
+            _quiet(lambda: mlflow.genai.evaluate(data=data, scorers=rubric_scorers(results)))
     except Exception as e:
         why = first_line(e, 400)
         mlflow.MlflowClient().set_tag(run.info.run_id, STATUS_TAG, f"failed: {type(e).__name__}: {why}")
         print(f"molting: warning: MLflow's evaluation view was not logged ({type(e).__name__}: {why}); "
               "the run's scores and eval_results.json are", file=sys.stderr, flush=True)
-        return None
+        return {}
     mlflow.MlflowClient().set_tag(run.info.run_id, STATUS_TAG, f"{len(traces)} traces, rubric v{RUBRIC_VERSION}")
-    return dict(result.metrics)
+    return {r["id"]: t.info.trace_id for r, t in zip(records, traces)}
 
 
 @contextmanager

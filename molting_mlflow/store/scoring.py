@@ -5,9 +5,13 @@ An experiment that holds scores gets the MLflow UI's saved view of its runs by s
 """
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
+from molting_mlflow.ground.errors import missing_in_store
 from molting_mlflow.ground.rubric import DIMENSIONS, score_responses
 from molting_mlflow.ground.tags import RUBRIC_VERSION_TAG
 from molting_mlflow.store.eval_view import log_evaluation
@@ -16,6 +20,20 @@ from molting_mlflow.store.ui_view import view_tag
 
 RESULTS_TABLE = "eval_results.json"
 REASONS_BY_CODE = "reasons_by_code"     # the table's column of [code, reason] pairs: what readers pick by code
+
+
+def logged_results(run_id: str) -> list[dict] | None:
+    """The rows of the run's eval_results.json (one a question: answer, points, reasons, codes), or None
+    where it logged none (a reused trial, a run that never evaluated); any other store failure goes on up."""
+    try:
+        table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{RESULTS_TABLE}"))
+    except FileNotFoundError:
+        return None
+    except MlflowException as e:
+        if not missing_in_store(e):
+            raise
+        return None
+    return [dict(zip(table["columns"], row)) for row in table.get("data", [])]
 
 
 def score_metrics(summary: dict) -> dict:
@@ -45,7 +63,8 @@ def log_scores(records: list[dict], questions, persona, stats: dict, ref_nll: fl
     mlflow.log_metrics(score_metrics(scored["summary"]) | stats, step=step)
     mlflow.set_tag(RUBRIC_VERSION_TAG, scored["summary"]["rubric_version"])
     mlflow.log_table(data=pd.DataFrame(results_rows(scored)), artifact_file=RESULTS_TABLE)
-    log_evaluation(records, questions, scored["results"])   # the same answers as MLflow evaluation results
+    # the same answers as MLflow evaluation results; their traces are where a judge's and a person's readings go
+    scored["trace_ids"] = log_evaluation(records, questions, scored["results"])
     mark_scores_view(mlflow.active_run().info.experiment_id)
     return scored
 
