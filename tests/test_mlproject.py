@@ -152,3 +152,25 @@ def test_mlflow_run_with_a_hostile_chat_template_is_one_line_and_failed(tmp_path
     assert len(errors) == 1 and "tries to leave Jinja's sandbox" in errors[0], r.stderr[-3000:]
     (run,) = mlflow.search_runs(experiment_names=["molting"], output_format="list")
     assert run.info.status == "FAILED" and "tries to leave Jinja's sandbox" in run.data.tags["molting.error"]
+
+
+def test_every_config_field_is_a_parameter_or_said_cli_only():
+    """Both ways: each field of TrainConfig, EvalConfig and SweepConfig is its entry point's parameter
+    (and reaches its option), unless mlproject.CLI_ONLY names it with a reason; and MLproject is exactly what
+    `python -m molting_mlflow.mlproject --write` gives. Fails when a field is added to a config alone (e.g.
+    warmup_ratio, EvalConfig.batch_size and SweepConfig.heartbeat_s were once missing, and nothing said so)."""
+    from dataclasses import fields
+
+    import yaml
+
+    from molting_mlflow import mlproject
+
+    spec = yaml.safe_load((ROOT / "MLproject").read_text(encoding="utf-8"))["entry_points"]
+    for entry, config in mlproject.ENTRY_POINTS.items():
+        for f in fields(config):
+            if f.name in mlproject.CLI_ONLY[entry]:
+                assert mlproject.CLI_ONLY[entry][f.name], f"{entry}.{f.name}: CLI-only without a reason"
+                continue
+            assert f.name in spec[entry]["parameters"], f"{entry}: config field {f.name} has no MLproject parameter"
+            assert f"--{f.name.replace('_', '-')} {{{f.name}}}" in spec[entry]["command"], f.name
+    assert mlproject.main(["--check"]) == 0

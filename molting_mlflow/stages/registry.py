@@ -65,8 +65,14 @@ def model_name(preset: str) -> str:
     return f"molting-{preset}"
 
 
-def register_adapter(run_id: str, preset: str, target: float = DEFAULT_TARGET, log=print) -> str:
-    """Register a train run's adapter as a new version; tag it; move the aliases. Returns the version."""
+# The metric a champion gate may read (sweep_config.CHAMPION_BY) → the version tag that keeps it
+GATE_TAGS = {"score": "score", "judge.score": "judge_score"}
+
+
+def register_adapter(run_id: str, preset: str, target: float = DEFAULT_TARGET, log=print, gate: str = "score") -> str:
+    """Register a train run's adapter as a new version; tag it; move the aliases: `champion` only to a version
+    whose `gate` metric (the rubric's score, or the judge's) beats the target and the current champion's.
+    Returns the version."""
     client = MlflowClient()
     run = client.get_run(run_id)
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter"))
@@ -91,20 +97,21 @@ def register_adapter(run_id: str, preset: str, target: float = DEFAULT_TARGET, l
             "preset": preset, "quantization": quant, "source_run": run_id,
             "persona": run.data.params.get("persona.name", ""),
             "persona_sha256": run.data.params.get("persona.sha256", ""),
-            "score": f"{m.get('score', float('nan')):.4f}",
+            "score": f"{m.get('score', float('nan')):.4f}", "champion_gate": gate,
+            **({"judge_score": f"{m['judge.score']:.4f}"} if "judge.score" in m else {}),
             **{d: f"{m.get(d, float('nan')):.4f}" for d in DIMENSIONS}}
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     client.set_registered_model_alias(name, "candidate", version)
-    score = m.get("score", float("-inf"))
+    score = m.get(gate, float("-inf"))
     champ = current_champion(name)
-    champ_score = float(champ.tags.get("score", "-inf")) if champ else float("-inf")
+    champ_score = float(champ.tags.get(GATE_TAGS[gate], "-inf")) if champ else float("-inf")
     if score > target and score > champ_score:
         client.set_registered_model_alias(name, CHAMPION, version)
-        log(f"registered {name} v{version} (score {score:.2f}): aliases candidate, champion")
+        log(f"registered {name} v{version} ({gate} {score:.2f}): aliases candidate, champion")
     else:
         why = f"not above target {target}" if score <= target else f"not above champion v{champ.version} ({champ_score:.2f})"
-        log(f"registered {name} v{version} (score {score:.2f}): alias candidate; champion unchanged ({why})")
+        log(f"registered {name} v{version} ({gate} {score:.2f}): alias candidate; champion unchanged ({why})")
     return version
 
 

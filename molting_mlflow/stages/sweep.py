@@ -33,6 +33,7 @@ from molting_mlflow.ground import bundle, runtime
 from molting_mlflow.ground.config import ConfigError, TrainConfig, describe_fixes
 from molting_mlflow.ground.data import load_dataset
 from molting_mlflow.ground.errors import MoltingError, first_line
+from molting_mlflow.ground.judge import check, judge_of
 from molting_mlflow.ground.models import BaseCache, resolve_model
 from molting_mlflow.ground.paths import GPT2_TEMPLATE
 from molting_mlflow.ground.persona import load_persona
@@ -517,6 +518,8 @@ def sweep(sc: SweepConfig, log=print) -> dict:
         resolve_model(model)                 # an unknown model fails here, in one line, before any trial
     data = sc.trial_config().resolve()
     _check_bundle(data)
+    if sc.judge_finalists:          # a dead judge is one line now, not after the study
+        log(f"judge {sc.judge}: {check(judge_of(sc))}")
     reach = check_reach(sc, len(load_dataset(data.dataset, "x")))   # a search that can train nothing, too
     lay = layout(sc, visible_gpus())
     touch_store()

@@ -11,10 +11,12 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from molting_mlflow.ground.judge import judge_of
 from molting_mlflow.ground.rubric import DIMENSIONS
 from molting_mlflow.ground.sweep_config import SPACE
 from molting_mlflow.ground.tags import REFERENCE
 from molting_mlflow.stages.diagnose import report
+from molting_mlflow.store.judging import judge_logged
 from molting_mlflow.stages.registry import model_name, register_adapter, version_of_run
 
 # Why sweep.py pruned a trial (trial attribute prune_cause, run tag molting.prune_cause): readers count by these.
@@ -84,11 +86,42 @@ def log_study(study, sc, wall_s: float, parent_run_id: str, log, first: int = 0)
         user_id = user.user_attrs["run_id"] if user and _in_this_store(user.user_attrs["run_id"]) else None
         mlflow.MlflowClient().log_text(parent_run_id, report(best.user_attrs["run_id"], user_id),
                                        "diagnosis_best_vs_user.md")
-    out["version"] = _register(sc, best, mine, log)
+    finalists = judge_finalists(sc, searched, parent_run_id, log)
+    out["judged"] = finalists
+    if sc.champion_by == "judge" and finalists:
+        best = finalists[0][0]           # the gate reads the judge: its best finalist is the one registered
+    out["version"] = _register(sc, best, mine, log, gate="judge.score" if sc.champion_by == "judge" else "score")
     return out
 
 
-def _register(sc, best, mine: list, log) -> str | None:
+def judge_finalists(sc, searched: list, parent_run_id: str, log) -> list[tuple]:
+    """The judge_finalists best searched trials by rubric, read by the judge (their runs get its assessments and
+    judge.* metrics), ranked by judge.score; both rankings on the parent run (metrics best_judge_score and
+    judge_finalists, study/judge_ranking.md). [(trial, judge metrics)], best by the judge first."""
+    if not sc.judge_finalists:
+        return []
+    judge = judge_of(sc)
+    top = sorted(searched, key=lambda t: -t.value)[:sc.judge_finalists]
+    judged = [(t, judge_logged(judge, t.user_attrs["run_id"], log)) for t in top]
+    ranked = sorted(judged, key=lambda tj: -tj[1].get("judge.score", float("-inf")))
+    lines = [f"# The {len(top)} best trials by rubric, read by the judge {judge.model}", "",
+             "| by rubric | by judge | trial | run | score | judge.score |", "|---|---|---|---|---|---|"]
+    for i, (t, m) in enumerate(judged, 1):
+        lines.append(f"| {i} | {[r[0] for r in ranked].index(t) + 1} | #{t.number} | {t.user_attrs['run_id'][:8]} | "
+                     f"{t.value:.2f} | {m.get('judge.score', float('nan')):.2f} |")
+    text = "\n".join(lines) + "\n"
+    client = mlflow.MlflowClient()
+    client.log_text(parent_run_id, text, "study/judge_ranking.md")
+    client.log_metric(parent_run_id, "judge_finalists", len(judged))
+    if ranked and "judge.score" in ranked[0][1]:
+        client.log_metric(parent_run_id, "best_judge_score", ranked[0][1]["judge.score"])
+    for k, v in judge.params().items():
+        client.log_param(parent_run_id, k, v)
+    log(text)
+    return ranked
+
+
+def _register(sc, best, mine: list, log, gate: str = "score") -> str | None:
     """Register the best searched trial; where nothing is registered, say why and what to change."""
 
     if not sc.register:
@@ -103,7 +136,7 @@ def _register(sc, best, mine: list, log) -> str | None:
         log(f"registered nothing new: the best trial #{best.number} (run {best.user_attrs['run_id'][:8]}, score "
             f"{best.value:.2f}) is {name} v{known} already; this sweep's trials did not beat it")
         return known
-    version = register_adapter(best.user_attrs["run_id"], best.user_attrs.get("model", sc.model), sc.target, log)
+    version = register_adapter(best.user_attrs["run_id"], best.user_attrs.get("model", sc.model), sc.target, log, gate)
     log(f"see it:  molting registry --name {name}   (ask it: molting chat --model models:/{name}/{version})")
     return version
 

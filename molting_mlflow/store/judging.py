@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import mlflow
 
+from molting_mlflow.ground import bundle
 from molting_mlflow.ground.agreement import OVERALL, agree
 from molting_mlflow.ground.judge import PROMPT_VERSION, Judge, judge_answers, judge_summary
-from molting_mlflow.ground.persona import Persona
+from molting_mlflow.ground.persona import Persona, load_persona
+from molting_mlflow.ground.questions import load_questions
 from molting_mlflow.ground.rubric import DIMENSIONS
-from molting_mlflow.store.assessments import log_judge
+from molting_mlflow.store.assessments import log_judge, question_traces
+from molting_mlflow.store.scoring import logged_results
 
 
 def judge_run(judge: Judge, persona: Persona, questions: list, records: list[dict], trace_ids: dict,
@@ -45,3 +48,15 @@ def judge_run(judge: Judge, persona: Persona, questions: list, records: list[dic
         f"it), {metrics['judge.unanswered']} readings without a yes or no, {metrics['judge.seconds']:.1f} s"
         + (f"; answers {missing} have no trace to hold its reading" if missing else ""))
     return metrics
+
+
+def judge_logged(judge: Judge, run_id: str, log=print) -> dict:
+    """Judge a run's logged answers (eval_results.json) as its own card and questions (the bundle it logged),
+    on its own traces: what the sweep does for its finalists. The metrics logged; {} where it has no answers."""
+    results, logged = logged_results(run_id), bundle.of_run(run_id)
+    if not results or not logged or not logged[1]:
+        log(f"run {run_id[:8]}: no logged answers or questions for the judge to read")
+        return {}
+    traces = {qid: t.info.trace_id for qid, t in question_traces(run_id).items()}
+    return judge_run(judge, load_persona(logged[0]), load_questions(logged[1]), results, traces, results, run_id,
+                     log=log)
