@@ -24,6 +24,7 @@ from molting_mlflow.ground.sweep_config import SEARCH_SPACE
 from molting_mlflow.ground.tags import (ERROR_TAG, MODEL_TAG, PREFLIGHT_ARTIFACT, PRUNE_REASON_TAG, RUBRIC_VERSION_TAG,
                                         STAGE_TAG, TRIAL_STATE_TAG)
 from molting_mlflow.store.experiments import lookup_order
+from molting_mlflow.store.labelled import HOW_TO_LABEL, SCORERS, agreement_report, measure, rows_of
 from molting_mlflow.stages.causes import THRESHOLDS, RunData, findings, has_code, reasons_for, tail_drop
 from molting_mlflow.store.scoring import logged_results
 from molting_mlflow.store.tracking import resolve_run_id
@@ -131,6 +132,7 @@ def report(run_id: str, vs: str | None = None) -> str:
     out += ["", "## Format", ""] + _format_lines(run)
     out += ["", "## Identity and facts", ""] + _identity_lines(run)
     out += _cause_lines(findings(run))
+    out += ["", "## Against a person's reading", ""] + _agreement_lines(run)
     if other:
         out += ["", f"## Against {other.run_id[:8]} ({other.name})", ""] + _vs_lines(run, other)
     return "\n".join(out) + "\n"
@@ -161,6 +163,15 @@ def _reference_row(run: RunData) -> dict | None:
     rows = list(run.ceiling.values())
     means = {d: sum(r[d] for r in rows) / len(rows) for d in DIMENSIONS}
     return {**means, "score": sum(means.values())}
+
+
+def _agreement_lines(run: RunData) -> list[str]:
+    """The rubric (and a judge) against the answers a person labelled on this run (molting label, the UI)."""
+    rows = rows_of(run.run_id)
+    if not rows:
+        return [f"- no human labels yet: {HOW_TO_LABEL}. The rubric reads trained adapters kinder than a person "
+                "does; check it on your own labels before trusting a score past the target."]
+    return agreement_report(rows, {s: measure(rows, s) for s in SCORERS}).splitlines()
 
 
 def _plumbing_lines(run: RunData) -> list[str]:
