@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -80,7 +81,9 @@ def _models(value: str) -> dict:
     return {"model": value}
 
 
-SEARCH_SPACE: tuple[Space, ...] = (
+# The rows in order; every reader (the CLI's options, the trials, the report, the UI view, diagnose) reads this
+# list when it runs, so a row added is searched and shown everywhere.
+SEARCH_SPACE: list[Space] = [
     Space("grad_accum", "choice", "1,2,4,8", "Micro-batches an optimizer step, at the preset's batch_size (choices).",
           int),
     Space("epochs", "int", "1,4", "Passes over the data (range lo,hi).", int),
@@ -89,10 +92,29 @@ SEARCH_SPACE: tuple[Space, ...] = (
           lambda r: {"lora_r": r, "lora_alpha": 2 * r}, ("lora_r", "lora_alpha")),
     Space("models", "choice", "", "Presets compared in one study (choices, e.g. tinyllama,phi3); empty: --model.",
           str, _models, ("model",)),
-)
+]
 
 
-SPACE = {s.name: s for s in SEARCH_SPACE}
+class _ByName(Mapping):
+    """SEARCH_SPACE by row name, as the list is when read."""
+
+    def __getitem__(self, name):
+        for s in SEARCH_SPACE:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def __contains__(self, name):
+        return any(s.name == name for s in SEARCH_SPACE)
+
+    def __iter__(self):
+        return iter([s.name for s in SEARCH_SPACE])
+
+    def __len__(self):
+        return len(SEARCH_SPACE)
+
+
+SPACE: Mapping[str, Space] = _ByName()
 CHAMPION_BY = ("rubric", "judge")      # what the registry's champion gate reads
 
 
