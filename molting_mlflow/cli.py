@@ -38,7 +38,7 @@ from molting_mlflow.ground.rubric import Question, load_questions, load_response
 from molting_mlflow.ground.runtime import set_threads  # noqa: E402
 from molting_mlflow.ground.sweep_config import SEARCH_SPACE, SweepConfig, parse_search  # noqa: E402
 from molting_mlflow.ground.tags import CHAMPION  # noqa: E402
-from molting_mlflow.store.interrupt import sigterm_as_interrupt  # noqa: E402
+from molting_mlflow.store.interrupt import interrupt_on_signals  # noqa: E402
 from molting_mlflow.store.reaper import redact, sqlite_fault, touch_store  # noqa: E402
 
 class UserError(click.ClickException):
@@ -188,7 +188,7 @@ def cli(ctx):
     # the artifacts read here are kilobytes: MLflow's per-download progress bar is only noise
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-    sigterm_as_interrupt()       # a run killed with SIGTERM ends KILLED, not RUNNING
+    interrupt_on_signals()       # a run killed with SIGTERM ends KILLED, not RUNNING; mlflow run's echo is dropped
     if ctx.invoked_subcommand in STORE_COMMANDS:
         user_errors(touch_store)(create=False, write=ctx.invoked_subcommand not in READ_COMMANDS)
 

@@ -2,7 +2,7 @@
 
 Outside training, SIGTERM (kill, a scheduler, a closed terminal) unwinds like Ctrl-C, a
 KeyboardInterrupt, so the MLflow run ends KILLED instead of staying RUNNING forever
-(`sigterm_as_interrupt`, installed by the CLI). During training both stop it after the current
+(`interrupt_on_signals`, installed by the CLI). During training both stop it after the current
 optimizer step, not wherever they land (`stop_at_step_end`).
 
 Why: twice in CI a `molting train` never exited after Ctrl-C (not reproduced in 15 local tries). The
@@ -12,25 +12,43 @@ then flushes that queue and waits forever. So while the Trainer runs, a signal o
 callback ends training at the step's end, and KeyboardInterrupt is raised from there, so the run
 still ends KILLED with molting.error=interrupted (tracking.stage_run). A second signal interrupts at
 once, for the impatient.
+
+A signal that follows the one being handled within ECHO_S is its echo, not a second request: after the
+terminal's Ctrl-C (which reaches every process of the foreground group), `mlflow run` sends its entry
+point SIGTERM within milliseconds (SubmittedRun.cancel, MLflow 3.17). Taken as a second signal, it
+would stop training at once, mid-step (what stop_at_step_end is there to avoid), or cut short the
+ending of the run.
 """
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+ECHO_S = 1.0     # s: a signal this soon after the one being handled is its echo (mlflow run's SIGTERM), dropped
+
+_interrupted_at: float | None = None    # time.monotonic() when `interrupt` last raised
 
 
 def interrupt(signum, frame=None):
-    """The signal handler that stops at once."""
+    """The signal handler that stops at once; a signal within ECHO_S of the last one it raised for is
+    that one's echo, and is dropped (the first is already unwinding)."""
+    global _interrupted_at
+    now = time.monotonic()
+    if _interrupted_at is not None and now - _interrupted_at < ECHO_S:
+        return
+    _interrupted_at = now
     raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
-def sigterm_as_interrupt() -> None:
-    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does (main thread only: others cannot set handlers)."""
+def interrupt_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt through `interrupt`, which drops a signal's echo
+    (main thread only: others cannot set handlers)."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+        for s in SIGNALS:
+            signal.signal(s, interrupt)
 
 
 class StopRequest:
@@ -38,11 +56,15 @@ class StopRequest:
 
     def __init__(self):
         self.signum: int | None = None
+        self.at = 0.0                # time.monotonic() of that signal
 
     def handle(self, signum, frame):
-        if self.signum is not None:           # asked twice: stop now
-            interrupt(signum)
-        self.signum = signum
+        now = time.monotonic()
+        if self.signum is not None:
+            if now - self.at < ECHO_S:        # mlflow run's SIGTERM after the terminal's SIGINT: the same request
+                return
+            interrupt(signum)                 # asked twice: stop now
+        self.signum, self.at = signum, now
         print(f"\nmolting: signal {signal.Signals(signum).name}: stopping after this optimizer step "
               "(again to stop at once)", flush=True)
 
