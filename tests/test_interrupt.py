@@ -37,3 +37,9 @@ def test_during_training_the_echo_is_the_same_request_and_a_later_signal_stops_a
     with pytest.raises(KeyboardInterrupt):
         request.handle(signal.SIGINT, None)
 
+
+def test_once_the_last_step_is_done_the_request_says_the_adapter_is_kept_first(clock, capsys):
+    request = interrupt.StopRequest()
+    request.complete = True
+    request.handle(signal.SIGTERM, None)
+    assert "SIGTERM: training is complete: keeping its adapter, then stopping" in capsys.readouterr().out
