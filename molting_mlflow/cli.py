@@ -38,7 +38,7 @@ from molting_mlflow.ground.questions import Question, load_questions, load_respo
 from molting_mlflow.ground.runtime import set_threads  # noqa: E402
 from molting_mlflow.ground.sweep_config import SEARCH_SPACE, SweepConfig, parse_search  # noqa: E402
 from molting_mlflow.ground.tags import CHAMPION  # noqa: E402
-from molting_mlflow.store.interrupt import sigterm_as_interrupt  # noqa: E402
+from molting_mlflow.store.interrupt import EXIT_CODE as INTERRUPTED, Interrupted, interrupt_on_signals  # noqa: E402
 from molting_mlflow.store.reaper import redact, sqlite_fault, touch_store  # noqa: E402
 
 class UserError(click.ClickException):
@@ -70,18 +70,22 @@ class PresetOr(click.ParamType):
 
 def user_errors(fn):
     """Turn the library's errors a user fixes (errors.MoltingError, and the world's faults of _world_error)
-    into UserError, ending an attached run FAILED; Ctrl-C ends it KILLED. MOLTING_DEBUG=1 re-raises them
-    with their traceback."""
+    into UserError, ending an attached run FAILED. Ctrl-C or SIGTERM ends it KILLED and the command with
+    one line (an interrupt.Interrupted's: what was kept, the command that finishes the job) and exit code
+    130, not click's "Aborted!" and 1. MOLTING_DEBUG=1 re-raises them with their traceback."""
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
         try:
             return fn(*a, **kw)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             from molting_mlflow.store.tracking import kill_attached_run
 
             kill_attached_run()
-            raise
+            if debugging():
+                raise
+            click.echo(e.line if isinstance(e, Interrupted) else "molting: interrupted", err=True)
+            sys.exit(INTERRUPTED)
         except Exception as e:
             msg = e.one_line() if isinstance(e, MoltingError) else _world_error(e)
             if msg is None:
@@ -189,7 +193,7 @@ def cli(ctx):
     # the artifacts read here are kilobytes: MLflow's per-download progress bar is only noise
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-    sigterm_as_interrupt()       # a run killed with SIGTERM ends KILLED, not RUNNING
+    interrupt_on_signals()       # a run killed with SIGTERM ends KILLED, not RUNNING; mlflow run's echo is dropped
     if ctx.invoked_subcommand in STORE_COMMANDS:
         user_errors(touch_store)(create=False, write=ctx.invoked_subcommand not in READ_COMMANDS)
 

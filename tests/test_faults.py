@@ -87,6 +87,27 @@ def wait_until_training(proc, client=None, timeout=120):
     pytest.fail("no loss logged in time")
 
 
+def wait_until_evaluating(proc, client=None, timeout=180):
+    """The run of `proc` once its evaluation has begun (time_adapter_log_s is logged last before it)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = [r for r in runs(client) if "time_adapter_log_s" in r.data.metrics]
+        if found:
+            return found[0]
+        if proc.poll() is not None:
+            pytest.fail(f"exited {proc.returncode} before evaluating: {output(proc)[-3000:]}")
+        time.sleep(0.3)
+    pytest.fail("training did not end in time")
+
+
+def kept_line(out: str, run_id: str) -> str:
+    """The one line of a train run interrupted once its adapter was kept: the run, the adapter, the command."""
+    (line,) = [ln for ln in out.replace("\r", "\n").splitlines() if ln.startswith("molting: interrupted")]
+    assert f"run {run_id[:8]} ended KILLED" in line and f"runs:/{run_id}/adapter" in line, line
+    assert line.endswith(f"molting evaluate --run-id {run_id[:8]}"), line
+    return line
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -138,6 +159,70 @@ def test_sigterm_and_ctrl_c_mid_training_end_killed(tmp_path, fault, sig):
           f"exit {proc.returncode}; run KILLED, molting.error='interrupted'; {assert_no_running()}")
 
 
+def test_ctrl_c_during_evaluation_keeps_the_adapter_and_says_how_to_finish(tmp_path, fault):
+    """The user's report: Ctrl-C while a trained run evaluated said 'Aborted!', exit 1, and nothing of what
+    was kept. Now: the adapter is whole on the run before evaluation starts; the interrupt ends the run
+    KILLED, exits 130 with one line naming the run and `molting evaluate --run-id`, which then scores it."""
+    # 4096 new tokens: an evaluation of about a minute on a CPU, long enough to land in
+    proc = start_train(tmp_path, "--epochs", "1", "--eval-max-new-tokens", "4096", log=tmp_path / "train.log")
+    client = MlflowClient()
+    run_id = wait_until_evaluating(proc, client).info.run_id
+    time.sleep(1)          # into the evaluation's generation
+    os.kill(proc.pid, signal.SIGINT)
+    deadline = time.time() + 60
+    while client.get_run(run_id).info.status == "RUNNING" and time.time() < deadline:
+        time.sleep(0.3)
+    got = client.get_run(run_id)
+    assert got.info.status == "KILLED" and got.data.tags["molting.error"] == "interrupted", output(proc)[-3000:]
+    assert got.data.tags["molting.adapter_logged"] == "true" and "score" not in got.data.metrics   # unscored
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/molting.json"} <= \
+        {a.path for a in client.list_artifacts(run_id, "adapter")}
+    # scored while the train process still exits (its interpreter's teardown takes seconds)
+    r = CliRunner().invoke(cli, ["evaluate", "--run-id", run_id[:8], "--max-new-tokens", "4"])
+    assert r.exit_code == 0, r.output[-3000:]
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"train did not exit within 60 s of SIGINT: {output(proc)[-3000:]}")
+    out = output(proc)
+    assert proc.returncode == 130, out[-3000:]
+    assert "Aborted!" not in out and "Traceback" not in out, out[-3000:]
+    line = kept_line(out, run_id)        # its command is the one that scored the run above
+    (scored,) = [x for x in runs(client) if x.data.tags.get("molting.train_run_id") == run_id]
+    assert scored.info.status == "FINISHED" and "score" in scored.data.metrics
+    fault("Ctrl-C during a train run's evaluation",
+          f"exit 130, one line {line[:60]!r}…; run KILLED with its adapter; `molting evaluate --run-id` "
+          f"scored it ({scored.data.metrics['score']:.2f}); {assert_no_running(client)}")
+
+
+def test_ctrl_c_after_the_last_step_waits_for_the_adapter(monkeypatch, fault):
+    """A signal once every step is trained, while the last epoch's ref_nll is computed (seconds on a real
+    model): it used to raise as the trainer returned, before the adapter was saved, throwing the training
+    away. The signal is sent from inside that ref_nll, in this process, so it lands there every time."""
+    from molting_mlflow.stages import train as train_mod
+
+    real = train_mod.reference_nll
+
+    def interrupted_nll(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "reference_nll", interrupted_nll)
+    r = CliRunner().invoke(cli, ["train", "--model", "tiny-random", "--min-steps", "0", "--epochs", "1",
+                                 "--evaluate", "false"])
+    assert r.exit_code == 130, r.output[-3000:]
+    client = MlflowClient()
+    (run,) = runs(client)
+    assert "signal SIGINT: training is complete: keeping its adapter, then stopping" in r.output
+    assert f"molting evaluate --run-id {run.info.run_id[:8]}" in r.output and "Aborted!" not in r.output
+    assert run.info.status == "KILLED" and run.data.tags["molting.adapter_logged"] == "true"
+    assert "adapter/adapter_model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    fault("Ctrl-C after the last step (during the epoch's ref_nll)",
+          f"exit 130; adapter kept ({int(run.data.metrics['optimizer_steps'])} steps), run KILLED; "
+          f"{assert_no_running(client)}")
+
+
 def test_ctrl_c_under_mlflow_run_ends_killed(tmp_path, fault):
     """`mlflow run` sets FAILED over the KILLED our entry point set (its status check compares a string with
     integers, MLflow 3.17); molting_mlflow/store/mlflow_run.py sets KILLED again once the runner has exited."""
@@ -162,6 +247,37 @@ def test_ctrl_c_under_mlflow_run_ends_killed(tmp_path, fault):
     assert got.info.status == "KILLED" and got.data.tags["molting.error"] == "interrupted", output(proc)[-3000:]
     fault("Ctrl-C under `mlflow run`", f"exit {proc.returncode}; run KILLED (after the runner's FAILED), "
           f"molting.error='interrupted'; {assert_no_running()}")
+
+
+def test_ctrl_c_during_evaluation_under_mlflow_run_keeps_the_adapter(tmp_path, fault):
+    """The same Ctrl-C under `mlflow run`: the entry point's line is there (the runner's SIGTERM that follows
+    the terminal's SIGINT is dropped as its echo, not a second signal that cuts the ending short), the run
+    ends KILLED (mlflow_run.py, after the runner's FAILED) and its adapter is kept."""
+    from molting_mlflow.store.experiments import ensure_experiment
+
+    ensure_experiment("molting")
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "--env-manager", "local", "--experiment-name",
+           "molting", "-P", "model=tiny-random", "-P", "epochs=1", "-P", "min_steps=0",
+           "-P", "eval_max_new_tokens=4096"]
+    with open(tmp_path / "run.log", "w") as log:   # a terminal's foreground group: Ctrl-C reaches every process
+        proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ})
+    proc.log = tmp_path / "run.log"
+    client = MlflowClient()
+    run_id = wait_until_evaluating(proc, client).info.run_id
+    time.sleep(1)          # into the evaluation's generation
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    deadline = time.time() + 60
+    while client.get_run(run_id).info.status != "KILLED" and time.time() < deadline:
+        time.sleep(0.5)
+    got = client.get_run(run_id)
+    assert got.info.status == "KILLED" and got.data.tags["molting.error"] == "interrupted", output(proc)[-3000:]
+    assert got.data.tags["molting.adapter_logged"] == "true"
+    line = kept_line(output(proc), run_id)
+    fault("Ctrl-C during the evaluation under `mlflow run`",
+          f"the line {line[:40]!r}…; run KILLED (after the runner's FAILED) with its adapter; {assert_no_running()}")
 
 
 # ---------------------------------------------------------------------------------------------

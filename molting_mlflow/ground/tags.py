@@ -12,6 +12,7 @@ RUBRIC_VERSION_TAG = "molting.rubric_version"   # the rubric version its scores 
 TRIAL_STATE_TAG = "molting.trial_state"         # PRUNED on a sweep trial that stopped early
 PRUNE_REASON_TAG = "molting.prune_reason"       # why, in words, for the reader of the UI
 REUSED_RUN_TAG = "molting.reused_run_id"        # a reused trial: the finished run whose results it carries
+ADAPTER_LOGGED_TAG = "molting.adapter_logged"   # "true" once a train run's adapter/ is whole: set before its evaluation
 STUDY_TAG = "molting.study"                     # the Optuna study of a sweep run or trial
 REFERENCE = "molting.reference"                 # a reference trial (user-original | preset-default): user attr and tag
 

@@ -27,10 +27,10 @@ from molting_mlflow.ground.judge import Judge, check, judge_of
 from molting_mlflow.ground.models import BaseCache, load_for_training
 from molting_mlflow.ground.preflight import EVAL_LEAK, UNTRAINABLE
 from molting_mlflow.ground.prepare import Prepared, prepare, run_params
-from molting_mlflow.ground.tags import (ADAPTER_META, EVAL_LEAK_TAG, MODEL_TAG, PREFLIGHT_ARTIFACT, PREFLIGHT_TAG,
-                                        STAGE_TAG)
-from molting_mlflow.store.interrupt import stop_at_step_end
+from molting_mlflow.ground.tags import (ADAPTER_LOGGED_TAG, ADAPTER_META, EVAL_LEAK_TAG, MODEL_TAG, PREFLIGHT_ARTIFACT,
+                                        PREFLIGHT_TAG, STAGE_TAG)
 from molting_mlflow.store.evaluation import answer_and_score
+from molting_mlflow.store.interrupt import Interrupted, stop_at_step_end
 from molting_mlflow.store.tracking import stage_run
 
 
@@ -153,7 +153,9 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
          loss_plot: bool = True, clock: _Clock | None = None) -> TrainResult:
     """Load (or borrow), train, log the numbers and the adapter, evaluate; the fingerprint tag comes
     last, so only a run that trained (and scored) carries it. A borrowed base goes back clean after
-    success; after a failure it is dropped (it may still hold this trial's LoRA layers)."""
+    success; after a failure it is dropped (it may still hold this trial's LoRA layers). A Ctrl-C or
+    SIGTERM once training began raises interrupt.Interrupted with the line that says what was kept:
+    the adapter is logged whole before evaluation starts, and a signal after the last step waits for it."""
     from transformers import set_seed
 
     threads = runtime.set_threads()
@@ -167,6 +169,7 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
         load_s = time.time() - t_load
     set_seed(p.cfg.seed)                      # after loading: a borrowed base and a fresh one start alike
     clock = clock or _Clock()
+    trainer, kept = None, False        # kept: the adapter is whole on the run (an interrupt after it keeps it)
     try:
         with clock("params"):
             mlflow.log_params({**run_params(p), "train.cpu_threads": threads.n, "train.cpu_threads_why": threads.why})
@@ -177,21 +180,34 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
         trainer, losses = _trainer(p, model, run_id, questions, (*callbacks, *watch), bases)
         mlflow.log_text(_marked_example(trainer, p.tokenizer), "example_rendered.txt")
         setup_s = time.time() - t_setup
-        stats = _run_trainer(trainer, p, losses, load_s)
-        t_save = time.time()
-        _log_adapter(trainer.model, p, run_id, losses, stats, loss_plot)
-        # where a run's time goes besides training and evaluation (the sweep's overhead share)
+        # Ctrl-C / SIGTERM: training stops after its step (then KeyboardInterrupt, nothing kept); once
+        # its last step is done, they wait until the adapter is on the run
+        with stop_at_step_end() as stop:
+            trainer.add_callback(stop.callback())
+            stats = _run_trainer(trainer, p, losses, load_s)
+            if not stop.cut_short:
+                t_save = time.time()
+                _log_adapter(trainer.model, p, run_id)
+                kept = True
+        if loss_plot:
+            _log_loss_curve(p, losses, stats)
+        # where a run's time goes besides training and evaluation (the sweep's overhead share);
+        # time_adapter_log_s: the adapter and the loss curve
         mlflow.log_metrics({"time_trainer_setup_s": setup_s, "time_adapter_log_s": time.time() - t_save})
         result = TrainResult(run_id, stats["optimizer_steps"], stats["final_loss"], stats["train_runtime_s"],
-                             f"runs:/{run_id}/adapter", "", losses)
+                             adapter_uri(run_id), "", losses)
         if p.cfg.evaluate and questions:
             result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step, clock,
                                              judge_of(p.cfg))
         elif p.cfg.evaluate:
             log(f"not evaluated: {p.cfg.persona} names no questions (pre-flight's persona.no_questions)")
-    except BaseException:
+    except BaseException as e:
         if bases is not None:
             bases.drop()
+        began = trainer is not None and trainer.state.max_steps > 0     # Trainer sets max_steps as train() starts
+        if began and isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
+            # the run still ends KILLED (stage_run); the line says what it kept
+            raise Interrupted(interrupted_line(run_id, trainer.state.global_step, trainer.state.max_steps, kept)) from e
         raise
     if bases is not None:
         bases.give_back(trainer.model)
@@ -287,9 +303,7 @@ def _run_trainer(trainer, p: Prepared, losses: list, load_s: float) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
-    with stop_at_step_end() as stop:          # Ctrl-C / SIGTERM: after this step, then KeyboardInterrupt
-        trainer.add_callback(stop.callback())
-        out = trainer.train()
+    out = trainer.train()
     if cuda:
         torch.cuda.synchronize()
     runtime_s = time.time() - t0
@@ -310,8 +324,24 @@ def _run_trainer(trainer, p: Prepared, losses: list, load_s: float) -> dict:
     return stats
 
 
-def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict, loss_plot: bool = True) -> None:
-    """adapter/ (PEFT weights, tokenizer with the model's own template, molting.json) and the loss curve."""
+def adapter_uri(run_id: str) -> str:
+    return f"runs:/{run_id}/adapter"
+
+
+def interrupted_line(run_id: str, steps: int, max_steps: int, kept: bool) -> str:
+    """The one line of an interrupted train run: what it kept and, once its adapter is whole (its
+    evaluation, or a signal that waited for the adapter), the command that finishes the job."""
+    if not kept:
+        return (f"molting: interrupted after {steps} of {max_steps} optimizer steps, before an adapter was kept: "
+                f"run {run_id[:8]} ended KILLED with none")
+    return (f"molting: interrupted after training: run {run_id[:8]} ended KILLED, unscored; its adapter "
+            f"({steps} optimizer steps) is kept at {adapter_uri(run_id)}; score it: "
+            f"molting evaluate --run-id {run_id[:8]}")
+
+
+def _log_adapter(model, p: Prepared, run_id: str) -> None:
+    """adapter/ (PEFT weights, tokenizer with the model's own template, molting.json), then the tag
+    ADAPTER_LOGGED_TAG: a run that carries it has its adapter whole, whatever ended the run after."""
     with tempfile.TemporaryDirectory() as tmp:
         adapter = Path(tmp) / "adapter"
         model.save_pretrained(adapter)
@@ -327,8 +357,12 @@ def _log_adapter(model, p: Prepared, run_id: str, losses: list, stats: dict, los
             "template_source": p.template_source, "train_run_id": run_id}, ensure_ascii=False, indent=1))
         bundle.write(adapter, p.persona, p.cfg.questions)    # the adapter carries its persona (registry, chat)
         mlflow.log_artifacts(str(adapter), "adapter")
-        if not loss_plot:
-            return
+    mlflow.set_tag(ADAPTER_LOGGED_TAG, "true")
+
+
+def _log_loss_curve(p: Prepared, losses: list, stats: dict) -> None:
+    """loss_curve.png (~1.4 s on a CPU, most of it matplotlib's text layout): after the adapter is kept."""
+    with tempfile.TemporaryDirectory() as tmp:
         curve = Path(tmp) / "loss_curve.png"
         _plot_losses(losses, curve, f"{p.cfg.model}: {stats['optimizer_steps']} optimizer steps, "
                                     f"final loss {stats['final_loss']:.3f}")
