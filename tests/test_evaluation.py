@@ -42,7 +42,7 @@ def test_an_english_persona_is_scored_end_to_end_by_molting_score():
 
 
 @pytest.mark.parametrize("line,msg", [("", "missing field 'language' (its ISO 639-1 code"),
-                                      ("language: xx\n", "field 'language' is 'xx'; expected one of en, pt")])
+                                      ("language: xx\n", "field 'language' is 'xx', and no language file describes it (known: en, pt); put xx.txt")])
 def test_persona_language_is_named_and_known(tmp_path, line, msg):
     text = (ADA / "persona.yaml").read_text(encoding="utf-8").replace("language: en\n", line)
     card = tmp_path / "p.yaml"

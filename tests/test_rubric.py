@@ -480,3 +480,13 @@ def test_every_language_has_its_claim_words():
 
     for lang in package_languages().langs:
         assert lang.words("name_claims") and lang.words("negations") and lang.words("self_descriptions"), lang.code
+
+
+def test_docs_rubric_table_is_the_rubric_own():
+    """docs/rubric.md shows the dimension table the code scores with; a row added or changed in one alone fails."""
+    from pathlib import Path
+
+    from molting_mlflow.ground.rubric import RUBRIC
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "rubric.md").read_text(encoding="utf-8")
+    assert RUBRIC.table_md() in doc and f"# Rubric v{RUBRIC.version}" in doc
