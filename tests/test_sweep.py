@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -329,6 +330,36 @@ def test_several_workers_start_together_on_a_fresh_sqlite_store(tmp_path):
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][-1500:] + outs[1][-1500:]
     assert not any("Traceback" in o for o in outs)
+
+
+@pytest.mark.slow   # ~85 s of CPU for the two runs; 3.5 min of wall on a loaded 2-core box
+def test_two_mlflow_run_sweeps_start_together_on_a_fresh_sqlite_store(tmp_path):
+    """The multi-worker example under `mlflow run`: two sweeps started at once, one PostgreSQL study, a new
+    mlflow.db. MLflow's runner creates the store before our entry point (runner_check.sql_store builds it): without
+    the first-use lock there, both runners migrated it and one ended at once (`duplicate column name: step`)."""
+    url = _postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL answers on 127.0.0.1:5432 (database test, trust auth)")
+    root = Path(__file__).resolve().parent.parent
+    name, db = f"molting-race-{uuid.uuid4().hex[:8]}", tmp_path / "mlflow.db"
+    cmd = [sys.executable, "-m", "mlflow", "run", str(root), "-e", "sweep", "--env-manager", "local",
+           "--experiment-name", "race", "-P", "model=tiny-random", "-P", "n_trials=1", "-P", f"storage={url}",
+           "-P", f"study_name={name}", "-P", "search=epochs=1,1;grad_accum=1", "-P", "min_steps=0",
+           "-P", "enqueue_user=false", "-P", "register=false", "-P", "reuse=false"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "MOLTING_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-1500:] + outs[1][-1500:]
+    study = optuna.load_study(study_name=name, storage=url)
+    numbers = sorted(t.number for t in study.trials)
+    assert numbers == list(range(len(numbers))) and 1 <= len(numbers) <= 2, numbers
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    runs = MlflowClient(f"sqlite:///{db}").search_runs([MlflowClient(f"sqlite:///{db}")
+                                                        .get_experiment_by_name("race").experiment_id])
+    assert not [r for r in runs if r.info.status != "FINISHED"]            # none left RUNNING
+    assert sorted(int(r.data.tags["molting.trial"]) for r in runs if "molting.trial" in r.data.tags) == numbers
+    assert len([r for r in runs if r.data.tags.get("molting.stage") == "sweep"]) == 2   # each sweep its parent
 
 
 def test_a_killed_worker_trial_is_failed_and_retried_by_the_other(tmp_path, fresh_postgres):

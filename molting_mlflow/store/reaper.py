@@ -7,13 +7,16 @@ molting.error. A run of another host is left to that host: its pid means nothing
 
 `touch_store()` is what a command calls first: a tracking server must answer (one line if not), a
 new SQLite store is created under a lock (MLflow migrates its schema on first use, and two processes
-doing that at once break each other), then the reaping. Once per store per process.
+doing that at once break each other), then the reaping. Once per store per process. The lock is
+`store_lock`, also taken where MLflow builds a SQL store (runner_check.sql_store): under `mlflow run`
+the runner creates the store before any command of ours starts.
 """
 from __future__ import annotations
 
 import os
 import socket
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -123,7 +126,7 @@ def touch_store(create: bool = True, write: bool = True) -> None:
     check_answers(uri)
     if db is not None and not db.exists() and not create:
         return
-    with _store_lock(db):
+    with store_lock(db):
         if write and db is not None and db.exists():
             check_writable(db)   # inside the lock: never waiting on another molting process's schema migration
         client = _opened(uri)
@@ -286,9 +289,27 @@ def redact(uri: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", uri)
 
 
+# The first-use locks this process holds: the store folder's (st_dev, st_ino) → [descriptor holding the flock, how many
+# holders]; the descriptor is None while a thread waits for the flock. _held_change guards it and wakes the waiters.
+_held: dict[tuple[int, int], list] = {}
+_held_change = threading.Condition()
+
+
 @contextmanager
-def _store_lock(db: Path | None):
-    """An exclusive lock on the SQLite store's folder (no lock file left behind); no-op for other stores."""
+def store_lock(db: Path | None):
+    """The first-use lock of the SQLite store `db`: an exclusive flock on its folder (no lock file left behind), so
+    one process at a time creates and migrates a new store; no-op for other stores.
+
+    Whatever opens the store first takes it: MLflow's builder through runner_check.sql_store (the `mlflow run`
+    runner, before our entry point starts; any client), touch_store (every command, each sweep worker), and the
+    two nested where touch_store's client makes MLflow build the store. Re-entrant within the process: flocks
+    of two open descriptions of the folder conflict even in one process, so a nested take would wait on itself;
+    the process keeps one description a folder (by inode: `./x` and `/abs/x` are one lock) and a count, and the
+    flock goes when the last holder leaves. Shared by the process's threads, not exclusive between them: MLflow
+    builds every store (a new one's migration too) under its own process-wide lock (_building_store_lock in
+    tracking/_tracking_service/registry.py) and calls sql_store inside it, while touch_store takes this lock
+    before MLflow's; a lock exclusive between threads would deadlock those two orders. A thread that comes while
+    another waits for another process's flock waits with it."""
     if db is None:
         yield
         return
@@ -297,10 +318,36 @@ def _store_lock(db: Path | None):
     except ImportError:  # Windows: no flock; creating a store from two processes at once is left to luck there
         yield
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(db.parent, os.O_RDONLY)
+    db.parent.mkdir(parents=True, exist_ok=True)     # MLflow makes the folder too (db/utils.py), so nothing new
+    fd = os.open(db.parent, os.O_RDONLY)             # not inherited by a child process (PEP 446)
+    st = os.fstat(fd)
+    key = (st.st_dev, st.st_ino)
+    with _held_change:
+        while key in _held and _held[key][0] is None:   # another thread of this process waits for the flock
+            _held_change.wait()
+        joined = key in _held
+        if joined:
+            _held[key][1] += 1
+        else:
+            _held[key] = [None, 0]
+    if joined:
+        os.close(fd)            # this process's one description already holds the flock
+    else:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)     # waits for another process's first use of the store
+        except BaseException:
+            os.close(fd)
+            with _held_change:
+                del _held[key]
+                _held_change.notify_all()
+            raise
+        with _held_change:
+            _held[key] = [fd, 1]
+            _held_change.notify_all()
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        with _held_change:
+            _held[key][1] -= 1
+            if _held[key][1] == 0:
+                os.close(_held.pop(key)[0])     # the last holder: closing the description releases the flock

@@ -21,7 +21,9 @@ in pyproject.toml):
   returns the store MLflow's own builder makes. The client is built (TrackingServiceClient.__init__) before
   any query, so this comes before the experiment lookup and the create_run. The probe is
   reaper.check_writable: a write rolled back, which fails for a read-only store at once and for a
-  locked one after reaper.LOCK_WAIT_S.
+  locked one after reaper.LOCK_WAIT_S. The builder is also where a new SQLite store is created and
+  migrated, in the runner first: `sql_store` builds it under the first-use lock that touch_store takes
+  (reaper.store_lock), in any process, so two `mlflow run`s started on a fresh store migrate it once.
 - postgresql, mysql, mssql: the same entry point for MLflow's other SQL schemes (`postgresql+psycopg2://…`
   is the `postgresql` scheme to MLflow). The check is reaper.check_database, one TCP connection: a refused
   port was about 100 s of the engine's retries, then a traceback.
@@ -35,9 +37,10 @@ in pyproject.toml):
 - `mlflow.run_context_provider` would not do: its tags are resolved by `mlflow.start_run`, never by the
   runner's `MlflowClient.create_run`.
 
-Both hooks act only in an `mlflow run` process (argv) whose project folder holds this project's MLproject
+Both hooks check only in an `mlflow run` process (argv) whose project folder holds this project's MLproject
 (`name: molting-mlflow`); anything else (another project, `mlflow server`, the entry point's own process,
-any script) is left as MLflow makes it. One look per process. The wording is reaper's (one owner).
+any script) is left as MLflow makes it, but for the first-use lock around building a SQLite store, which
+only orders processes. One look per process. The wording is reaper's (one owner).
 
 A fault the checks find is `molting: <problem>; <fix>` on stderr and exit 2. MLflow's registries catch
 `Exception` from a provider and only log a warning, so the exit is `SystemExit`, a BaseException, which
@@ -151,9 +154,14 @@ class HeaderProvider:
 
 def sql_store(store_uri, artifact_uri=None, **kw):
     """`mlflow.tracking_store` for sqlite, postgresql, mysql and mssql: the check, then the store MLflow's own
-    builder makes."""
-    guard(store_uri)
-    return _mlflow_sql_builder()(store_uri, artifact_uri, **kw)
+    builder makes; for SQLite both under the store's first-use lock (reaper.store_lock), in every process.
+    MLflow's builder is what creates and migrates a new SQLite file (SqlAlchemyStore.__init__), and under
+    `mlflow run` the runner builds it before our entry point's touch_store: two runs started together on a
+    fresh store migrated it twice, and one ended with `duplicate column name: step`. The check comes inside
+    the lock too, as in touch_store: its write probe never waits on another process's migration."""
+    with reaper.store_lock(sqlite_path(store_uri)):
+        guard(store_uri)
+        return _mlflow_sql_builder()(store_uri, artifact_uri, **kw)
 
 
 def _mlflow_sql_builder():
