@@ -104,6 +104,30 @@ def test_compare_is_compact_score_first_and_shows_only_the_settings_that_differ(
     assert full.index("score") < full.index("d1_identity")
 
 
+def test_compare_shows_why_a_run_has_no_score_in_a_status_column():
+    """Runs that ended without a score (FAILED, KILLED, still RUNNING) read their status in the compact
+    table, and a trial the sweep pruned (KILLED on purpose) reads PRUNED. Fails when compare's compact
+    table drops the status column, or shows a pruned trial as KILLED (compare._status)."""
+    client = MlflowClient()
+    exp = mlflow.set_experiment("molting").experiment_id
+    scored = _run("scored", metrics=_scored(6.0))
+    ids = {}
+    for name, status, tags in (("failed", "FAILED", {}), ("running", None, {}), ("killed", "KILLED", {}),
+                               ("pruned", "KILLED", {"molting.trial_state": "PRUNED"})):
+        run = client.create_run(exp, run_name=name, tags={"molting.stage": "train", **tags})
+        if status:
+            client.set_terminated(run.info.run_id, status)
+        ids[name] = run.info.run_id
+    r = CliRunner().invoke(cli, ["compare"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].split()[:4] == ["run_id", "name", "status", "score"], lines[0]
+    rows = {line.split()[0]: line.split() for line in lines[1:] if line.strip()}
+    assert rows[scored[:8]][1:4] == ["scored", "FINISHED", "6.0"]
+    for name, shown in (("failed", "FAILED"), ("running", "RUNNING"), ("killed", "KILLED"), ("pruned", "PRUNED")):
+        assert rows[ids[name][:8]][1:3] == [name, shown], rows[ids[name][:8]]
+
+
 # ---- diagnose: a run without a score --------------------------------------------------------
 
 def test_diagnose_says_why_a_run_has_no_score_instead_of_zero():
