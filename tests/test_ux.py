@@ -207,6 +207,31 @@ def test_the_summary_counts_step_pruned_trials_by_their_cause():
     assert "covered only the reference" in why_no_best([ref], sc) and "raise n_trials" in why_no_best([ref], sc)
 
 
+def test_the_summary_says_a_reference_that_beat_every_searched_trial_is_no_candidate():
+    """A reference trial (the user's own configuration) scored above the best searched trial: the summary
+    says references are never candidates, and that no searched trial beat it, with both scores. Fails
+    when sweep_report._summary_md leaves out _reference_lines (the table alone leaves the reader to see
+    that 'best' scored below a reference)."""
+    from types import SimpleNamespace
+
+    from molting_mlflow.ground.sweep_config import SweepConfig
+    from molting_mlflow.stages.sweep_report import _summary_md
+
+    def trial(number, value, **attrs):
+        return SimpleNamespace(number=number, value=value, params={}, state="COMPLETE",
+                               user_attrs={**{d: 1.0 for d in DIMENSIONS}, "optimizer_steps": 150, **attrs})
+
+    sc = SweepConfig(model="tiny-random")
+    best, ref = trial(3, 2.0), trial(0, 4.5, **{"molting.reference": "user-original"})
+    text = _summary_md(sc, best, [ref], [], [], 1.0)
+    assert "- reference trials (user-original #0: 4.50) are configurations to beat, never candidates for the best " \
+           "or the registry" in text
+    assert "- no searched trial beat user-original: the best searched trial #3 scored 2.00, below 4.50" in text
+    assert "| best (#3) |" in text and "| reference: user-original (#0) |" in text
+    beaten = _summary_md(sc, trial(3, 5.0), [ref], [], [], 1.0)
+    assert "never candidates" in beaten and "no searched trial beat" not in beaten
+
+
 # ---- run names, warnings --------------------------------------------------------------------
 
 def test_run_names_tell_apart_runs_on_other_data_or_settings(tmp_path):
