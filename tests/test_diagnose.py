@@ -122,3 +122,39 @@ def test_too_few_steps_without_an_example_count_is_still_found(store):
 
 def causes_of(run):
     return {f.cause: f for f in findings(run)}
+
+
+# ---- causes read from a run's data alone (RunData built here, no training) -----------------------
+
+def _rows(questions, responses, persona):
+    """eval_results.json rows as load_run gives them: points, codes, (code, reason) pairs."""
+    from molting_mlflow.ground.rubric import score_response
+    from molting_mlflow.store.scoring import REASONS_BY_CODE
+
+    rows = []
+    for q, text in zip(questions, responses):
+        s = score_response(q, text, "stop", persona)
+        rows.append({"id": q.id, "question": q.question, "response": text, "finish_reason": "stop", **s,
+                     REASONS_BY_CODE: [list(p) for p in zip(s["codes"], s["reasons"])]})
+    return rows
+
+
+def _run_data(answers=(), losses=(), ceiling=None, score=3.0):
+    from molting_mlflow.stages.causes import RunData
+
+    return RunData("0" * 32, {}, {"score": score}, {}, list(losses), {"findings": [], "numbers": {}}, list(answers),
+                   ceiling or {})
+
+
+def test_the_loss_fall_is_never_over_100_percent():
+    """A loss that falls to ~0 at the end fell by at most 100 %: the means of the tail's first and last
+    fifth, not a fitted line's slope over its mean (which read 120 % and more). Fails with causes.tail_drop
+    back to the least-squares slope."""
+    from molting_mlflow.stages.causes import tail_drop
+
+    losses = [(s, max(1e-4, 2.0 - 0.05 * s)) for s in range(1, 41)]        # 1.95 → 0.0001 at step 40
+    first, last, drop = tail_drop(losses)
+    assert first > last > 0 and 0.9 < drop <= 1.0, (first, last, drop)
+    (f,) = [f for f in findings(_run_data(losses=losses)) if f.cause == "loss still falling at the end"]
+    shown = int(f.evidence[0].split("loss fell ")[1].split("%")[0])
+    assert 90 <= shown <= 100 and f"from {first:.3f} to {last:.3f}" in f.evidence[0], f.evidence
