@@ -158,3 +158,32 @@ def test_the_loss_fall_is_never_over_100_percent():
     (f,) = [f for f in findings(_run_data(losses=losses)) if f.cause == "loss still falling at the end"]
     shown = int(f.evidence[0].split("loss fell ")[1].split("%")[0])
     assert 90 <= shown <= 100 and f"from {first:.3f} to {last:.3f}" in f.evidence[0], f.evidence
+
+
+def test_identity_points_the_references_lose_too_are_the_ruler_ceiling_not_more_steps():
+    """Cláudio's own reference answers score D1 1 on the six questions that do not ask who he is ('name not
+    mentioned'). A run answering as the references do loses those points too: one low finding, 'identity
+    points the references lose too (D1)', nothing to train; never 'more steps on identity examples'. An
+    answer below its reference is still the adapter's, and only it. Fails when causes._dimension_findings
+    measures against the maximum instead of run.ceiling."""
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
+    from molting_mlflow.ground.persona import load_persona
+    from molting_mlflow.ground.questions import load_questions
+    from molting_mlflow.ground.rubric import DIMENSIONS
+
+    claudio, questions = load_persona(), load_questions(DEFAULT_QUESTIONS)
+    refs = _rows(questions, [q.reference for q in questions], claudio)
+    ceiling = {r["id"]: {d: r[d] for d in DIMENSIONS} for r in refs}
+    assert [c["d1_identity"] for c in ceiling.values()] == [2, 2, 1, 1, 1, 1, 1, 1]
+
+    got = {f.cause: f for f in findings(_run_data(refs, ceiling=ceiling))}
+    shared = got["identity points the references lose too (D1)"]
+    assert shared.impact == "low" and shared.points == 0.75 and shared.fixable == "no (the ruler's ceiling)"
+    assert shared.evidence[0] == "q3: its reference answer scores D1 1/2 too"
+    assert "identity points lost (D1)" not in got
+    assert not [f for f in got.values() if "more steps on identity examples" in f.change], list(got)
+
+    off = _rows(questions[:1], ["Eu sou o ChatGPT, tá?"], claudio) + refs[1:]      # q1 below its reference
+    (own,) = [f for f in findings(_run_data(off, ceiling=ceiling)) if f.cause == "identity points lost (D1)"]
+    assert own.change.startswith("more steps on identity examples") and own.points == 0.25
+    assert [e.split(":")[0] for e in own.evidence[1:]] == ["q1"], own.evidence
