@@ -187,3 +187,18 @@ def test_identity_points_the_references_lose_too_are_the_ruler_ceiling_not_more_
     (own,) = [f for f in findings(_run_data(off, ceiling=ceiling)) if f.cause == "identity points lost (D1)"]
     assert own.change.startswith("more steps on identity examples") and own.points == 0.25
     assert [e.split(":")[0] for e in own.evidence[1:]] == ["q1"], own.evidence
+
+
+def test_empty_answers_are_one_cause_not_one_a_dimension():
+    """Five empty answers cost every dimension: that is one finding, 'empty answers', with every point, not
+    D1–D5 'points lost' five times over. Fails when causes.findings drops _empty_findings, or its finding no
+    longer claims the `empty` reason code."""
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
+    from molting_mlflow.ground.persona import load_persona
+    from molting_mlflow.ground.questions import load_questions
+
+    questions = load_questions(DEFAULT_QUESTIONS)[:5]
+    run = _run_data(_rows(questions, ["", " ", "\n", "", "\t"], load_persona()), score=0.0)
+    out = findings(run)
+    assert [f.cause for f in out] == ["empty answers"], [f.cause for f in out]
+    assert out[0].points == 10.0 and out[0].evidence == ["5/5 answers are empty or whitespace: q1, q2, q3, q4, q5"]
