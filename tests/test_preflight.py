@@ -152,3 +152,18 @@ def test_a_train_config_with_leaked_questions_warns_in_preflight(tmp_path):
     path.write_text(json.dumps(qs, ensure_ascii=False), encoding="utf-8")
     r = prepare(TrainConfig(model="tiny-random", questions=str(path), min_steps=0)).report
     assert r.status == "warn" and findings(r, "warn")["eval_leak"].data["questions"] == ["q3"], r.to_text()
+
+
+def test_the_shipped_data_and_the_rosa_example_leak_no_question():
+    """data/ (Cláudio) and examples/rosa: no evaluation question is a training prompt. Fails when one is
+    written back (Rosa's questions were 5 of 6 her training prompts before they were asked anew)."""
+    from pathlib import Path
+
+    from molting_mlflow.ground.data import load_dataset
+    from molting_mlflow.ground.paths import DEFAULT_DATASET, DEFAULT_QUESTIONS
+    from molting_mlflow.ground.preflight import leak_findings
+    from molting_mlflow.ground.questions import load_questions
+
+    rosa = Path(__file__).resolve().parent.parent / "examples" / "rosa"
+    for dataset, questions in ((DEFAULT_DATASET, DEFAULT_QUESTIONS), (rosa / "dataset.json", rosa / "questions.json")):
+        assert leak_findings(load_questions(questions), load_dataset(dataset, "x")) == [], questions
