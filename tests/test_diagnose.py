@@ -202,3 +202,50 @@ def test_empty_answers_are_one_cause_not_one_a_dimension():
     out = findings(run)
     assert [f.cause for f in out] == ["empty answers"], [f.cause for f in out]
     assert out[0].points == 10.0 and out[0].evidence == ["5/5 answers are empty or whitespace: q1, q2, q3, q4, q5"]
+
+
+# ---- a run trained on the questions it is scored on (pre-flight's eval_leak) -----------------------
+
+@pytest.fixture(scope="module")
+def leaked(tmp_path_factory):
+    """A tiny-random run whose questions q1 and q3 are prompts of the shipped dataset (examples 0 and 15)."""
+    import json
+
+    from helpers import store_in
+
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
+
+    d = tmp_path_factory.mktemp("leak")
+    qs = json.loads(DEFAULT_QUESTIONS.read_text(encoding="utf-8"))
+    qs[0]["question"], qs[2]["question"] = "qual é o seu nome", "Me explica o projeto Molting!"
+    (d / "questions.json").write_text(json.dumps(qs, ensure_ascii=False), encoding="utf-8")
+    with store_in(d) as uri:
+        run = train(TrainConfig(model="tiny-random", questions=str(d / "questions.json"), epochs=1, min_steps=0,
+                                eval_max_new_tokens=4), log=lambda *a: None)
+    return uri, run.run_id
+
+
+def test_a_run_on_leaked_questions_carries_the_eval_leak_tag(leaked, monkeypatch):
+    """Fails when train stops tagging molting.eval_leak (or prepare stops finding the leak)."""
+    uri, run_id = leaked
+    use_store(monkeypatch, uri)
+    assert MlflowClient().get_run(run_id).data.tags["molting.eval_leak"] == "2/8"
+
+
+def test_compare_shows_the_leak_column(leaked, monkeypatch):
+    """Fails when compare's compact table drops the 'leak' column (tags.molting.eval_leak)."""
+    uri, run_id = leaked
+    use_store(monkeypatch, uri)
+    r = CliRunner().invoke(cli, ["compare"])
+    assert r.exit_code == 0, r.output
+    head, row = r.output.splitlines()[:2]
+    assert "leak" in head.split() and row.split()[head.split().index("leak")] == "2/8", r.output
+
+
+def test_diagnose_lists_evaluation_questions_in_the_training_data(leaked, monkeypatch):
+    """Fails when causes.findings leaves out _leak_findings."""
+    uri, run_id = leaked
+    use_store(monkeypatch, uri)
+    r = CliRunner().invoke(cli, ["diagnose", run_id])
+    assert r.exit_code == 0, r.output
+    assert "evaluation questions in the training data" in r.output and "questions: q1, q3" in r.output, r.output
