@@ -249,3 +249,13 @@ def test_diagnose_lists_evaluation_questions_in_the_training_data(leaked, monkey
     r = CliRunner().invoke(cli, ["diagnose", run_id])
     assert r.exit_code == 0, r.output
     assert "evaluation questions in the training data" in r.output and "questions: q1, q3" in r.output, r.output
+
+
+def test_diagnose_says_a_tiny_random_run_has_random_weights(leaked, monkeypatch):
+    """Its answers and score say nothing about the persona: the report says so before any cause. Fails
+    when diagnose._plumbing_lines says nothing."""
+    uri, run_id = leaked
+    use_store(monkeypatch, uri)
+    text = report(run_id)
+    assert "> **tiny-random has random weights**: a model for testing the plumbing" in text
+    assert text.index("random weights") < text.index("## Root causes")
