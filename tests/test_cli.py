@@ -236,3 +236,38 @@ def test_every_config_field_is_an_option_with_the_fields_default_and_help(comman
         default = "preset" if f.metadata.get("preset") else f.default
         assert default is not MISSING and params[f.name].default == default, f.name
         assert params[f.name].help == f.metadata["help"], f.name
+
+
+# ---- languages and cards: read when used, a word YAML reads as no word is one line ---------------
+
+HELP_OPENS = """
+import json, os, sys
+opened = []
+def hook(event, args):
+    if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        opened.append(os.path.realpath(os.fsdecode(args[0])))
+sys.addaudithook(hook)
+from molting_mlflow.cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+from molting_mlflow.ground.paths import DATA_DIR    # the package's data/, as this process imported it
+print("OPENED " + json.dumps({"data": os.path.realpath(DATA_DIR), "opened": opened}))
+"""
+
+
+def test_molting_help_reads_no_persona_or_language_file():
+    """`molting --help` opens nothing under data/ (no persona card, no language file): a broken language
+    file cannot break --help, and help starts at once. Fails when a language or card is read at import
+    (language.py's old `YOU = {…}` table, any module-level package_languages())."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", HELP_OPENS], capture_output=True, text=True, timeout=300,
+                       env={**os.environ})
+    assert r.returncode == 0 and "Usage: molting" in r.stdout, r.stderr[-2000:]
+    seen = json.loads(r.stdout.rsplit("OPENED ", 1)[1])
+    assert any("molting_mlflow" in p for p in seen["opened"])       # the hook saw the package's imports
+    assert [p for p in seen["opened"] if p.startswith(seen["data"] + os.sep)] == []
