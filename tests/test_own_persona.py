@@ -370,3 +370,17 @@ def test_a_spanish_run_rescores_from_its_logged_bundle(lucia_run, monkeypatch):
     after = client.get_run(run_id).data.metrics
     for d in DIMS:
         assert after[d] == pytest.approx(fresh[d]), d
+
+
+def test_a_spanish_card_without_its_language_files_says_where_to_put_them(tmp_path):
+    """One line: the language no file describes, the two files to write and the folders they go in, and
+    where to start from. Fails when the card error only lists the package's codes."""
+    from molting_mlflow.ground.paths import DATA_DIR
+
+    card = lucia(tmp_path / "lucia", languages=False)
+    r = CliRunner().invoke(cli, ["preflight", "--model", "tiny-random", "--persona", str(card), "--min-steps", "0"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    assert r.output.startswith(f"Error: {card}: field 'language' is 'es', and no language file describes it "
+                               "(known: en, pt); put es.txt (its stop words) and es.yaml"), r.output
+    assert f"beside the card, in {card.parent} or {card.parent / 'languages'}" in r.output
+    assert f"start from a copy of {DATA_DIR / 'languages' / 'en.txt'} and en.yaml" in r.output
