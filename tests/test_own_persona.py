@@ -384,3 +384,20 @@ def test_a_spanish_card_without_its_language_files_says_where_to_put_them(tmp_pa
                                "(known: en, pt); put es.txt (its stop words) and es.yaml"), r.output
     assert f"beside the card, in {card.parent} or {card.parent / 'languages'}" in r.output
     assert f"start from a copy of {DATA_DIR / 'languages' / 'en.txt'} and en.yaml" in r.output
+
+
+def test_a_persona_name_over_100_characters_is_one_card_line(tmp_path):
+    """A name is matched in every answer and printed in every line that names it: 101 characters is a card
+    error in one line, exit 2; 100 are a name. Fails when persona._field stops checking the length."""
+    from molting_mlflow.ground.persona import load_persona
+
+    text = (ROSA / "persona.yaml").read_text(encoding="utf-8")
+    card = tmp_path / "persona.yaml"
+    card.write_text(text.replace("name: Rosa", "name: " + "R" * 101), encoding="utf-8")
+    r = CliRunner().invoke(cli, ["preflight", "--model", "tiny-random", "--persona", str(card),
+                                 "--dataset", str(ROSA / "dataset.json"), "--questions", str(ROSA / "questions.json")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    assert r.output.strip() == (f"Error: {card}: field 'name' is 101 characters; a persona's name has at most 100: "
+                                "write the name alone (the system prompt describes the persona)")
+    card.write_text(text.replace("name: Rosa", "name: " + "R" * 100), encoding="utf-8")
+    assert load_persona(card).name == "R" * 100
