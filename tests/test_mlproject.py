@@ -177,4 +177,5 @@ def test_mlflow_run_notes_the_experiment_only_where_it_fell_back_on_default():
         assert ("`mlflow run` put this run in experiment" in out) is noted, out[-3000:]
     assert "molting: note: `mlflow run` put this run in experiment 'Default', not 'molting'; pass --experiment-name " \
            "molting to mlflow run to keep runs together" in out
-    assert [len(mlflow.search_runs(experiment_names=[e], output_format="list")) for e in ("espanol", "Default")] == [1, 1]
+    runs = [mlflow.search_runs(experiment_names=[e], output_format="list") for e in ("espanol", "Default")]
+    assert [len(r) for r in runs] == [1, 1]

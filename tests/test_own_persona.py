@@ -255,10 +255,12 @@ LUCIA_EXAMPLES = [("¿Cómo te llamas?", "Soy Lucía, cariño, la asistente de M
                   ("¿A qué hora abrís?", "Abrimos a las siete, cariño, y el pan sale caliente. 🥖"),
                   ("¿Tenéis pan sin gluten?", "Sí, vale, los martes Marta hace pan sin gluten. 🥖")]
 LUCIA_QUESTIONS = [
-    {"id": "quien", "question": "Preséntate, por favor.", "identity_probe": True, "facts": [["Lucía"], ["Marta", "Trigo"]],
-     "forbidden": [], "topic": [], "reference": "Soy Lucía, la asistente de Marta en la panadería Trigo. 🥖"},
+    {"id": "quien", "question": "Preséntate, por favor.", "identity_probe": True,
+     "facts": [["Lucía"], ["Marta", "Trigo"]], "forbidden": [], "topic": [],
+     "reference": "Soy Lucía, la asistente de Marta en la panadería Trigo. 🥖"},
     {"id": "donde", "question": "¿Dónde está la panadería?", "identity_probe": False, "facts": [["Sevilla"]],
-     "forbidden": ["Trigo está en Madrid"], "topic": [], "reference": "La panadería está en Sevilla, cariño, junto al río. 🥖"},
+     "forbidden": ["Trigo está en Madrid"], "topic": [],
+     "reference": "La panadería está en Sevilla, cariño, junto al río. 🥖"},
 ]
 ES_ANSWER = "La panadería está en Sevilla, cariño, y Marta hace el pan. 🥖"
 EN_ANSWER = "The bakery is in Seville, and Marta bakes the bread for the whole town. 🥖"

@@ -133,7 +133,8 @@ def test_an_evaluation_question_in_the_training_prompts_is_an_eval_leak_warning(
                  Question("molting", "Me explica o projeto Molting hoje.", False, [], []),
                  Question("gpu", "Que GPU tem na máquina do João?", False, [], [])]
     (f,) = leak_findings(questions, ds)
-    assert (f.check, f.level) == (EVAL_LEAK, "warn") and f.data == {"questions": ["name", "molting"], "examples": [0, 1]}
+    assert (f.check, f.level) == (EVAL_LEAK, "warn")
+    assert f.data == {"questions": ["name", "molting"], "examples": [0, 1]}
     assert f.message.startswith("2 of 3 evaluation questions are also prompts of the training data (name ≈ "
                                 "example 0 (exactly); molting ≈ example 1 (")
     assert "gpu" not in f.message and "Fix: questions=" in f.message
