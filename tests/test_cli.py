@@ -236,3 +236,92 @@ def test_every_config_field_is_an_option_with_the_fields_default_and_help(comman
         default = "preset" if f.metadata.get("preset") else f.default
         assert default is not MISSING and params[f.name].default == default, f.name
         assert params[f.name].help == f.metadata["help"], f.name
+
+
+# ---- languages and cards: read when used, a word YAML reads as no word is one line ---------------
+
+HELP_OPENS = """
+import json, os, sys
+opened = []
+def hook(event, args):
+    if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        opened.append(os.path.realpath(os.fsdecode(args[0])))
+sys.addaudithook(hook)
+from molting_mlflow.cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+from molting_mlflow.ground.paths import DATA_DIR    # the package's data/, as this process imported it
+print("OPENED " + json.dumps({"data": os.path.realpath(DATA_DIR), "opened": opened}))
+"""
+
+
+def test_molting_help_reads_no_persona_or_language_file():
+    """`molting --help` opens nothing under data/ (no persona card, no language file): a broken language
+    file cannot break --help, and help starts at once. Fails when a language or card is read at import
+    (language.py's old `YOU = {…}` table, any module-level package_languages())."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", HELP_OPENS], capture_output=True, text=True, timeout=300,
+                       env={**os.environ})
+    assert r.returncode == 0 and "Usage: molting" in r.stdout, r.stderr[-2000:]
+    seen = json.loads(r.stdout.rsplit("OPENED ", 1)[1])
+    assert any("molting_mlflow" in p for p in seen["opened"])       # the hook saw the package's imports
+    assert [p for p in seen["opened"] if p.startswith(seen["data"] + os.sep)] == []
+
+
+def _rosa_beside(folder):
+    """examples/rosa's card, dataset and questions copied into folder, and the card's path."""
+    import shutil
+    from pathlib import Path
+
+    for f in (Path(__file__).resolve().parent.parent / "examples" / "rosa").iterdir():
+        shutil.copyfile(f, folder / f.name)
+    return folder / "persona.yaml"
+
+
+def _score_args(card):
+    responses = card.parent / "r.jsonl"
+    responses.write_text('{"id": "who", "response": "I\'m Rosa. 🌱"}\n', encoding="utf-8")
+    return ["score", "--persona", str(card), "--questions", str(card.parent / "questions.json"),
+            "--responses", str(responses)]
+
+
+def test_a_bare_no_in_a_language_file_beside_the_card_is_one_line_naming_it(tmp_path):
+    """en.yaml beside Rosa's card (it takes the package's place) with `negations: [no, nunca]`: YAML reads
+    `no` as false. preflight and score say it in one line, file, list, item and fix, exit 2. Fails when
+    yamlwords.read_words stops checking each item's node (a bare 'must be a list of words', or a crash)."""
+    from molting_mlflow.ground.paths import DATA_DIR
+
+    card = _rosa_beside(tmp_path)
+    for ext in ("txt", "yaml"):
+        (tmp_path / f"en.{ext}").write_text((DATA_DIR / "languages" / f"en.{ext}").read_text(encoding="utf-8"),
+                                            encoding="utf-8")
+    en = tmp_path / "en.yaml"
+    en.write_text(en.read_text(encoding="utf-8").replace("negations: [not, never]", "negations: [no, nunca]"),
+                  encoding="utf-8")
+    for args in (["preflight", "--model", "tiny-random", "--persona", str(card)], _score_args(card)):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+        assert r.output.startswith(f"Error: {en}: negations item 1 is no (line ") and \
+            r.output.strip().endswith('which YAML reads as a boolean, not a word; quote it: "no"'), r.output
+
+
+@pytest.mark.parametrize("line,said", [
+    ("voice_markers: [yes, tá]", 'voice_markers item 1 is yes (line 4), which YAML reads as a boolean, not a word; '
+                                 'quote it: "yes"'),
+    ("name: no", 'name is no (line 4), which YAML reads as a boolean, not a word; quote it: name: "no"'),
+])
+def test_a_card_field_yaml_reads_as_no_word_is_one_line_naming_it(tmp_path, line, said):
+    """Fails when persona.load_persona stops checking each field's node (yamlwords.node_problem)."""
+    card = _rosa_beside(tmp_path)
+    key = line.split(":")[0]
+    rest = [ln for ln in card.read_text(encoding="utf-8").splitlines() if not ln.startswith(f"{key}:")]
+    card.write_text("\n".join(["# mine", "", "", line, *rest]) + "\n", encoding="utf-8")      # on line 4
+    for args in (["preflight", "--model", "tiny-random", "--persona", str(card)], _score_args(card)):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+        assert r.output.strip() == f"Error: {card}: {said}", r.output

@@ -122,3 +122,140 @@ def test_too_few_steps_without_an_example_count_is_still_found(store):
 
 def causes_of(run):
     return {f.cause: f for f in findings(run)}
+
+
+# ---- causes read from a run's data alone (RunData built here, no training) -----------------------
+
+def _rows(questions, responses, persona):
+    """eval_results.json rows as load_run gives them: points, codes, (code, reason) pairs."""
+    from molting_mlflow.ground.rubric import score_response
+    from molting_mlflow.store.scoring import REASONS_BY_CODE
+
+    rows = []
+    for q, text in zip(questions, responses):
+        s = score_response(q, text, "stop", persona)
+        rows.append({"id": q.id, "question": q.question, "response": text, "finish_reason": "stop", **s,
+                     REASONS_BY_CODE: [list(p) for p in zip(s["codes"], s["reasons"])]})
+    return rows
+
+
+def _run_data(answers=(), losses=(), ceiling=None, score=3.0):
+    from molting_mlflow.stages.causes import RunData
+
+    return RunData("0" * 32, {}, {"score": score}, {}, list(losses), {"findings": [], "numbers": {}}, list(answers),
+                   ceiling or {})
+
+
+def test_the_loss_fall_is_never_over_100_percent():
+    """A loss that falls to ~0 at the end fell by at most 100 %: the means of the tail's first and last
+    fifth, not a fitted line's slope over its mean (which read 120 % and more). Fails with causes.tail_drop
+    back to the least-squares slope."""
+    from molting_mlflow.stages.causes import tail_drop
+
+    losses = [(s, max(1e-4, 2.0 - 0.05 * s)) for s in range(1, 41)]        # 1.95 → 0.0001 at step 40
+    first, last, drop = tail_drop(losses)
+    assert first > last > 0 and 0.9 < drop <= 1.0, (first, last, drop)
+    (f,) = [f for f in findings(_run_data(losses=losses)) if f.cause == "loss still falling at the end"]
+    shown = int(f.evidence[0].split("loss fell ")[1].split("%")[0])
+    assert 90 <= shown <= 100 and f"from {first:.3f} to {last:.3f}" in f.evidence[0], f.evidence
+
+
+def test_identity_points_the_references_lose_too_are_the_ruler_ceiling_not_more_steps():
+    """Cláudio's own reference answers score D1 1 on the six questions that do not ask who he is ('name not
+    mentioned'). A run answering as the references do loses those points too: one low finding, 'identity
+    points the references lose too (D1)', nothing to train; never 'more steps on identity examples'. An
+    answer below its reference is still the adapter's, and only it. Fails when causes._dimension_findings
+    measures against the maximum instead of run.ceiling."""
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
+    from molting_mlflow.ground.persona import load_persona
+    from molting_mlflow.ground.questions import load_questions
+    from molting_mlflow.ground.rubric import DIMENSIONS
+
+    claudio, questions = load_persona(), load_questions(DEFAULT_QUESTIONS)
+    refs = _rows(questions, [q.reference for q in questions], claudio)
+    ceiling = {r["id"]: {d: r[d] for d in DIMENSIONS} for r in refs}
+    assert [c["d1_identity"] for c in ceiling.values()] == [2, 2, 1, 1, 1, 1, 1, 1]
+
+    got = {f.cause: f for f in findings(_run_data(refs, ceiling=ceiling))}
+    shared = got["identity points the references lose too (D1)"]
+    assert shared.impact == "low" and shared.points == 0.75 and shared.fixable == "no (the ruler's ceiling)"
+    assert shared.evidence[0] == "q3: its reference answer scores D1 1/2 too"
+    assert "identity points lost (D1)" not in got
+    assert not [f for f in got.values() if "more steps on identity examples" in f.change], list(got)
+
+    off = _rows(questions[:1], ["Eu sou o ChatGPT, tá?"], claudio) + refs[1:]      # q1 below its reference
+    (own,) = [f for f in findings(_run_data(off, ceiling=ceiling)) if f.cause == "identity points lost (D1)"]
+    assert own.change.startswith("more steps on identity examples") and own.points == 0.25
+    assert [e.split(":")[0] for e in own.evidence[1:]] == ["q1"], own.evidence
+
+
+def test_empty_answers_are_one_cause_not_one_a_dimension():
+    """Five empty answers cost every dimension: that is one finding, 'empty answers', with every point, not
+    D1–D5 'points lost' five times over. Fails when causes.findings drops _empty_findings, or its finding no
+    longer claims the `empty` reason code."""
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
+    from molting_mlflow.ground.persona import load_persona
+    from molting_mlflow.ground.questions import load_questions
+
+    questions = load_questions(DEFAULT_QUESTIONS)[:5]
+    run = _run_data(_rows(questions, ["", " ", "\n", "", "\t"], load_persona()), score=0.0)
+    out = findings(run)
+    assert [f.cause for f in out] == ["empty answers"], [f.cause for f in out]
+    assert out[0].points == 10.0 and out[0].evidence == ["5/5 answers are empty or whitespace: q1, q2, q3, q4, q5"]
+
+
+# ---- a run trained on the questions it is scored on (pre-flight's eval_leak) -----------------------
+
+@pytest.fixture(scope="module")
+def leaked(tmp_path_factory):
+    """A tiny-random run whose questions q1 and q3 are prompts of the shipped dataset (examples 0 and 15)."""
+    import json
+
+    from helpers import store_in
+
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
+
+    d = tmp_path_factory.mktemp("leak")
+    qs = json.loads(DEFAULT_QUESTIONS.read_text(encoding="utf-8"))
+    qs[0]["question"], qs[2]["question"] = "qual é o seu nome", "Me explica o projeto Molting!"
+    (d / "questions.json").write_text(json.dumps(qs, ensure_ascii=False), encoding="utf-8")
+    with store_in(d) as uri:
+        run = train(TrainConfig(model="tiny-random", questions=str(d / "questions.json"), epochs=1, min_steps=0,
+                                eval_max_new_tokens=4), log=lambda *a: None)
+    return uri, run.run_id
+
+
+def test_a_run_on_leaked_questions_carries_the_eval_leak_tag(leaked, monkeypatch):
+    """Fails when train stops tagging molting.eval_leak (or prepare stops finding the leak)."""
+    uri, run_id = leaked
+    use_store(monkeypatch, uri)
+    assert MlflowClient().get_run(run_id).data.tags["molting.eval_leak"] == "2/8"
+
+
+def test_compare_shows_the_leak_column(leaked, monkeypatch):
+    """Fails when compare's compact table drops the 'leak' column (tags.molting.eval_leak)."""
+    uri, run_id = leaked
+    use_store(monkeypatch, uri)
+    r = CliRunner().invoke(cli, ["compare"])
+    assert r.exit_code == 0, r.output
+    head, row = r.output.splitlines()[:2]
+    assert "leak" in head.split() and row.split()[head.split().index("leak")] == "2/8", r.output
+
+
+def test_diagnose_lists_evaluation_questions_in_the_training_data(leaked, monkeypatch):
+    """Fails when causes.findings leaves out _leak_findings."""
+    uri, run_id = leaked
+    use_store(monkeypatch, uri)
+    r = CliRunner().invoke(cli, ["diagnose", run_id])
+    assert r.exit_code == 0, r.output
+    assert "evaluation questions in the training data" in r.output and "questions: q1, q3" in r.output, r.output
+
+
+def test_diagnose_says_a_tiny_random_run_has_random_weights(leaked, monkeypatch):
+    """Its answers and score say nothing about the persona: the report says so before any cause. Fails
+    when diagnose._plumbing_lines says nothing."""
+    uri, run_id = leaked
+    use_store(monkeypatch, uri)
+    text = report(run_id)
+    assert "> **tiny-random has random weights**: a model for testing the plumbing" in text
+    assert text.index("random weights") < text.index("## Root causes")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -174,3 +175,29 @@ def test_every_config_field_is_a_parameter_or_said_cli_only():
             assert f.name in spec[entry]["parameters"], f"{entry}: config field {f.name} has no MLproject parameter"
             assert f"--{f.name.replace('_', '-')} {{{f.name}}}" in spec[entry]["command"], f.name
     assert mlproject.main(["--check"]) == 0
+
+
+@pytest.mark.slow          # two `mlflow run`s: ~40 s each on an idle 2-core machine, minutes on a busy one
+def test_mlflow_run_notes_the_experiment_only_where_it_fell_back_on_default():
+    """`mlflow run --experiment-name espanol` put the run where the user said: no "put this run in
+    experiment" note. Without --experiment-name the runner uses `Default`, not the project's `molting`:
+    that note is said, with the flag that fixes it. Fails when tracking.stage_run notes every experiment
+    other than `experiment` (the user's own name too), or none."""
+    from mlflow.tracking import MlflowClient
+
+    from molting_mlflow.store.experiments import ensure_experiment
+
+    ensure_experiment("espanol")                  # made here: artifacts under the test's tmp dir
+    MlflowClient().get_experiment("0")            # `Default` too
+    train = [sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "--env-manager", "local"]
+    params = ["-P", "model=tiny-random", "-P", "min_steps=0", "-P", "epochs=1", "-P", "evaluate=false"]
+    for named, noted in ((["--experiment-name", "espanol"], False), ([], True)):
+        r = subprocess.run(train + named + params, capture_output=True, text=True, env={**os.environ}, timeout=300,
+                           cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out = r.stdout + r.stderr
+        assert ("`mlflow run` put this run in experiment" in out) is noted, out[-3000:]
+    assert "molting: note: `mlflow run` put this run in experiment 'Default', not 'molting'; pass --experiment-name " \
+           "molting to mlflow run to keep runs together" in out
+    runs = [mlflow.search_runs(experiment_names=[e], output_format="list") for e in ("espanol", "Default")]
+    assert [len(r) for r in runs] == [1, 1]

@@ -216,3 +216,190 @@ def test_the_registered_model_carries_the_run_own_persona(rosa_run, monkeypatch)
     r = CliRunner().invoke(cli, ["chat", "--model", "models:/molting-tiny-random@candidate", "--max-new-tokens", "4"],
                            input="Who are you?\n\n")
     assert r.exit_code == 0 and "rosa: " in r.output, r.output
+
+
+# ---------------------------------------------------------------------------------------------
+# A persona in a language the package does not ship: Lucía, in Spanish, her es.txt and es.yaml beside
+# her card (docs/own-persona.md), and no file of the package changed
+# ---------------------------------------------------------------------------------------------
+
+LUCIA_CARD = """name: Lucía
+language: es
+questions: questions.json
+dataset: dataset.json
+system_prompt: "Eres Lucía, la asistente de Marta en la panadería Trigo de Sevilla. Hablas un español cálido y breve."
+voice_markers: ["vale", "cariño", "Marta", "🥖"]
+boilerplate: ["Como modelo de lenguaje", "As an AI"]
+conflicting_identities: ["ChatGPT", "OpenAI", "Llama", "un modelo de lenguaje"]
+hallucinations: ["Trigo está en Madrid"]
+template_tokens: ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "</s>"]
+agent_contamination: ["<tool_call>", "$ "]
+role_prefixes: ["Usuario", "User"]
+"""
+# en.txt and en.yaml, translated (a few words: enough for short answers)
+ES_TXT = "# Spanish (es) stop words, folded (accents stripped, lowercase), one per line\n" + "\n".join(
+    "de la que el en y a los se del las un por con no una su para es al lo como mas o pero sus le me si yo soy mi "
+    "tu te nos muy esta estoy hay donde quien cuando porque aqui tambien ya bien todo".split()) + "\n"
+ES_YAML = """# Spanish (es): how an answer says who it is (D1, D5 (d)), beside es.txt
+you: tú
+name_claims: [yo soy, soy, me llamo, mi nombre es]
+maker_claims: [fui creado|creada|hecho|hecha por]
+denials: ["{neg} soy", "{neg} me llamo"]
+negations: ["no", nunca, jamas]
+articles: [el, la, los, las, un, una, tu, su]
+self_descriptions: [soy, me llamo, mi nombre]
+not_names: [ia, asistente, modelo, bot, programa]
+"""
+LUCIA_EXAMPLES = [("¿Cómo te llamas?", "Soy Lucía, cariño, la asistente de Marta en Trigo. 🥖"),
+                  ("¿Qué vendéis?", "Pan de masa madre y bollos, vale, todo hecho por Marta. 🥖"),
+                  ("¿A qué hora abrís?", "Abrimos a las siete, cariño, y el pan sale caliente. 🥖"),
+                  ("¿Tenéis pan sin gluten?", "Sí, vale, los martes Marta hace pan sin gluten. 🥖")]
+LUCIA_QUESTIONS = [
+    {"id": "quien", "question": "Preséntate, por favor.", "identity_probe": True,
+     "facts": [["Lucía"], ["Marta", "Trigo"]], "forbidden": [], "topic": [],
+     "reference": "Soy Lucía, la asistente de Marta en la panadería Trigo. 🥖"},
+    {"id": "donde", "question": "¿Dónde está la panadería?", "identity_probe": False, "facts": [["Sevilla"]],
+     "forbidden": ["Trigo está en Madrid"], "topic": [],
+     "reference": "La panadería está en Sevilla, cariño, junto al río. 🥖"},
+]
+ES_ANSWER = "La panadería está en Sevilla, cariño, y Marta hace el pan. 🥖"
+EN_ANSWER = "The bakery is in Seville, and Marta bakes the bread for the whole town. 🥖"
+
+
+def lucia(folder: Path, languages: bool = True) -> Path:
+    """Lucía's card, dataset and questions in folder (with es.txt and es.yaml beside them); the card's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "persona.yaml").write_text(LUCIA_CARD, encoding="utf-8")
+    (folder / "dataset.json").write_text(json.dumps([{"conversations": [{"from": "human", "value": q},
+                                                                        {"from": "gpt", "value": a}]}
+                                                     for q, a in LUCIA_EXAMPLES], ensure_ascii=False), encoding="utf-8")
+    (folder / "questions.json").write_text(json.dumps(LUCIA_QUESTIONS, ensure_ascii=False), encoding="utf-8")
+    if languages:
+        (folder / "es.txt").write_text(ES_TXT, encoding="utf-8")
+        (folder / "es.yaml").write_text(ES_YAML, encoding="utf-8")
+    return folder / "persona.yaml"
+
+
+def package_data() -> dict:
+    """{path: sha256} of every file under the package's data/."""
+    from molting_mlflow.ground.paths import DATA_DIR
+
+    return {str(p): sha256(p) for p in sorted(DATA_DIR.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def lucia_run(tmp_path_factory):
+    """`molting train --model tiny-random --persona <Lucía's card> --min-steps 0 --epochs 1`; then her folder
+    is gone: what follows has only the run's bundle."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("lucia")
+    card, before = lucia(d / "lucia"), package_data()
+    with store_in(d) as uri:
+        r = CliRunner().invoke(cli, ["train", "--model", "tiny-random", "--persona", str(card), "--min-steps", "0",
+                                     "--epochs", "1"])
+        assert r.exit_code == 0, r.output
+        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    shutil.rmtree(card.parent)
+    return run.info.run_id, uri, before
+
+
+def test_a_spanish_persona_of_your_own_passes_preflight_with_its_language_beside_the_card(tmp_path):
+    """Fails when the card's folder is not searched for language files (language.folders_for)."""
+    before = package_data()
+    card = lucia(tmp_path / "lucia")
+    r = CliRunner().invoke(cli, ["preflight", "--model", "tiny-random", "--persona", str(card), "--min-steps", "0"])
+    assert r.exit_code == 0 and "pre-flight: PASS" in r.output, r.output
+    assert f"[info] persona: persona Lucía (es, {card}) with 2 questions" in r.output and "in its language" in r.output
+    assert package_data() == before
+
+
+def test_a_spanish_run_logs_its_language_files_and_their_digest(lucia_run, monkeypatch):
+    """The bundle carries es.txt and es.yaml under persona/languages/, and persona.language_sha256 names
+    them; the package's data/ is as it was. Fails when bundle.write leaves the card's own languages out,
+    or bundle.params stops naming them."""
+    import hashlib
+
+    run_id, uri, before = lucia_run
+    use_store(monkeypatch, uri)
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["persona.language"] == "es"
+    assert {a.path for a in MlflowClient().list_artifacts(run_id, "persona/languages")} == \
+        {"persona/languages/es.txt", "persona/languages/es.yaml"}
+    logged = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/persona/languages"))
+    assert (logged / "es.yaml").read_text(encoding="utf-8") == ES_YAML
+    assert run.data.params["persona.language_sha256"] == hashlib.sha256((ES_TXT + ES_YAML).encode()).hexdigest()
+    assert package_data() == before
+
+
+def test_a_spanish_run_is_judged_in_spanish_from_its_bundle(lucia_run, monkeypatch, tmp_path):
+    """Lucía's card as the run logged it (her folder is gone) speaks es: a Spanish answer is mainly in es and
+    keeps D3, an English one loses D3 as not 'es'; `molting score` with the logged card says the same."""
+    from molting_mlflow.ground import bundle
+    from molting_mlflow.ground.language import words
+    from molting_mlflow.ground.matching import normalise
+    from molting_mlflow.ground.persona import load_persona
+
+    run_id, uri, _ = lucia_run
+    use_store(monkeypatch, uri)
+    card, questions = bundle.of_run(run_id)
+    persona = load_persona(card)
+    assert persona.language == "es" and "es" in persona.languages.codes
+    ok, evidence = persona.languages.mainly_in(words(normalise(ES_ANSWER)), "es")
+    assert ok and evidence.startswith("5 es"), evidence
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": "donde", "response": a, "finish_reason": "stop"}, ensure_ascii=False)
+                               + "\n" for a in (ES_ANSWER, EN_ANSWER)), encoding="utf-8")
+    r = CliRunner().invoke(cli, ["score", "--persona", card, "--questions", questions, "--responses", str(answers)])
+    assert r.exit_code == 0, r.output
+    es, en = json.loads(r.output)["results"]
+    assert es["d3_voice"] == 2 and "d3.not_language" not in es["codes"], es["reasons"]
+    assert en["d3_voice"] == 0 and any("not mainly in the persona's language 'es'" in x for x in en["reasons"]), en
+
+
+def test_a_spanish_run_rescores_from_its_logged_bundle(lucia_run, monkeypatch):
+    """`molting rescore <run>` with Lucía's folder gone: the bundle's card finds es.txt and es.yaml beside it
+    and brings the scores back. Fails when the bundle carries no language files (the card's language
+    would be unknown: the run skipped)."""
+    run_id, uri, _ = lucia_run
+    use_store(monkeypatch, uri)
+    client = MlflowClient()
+    fresh = client.get_run(run_id).data.metrics
+    for d in DIMS:
+        client.log_metric(run_id, d, 9.99, step=int(fresh["optimizer_steps"]))
+    r = CliRunner().invoke(cli, ["rescore", run_id])
+    assert r.exit_code == 0 and "skipped" not in r.output, r.output
+    after = client.get_run(run_id).data.metrics
+    for d in DIMS:
+        assert after[d] == pytest.approx(fresh[d]), d
+
+
+def test_a_spanish_card_without_its_language_files_says_where_to_put_them(tmp_path):
+    """One line: the language no file describes, the two files to write and the folders they go in, and
+    where to start from. Fails when the card error only lists the package's codes."""
+    from molting_mlflow.ground.paths import DATA_DIR
+
+    card = lucia(tmp_path / "lucia", languages=False)
+    r = CliRunner().invoke(cli, ["preflight", "--model", "tiny-random", "--persona", str(card), "--min-steps", "0"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    assert r.output.startswith(f"Error: {card}: field 'language' is 'es', and no language file describes it "
+                               "(known: en, pt); put es.txt (its stop words) and es.yaml"), r.output
+    assert f"beside the card, in {card.parent} or {card.parent / 'languages'}" in r.output
+    assert f"start from a copy of {DATA_DIR / 'languages' / 'en.txt'} and en.yaml" in r.output
+
+
+def test_a_persona_name_over_100_characters_is_one_card_line(tmp_path):
+    """A name is matched in every answer and printed in every line that names it: 101 characters is a card
+    error in one line, exit 2; 100 are a name. Fails when persona._field stops checking the length."""
+    from molting_mlflow.ground.persona import load_persona
+
+    text = (ROSA / "persona.yaml").read_text(encoding="utf-8")
+    card = tmp_path / "persona.yaml"
+    card.write_text(text.replace("name: Rosa", "name: " + "R" * 101), encoding="utf-8")
+    r = CliRunner().invoke(cli, ["preflight", "--model", "tiny-random", "--persona", str(card),
+                                 "--dataset", str(ROSA / "dataset.json"), "--questions", str(ROSA / "questions.json")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    assert r.output.strip() == (f"Error: {card}: field 'name' is 101 characters; a persona's name has at most 100: "
+                                "write the name alone (the system prompt describes the persona)")
+    card.write_text(text.replace("name: Rosa", "name: " + "R" * 100), encoding="utf-8")
+    assert load_persona(card).name == "R" * 100

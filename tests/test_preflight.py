@@ -104,3 +104,67 @@ def test_every_fix_preflight_suggests_passes_preflight(repo, kw):
         key, value = text.split("=")
         again = prepare(replace(cfg, **{key: int(value)})).report
         assert "optimizer_steps" not in findings(again), (text, again.to_text())
+
+
+# ---- a leaked test set: evaluation questions that are also training prompts ----------------------
+
+def _chat(tmp_path, prompts):
+    import json
+
+    path = tmp_path / "leaky.json"
+    path.write_text(json.dumps([{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "Tá."}]}
+                                for p in prompts], ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("fold", [False, True], ids=["system-turn", "system-folded"])
+def test_an_evaluation_question_in_the_training_prompts_is_an_eval_leak_warning(tmp_path, fold):
+    """One question equal to a prompt once case, accents and punctuation are folded, one nearly equal (a
+    word changed), one unrelated: a warning naming the two, not the third; also when the system prompt is
+    folded into the first user turn. Fails when prepare stops adding preflight.leak_findings, or it compares
+    the raw text (accents, case) or only exact matches."""
+    from molting_mlflow.ground.data import load_dataset
+    from molting_mlflow.ground.preflight import EVAL_LEAK, leak_findings
+    from molting_mlflow.ground.questions import Question
+
+    ds = load_dataset(_chat(tmp_path, ["Qual é o seu nome?", "Me explica o projeto Molting agora.",
+                                       "Que horas são?"]), "Você é o Cláudio.", fold=fold)
+    questions = [Question("name", "QUAL E O SEU NOME", True, [], []),
+                 Question("molting", "Me explica o projeto Molting hoje.", False, [], []),
+                 Question("gpu", "Que GPU tem na máquina do João?", False, [], [])]
+    (f,) = leak_findings(questions, ds)
+    assert (f.check, f.level) == (EVAL_LEAK, "warn")
+    assert f.data == {"questions": ["name", "molting"], "examples": [0, 1]}
+    assert f.message.startswith("2 of 3 evaluation questions are also prompts of the training data (name ≈ "
+                                "example 0 (exactly); molting ≈ example 1 (")
+    assert "gpu" not in f.message and "Fix: questions=" in f.message
+    assert leak_findings(questions[2:], ds) == []
+
+
+def test_a_train_config_with_leaked_questions_warns_in_preflight(tmp_path):
+    """Through prepare, as `molting preflight` and `molting train` see it: a warning, not an error."""
+    import json
+
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
+
+    qs = json.loads(DEFAULT_QUESTIONS.read_text(encoding="utf-8"))
+    qs[2]["question"] = "Me explica o projeto Molting."                  # example 15 of the shipped dataset
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps(qs, ensure_ascii=False), encoding="utf-8")
+    r = prepare(TrainConfig(model="tiny-random", questions=str(path), min_steps=0)).report
+    assert r.status == "warn" and findings(r, "warn")["eval_leak"].data["questions"] == ["q3"], r.to_text()
+
+
+def test_the_shipped_data_and_the_rosa_example_leak_no_question():
+    """data/ (Cláudio) and examples/rosa: no evaluation question is a training prompt. Fails when one is
+    written back (Rosa's questions were 5 of 6 her training prompts before they were asked anew)."""
+    from pathlib import Path
+
+    from molting_mlflow.ground.data import load_dataset
+    from molting_mlflow.ground.paths import DEFAULT_DATASET, DEFAULT_QUESTIONS
+    from molting_mlflow.ground.preflight import leak_findings
+    from molting_mlflow.ground.questions import load_questions
+
+    rosa = Path(__file__).resolve().parent.parent / "examples" / "rosa"
+    for dataset, questions in ((DEFAULT_DATASET, DEFAULT_QUESTIONS), (rosa / "dataset.json", rosa / "questions.json")):
+        assert leak_findings(load_questions(questions), load_dataset(dataset, "x")) == [], questions

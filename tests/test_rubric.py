@@ -238,6 +238,18 @@ def test_score_responses_order_and_summary(persona):
     assert all(isinstance(s[d], float) for d in DIMENSIONS)
 
 
+def test_summary_means_are_kept_to_three_decimals(persona):
+    """6 answers, 56 points: the score is 9.333, not 9.333333333333334 (as logged, compared and printed).
+    Fails when score_responses keeps the raw means (its round(…, SCORE_DECIMALS) taken off)."""
+    perfect = {"id": "q_id", "response": "Não sou o ChatGPT, sou o Cláudio, assistente do João na Softtor. Beleza?"}
+    six = {"id": "q_molt", "response": "Beleza, João, bora pra cima!", "finish_reason": "stop"}     # 1,0,2,2,1
+    out = score_responses(list(QUESTIONS.values()), [perfect] * 5 + [six], persona)
+    assert [r["score"] for r in out["results"]] == [10] * 5 + [6]
+    s = out["summary"]
+    assert s["score"] == 9.333 and s["d1_identity"] == 1.833 and s["d2_factual"] == 1.667 and s["d3_voice"] == 2
+    assert "9.333," in json.dumps(s) and "9.3333" not in json.dumps(s)
+
+
 def test_score_responses_unknown_id(persona):
     with pytest.raises(RubricInputError, match=r"record\[0\].*'nope'"):
         score_responses([Q_SMALL], [{"id": "nope", "response": "oi"}], persona)

@@ -87,3 +87,49 @@ def test_the_registry_tag_names_the_precision_an_adapter_trained_in(recorded, ta
     spellings included). Fails when a row's tag changes (nf4's "nf4-double-quant/bf16-compute" → "nf4" in
     runtime.PRECISIONS) or an old spelling maps elsewhere (_LEGACY's "bfloat16": "bf16" → "fp32")."""
     assert runtime.quantization_tag(runtime.trained_precision(recorded)) == tag
+
+
+# ---- torch's CPU threads: the cores other processes leave free ------------------------------
+
+@pytest.mark.parametrize("others,cores,n", [(1.0, 2, 1), (0.2, 2, 2), (3.5, 2, 1), (0.0, 8, 8), (2.6, 8, 5)])
+def test_threads_fit_the_cores_other_processes_leave(others, cores, n):
+    """Fails when fitting_threads takes all the cores (the old default: 2 threads beside a busy core ran
+    ~55× slower), stops rounding, or goes below one thread when others use more than every core."""
+    assert runtime.fitting_threads(others, cores) == n
+
+
+def test_a_busy_process_leaves_one_core_fewer(monkeypatch):
+    """With MOLTING_THREADS unset and a child process spinning on one core, the threads chosen leave that
+    core to it and say so. Fails when threads() takes every core again (`int(raw) or os.cpu_count()`)."""
+    import os
+    import subprocess
+    import sys
+
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        pytest.skip("one core: nothing to leave to another process")
+    monkeypatch.delenv("MOLTING_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "_chosen", [])
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        t = runtime.threads()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert t.cores == cores and t.others is not None and t.others >= 0.7, t
+    # other work on a shared machine may take more: never more than the cores the child leaves
+    assert 1 <= t.n <= cores - 1, t
+    if cores == 2:
+        assert t.n == 1
+    assert t.why.startswith(f"{t.n} of {cores} cores: other processes keep ~") and "busy" in t.why, t.why
+    assert runtime.threads() is t           # chosen once a process: no second look
+
+
+def test_molting_threads_is_taken_as_asked_without_a_look(monkeypatch):
+    """MOLTING_THREADS=3 is 3 threads, on any machine and load, said as asked for; the load is not sampled.
+    Fails when the count asked for is fitted to the load or capped at the cores."""
+    monkeypatch.setenv("MOLTING_THREADS", "3")
+    monkeypatch.setattr(runtime, "_chosen", [])
+    monkeypatch.setattr(runtime, "cpu_snapshot", lambda: pytest.fail("sampled the load though threads were asked"))
+    t = runtime.threads()
+    assert (t.n, t.others, t.why) == (3, None, "MOLTING_THREADS=3 asked for")

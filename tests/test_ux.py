@@ -104,6 +104,30 @@ def test_compare_is_compact_score_first_and_shows_only_the_settings_that_differ(
     assert full.index("score") < full.index("d1_identity")
 
 
+def test_compare_shows_why_a_run_has_no_score_in_a_status_column():
+    """Runs that ended without a score (FAILED, KILLED, still RUNNING) read their status in the compact
+    table, and a trial the sweep pruned (KILLED on purpose) reads PRUNED. Fails when compare's compact
+    table drops the status column, or shows a pruned trial as KILLED (compare._status)."""
+    client = MlflowClient()
+    exp = mlflow.set_experiment("molting").experiment_id
+    scored = _run("scored", metrics=_scored(6.0))
+    ids = {}
+    for name, status, tags in (("failed", "FAILED", {}), ("running", None, {}), ("killed", "KILLED", {}),
+                               ("pruned", "KILLED", {"molting.trial_state": "PRUNED"})):
+        run = client.create_run(exp, run_name=name, tags={"molting.stage": "train", **tags})
+        if status:
+            client.set_terminated(run.info.run_id, status)
+        ids[name] = run.info.run_id
+    r = CliRunner().invoke(cli, ["compare"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].split()[:4] == ["run_id", "name", "status", "score"], lines[0]
+    rows = {line.split()[0]: line.split() for line in lines[1:] if line.strip()}
+    assert rows[scored[:8]][1:4] == ["scored", "FINISHED", "6.0"]
+    for name, shown in (("failed", "FAILED"), ("running", "RUNNING"), ("killed", "KILLED"), ("pruned", "PRUNED")):
+        assert rows[ids[name][:8]][1:3] == [name, shown], rows[ids[name][:8]]
+
+
 # ---- diagnose: a run without a score --------------------------------------------------------
 
 def test_diagnose_says_why_a_run_has_no_score_instead_of_zero():
@@ -181,6 +205,31 @@ def test_the_summary_counts_step_pruned_trials_by_their_cause():
     ref = optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=3.0,
                                     user_attrs={"molting.reference": "user-original"})
     assert "covered only the reference" in why_no_best([ref], sc) and "raise n_trials" in why_no_best([ref], sc)
+
+
+def test_the_summary_says_a_reference_that_beat_every_searched_trial_is_no_candidate():
+    """A reference trial (the user's own configuration) scored above the best searched trial: the summary
+    says references are never candidates, and that no searched trial beat it, with both scores. Fails
+    when sweep_report._summary_md leaves out _reference_lines (the table alone leaves the reader to see
+    that 'best' scored below a reference)."""
+    from types import SimpleNamespace
+
+    from molting_mlflow.ground.sweep_config import SweepConfig
+    from molting_mlflow.stages.sweep_report import _summary_md
+
+    def trial(number, value, **attrs):
+        return SimpleNamespace(number=number, value=value, params={}, state="COMPLETE",
+                               user_attrs={**{d: 1.0 for d in DIMENSIONS}, "optimizer_steps": 150, **attrs})
+
+    sc = SweepConfig(model="tiny-random")
+    best, ref = trial(3, 2.0), trial(0, 4.5, **{"molting.reference": "user-original"})
+    text = _summary_md(sc, best, [ref], [], [], 1.0)
+    assert "- reference trials (user-original #0: 4.50) are configurations to beat, never candidates for the best " \
+           "or the registry" in text
+    assert "- no searched trial beat user-original: the best searched trial #3 scored 2.00, below 4.50" in text
+    assert "| best (#3) |" in text and "| reference: user-original (#0) |" in text
+    beaten = _summary_md(sc, trial(3, 5.0), [ref], [], [], 1.0)
+    assert "never candidates" in beaten and "no searched trial beat" not in beaten
 
 
 # ---- run names, warnings --------------------------------------------------------------------
