@@ -28,7 +28,8 @@ def labelled(tmp_path_factory):
     """The six runs of the set as score --log runs, each labelled; (store, run ids, the set's rows)."""
     tmp = tmp_path_factory.mktemp("agreement")
     mp = pytest.MonkeyPatch()
-    use_store(mp, f"sqlite:///{tmp}/mlflow.db")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    use_store(mp, uri)
     rows = [json.loads(line) for line in SET.read_text(encoding="utf-8").splitlines()]
     runs = {}
     for name in dict.fromkeys(r["run"] for r in rows):
@@ -44,8 +45,8 @@ def labelled(tmp_path_factory):
         runs[name] = out.output.split("\nrun ")[-1].split()[0]
         out = CliRunner().invoke(cli, ["label", "--run-id", runs[name][:8], str(tmp / f"{name}-labels.jsonl")])
         assert out.exit_code == 0 and "40 human readings of 8 answers" in out.output, out.output
-    yield runs, rows
     mp.undo()
+    return runs, rows, uri
 
 
 def _independent(runs, rows) -> dict:
@@ -68,8 +69,9 @@ def _independent(runs, rows) -> dict:
     return out
 
 
-def test_agreement_equals_an_independent_computation(labelled):
-    runs, rows = labelled
+def test_agreement_equals_an_independent_computation(labelled, monkeypatch):
+    runs, rows, uri = labelled
+    use_store(monkeypatch, uri)
     r = CliRunner().invoke(cli, ["agreement", *[i[:8] for i in runs.values()]])
     assert r.exit_code == 0, r.output
     assert f"{len(rows)} labelled answers of {len(runs)} run(s)" in r.output
@@ -81,17 +83,19 @@ def test_agreement_equals_an_independent_computation(labelled):
         line = next(x for x in rubric.splitlines() if x.strip().startswith(label))
         got = re.findall(r"[-+]?\d+\.\d+|\d+|–", line.split(None, 2 if label != "overall" else 1)[-1])
         assert int(got[0]) == n, line
-        assert (got[1] == "–" and np.isnan(rho)) or float(got[1]) == pytest.approx(rho, abs=5e-4), (line, rho)
-        assert float(got[2]) == pytest.approx(mean_abs, abs=5e-4), (line, mean_abs)
-        assert float(got[3]) == pytest.approx(bias, abs=5e-4) and got[3][0] in "+-", (line, bias)
+        # equal to 3 decimals: the printed figures are the independent ones, rounded
+        assert got[1] == ("–" if np.isnan(rho) else f"{rho:+.3f}"), (line, rho)
+        assert got[2] == f"{mean_abs:.3f}", (line, mean_abs)
+        assert got[3] == f"{bias:+.3f}", (line, bias)
     # the rubric is kinder than the person on these trained adapters: the sign says so
     assert want["overall"][3] > 0 and "overall" in rubric
 
 
-def test_each_run_logs_its_own_agreement(labelled):
+def test_each_run_logs_its_own_agreement(labelled, monkeypatch):
     import mlflow
 
-    runs, rows = labelled
+    runs, rows, uri = labelled
+    use_store(monkeypatch, uri)
     CliRunner().invoke(cli, ["agreement", runs["default"][:8]])
     m = mlflow.get_run(runs["default"]).data.metrics
     mine = [r for r in rows if r["run"] == "default"]
@@ -107,18 +111,19 @@ def test_no_labels_yet_says_how_to_add_them(tmp_path, monkeypatch):
     use_store(monkeypatch, f"sqlite:///{tmp_path}/mlflow.db")
     r = CliRunner().invoke(cli, ["score", "--questions", str(QUESTIONS), "--responses",
                                  str(ROOT / "tests/data/labels/smol_answers.jsonl"), "--log"])
-    assert r.exit_code == 2 and r.output.startswith("Error: ")       # the set is no responses file: one line
+    assert r.exit_code == 2 and "Error: " in r.output and "unknown key(s)" in r.output   # the set is no responses file
     lines = [json.loads(x) for x in SET.read_text(encoding="utf-8").splitlines()][:8]
     (tmp_path / "r.jsonl").write_text("".join(json.dumps({"id": x["id"], "response": x["response"]},
                                                          ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
     r = CliRunner().invoke(cli, ["score", "--questions", str(QUESTIONS), "--responses", str(tmp_path / "r.jsonl"), "--log"])
     run_id = r.output.split("\nrun ")[-1].split()[0]
     r = CliRunner().invoke(cli, ["agreement", run_id[:8]])
-    assert r.exit_code == 0 and r.output.startswith("no human labels yet") and "molting label --run-id" in r.output
+    assert r.exit_code == 0 and "no human labels yet" in r.output and "molting label --run-id" in r.output
 
 
-def test_a_label_file_with_a_value_past_the_dimension_is_one_line(labelled, tmp_path):
-    runs, _ = labelled
+def test_a_label_file_with_a_value_past_the_dimension_is_one_line(labelled, tmp_path, monkeypatch):
+    runs, _, uri = labelled
+    use_store(monkeypatch, uri)
     (tmp_path / "bad.jsonl").write_text('{"id": "q1", "d1_identity": 3}\n', encoding="utf-8")
     r = CliRunner().invoke(cli, ["label", "--run-id", runs["bare"][:8], str(tmp_path / "bad.jsonl")])
     assert r.exit_code == 2 and "d1_identity is 3; expected points from 0 to 2" in r.output, r.output

@@ -31,7 +31,7 @@ from molting_mlflow.ground.questions import Question
 from molting_mlflow.ground.rubric import RUBRIC, Dimension
 
 PROMPT_VERSION = "1"          # the prompt's wording below; another wording is another version (a param)
-MAX_REPLY_TOKENS = 24         # "Yes." or "No, it says it is ChatGPT." is all an item needs
+MAX_REPLY_TOKENS = 8          # "Yes." or "No, it says it is…": the first words decide, the rest is its rationale
 _YES = {"yes", "y", "sim", "si", "sí", "oui", "ja", "true"}
 _NO = {"no", "n", "nao", "não", "non", "nein", "false"}
 # Calibration: items whose answers nobody disputes. A judge that returns no yes/no to these answers nonsense.
