@@ -2,7 +2,7 @@
 Logs diagnosis.md on the diagnosed run. Calls the library."""
 import sys
 
-from molting_mlflow.cli import cli
+from molting_mlflow.cli import main
 
 if __name__ == "__main__":
-    cli.main(args=["diagnose", *sys.argv[1:]], prog_name="entrypoints/diagnose.py")
+    main(["diagnose", *sys.argv[1:]], prog_name="entrypoints/diagnose.py")

@@ -2,7 +2,7 @@
 -P adapter=models:/molting-smol@champion; neither: the bare base model). Calls the library."""
 import sys
 
-from molting_mlflow.cli import cli
+from molting_mlflow.cli import main
 
 if __name__ == "__main__":
-    cli.main(args=["evaluate", *sys.argv[1:]], prog_name="entrypoints/evaluate.py")
+    main(["evaluate", *sys.argv[1:]], prog_name="entrypoints/evaluate.py")

@@ -2,10 +2,10 @@
 -P experiment_name=molting). Re-scores logged answers under the current rubric; nothing else."""
 import sys
 
-from molting_mlflow.cli import cli
+from molting_mlflow.cli import main
 
 if __name__ == "__main__":
     # MLflow passes run_ids="3f2c… 7b1d…" as one argument (it quotes each value): the ids are its words
     *ids, flag, experiment = sys.argv[1:]
     args = [word for a in ids for word in a.split()] + ([flag, experiment] if experiment else [])
-    cli.main(args=["rescore", *args], prog_name="entrypoints/rescore.py")
+    main(["rescore", *args], prog_name="entrypoints/rescore.py")

@@ -2,7 +2,7 @@
 the study's parent; each trial is a nested child run. Calls the library."""
 import sys
 
-from molting_mlflow.cli import cli
+from molting_mlflow.cli import main
 
 if __name__ == "__main__":
-    cli.main(args=["sweep", *sys.argv[1:]], prog_name="entrypoints/sweep.py")
+    main(["sweep", *sys.argv[1:]], prog_name="entrypoints/sweep.py")

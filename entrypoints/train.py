@@ -2,7 +2,7 @@
 parameters (the same options as `molting train`) and calls the library; nothing else."""
 import sys
 
-from molting_mlflow.cli import cli
+from molting_mlflow.cli import main
 
 if __name__ == "__main__":
-    cli.main(args=["train", *sys.argv[1:]], prog_name="entrypoints/train.py")
+    main(["train", *sys.argv[1:]], prog_name="entrypoints/train.py")

@@ -584,8 +584,27 @@ def diagnose(run_id, vs, out):
     run_diagnose(run_id, vs or None, out or None, log=click.echo)
 
 
-def main(argv=None):
-    cli.main(args=argv, prog_name="molting")
+def main(argv=None, prog_name: str = "molting"):
+    """Run a command and end the process as soon as its exit handlers have run (MLflow's flush of queued
+    metrics and traces among them): the interpreter's teardown of torch, transformers and mlflow after that
+    did nothing but cost 1–2 s a process (docs/performance.md)."""
+    try:
+        cli.main(args=argv, prog_name=prog_name)
+        code = 0
+    except SystemExit as e:       # click ends every command so: its code, or its message and 1
+        if e.code is not None and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    import atexit
+
+    atexit._run_exitfuncs()          # what a normal exit runs first; os._exit then skips the teardown
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

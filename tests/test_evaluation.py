@@ -2,6 +2,7 @@
 the current rubric (the same scores a fresh evaluation gives), ref_nll and ref_chrf are logged, and
 another persona, its language included, is data."""
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -47,7 +48,7 @@ def test_persona_language_is_named_and_known(tmp_path, line, msg):
     text = (ADA / "persona.yaml").read_text(encoding="utf-8").replace("language: en\n", line)
     card = tmp_path / "p.yaml"
     card.write_text(text, encoding="utf-8")
-    with pytest.raises(PersonaError, match=msg.replace("(", r"\(")):
+    with pytest.raises(PersonaError, match=re.escape(msg)):
         load_persona(card)
 
 

@@ -100,6 +100,38 @@ def test_merged_decoding_gives_the_same_answers_and_gives_the_base_back(lora_mod
     assert _answers(model, tok) == unmerged
 
 
+def test_a_lent_base_decodes_merged_in_its_own_tensors_and_comes_back_unwrapped():
+    """A sweep worker's trials: the LoRA folded into the base's own weight storage and the LoRA layers taken off,
+    so every trial decodes the same plain modules (one compiled graph on CUDA). fp32: the same greedy answers as
+    the unmerged adapter; afterwards the very tensors hold the very values, and no LoRA layer is left."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    from molting_mlflow.ground.generation import unloaded_merged
+    from molting_mlflow.ground.models import build_tiny_random
+
+    torch.manual_seed(1)
+    base, tok = build_tiny_random()
+    modules = {n: m for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    before = {n: (m.weight.data_ptr(), m.weight.detach().clone()) for n, m in modules.items()}
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                                            task_type="CAUSAL_LM"))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    model.eval()
+    unmerged = _answers(model, tok)
+    with unloaded_merged(model) as plain:
+        assert plain is base and not any(isinstance(m, LoraLayer) for m in plain.modules())
+        assert any(not torch.equal(modules[n].weight, w) for n, (_, w) in before.items())    # merged in place
+        assert all(modules[n].weight.data_ptr() == ptr for n, (ptr, _) in before.items())   # the same storage
+        merged = _answers(plain, tok)
+    assert merged == unmerged
+    for n, (ptr, w) in before.items():
+        assert modules[n].weight.data_ptr() == ptr and torch.equal(modules[n].weight, w)
+    assert dict(base.named_modules()).keys() >= modules.keys()
+
+
 # ---- the output layer on answer tokens only ----------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -132,6 +132,33 @@ def merged_lora(model, restore: bool = True):
             base.weight.data = original
 
 
+@contextmanager
+def unloaded_merged(peft_model):
+    """For a base lent to many trials (a sweep worker's): each LoRA folded into its base layer's own weight
+    tensor, in place, and the LoRA layers taken off (peft's unload), so decoding runs the plain base: the same
+    modules and the same weight storage every trial, and a decoding graph compiled once (the static cache on
+    CUDA, compiled at the worker's start) serves all its trials. Yields the plain base. Afterwards the
+    original values are copied back into the same storage: the base is as it was lent, bit for bit, and
+    already unwrapped (BaseCache.give_back finds no LoRA layer left)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer) and not m.merged]
+    deltas = [(m.get_base_layer(), sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A))
+              for m in layers]
+    _release_cached_blocks()
+    base = peft_model.unload()
+    base.__dict__.pop("forward", None)     # TRL's fused-head forward, bound to this object
+    saved = []
+    try:
+        for layer, delta in deltas:
+            saved.append((layer.weight, layer.weight.detach().clone()))
+            layer.weight.data.add_(delta.to(layer.weight.dtype))
+        yield base
+    finally:
+        for weight, original in saved:
+            weight.data.copy_(original)
+
+
 def _release_cached_blocks() -> None:
     """Give the CUDA allocator's cached, unused blocks back to the card. Several trials share a card,
     each planned for its own peak (runtime.trials_per_gpu); a trial that keeps training's cache while it

@@ -33,6 +33,7 @@ from molting_mlflow.ground import bundle, runtime
 from molting_mlflow.ground.config import ConfigError, TrainConfig, describe_fixes
 from molting_mlflow.ground.data import load_dataset
 from molting_mlflow.ground.errors import MoltingError, first_line
+from molting_mlflow.ground.generation import generate
 from molting_mlflow.ground.judge import check, judge_of
 from molting_mlflow.ground.models import BaseCache, resolve_model
 from molting_mlflow.ground.paths import GPT2_TEMPLATE
@@ -152,11 +153,19 @@ class Worker:
         # -e train` puts them in `Default`): looked up once, not per trial
         self.reuse_in = lookup_order(self.experiment_id) if self.sc.reuse else []
 
-    def preload(self) -> float:
-        """Load the study's (first) base before the first trial: a worker's cost, not a trial's."""
-
-        prepared = prepare(self.sc.trial_config(min_steps=0))
-        return self.bases.take(prepared.source, prepared.plan)[1]
+    def preload(self) -> dict:
+        """Load the study's (first) base before the first trial, and on CUDA compile its decoding of the
+        evaluation questions (static cache): a worker's costs, paid once, not a trial's. Their seconds."""
+        p = prepare(self.sc.trial_config(min_steps=0))
+        model, load_s = self.bases.take(p.source, p.plan)
+        out = {f"worker_load_s.{self.name}": load_s}
+        if p.plan.cuda and p.plan.eval_merge and p.questions:      # the trials decode with "worker" merges
+            t, p.tokenizer.chat_template = time.time(), p.own_template
+            generate(model, p.tokenizer, p.questions, p.system_prompt_text, p.cfg.eval_max_new_tokens,
+                     seed=p.cfg.seed, fold=p.fold, static=True)
+            p.tokenizer.chat_template = p.template
+            out[f"worker_compile_s.{self.name}"] = time.time() - t
+        return out
 
     def objective(self, trial):
         """Train one configuration (or reuse its finished run) and return its rubric score."""
@@ -344,7 +353,8 @@ def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t
     study = open_study(sc)
     exp_id = MlflowClient().get_run(parent_run_id).info.experiment_id
     w = Worker(sc, parent_run_id, exp_id, name, gpu, t0 or time.time(), slot)
-    MlflowClient().log_metric(parent_run_id, f"worker_load_s.{name}", w.preload())
+    for k, v in w.preload().items():
+        MlflowClient().log_metric(parent_run_id, k, v)
     first = study.user_attrs.get(sweep_key(parent_run_id), {}).get("first_trial", 0)
     if first:   # a resumed study: seeded as at its start, the sampler would draw its first trials again
         study.sampler = _sampler(sc.seed + first)

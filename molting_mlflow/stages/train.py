@@ -198,7 +198,7 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
                              adapter_uri(run_id), "", losses)
         if p.cfg.evaluate and questions:
             result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step, clock,
-                                             judge_of(p.cfg))
+                                             judge_of(p.cfg), lent=bases is not None)
         elif p.cfg.evaluate:
             log(f"not evaluated: {p.cfg.persona} names no questions (pre-flight's persona.no_questions)")
     except BaseException as e:
@@ -369,16 +369,19 @@ def _log_loss_curve(p: Prepared, losses: list, stats: dict) -> None:
         mlflow.log_artifact(str(curve))
 
 
-def _evaluate_in_run(p: Prepared, model, questions, log, step: int, clock: _Clock, judge: Judge | None) -> dict:
+def _evaluate_in_run(p: Prepared, model, questions, log, step: int, clock: _Clock, judge: Judge | None,
+                     lent: bool = False) -> dict:
     """Score the adapter still in memory (the saved one's weights, the same precision) on this run; the ref_nll
-    is on the template it trained with, the answers through the model's own (as chat and the registry ask)."""
+    is on the template it trained with, the answers through the model's own (as chat and the registry ask).
+    Merged where the plan says so: into copies, or, on a base lent by a sweep worker, into the base's own
+    tensors with the decoding graph the worker compiled (store.evaluation.MERGES)."""
     p.tokenizer.chat_template = p.own_template
     mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
     try:
-        # merged into copies: a lent base goes back to the sweep worker as it was
         scored = answer_and_score(model, p.tokenizer, questions, p.persona, system_prompt=p.system_prompt_text,
                                   fold=p.fold, nll_template=p.template, max_new_tokens=p.cfg.eval_max_new_tokens,
-                                  seed=p.cfg.seed, merge="copy" if p.plan.eval_merge else None, step=step,
+                                  seed=p.cfg.seed, merge=("worker" if lent else "copy") if p.plan.eval_merge else None,
+                                  step=step,
                                   judge=judge, log=log)
     finally:
         p.tokenizer.chat_template = p.template
