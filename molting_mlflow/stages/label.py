@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+
 from molting_mlflow.ground.errors import MoltingError, too_deep, unreadable
 from molting_mlflow.ground.tags import REUSED_RUN_TAG
 from molting_mlflow.store.assessments import human_dimension, log_human, max_points, question_traces
@@ -78,8 +80,6 @@ def _label(p: Path, lineno: int, line: str) -> Label:
 
 def label(run_id: str, path: str, log=print) -> int:
     """Log the labels of `path` on run `run_id`'s traces; the number of readings logged."""
-    from mlflow.tracking import MlflowClient
-
     run_id = resolve_run_id(run_id)
     labels = read_labels(path)
     traces = question_traces(run_id)

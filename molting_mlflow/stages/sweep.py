@@ -18,16 +18,25 @@ enqueued, marked `molting.reference`, and kept out of `trials_to_target`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
 import sys
 import time
+import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
 import mlflow
+import optuna
+import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import TrialState
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from transformers import TrainerCallback
 
 from molting_mlflow.ground import bundle, runtime
 from molting_mlflow.ground.config import ConfigError, TrainConfig, describe_fixes
@@ -39,9 +48,9 @@ from molting_mlflow.ground.models import BaseCache, resolve_model
 from molting_mlflow.ground.paths import GPT2_TEMPLATE
 from molting_mlflow.ground.persona import load_persona
 from molting_mlflow.ground.prepare import prepare
+from molting_mlflow.ground.questions import load_questions
 from molting_mlflow.ground.reuse import find_finished_run
 from molting_mlflow.ground.rubric import DIMENSIONS
-from molting_mlflow.ground.questions import load_questions
 from molting_mlflow.ground.runtime import set_threads
 from molting_mlflow.ground.sweep_config import SEARCH_SPACE, SPACE, Space, SweepConfig
 from molting_mlflow.ground.tags import (ERROR_TAG, MODEL_TAG, PREFLIGHT_TAG, PRUNE_REASON_TAG, REFERENCE,
@@ -116,12 +125,8 @@ def _epoch_pruner_callback(trial, enabled: bool):
     """At each epoch's end, report the held-out ref_nll (the train stage computes it and puts it in
     the trainer's log history) to Optuna as its negative (the study maximises), and stop the trial
     if it should be pruned."""
-    from transformers import TrainerCallback
-
     class EpochPruner(TrainerCallback):
         def on_epoch_end(self, args, state, control, **kw):
-            import optuna
-
             nll = next((h["ref_nll"] for h in reversed(state.log_history) if "ref_nll" in h), None)
             if nll is None:
                 return
@@ -169,8 +174,6 @@ class Worker:
 
     def objective(self, trial):
         """Train one configuration (or reuse its finished run) and return its rubric score."""
-        import optuna
-
         t_trial = time.time()
         cfg, ref = _trial_config(trial, self.sc)
         tags = {"molting.trial": str(trial.number), STUDY_TAG: trial.study.study_name,
@@ -217,8 +220,6 @@ class Worker:
 
     def _prune_by_steps(self, trial, cfg: TrainConfig, tags: dict) -> None:
         """Below the step minimum: a child run that says why, and no training."""
-        import optuna
-
         cfg_r = cfg.resolve()
         if self.n_examples is None:
             self.n_examples = len(load_dataset(cfg_r.dataset, "x"))
@@ -272,10 +273,7 @@ def _reuse(done, tags: dict, trial, parent_run_id: str):
 # ---------------------------------------------------------------------------------------------
 
 def open_study(sc: SweepConfig):
-    import warnings
 
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -290,8 +288,6 @@ def open_study(sc: SweepConfig):
 
 
 def _sampler(seed: int):
-    import optuna
-
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=4)
 
 
@@ -299,8 +295,6 @@ def _open_storage(cls, url: str, **kw):
     """Open Optuna's RDB storage. Workers started together on an empty database race to create its
     schema (PostgreSQL: duplicate `CREATE TYPE studydirection`; SQLite: table exists); the loser
     retries and finds it made."""
-    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-
     check_database(url, "the sweep's storage")
     for attempt in range(8):
         try:
@@ -322,8 +316,6 @@ def _enough_trials(n: int, first: int = 0):
     Counted from the storage after each trial, running ones included, so workers sharing the study
     stop at the same total instead of each starting one more; a failed trial that is retried counts
     once."""
-    from optuna.trial import TrialState
-
     def callback(study, trial):
         trials = [t for t in study.get_trials(deepcopy=False) if t.number >= first]
         retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
@@ -345,9 +337,6 @@ def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t
          slot: int = 0) -> None:
     """One worker's loop: trials until the study holds enough, then the stale trials of dead workers
     are failed and their retries run, so no trial is left RUNNING."""
-    from optuna.storages import fail_stale_trials
-    from optuna.trial import TrialState
-
     set_threads()
     touch_store()
     study = open_study(sc)
@@ -378,8 +367,6 @@ def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t
 def _recording_failures(objective):
     """The objective, keeping a failed trial's error (its first line) as the trial's fail_reason: a study
     goes on past a failed trial (catch=(Exception,)), and a sweep whose every trial failed says why."""
-    import functools
-
     @functools.wraps(objective)
     def recorded(trial):
         try:
@@ -393,8 +380,6 @@ def _recording_failures(objective):
 
 
 def _is_pruned(e: BaseException) -> bool:
-    import optuna
-
     return isinstance(e, optuna.TrialPruned)
 
 
@@ -405,8 +390,6 @@ class SweepFailed(MoltingError, RuntimeError):
 def require_a_completed_trial(study, before: set[int]) -> None:
     """Raise SweepFailed when no trial this sweep ran completed (or the study holds none at all); the
     message counts the pruned and failed ones and gives the first reason."""
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False)
     new = [t for t in trials if t.number not in before]
     if any(t.state == TrialState.COMPLETE for t in (new or trials)):
@@ -424,8 +407,6 @@ def require_a_completed_trial(study, before: set[int]) -> None:
 
 def _end_runs_of_failed_trials(study, experiment_id: str) -> None:
     """A dead worker's trial: its MLflow run, still RUNNING, ends FAILED with the reason."""
-    from optuna.trial import TrialState
-
     client = MlflowClient()
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         for run in mlflow.search_runs([experiment_id], output_format="list", filter_string=(
@@ -437,8 +418,6 @@ def _end_runs_of_failed_trials(study, experiment_id: str) -> None:
 
 
 def _stop_at_target(sc: SweepConfig):
-    from optuna.trial import TrialState
-
     def callback(study, trial):
         if (sc.stop_at_target and trial.state == TrialState.COMPLETE and trial.value is not None
                 and trial.value > sc.target and not trial.user_attrs.get(REFERENCE)):
@@ -449,8 +428,6 @@ def _stop_at_target(sc: SweepConfig):
 
 def visible_gpus() -> list[str]:
     """GPU indices this process may use (CUDA_VISIBLE_DEVICES, else all torch sees)."""
-    import torch
-
     if not torch.cuda.is_available():
         return []
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -476,7 +453,6 @@ def layout(sc: SweepConfig, gpus: list[str]) -> Layout:
     """How many workers and where: on a CPU one (or `workers`); on GPUs `workers` if given, else
     trials_per_gpu per card (0: runtime.trials_per_gpu from the first model's plan), never more
     workers than trials."""
-
     if not gpus:
         return Layout(sc.workers or 1, (), 1, "no GPU: trials run one after another in this process")
     budget = sc.gpu_memory_gib or runtime.gpu_free_gib()     # one card's, read once
@@ -576,8 +552,6 @@ def _begin(study, sc: SweepConfig, parent_run_id: str, experiment) -> int:
 def announce(study, sc: SweepConfig, first: int, experiment: str, reach: list[str]) -> str:
     """What this sweep will do, before it does it: a new or resumed study (with its earlier trials and
     the sweeps they came from), how many new trials, the searched ranges, and what gets registered."""
-    from collections import Counter
-
     where = f"'{study.study_name}' in {redact(sc.resolved_storage())}"
     if first:
         earlier = [t for t in study.get_trials(deepcopy=False) if t.number < first]

@@ -8,16 +8,18 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import optuna.visualization as vis
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 from molting_mlflow.ground.judge import judge_of
 from molting_mlflow.ground.rubric import DIMENSIONS
 from molting_mlflow.ground.sweep_config import SPACE
 from molting_mlflow.ground.tags import REFERENCE
 from molting_mlflow.stages.diagnose import report
-from molting_mlflow.store.judging import judge_logged
 from molting_mlflow.stages.registry import model_name, register_adapter, version_of_run
+from molting_mlflow.store.judging import judge_logged
 
 # Why sweep.py pruned a trial (trial attribute prune_cause, run tag molting.prune_cause): readers count by these.
 PRUNED_FOR_STEPS = "min_steps"           # under the step minimum: no weight loaded
@@ -27,8 +29,6 @@ PRUNED_AT_EPOCH = "median_ref_nll"       # stopped at an epoch's end by the Medi
 def time_accounting(trials, wall_s: float, target: float) -> dict:
     """sweep_wall_s, trials an hour, time to target, and the share of each trained trial's wall
     spent outside training and evaluation (loading, opening runs, reuse look-ups, logging)."""
-    from optuna.trial import TrialState
-
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     m = {"sweep_wall_s": wall_s, "trials_per_hour": 3600 * len(done) / wall_s if wall_s else 0.0}
     shares = [t.user_attrs["overhead_share"] for t in done if "overhead_share" in t.user_attrs]
@@ -46,8 +46,6 @@ def log_study(study, sc, wall_s: float, parent_run_id: str, log, first: int = 0)
     """The parent run's metrics and artifacts, the summary (printed), the diagnosis of the best
     trial and its registration, or the reason there is none. Trials of the same study run from
     another experiment are left out: the report is this experiment's."""
-    from optuna.trial import TrialState
-
     exp_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
     trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("experiment_id", exp_id) == exp_id]
     searched = [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get(REFERENCE)]
@@ -123,7 +121,6 @@ def judge_finalists(sc, searched: list, parent_run_id: str, log) -> list[tuple]:
 
 def _register(sc, best, mine: list, log, gate: str = "score") -> str | None:
     """Register the best searched trial; where nothing is registered, say why and what to change."""
-
     if not sc.register:
         log("registered nothing: register=false")
         return None
@@ -144,8 +141,6 @@ def _register(sc, best, mine: list, log, gate: str = "score") -> str | None:
 def why_no_best(mine: list, sc) -> str:
     """Why no searched trial of this sweep completed, from the trials' states and prune causes, with
     the change that would give one."""
-    from optuna.trial import TrialState
-
     searched = [t for t in mine if not t.user_attrs.get(REFERENCE)]
     cause = lambda c: sum(t.user_attrs.get("prune_cause") == c for t in searched)  # noqa: E731
     failed = sum(t.state == TrialState.FAIL for t in searched)
@@ -171,8 +166,6 @@ def _in_this_store(run_id: str) -> bool:
 
 def _write_plots(study, folder: Path) -> None:
     """Optuna's plots as self-contained HTML (plotly.js inlined: they open offline)."""
-    import optuna.visualization as vis
-
     for name, fn in (("optimization_history", vis.plot_optimization_history),
                      ("param_importances", vis.plot_param_importances),
                      ("parallel_coordinate", vis.plot_parallel_coordinate)):

@@ -8,16 +8,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import resource
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import psutil
+import torch
+from datasets import Dataset
 from mlflow.tracking import MlflowClient
+from peft import LoraConfig
+from transformers import TrainerCallback, set_seed
+from transformers.trainer_callback import ProgressCallback
+from trl import SFTConfig, SFTTrainer
 
 from molting_mlflow.ground import bundle, runtime
 from molting_mlflow.ground.config import DEFAULT_DATASET, TrainConfig
@@ -40,7 +49,6 @@ class PreflightFailed(MoltingError, RuntimeError):
 
 class TrainingDiverged(MoltingError, RuntimeError):
     """The loss or the gradient norm became NaN or infinite: training stopped at that optimizer step."""
-
     def __init__(self, step: int, what: str, cfg: TrainConfig):
         self.step = step
         super().__init__(f"training diverged: {what} at optimizer step {step} (lr={cfg.lr:g}, lora_alpha/lora_r="
@@ -62,7 +70,6 @@ class TrainResult:
 class _Clock:
     """Seconds a run spends in each phase outside the training loop, logged as time_<phase>_s
     metrics: where a trial's fat is (the sweep's overhead share, the GPU benchmark's breakdown)."""
-
     def __init__(self):
         self.seconds: dict[str, float] = {}
 
@@ -79,8 +86,6 @@ class _Clock:
 def _since_process_start() -> float:
     """Seconds from this process's start to now: interpreter start-up and imports, for a train run
     that is the process's first work (`molting train`, `mlflow run`'s child)."""
-    import psutil
-
     return time.time() - psutil.Process().create_time()
 
 
@@ -156,8 +161,6 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
     success; after a failure it is dropped (it may still hold this trial's LoRA layers). A Ctrl-C or
     SIGTERM once training began raises interrupt.Interrupted with the line that says what was kept:
     the adapter is logged whole before evaluation starts, and a signal after the last step waits for it."""
-    from transformers import set_seed
-
     threads = runtime.set_threads()
     watch = () if p.plan.cuda or threads.others is None else (_thread_watch(threads, run_id, log),)
     p.plan.configure_backends()
@@ -217,7 +220,6 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
 
 def _log_dataset(p: Prepared) -> None:
     """The dataset as the run's input: rows of the chat messages that train (system prompt included)."""
-
     df = pd.DataFrame({"prompt": [json.dumps(r["prompt"], ensure_ascii=False) for r in p.dataset.rows],
                        "completion": [json.dumps(r["completion"], ensure_ascii=False) for r in p.dataset.rows]})
     mlflow.log_input(mlflow.data.from_pandas(df, source=str(Path(p.dataset.path).resolve()),
@@ -229,12 +231,6 @@ def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple, bases
     """TRL's SFTTrainer on prompt/completion rows (loss on the completion, its end-of-turn token
     included), with the plan's speed settings and a callback that logs every optimizer step. A
     worker's later trials hand TRL the rows it tokenized for the first (it skips tokenizing them)."""
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import TrainerCallback
-    from transformers.trainer_callback import ProgressCallback
-    from trl import SFTTrainer
-
     cfg = p.cfg
     targets = p.lora_targets if isinstance(p.lora_targets, str) else list(p.lora_targets)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -245,7 +241,6 @@ def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple, bases
     class MlflowSteps(TrainerCallback):
         """loss, learning_rate and grad_norm at every optimizer step (step = global step); at each
         epoch's end the held-out ref_nll, so the UI shows it beside the training loss."""
-
         def on_log(self, args, state, control, logs=None, **kw):
             if not logs or "loss" not in logs:
                 return
@@ -276,8 +271,6 @@ def _trainer(p: Prepared, model, run_id: str, questions, callbacks: tuple, bases
 def _sft_args(p: Prepared):
     """TRL's SFTConfig: the config's hyperparameters, loss on the completion only, every step logged,
     nothing saved (the adapter is logged to MLflow instead), and the plan's speed settings."""
-    from trl import SFTConfig
-
     cfg = p.cfg
     args = SFTConfig(
         output_dir=tempfile.mkdtemp(prefix="molting-train-"), num_train_epochs=cfg.epochs,
@@ -297,8 +290,6 @@ def _sft_args(p: Prepared):
 
 def _run_trainer(trainer, p: Prepared, losses: list, load_s: float) -> dict:
     """Train; log and return the run's numbers."""
-    import torch
-
     cuda = p.plan.cuda
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -393,9 +384,7 @@ def _stop_on_divergence(cfg: TrainConfig, run_id: str, progress):
     """After MlflowSteps has logged a step: a NaN/inf loss or gradient norm ends training there, raising
     TrainingDiverged (the run ends FAILED, no adapter is logged); the step is also the tag molting.diverged_step.
     The progress bar is closed first, so the error is a line of its own."""
-    import math
 
-    from transformers import TrainerCallback
 
     class StopOnDivergence(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
@@ -417,9 +406,6 @@ def _thread_watch(chosen: runtime.Threads, run_id: str, log):
     """Every RECHECK_S during training, the cores other processes used since the last look decide torch's
     threads again (runtime.fitting_threads): a laptop that gets busy mid-run stays fast, and one that
     quietens gets its cores back. Each change is said, and logged as the metric cpu_threads at its step."""
-    import torch
-    from transformers import TrainerCallback
-
     class ThreadWatch(TrainerCallback):
         def __init__(self):
             self.n, self.last = chosen.n, runtime.cpu_snapshot()
@@ -441,11 +427,8 @@ def _thread_watch(chosen: runtime.Threads, run_id: str, log):
 
 
 def _quiet_progress():
-    from transformers.trainer_callback import ProgressCallback
-
     class QuietProgress(ProgressCallback):
         """The progress bar, with the last loss as its postfix instead of a printed dict a step."""
-
         def on_log(self, args, state, control, logs=None, **kw):
             if self.training_bar is not None and logs and "loss" in logs:
                 self.training_bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
@@ -456,8 +439,6 @@ def _quiet_progress():
 def _marked_example(trainer, tok) -> str:
     """Example 0 as the trainer tokenized it, trained spans between ⟦ and ⟧. Each span is decoded
     whole: decoding token by token would split a multi-byte character (🦞 is 3 byte tokens) into �."""
-    from itertools import groupby
-
     row = trainer.train_dataset[0]
     ids, labels = row["input_ids"], row.get("labels") or _completion_labels(row)
     out = []

@@ -26,11 +26,18 @@ support, say), the run keeps its metrics and eval_results.json; the error goes t
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import sys
 import time
 from contextlib import contextmanager
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Feedback, SpanType
+from mlflow.genai.scorers import scorer
 
 from molting_mlflow.ground.errors import first_line
 from molting_mlflow.ground.rubric import DIMENSIONS, RUBRIC_VERSION, code_prefix
@@ -50,8 +57,6 @@ STATUS_TAG = "molting.eval_view"
 def dimension_feedback(result: dict, dim: str):
     """One dimension of a rubric result as MLflow Feedback: the points, and the reasons whose code
     belongs to this dimension (`d1.` for d1_identity; `empty` costs every dimension)."""
-    from mlflow.entities import Feedback
-
     prefix = code_prefix(dim)
     lost = [(c, r) for c, r in zip(result["codes"], result["reasons"]) if c.startswith(prefix) or c == "empty"]
     return Feedback(value=result[dim], rationale="; ".join(r for _, r in lost) or "full points",
@@ -65,8 +70,6 @@ def _root(trace):
 def rubric_scorers(results: list[dict]) -> list:
     """Five scorers, one a dimension, over the rubric's `results` (rubric.score_responses: one per
     answer, with its id): each finds its answer's result by the question id on the trace's root span."""
-    from mlflow.genai.scorers import scorer
-
     by_id = {r["id"]: r for r in results}
 
     def make(dim):
@@ -79,9 +82,6 @@ def rubric_scorers(results: list[dict]) -> list:
 
 def generation_traces(records: list[dict], questions) -> list:
     """One trace per answer, replaying its generation (see the module docstring)."""
-    import mlflow
-    from mlflow.entities import SpanType
-
     by_id = {q.id: q for q in questions}
     traces = []
     for rec in records:
@@ -104,9 +104,6 @@ def log_evaluation(records: list[dict], questions, results: list[dict]) -> dict[
     """Log the rubric's `results` for the generation `records` through mlflow.genai.evaluate on the
     active run; {question id: trace id} of the answers' traces (where a judge's or a person's readings
     go), or {} when MLflow's evaluation failed (the reason is then in the tag molting.eval_view)."""
-    import mlflow
-    import pandas as pd
-
     run = mlflow.active_run()
     try:
         with _unseeded_ids():
@@ -143,8 +140,5 @@ def _unseeded_ids():
 def _quiet(fn):
     """MLflow's evaluation prints a progress bar and a banner ("Evaluation completed … open the Traces
     tab"): on a train run's console that is noise between the rubric's own lines."""
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return fn()
