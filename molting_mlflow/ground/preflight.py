@@ -18,8 +18,7 @@ from molting_mlflow.ground.config import TrainConfig, describe_fixes, step_fixes
 from molting_mlflow.ground.data import ChatDataset, common_prefix
 from molting_mlflow.ground.matching import normalise
 from molting_mlflow.ground.presets import lora_targets
-from molting_mlflow.ground.templates import (default_system_prompt, end_of_turn_token, special_tokens,
-                                             template_drops_system)
+from molting_mlflow.ground.templates import TemplateFacts
 
 
 @dataclass
@@ -62,13 +61,14 @@ class PreflightReport:
         return "\n".join(lines)
 
 
-def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, template: str,
+def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, template: str, tf: TemplateFacts,
                   lengths: list[int], plan=None, total: int = 0, trainable: int = 0,
                   rank_limit: int = 0, prompt_lengths: list[int] = ()) -> PreflightReport:
     """`cfg` resolved; `tok` the tokenizer; `own_template` the model's; `template` the one that will
-    train; `lengths` each example's tokens through it, `prompt_lengths` its prompt's (up to where the
-    answer starts); `plan` the runtime plan (runtime.Plan); `rank_limit` lora_rank_limit's (0: unknown).
-    The checks, in the order a reader meets them."""
+    train; `tf` what the two templates do (templates.facts, found by prepare); `lengths` each example's
+    tokens through it, `prompt_lengths` its prompt's (up to where the answer starts); `plan` the runtime
+    plan (runtime.Plan); `rank_limit` lora_rank_limit's (0: unknown). The checks, in the order a reader
+    meets them."""
     r = PreflightReport()
     _turn_order_check(r, ds)
     _bounds_check(r, cfg, len(ds), lengths, total, trainable, rank_limit, plan)
@@ -76,12 +76,12 @@ def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, tem
     msgs = ds.messages(0)
     r.rendered = tok.apply_chat_template(msgs, chat_template=template, tokenize=False)
     r.rendered_model = tok.apply_chat_template(msgs, chat_template=own_template, tokenize=False)
-    eot = end_of_turn_token(tok, own_template)
+    eot = tf.end_of_turn
     r.numbers["end_of_turn_token"] = eot
-    _template_check(r, tok, msgs, eot, template, own_template)
+    _template_check(r, tf, msgs, template, own_template)
     # Without a system prompt SmolLM2's template injects "You are … named SmolLM"; the user's
     # TinyLlama run answered as other identities. Phi-3-mini's first template drops it: folded.
-    _system_prompt_check(r, cfg, ds, tok, own_template, template)
+    _system_prompt_check(r, cfg, ds, tf)
     _end_of_turn_trained_check(r, ds, tok, msgs, eot, template, own_template)
     _truncation_check(r, cfg, lengths)
     _answer_past_limit_check(r, cfg, lengths, prompt_lengths)
@@ -105,12 +105,12 @@ def _steps_check(r: PreflightReport, cfg: TrainConfig, n: int) -> None:
         r.add("optimizer_steps", "info", arith)
 
 
-def _template_check(r: PreflightReport, tok, msgs: list[dict], eot: str | None, template: str,
-                    own_template: str) -> None:
+def _template_check(r: PreflightReport, tf: TemplateFacts, msgs: list[dict], template: str, own_template: str) -> None:
     """The training template's turns must end with the model's own end-of-turn token and use no
     special token the model's own template never emits (the user's GPT-2 <|endoftext|> in a Llama)."""
-    own_specials = {s for s in special_tokens(tok) if s in r.rendered_model}
-    foreign = [s for s in special_tokens(tok) if s in r.rendered and s not in own_specials
+    eot = tf.end_of_turn
+    own_specials = {s for s in tf.specials if s in r.rendered_model}
+    foreign = [s for s in tf.specials if s in r.rendered and s not in own_specials
                and not any(s in o and s != o for o in own_specials)]
     if foreign:
         r.add("chat_template", "error",
@@ -241,15 +241,14 @@ def _count_params(model_config, lora_r: int, targets) -> tuple[int, int, int]:
     return total, trainable, min((min(mod.in_features, mod.out_features) for mod in adapted), default=0)
 
 
-def _system_prompt_check(r: PreflightReport, cfg: TrainConfig, ds: ChatDataset, tok, own_template: str,
-                         template: str) -> None:
+def _system_prompt_check(r: PreflightReport, cfg: TrainConfig, ds: ChatDataset, tf: TemplateFacts) -> None:
     """The system prompt must reach the rendered example: present, folded (and why), or an error whose
     fixes each make it reach the model (a test applies every one)."""
     n = len(ds)
-    injected = default_system_prompt(tok, own_template)
+    injected = tf.injected_system_prompt
     if ds.system_prompt_source == "none":
         extra = f" The model's template then injects its own: {injected!r}." if injected else ""
-        if template_drops_system(tok, template) and not template_drops_system(tok, own_template):
+        if tf.drops_system and not tf.own_drops_system:
             # the persona's prompt alone would be dropped by this training template (unfolded: the model's keeps it)
             fixes, fix = ([{"system_prompt": "persona", "chat_template": "model"}, {"system_prompt": "fold"}],
                           "system_prompt=persona with chat_template=model, or system_prompt=fold")

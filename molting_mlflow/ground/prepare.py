@@ -23,7 +23,7 @@ from molting_mlflow.ground.rehearsal import (REHEARSAL_GPU_GIB, describe, rehear
                                              rehearsal_tokenizer)
 from molting_mlflow.ground.reuse import code_version, fingerprint
 from molting_mlflow.ground.questions import load_questions
-from molting_mlflow.ground.templates import check_chat_template, folds
+from molting_mlflow.ground.templates import check_chat_template, facts, folds
 
 
 @dataclass
@@ -87,7 +87,7 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
                         trainable=trainable, seq=min(max(lengths), cfg.max_seq_len), dev=dev,
                         gpu_memory_gib=budget, quantizable=source.quantizable,
                         cpu_micro_batch=cfg.batch_size, fixed=source.auto_precision)
-    report = run_preflight(cfg, ds, tok, own, template, lengths, plan, total, trainable,
+    report = run_preflight(cfg, ds, tok, own, template, facts(tok, own, template), lengths, plan, total, trainable,
                            lora_rank_limit(model_config, cfg), prompt_lengths)
     questions = load_questions(cfg.questions) if cfg.questions else []
     report.findings[:0] = bundle.findings(persona, cfg.questions, questions)

@@ -15,6 +15,8 @@ multiplied up, so the check's render is bounded too: RENDER_S seconds and RENDER
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import re
 import sys
 import time
@@ -70,6 +72,23 @@ def template_drops_system(tok, template: str) -> bool:
     except TemplateError:
         return True
     return SYSTEM_SENTINEL not in text
+
+
+@dataclass(frozen=True)
+class TemplateFacts:
+    """What a model's own template and the training template do, found once (prepare) and read by the
+    checks (preflight): the checks render nothing of their own to learn it."""
+    end_of_turn: str | None          # the token the model's own template closes a turn with
+    specials: tuple                  # the tokenizer's special tokens
+    injected_system_prompt: str | None   # what the model's own template says with no system turn given
+    drops_system: bool               # the training template renders a system turn to nothing
+    own_drops_system: bool           # the model's own template does
+
+
+def facts(tok, own_template: str, template: str) -> TemplateFacts:
+    return TemplateFacts(end_of_turn_token(tok, own_template), tuple(special_tokens(tok)),
+                         default_system_prompt(tok, own_template), template_drops_system(tok, template),
+                         template_drops_system(tok, own_template))
 
 
 def folds(system_prompt: str | None, mode: str, tok, own_template: str) -> bool:
