@@ -74,6 +74,10 @@ def run_sweep(arch: str, per_gpu: int, n_trials: int, search: str, min_steps: in
     errors = sorted({x.data.tags.get("molting.error", "")[:160] for x in kids if x.info.status == "FAILED"})
     m = {"sweep_wall_s": wall, **parent.data.metrics}
     p = parent.data.params
+    # a worker's costs, paid once before its first trial (Worker.preload: parent-run metrics, one a worker)
+    worker = {k: sorted(v for name, v in parent.data.metrics.items() if name.startswith(k + "."))
+              for k in ("worker_load_s", "worker_compile_s")}
+    evals = [x.data.metrics["eval_seconds"] for x in kids if "eval_seconds" in x.data.metrics]
     return {"setting": label, "n_trials": n_trials, "workers": int(p["sweep.workers"]),
             "per_gpu": int(p["sweep.trials_per_gpu"]), "why": p.get("sweep.trials_per_gpu_why", ""),
             "wall_s": round(wall, 1), "sweep_wall_s": round(m["sweep_wall_s"], 1),
@@ -84,11 +88,20 @@ def run_sweep(arch: str, per_gpu: int, n_trials: int, search: str, min_steps: in
             "running_left": sum(x.info.status == "RUNNING" for x in runs),
             "workers_seen": sorted({x.data.tags.get("molting.worker", "") for x in kids}),
             "gpus_seen": sorted({x.data.tags.get("molting.gpu", "") for x in kids}), "phases_mean_s": phases,
-            "errors": errors}
+            "eval_s_mean": round(sum(evals) / len(evals), 2) if evals else None,
+            "eval_s_max": round(max(evals), 2) if evals else None,
+            **{f"{k}_{stat}": round(f(v), 1) if v else None
+               for k, v in worker.items() for stat, f in (("mean", _mean), ("max", max))},
+            "n_workers_compiled": len(worker["worker_compile_s"]), "errors": errors}
+
+
+def _mean(v: list) -> float:
+    return sum(v) / len(v)
 
 
 def fmt(rows: list[dict], a) -> str:
     head = "| setting | trials | workers | wall s | sweep_wall_s | complete | trials/hour | overhead share mean / max | " \
+           "eval s a trial, mean / max | worker load s mean / max | worker compile s mean / max (workers) | " \
            "every number once | RUNNING left | GPUs |"
     lines = [f"# gpu_sweep {a.arch} ({time.strftime('%Y-%m-%d %H:%M')}, {gpu_name()}), search {a.search!r}", "", head,
              "|" + "---|" * (head.count("|") - 1)]
@@ -98,6 +111,8 @@ def fmt(rows: list[dict], a) -> str:
             continue
         lines.append(f"| {r['setting']} | {r['trials']} | {r['workers']} | {r['wall_s']} | {r['sweep_wall_s']} | "
                      f"{r['complete']} | {r['trials_per_hour']} | {r['overhead_mean']} / {r['overhead_max']} | "
+                     f"{r['eval_s_mean']} / {r['eval_s_max']} | {r['worker_load_s_mean']} / {r['worker_load_s_max']} | "
+                     f"{r['worker_compile_s_mean']} / {r['worker_compile_s_max']} ({r['n_workers_compiled']}) | "
                      f"{r['numbers_once']} | {r['running_left']} | {','.join(r['gpus_seen'])} |")
     lines += ["", "Mean seconds a trial, by phase:"] + [f"- {r['setting']}: {r.get('phases_mean_s')}" for r in rows]
     lines += ["", "Trials a GPU, as the sweep decided:"] + [f"- {r['setting']}: {r.get('why')}" for r in rows]
@@ -105,8 +120,24 @@ def fmt(rows: list[dict], a) -> str:
     ok = [r for r in rows if "error" not in r and r["n_trials"] == a.n_trials]
     if len(ok) >= 2:
         lines.append(f"\n{ok[1]['setting']} / {ok[0]['setting']} wall ({a.n_trials} trials): "
-                     f"{ok[1]['wall_s'] / ok[0]['wall_s']:.2f}×")
+                     f"{ok[1]['wall_s'] / ok[0]['wall_s']:.2f}× (target ≤ 0.35× with the automatic K against 1 a GPU"
+                     + ("; a killed sweep's wall is its limit, not its time" if any("killed" in r["setting"] for r in ok)
+                        else "") + ")")
+    lines += ["", "Against the issue's targets:"] + [_targets(r) for r in rows if "error" not in r]
     return "\n".join(lines)
+
+
+def _targets(r: dict) -> str:
+    """A trial's evaluation inside a sweep ≤ 1.5 s at 1 a GPU, ≤ 3 s at the automatic K; a 20-trial sweep ≤ 6 min."""
+    one = r["per_gpu"] == 1 and "1 a GPU" in r["setting"]
+    limit = 1.5 if one else 3.0
+    e = r["eval_s_mean"]
+    out = f"- {r['setting']} ({r['n_trials']} trials, K={r['per_gpu']}): eval {e} s a trial against ≤ {limit} s: " + \
+          ("–" if e is None else "met" if e <= limit else "not met")
+    if r["n_trials"] >= 20:
+        met = r["wall_s"] <= 360 and r["complete"] >= r["n_trials"] and "killed" not in r["setting"]
+        out += f"; wall {r['wall_s']} s against ≤ 360 s: {'met' if met else 'not met'}"
+    return out
 
 
 def gpu_name() -> str:
@@ -130,7 +161,9 @@ def main() -> None:
     ap.add_argument("--then", type=int, default=0, help="then a sweep of this many trials at the automatic K")
     ap.add_argument("--then-search", default="", help="its search (default: --search)")
     ap.add_argument("--only-auto", action="store_true", help="the automatic number's row alone")
-    ap.add_argument("--timeout", type=int, default=0, help="kill a sweep after this many seconds, then read it back")
+    ap.add_argument("--timeout", default="0",
+                    help="kill a sweep after this many seconds, then read it back; one number for every row, or "
+                         "one a row (e.g. 330,200,0), the last repeated; 0: no limit")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -144,9 +177,10 @@ def main() -> None:
         plan = [(1, a.n_trials, a.search, None)] * (not a.only_auto) + [(0, a.n_trials, a.search, None)]
     if a.then:
         plan.append((0, a.then, a.then_search or a.search, None))
+    limits = [int(x) for x in str(a.timeout).split(",")]
     rows = []
-    for per_gpu, n, search, gpus in plan:
-        rows.append(run_sweep(a.arch, per_gpu, n, search, a.min_steps, a.arch, gpus, a.timeout))
+    for i, (per_gpu, n, search, gpus) in enumerate(plan):
+        rows.append(run_sweep(a.arch, per_gpu, n, search, a.min_steps, a.arch, gpus, limits[min(i, len(limits) - 1)]))
         print(rows[-1], flush=True)
         text = fmt(rows, a)
         if os.environ.get("OUT"):                 # as it goes: a timeout still returns the rows done
