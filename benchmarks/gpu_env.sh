@@ -12,8 +12,9 @@ mkdir -p "$GPU_BENCH_DIR"
   date -u '+%Y-%m-%d %H:%M UTC'
   git rev-parse --short HEAD 2>/dev/null || echo "commit: not a git checkout"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c 'import torch, transformers, trl, peft, mlflow; print("torch", torch.__version__, "transformers",
-transformers.__version__, "trl", trl.__version__, "peft", peft.__version__, "mlflow", mlflow.__version__)'
+  python3 -c 'import torch, transformers, trl, peft, mlflow, optuna, datasets, plotly; print("torch", torch.__version__,
+"transformers", transformers.__version__, "trl", trl.__version__, "peft", peft.__version__, "mlflow", mlflow.__version__,
+"optuna", optuna.__version__, "datasets", datasets.__version__, "plotly", plotly.__version__)'
   lscpu | grep -E '^(Model name|CPU\(s\))'
 } > "${OUT:-/tmp}/machine.txt" 2>&1
 cat "${OUT:-/tmp}/machine.txt"
