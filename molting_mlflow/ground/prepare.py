@@ -44,7 +44,6 @@ class Prepared:
     fold: bool = False          # the system prompt goes into the first user turn (templates.folds)
     persona: Persona | None = None          # the card the run is scored against (bundle.py)
     questions: list = field(default_factory=list)   # its evaluation questions; [] when it has none
-    model_config: object = None                     # the base's config (no weights): sizes for memory plans
 
     def fingerprint(self) -> str:
         """What decides this run's adapter and scores (reuse.fingerprint): a sweep reuses a finished run with it."""
@@ -100,7 +99,7 @@ def prepare(cfg: TrainConfig, rehearse: bool = False, template_revision: str | N
     tok.chat_template = template
     targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
     return Prepared(cfg, source, ds, tok, own, template, template_source, sp, report, plan, targets, fold,
-                    persona, questions, model_config)
+                    persona, questions)
 
 
 def _check_system_prompt_fits(sp: str | None, tok, cfg: TrainConfig) -> None:

@@ -240,21 +240,6 @@ def merged_eval_gib(precision: str, model_config, total: int, trainable: int) ->
     return 1.15 * (2 * weights - emb * p.base_bytes_per_param + trainable * 16) / 2 ** 30
 
 
-# A sweep worker's compiled decoding (static cache, CUDA graphs: stages/sweep.py Worker.preload) holds memory
-# beside the trial's own peak: the cache for the questions' whole answers, and the graphs' private pool, which
-# 8 Phi-3-mini workers at 16.9 GiB each ran out of on an H200 (2026-12-03): this allowance is their measure.
-COMPILED_DECODING_POOL_GIB = 1.0
-
-
-def compiled_decoding_gib(model_config, answers: int, tokens: int) -> float:
-    """GiB a worker's compiled decoding holds: the static KV cache of `answers` sequences of `tokens` (bf16:
-    keys and values, every layer, every KV head) and the graphs' pool (COMPILED_DECODING_POOL_GIB)."""
-    tc, h, layers, _, _ = _dims(model_config)
-    kv_heads = getattr(tc, "num_key_value_heads", None) or tc.num_attention_heads
-    head_dim = getattr(tc, "head_dim", None) or h // tc.num_attention_heads
-    return 2 * layers * answers * tokens * kv_heads * head_dim * 2 / 2 ** 30 + COMPILED_DECODING_POOL_GIB
-
-
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 

@@ -42,7 +42,7 @@ from molting_mlflow.ground import bundle, runtime
 from molting_mlflow.ground.config import ConfigError, TrainConfig, describe_fixes
 from molting_mlflow.ground.data import load_dataset
 from molting_mlflow.ground.errors import MoltingError, first_line
-from molting_mlflow.ground.generation import generate, messages
+from molting_mlflow.ground.generation import generate
 from molting_mlflow.ground.judge import check, judge_of
 from molting_mlflow.ground.models import BaseCache, resolve_model
 from molting_mlflow.ground.paths import GPT2_TEMPLATE
@@ -463,14 +463,7 @@ def layout(sc: SweepConfig, gpus: list[str]) -> Layout:
         k, why = sc.trials_per_gpu, f"trials_per_gpu={sc.trials_per_gpu} asked for"
     else:
         p = prepare(sc.trial_config(min_steps=0))
-        peak = p.plan.peak_gib or 0.0
-        if p.plan.eval_merge and p.questions:        # its workers compile their decoding (Worker.preload)
-            prompt = max(len(p.tokenizer.apply_chat_template(messages(p.system_prompt_text, q.question, p.fold),
-                                                             chat_template=p.own_template, add_generation_prompt=True,
-                                                             tokenize=True)["input_ids"]) for q in p.questions)
-            peak += runtime.compiled_decoding_gib(p.model_config, len(p.questions),
-                                                  prompt + p.cfg.eval_max_new_tokens)
-        k, why = runtime.trials_per_gpu(peak, budget, os.cpu_count() or 1, len(gpus))
+        k, why = runtime.trials_per_gpu(p.plan.peak_gib or 0.0, budget, os.cpu_count() or 1, len(gpus))
     k = min(k, max(1, -(-sc.n_trials // len(gpus))))
     return Layout(min(k * len(gpus), max(sc.n_trials, len(gpus))), tuple(gpus), k, why, _share(sc, k, budget))
 
