@@ -413,15 +413,16 @@ def sweep(search_text, **kw):
 @click.option("--name", default="w0")
 @click.option("--gpu", default="")
 @click.option("--slot", default=0, type=int)
+@click.option("--alone", is_flag=True, help="No other trial shares this worker's GPU.")
 @user_errors
-def sweep_worker(config, parent_run_id, name, gpu, slot):
+def sweep_worker(config, parent_run_id, name, gpu, slot, alone):
     """One worker of a sweep (started by `molting sweep --workers N`)."""
     import json
 
     from molting_mlflow.stages.sweep import work
 
     work(SweepConfig(**json.loads(config)), parent_run_id, name, gpu,
-         float(os.environ.get("MOLTING_SWEEP_T0", "0")) or None, slot)
+         float(os.environ.get("MOLTING_SWEEP_T0", "0")) or None, slot, alone)
 
 
 @cli.command()

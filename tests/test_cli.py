@@ -247,13 +247,12 @@ def hook(event, args):
     if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
         opened.append(os.path.realpath(os.fsdecode(args[0])))
 sys.addaudithook(hook)
+import atexit
 from molting_mlflow.cli import main
-try:
-    main(["--help"])
-except SystemExit:
-    pass
 from molting_mlflow.ground.paths import DATA_DIR    # the package's data/, as this process imported it
-print("OPENED " + json.dumps({"data": os.path.realpath(DATA_DIR), "opened": opened}))
+# main() ends the process with os._exit once the exit handlers ran: the report is one of them
+atexit.register(lambda: print("OPENED " + json.dumps({"data": os.path.realpath(DATA_DIR), "opened": opened})))
+main(["--help"])
 """
 
 

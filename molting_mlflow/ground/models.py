@@ -418,6 +418,7 @@ class BaseCache:
     def __init__(self):
         self._models: dict = {}
         self._datasets: dict = {}   # TRL's tokenized dataset, by data, template, length and tokenizer
+        self.compiled_decoding = False   # the worker compiled the base's decoding (stages/sweep.py Worker.preload)
 
     def dataset(self, key):
         return self._datasets.get(key)
@@ -431,6 +432,7 @@ class BaseCache:
         if key in self._models:
             return self._models[key], 0.0
         self._models.clear()                   # one base at a time: a study over two presets swaps them
+        self.compiled_decoding = False         # a new base object: no graph was compiled for it
         t = time.time()
         self._models[key] = load_for_training(source, plan)
         return self._models[key], time.time() - t
@@ -442,6 +444,7 @@ class BaseCache:
 
     def drop(self) -> None:
         self._models.clear()
+        self.compiled_decoding = False
 
 
 def load_for_training(source: ModelSource, plan):

@@ -158,17 +158,24 @@ class Worker:
         # -e train` puts them in `Default`): looked up once, not per trial
         self.reuse_in = lookup_order(self.experiment_id) if self.sc.reuse else []
 
-    def preload(self) -> dict:
-        """Load the study's (first) base before the first trial, and on CUDA compile its decoding of the
-        evaluation questions (static cache): a worker's costs, paid once, not a trial's. Their seconds."""
+    def preload(self, compile_decoding: bool) -> dict:
+        """Load the study's (first) base before the first trial, and on CUDA, where the worker has its GPU to
+        itself (`compile_decoding`), compile its decoding of the evaluation questions (static cache): a
+        worker's costs, paid once, not a trial's. Their seconds.
+
+        Only alone: one Phi-3-mini worker on an H200 then decodes a trial's 8 answers in 0.79 s (3.3 s
+        uncompiled), but seven or eight compiled workers on one card grew to ~30 GiB each (their graphs'
+        memory pools beside training's), against a plan of 17, and ran it out of memory (2026-12-03,
+        benchmarks/README_gpu.md)."""
         p = prepare(self.sc.trial_config(min_steps=0))
         model, load_s = self.bases.take(p.source, p.plan)
         out = {f"worker_load_s.{self.name}": load_s}
-        if p.plan.cuda and p.plan.eval_merge and p.questions:      # the trials decode with "worker" merges
+        if compile_decoding and p.plan.cuda and p.plan.eval_merge and p.questions:   # trials decode "worker"-merged
             t, p.tokenizer.chat_template = time.time(), p.own_template
             generate(model, p.tokenizer, p.questions, p.system_prompt_text, p.cfg.eval_max_new_tokens,
                      seed=p.cfg.seed, fold=p.fold, static=True)
             p.tokenizer.chat_template = p.template
+            self.bases.compiled_decoding = True
             out[f"worker_compile_s.{self.name}"] = time.time() - t
         return out
 
@@ -334,15 +341,16 @@ def sweep_key(parent_run_id: str) -> str:
 
 
 def work(sc: SweepConfig, parent_run_id: str, name: str = "w0", gpu: str = "", t0: float | None = None,
-         slot: int = 0) -> None:
+         slot: int = 0, alone: bool = True) -> None:
     """One worker's loop: trials until the study holds enough, then the stale trials of dead workers
-    are failed and their retries run, so no trial is left RUNNING."""
+    are failed and their retries run, so no trial is left RUNNING. `alone`: no other trial shares its GPU
+    (then it compiles its decoding once: Worker.preload)."""
     set_threads()
     touch_store()
     study = open_study(sc)
     exp_id = MlflowClient().get_run(parent_run_id).info.experiment_id
     w = Worker(sc, parent_run_id, exp_id, name, gpu, t0 or time.time(), slot)
-    for k, v in w.preload().items():
+    for k, v in w.preload(alone).items():
         MlflowClient().log_metric(parent_run_id, k, v)
     first = study.user_attrs.get(sweep_key(parent_run_id), {}).get("first_trial", 0)
     if first:   # a resumed study: seeded as at its start, the sampler would draw its first trials again
@@ -490,7 +498,7 @@ def _spawn_workers(sc: SweepConfig, parent_run_id: str, lay: Layout, t0: float, 
             env["CUDA_VISIBLE_DEVICES"] = gpu
         cmd = [sys.executable, "-m", "molting_mlflow.cli", "sweep-worker", "--config", wsc.to_json(),
                "--parent-run-id", parent_run_id, "--name", f"w{i}-of-{lay.workers}", "--gpu", gpu,
-               "--slot", str(slot)]
+               "--slot", str(slot), *(["--alone"] if lay.per_gpu == 1 else [])]
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     dead = [f"w{i} (exit {c})" for i, c in enumerate(codes) if c]
@@ -526,7 +534,7 @@ def sweep(sc: SweepConfig, log=print) -> dict:
                              "sweep.first_trial": first,
                              "sweep.pruner": "min-steps + MedianPruner(epoch ref_nll)" if sc.prune else "min-steps"})
         if lay.workers == 1:
-            work(sc, parent.info.run_id, f"w0-pid{os.getpid()}", lay.place(0)[0], t0)
+            work(sc, parent.info.run_id, f"w0-pid{os.getpid()}", lay.place(0)[0], t0, alone=lay.per_gpu == 1)
         else:
             _spawn_workers(sc, parent.info.run_id, lay, t0, log)
         summary = log_study(study, sc, time.time() - t0, parent.info.run_id, log, first)

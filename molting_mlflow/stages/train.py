@@ -201,7 +201,7 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
                              adapter_uri(run_id), "", losses)
         if p.cfg.evaluate and questions:
             result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step, clock,
-                                             judge_of(p.cfg), lent=bases is not None)
+                                             judge_of(p.cfg), lent=bases is not None and bases.compiled_decoding)
         elif p.cfg.evaluate:
             log(f"not evaluated: {p.cfg.persona} names no questions (pre-flight's persona.no_questions)")
     except BaseException as e:
@@ -364,8 +364,8 @@ def _evaluate_in_run(p: Prepared, model, questions, log, step: int, clock: _Cloc
                      lent: bool = False) -> dict:
     """Score the adapter still in memory (the saved one's weights, the same precision) on this run; the ref_nll
     is on the template it trained with, the answers through the model's own (as chat and the registry ask).
-    Merged where the plan says so: into copies, or, on a base lent by a sweep worker, into the base's own
-    tensors with the decoding graph the worker compiled (store.evaluation.MERGES)."""
+    Merged where the plan says so: into copies, or, on a base whose decoding its sweep worker compiled
+    (`lent`), into the base's own tensors, decoded by that graph (store.evaluation.MERGES)."""
     p.tokenizer.chat_template = p.own_template
     mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
     try:
