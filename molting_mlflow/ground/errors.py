@@ -9,6 +9,7 @@ A ground module: it imports nothing of the package, so every module may derive i
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -47,6 +48,18 @@ def too_deep(path, what: str, where: str = "") -> str:
     level) hit Python's recursion limit; `what` says how deep the file should be."""
     return (f"{path}: nested deeper than the parser's limit of {sys.getrecursionlimit()} levels{where}; {what}: "
             "check how the file was written")
+
+
+def json_line(path, lineno: int, line: str, error: type, form: str, flat: str):
+    """One line of a JSON Lines file the user named, parsed; what does not parse is `error`('<path>: line N:
+    invalid JSON at column C (…); <form>'), nesting past the parser's limit too (`flat` says how flat it
+    should be)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: line {lineno}: invalid JSON at column {e.colno} ({e.msg}); {form}") from None
+    except RecursionError:
+        raise error(too_deep(path, flat, f" (line {lineno})")) from None
 
 
 def unwritable(path, e: OSError) -> str:

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from molting_mlflow.ground.errors import MoltingError, too_deep, unreadable
+from molting_mlflow.ground.errors import MoltingError, json_line, too_deep, unreadable
 
 FINISH_REASONS = ("stop", "length")
 
@@ -116,12 +116,7 @@ def load_responses(path: str | Path, questions: list[Question]) -> list[dict]:
         if not line.strip():
             continue
         where = f"{p}: line {lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RubricInputError(f"{where}: invalid JSON at column {e.colno} ({e.msg}); {_R_FORM}") from None
-        except RecursionError:
-            raise RubricInputError(too_deep(p, "a response is one flat object", f" (line {lineno})")) from None
+        rec = json_line(p, lineno, line, RubricInputError, _R_FORM, "a response is one flat object")
         if not isinstance(rec, dict):
             raise RubricInputError(f"{where}: is {type(rec).__name__}; {_R_FORM}")
         _check_keys(where, rec, ("id", "response"), ("id", "response", "finish_reason"), _R_FORM)

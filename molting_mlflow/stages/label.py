@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from molting_mlflow.ground.errors import MoltingError, too_deep, unreadable
+from molting_mlflow.ground.errors import MoltingError, json_line, unreadable
 from molting_mlflow.ground.tags import REUSED_RUN_TAG
 from molting_mlflow.store.assessments import human_dimension, log_human, max_points, question_traces
 from molting_mlflow.store.tracking import resolve_run_id
@@ -54,12 +54,7 @@ def read_labels(path: str | Path) -> list[Label]:
 
 def _label(p: Path, lineno: int, line: str) -> Label:
     where = f"{p}: line {lineno}"
-    try:
-        raw = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise LabelError(f"{where}: invalid JSON at column {e.colno} ({e.msg}); {_FORM}") from None
-    except RecursionError:
-        raise LabelError(too_deep(p, "a label is one flat object", f" (line {lineno})")) from None
+    raw = json_line(p, lineno, line, LabelError, _FORM, "a label is one flat object")
     if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
         raise LabelError(f"{where}: {_FORM}")
     points = {}
