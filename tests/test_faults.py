@@ -382,6 +382,33 @@ def test_intact_smol_cache_is_verified_without_hashing(smol_cache, monkeypatch):
     assert models.ensure_smol() == out and hashed == []  # sizes and mtimes only: no 500 MB read a run
 
 
+def test_two_processes_needing_smol_at_once_convert_it_once(smol_cache, monkeypatch):
+    """Two first uses at once on a fresh cache (sweep workers, two test processes): one converts, the other
+    waits and finds it converted. Fails without ensure_smol's lock: both write the same .partial folder."""
+    import threading
+
+    from molting_mlflow.ground import models
+
+    out, fake_convert = smol_cache
+    shutil.rmtree(out)
+    converted = []
+
+    def slow_convert(gguf, o):
+        converted.append(gguf)
+        time.sleep(0.5)                 # the second caller arrives while the first converts
+        fake_convert(gguf, o)
+
+    monkeypatch.setattr(models, "_smol_gguf", lambda tmp: Path("smol.gguf"))
+    monkeypatch.setattr(models, "_convert_gguf", slow_convert)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(models.ensure_smol())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [out, out] and len(converted) == 1 and models.smol_cache_damage(out) is None
+
+
 @pytest.mark.parametrize("damage", ["truncated", "corrupted"])
 def test_damaged_smol_cache_is_rebuilt(smol_cache, monkeypatch, capsys, damage, fault):
     from molting_mlflow.ground import models

@@ -5,6 +5,7 @@ Nothing here reaches the hub at run time: real presets load from the HF cache or
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -225,7 +226,21 @@ def ensure_smol() -> Path:
     """A save_pretrained folder of SmolLM2-135M-Instruct, converted once from the GGUF (~20 s). A cached
     folder whose files no longer match the checksums recorded at conversion is converted again."""
     out = smol_cache()
-    damage = smol_cache_damage(out) if (out / SMOL_RECORD).is_file() else "not converted yet"
+    if _smol_damage(out) is None:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one converter at a time: processes started together on a fresh machine (sweep workers, a test run
+    # on two cores) would otherwise write the same .partial folder; the others wait, then find it done
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _convert_smol(out, _smol_damage(out))
+
+
+def _smol_damage(out: Path) -> str | None:
+    return smol_cache_damage(out) if (out / SMOL_RECORD).is_file() else "not converted yet"
+
+
+def _convert_smol(out: Path, damage: str | None) -> Path:
     if damage is None:
         return out
     if (out / SMOL_RECORD).is_file():
