@@ -8,6 +8,8 @@ Checked on the rendered pages:
 - comparing two runs shows their params side by side and their loss curves, one point per optimizer step;
 - a run's evaluation view (its Traces tab) shows the 8 questions, the answers and each dimension's reason,
   and side by side against another run;
+- a person's reading added with the trace drawer's "Add feedback" form is saved as a HUMAN assessment, and
+  `molting agreement` pairs exactly it with the rubric's points for that answer;
 - a run's System metrics tab has MLflow's CPU and memory charts;
 - the sweep's parent run lists its trials as child runs;
 - the registry page shows the adapter's version with its aliases and score tags;
@@ -367,6 +369,72 @@ def check_eval_view(ctx, base: str, experiment_id: str, run_id: str, other: str,
     page.close()
 
 
+HUMAN_NOTE = "read by a person in the MLflow UI"
+
+
+def check_human_assessment(ctx, base: str, experiment_id: str, run_id: str, shots: Path | None = None) -> None:
+    """A person's reading added with the trace drawer's own "Add feedback" form (d5_quality, 1 point, a
+    rationale) is saved with the source HUMAN, and `molting agreement` pairs exactly it with the rubric's
+    points for that answer."""
+    import mlflow
+    from click.testing import CliRunner
+
+    from molting_mlflow.cli import cli
+
+    dim, value = "d5_quality", 1.0
+    client = mlflow.MlflowClient()
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/eval_results.json"))
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    row = rows[0]
+    page = open_page(ctx, f"{base}/#/experiments/{experiment_id}/runs/{run_id}/traces?{ML}", "d1_identity")
+    page.get_by_text(request_text(row["question"]), exact=True).first.click()
+    page.wait_for_url(re.compile(r"selectedEvaluationId=tr-"))
+    trace_id = re.search(r"selectedEvaluationId=(tr-[0-9a-f]+)", page.url).group(1)
+    assert client.get_trace(trace_id).info.tags.get("molting.question_id") == row["id"], (trace_id, row["id"])
+    drawer = page.get_by_role("dialog")
+    drawer.get_by_role("tabpanel").first.wait_for()
+    if not drawer.get_by_role("button", name="Add feedback").count():
+        drawer.get_by_role("button", name="Assess trace").click()
+    drawer.get_by_role("button", name="Add feedback").click()
+    form = drawer.locator("div").filter(has=page.get_by_role("button", name="Create", exact=True)).filter(
+        has_text="Data Type").last
+    create = form.get_by_role("button", name="Create", exact=True)
+    form.get_by_placeholder("Enter a feedback name").fill(dim)
+    page.get_by_role("option", name=dim, exact=True).click()
+    form.get_by_role("combobox", name="Data Type").click()
+    page.get_by_role("option", name="Number", exact=True).click()
+    form.get_by_text("Value", exact=True).locator("xpath=following::input[1]").fill(f"{value:g}")
+    form.get_by_text("Rationale", exact=True).locator("xpath=following::textarea[1]").fill(HUMAN_NOTE)
+    create.click()
+    create.wait_for(state="detached")            # the form closes once the server has saved it
+    assessments = client.get_trace(trace_id).info.assessments
+    mine = [a for a in assessments if a.name == dim and a.source and a.source.source_type == "HUMAN"]
+    assert len(mine) == 1, f"no human {dim} on {trace_id} after the form's Create: {assessments}"
+    assert mine[0].value == pytest.approx(value) and mine[0].rationale == HUMAN_NOTE, mine[0]
+    # the saved reading under the rubric's in the dimension's card (drawn once the pane has re-read the
+    # trace), both opened
+    toggle = '[data-component-id="shared.model-trace-explorer.toggle-assessment-expanded"]'
+    card = drawer.locator("div").filter(has=page.get_by_text(dim, exact=True)).filter(has=page.locator(toggle)).last
+    card.locator(toggle).nth(len([a for a in assessments if a.name == dim]) - 1).wait_for()
+    for t in card.locator(toggle).all():
+        t.click()
+    card.get_by_text(HUMAN_NOTE, exact=True).wait_for()
+    shot(page, shots, "ui_human_assessment.png")
+    page.close()
+
+    res = CliRunner().invoke(cli, ["agreement", run_id])
+    assert res.exit_code == 0, res.output
+    assert "no human labels" not in res.output, res.output
+    rubric = float(row[dim])
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics.get(f"agreement.rubric.{dim}.n") == 1, {k: v for k, v in metrics.items() if k.startswith("agreement")}
+    assert metrics[f"agreement.rubric.{dim}.bias"] == pytest.approx(rubric - value)
+    assert metrics[f"agreement.rubric.{dim}.mean_abs"] == pytest.approx(abs(rubric - value))
+    labelled = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/agreement.json"))["answers"]
+    assert [(a["id"], a["human"], a["scores"]["rubric"][dim]) for a in labelled] == [(row["id"], {dim: value}, rubric)]
+    assert re.search(rf"D5 quality\s+1\s+–\s+{abs(rubric - value):.3f}\s+{rubric - value:+.3f}", res.output), res.output
+
+
 def check_system_metrics(ctx, base: str, experiment_id: str, run_id: str) -> None:
     page = open_page(ctx, f"{base}/#/experiments/{experiment_id}/runs/{run_id}/system-metrics?{ML}",
                      "cpu_utilization_percentage")
@@ -454,6 +522,22 @@ def test_evaluation_view_shows_questions_answers_and_reasons(at):
     check_eval_view(ctx, base, store.experiment_id, store.runs[0], store.runs[1])
 
 
+def test_a_persons_reading_added_in_the_ui_counts_in_agreement(at):
+    """On the other train run: the first one's traces stay as check_eval_view reads them (5 feedbacks)."""
+    base, store, ctx, _ = at
+    check_human_assessment(ctx, base, store.experiment_id, store.runs[1])
+
+
+def test_the_value_types_the_ui_saves_read_as_points():
+    """The trace drawer's form saves a Number as a float, a String as text ("1") and leaves a new name on
+    Boolean (True): points are the number, the text's number, and nothing for a yes/no."""
+    from molting_mlflow.store.assessments import points
+
+    assert points(1.0) == 1.0 and points(2) == 2.0 and points(" 1.5 ") == 1.5
+    assert points(True) is None and points(False) is None
+    assert points("yes") is None and points("nan") is None and points(None) is None and points({"a": 1}) is None
+
+
 def test_system_metrics_tab(at):
     base, store, ctx, _ = at
     check_system_metrics(ctx, base, store.experiment_id, store.runs[0])
@@ -509,6 +593,7 @@ def screenshots(out: Path, smol_baseline: bool) -> None:
             check_runs_table(ctx, base, store.experiment_id, store.runs + store.trials, out)
             check_compare(ctx, base, store.experiment_id, *store.runs, shots=out)
             check_eval_view(ctx, base, store.experiment_id, evaluated, store.runs[0], shots=out)
+            check_human_assessment(ctx, base, store.experiment_id, evaluated, shots=out)
             check_registry(ctx, base, store.model, store.version, shots=out)
             assert outside == [], outside
     print(f"screenshots in {out}; store in {work}")
