@@ -214,7 +214,8 @@ def number(text: str):
 
 
 def check_runs_table(ctx, base: str, experiment_id: str, run_ids: list[str], shots: Path | None = None) -> None:
-    """The project's saved view: a score and D1–D5 cell for each run, equal to its metrics, best first."""
+    """The project's saved view: a score and D1–D5 cell for each run, equal to its metrics (at most 3
+    decimals), best first."""
     import mlflow
 
     from molting_mlflow.ground.rubric import DIMENSIONS
@@ -233,8 +234,12 @@ def check_runs_table(ctx, base: str, experiment_id: str, run_ids: list[str], sho
         row = by_name.get(run.info.run_name)
         assert row is not None, f"run {run.info.run_name} is not in the runs table: {sorted(by_name)}"
         for key in ("score", *DIMENSIONS):
-            shown = number(row.get(f"metrics.`{key}`"))
-            assert shown is not None, f"run {run.info.run_name} shows no {key} (cell {row.get(f'metrics.`{key}`')!r})"
+            cell = row.get(f"metrics.`{key}`")
+            shown = number(cell)
+            assert shown is not None, f"run {run.info.run_name} shows no {key} (cell {cell!r})"
+            # at most 3 decimals, no float noise (9.333, not 9.333333333333334): rubric.SCORE_DECIMALS rounds
+            # the scores where they are logged
+            assert re.fullmatch(r"-?\d+(\.\d{1,3})?", cell), f"{run.info.run_name}'s {key} shows {cell!r}"
             assert shown == pytest.approx(run.data.metrics[key], abs=0.01), (run.info.run_name, key, shown)
     scores = [number(r.get("metrics.`score`")) for r in rows]
     shown = [s for s in scores if s is not None]
@@ -566,6 +571,22 @@ def test_a_run_without_scores_fails_the_check(at):
     exp = run.info.experiment_id
     mark_scores_view(exp)      # the view a scored run beside it would have given the experiment
     with pytest.raises(AssertionError, match="shows no score"):
+        check_runs_table(ctx, base, exp, [run.info.run_id])
+
+
+def test_a_score_logged_unrounded_fails_the_check(at):
+    """MLflow's table prints a metric's every digit: 56/6 logged as it is reads 9.333333333333334."""
+    import mlflow
+
+    from molting_mlflow.ground.rubric import DIMENSIONS
+    from molting_mlflow.store.scoring import mark_scores_view
+
+    base, store, ctx, _ = at
+    exp = mlflow.create_experiment("unrounded")
+    with mlflow.start_run(experiment_id=exp, run_name="unrounded") as run:
+        mlflow.log_metrics({"score": 56 / 6, **{d: 56 / 30 for d in DIMENSIONS}})
+    mark_scores_view(exp)
+    with pytest.raises(AssertionError, match=r"score shows '9\.33333"):
         check_runs_table(ctx, base, exp, [run.info.run_id])
 
 
