@@ -4,7 +4,8 @@ the test starts on 127.0.0.1. The store is filled through that server by the pro
 two tiny-random train runs, a two-trial sweep that registers its best adapter, and `molting promote`.
 
 Checked on the rendered pages:
-- the saved view of the runs table shows score and D1–D5 for each run, best score first;
+- the saved view of the runs table shows score and D1–D5 for each run, best score first, and all of them
+  in a 1400-px window beside the assistant panel MLflow opens on a first visit;
 - comparing two runs shows their params side by side and their loss curves, one point per optimizer step;
 - a run's evaluation view (its Traces tab) shows the 8 questions, the answers and each dimension's reason,
   and side by side against another run;
@@ -147,17 +148,24 @@ def chromium():
     outside: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        ctx = browser.new_context(viewport=VIEWPORT)
-        ctx.set_default_timeout(WAIT_MS)
+        ctx = new_context(browser, outside, VIEWPORT)
         # the assistant side panel opens itself on a first visit; it only takes room here
+        # (check_runs_table_beside_the_assistant opens the table as a new user gets it)
         ctx.add_init_script("localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
                             "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
-        ctx.on("request", lambda r: outside.append(r.url)
-               if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
         try:
             yield ctx, outside
         finally:
             browser.close()
+
+
+def new_context(browser, outside: list, viewport: dict):
+    """A fresh browser profile (no localStorage), each request outside 127.0.0.1 appended to `outside`."""
+    ctx = browser.new_context(viewport=viewport)
+    ctx.set_default_timeout(WAIT_MS)
+    ctx.on("request", lambda r: outside.append(r.url)
+           if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
+    return ctx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +255,35 @@ def check_runs_table(ctx, base: str, experiment_id: str, run_ids: list[str], sho
     assert all(s is None for s in scores[len(shown):]), f"unscored runs must come last: {scores}"
     shot(page, shots, "ui_runs_table.png")
     page.close()
+
+
+def check_runs_table_beside_the_assistant(ctx, outside: list, base: str, experiment_id: str) -> None:
+    """A new user's first visit in a 1400×900 window: MLflow's assistant panel opens itself beside the
+    table, and the saved view's score and D1–D5 columns (headers and cells) are all inside the table's
+    visible width. ag-grid draws no column outside that width, so a column missing from the page is out of
+    view too."""
+    from molting_mlflow.store.ui_view import runs_url, score_columns
+
+    fresh = new_context(ctx.browser, outside, {"width": 1400, "height": 900})
+    try:
+        page = open_page(fresh, runs_url(base, experiment_id), "Run Name")
+        page.get_by_placeholder("Ask a question...").wait_for()          # the assistant's panel is open
+        page.locator(".ag-row[row-index]").first.wait_for()
+        seen = page.evaluate("""cols => {
+            const v = document.querySelector('.ag-center-cols-viewport');
+            const r = v.getBoundingClientRect();
+            const box = e => { const b = e.getBoundingClientRect(); return [b.left, b.right]; };
+            return {left: r.left, right: r.left + v.clientWidth, cols: Object.fromEntries(cols.map(c => [c, {
+                header: Array.from(document.querySelectorAll(`.ag-header-cell[col-id="${c}"]`)).map(box),
+                cells: Array.from(document.querySelectorAll(`.ag-row [col-id="${c}"]`)).map(box)}]))};
+        }""", score_columns())
+        for col, boxes in seen["cols"].items():
+            assert boxes["header"] and boxes["cells"], f"{col} is not drawn: out of view at 1400 px ({seen})"
+            for left, right in boxes["header"] + boxes["cells"]:
+                assert seen["left"] - 1 <= left and right <= seen["right"] + 1, \
+                    f"{col} at {left:.0f}–{right:.0f} px, the table shows {seen['left']:.0f}–{seen['right']:.0f}"
+    finally:
+        fresh.close()
 
 
 def check_compare(ctx, base: str, experiment_id: str, a: str, b: str, shots: Path | None = None) -> None:
@@ -515,6 +552,11 @@ def at(ui, monkeypatch):
 def test_runs_table_shows_scores_best_first(at):
     base, store, ctx, _ = at
     check_runs_table(ctx, base, store.experiment_id, store.runs + store.trials)
+
+
+def test_runs_table_fits_beside_the_assistant_at_1400_px(at):
+    base, store, ctx, outside = at
+    check_runs_table_beside_the_assistant(ctx, outside, base, store.experiment_id)
 
 
 def test_compare_shows_params_and_loss_curves(at):
