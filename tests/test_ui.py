@@ -8,7 +8,8 @@ Checked on the rendered pages:
   in a 1400-px window beside the assistant panel MLflow opens on a first visit;
 - comparing two runs shows their params side by side and their loss curves, one point per optimizer step;
 - a run's evaluation view (its Traces tab) shows the 8 questions, the answers and each dimension's reason,
-  and side by side against another run;
+  and side by side against another run; its reasons column (the trace tag molting.reasons) shows every
+  answer's reasons without opening the trace, and ui_view.traces_url opens one answer's trace;
 - a person's reading added with the trace drawer's "Add feedback" form is saved as a HUMAN assessment, and
   `molting agreement` pairs exactly it with the rubric's points for that answer;
 - a run's System metrics tab has MLflow's CPU and memory charts;
@@ -411,6 +412,40 @@ def check_eval_view(ctx, base: str, experiment_id: str, run_id: str, other: str,
     page.close()
 
 
+def check_reasons_without_assess(ctx, base: str, experiment_id: str, run_id: str) -> None:
+    """The rubric's reasons, without each trace's Assess: the Traces tab's column of the trace tag
+    molting.reasons (ticked once in Columns) shows every answer's reasons in its row, and traces_url with
+    a trace id opens that answer's trace."""
+    import mlflow
+
+    from molting_mlflow.ground.tags import QUESTION_ID, REASONS
+    from molting_mlflow.store.assessments import question_traces
+    from molting_mlflow.store.ui_view import traces_url
+
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/eval_results.json"))
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    traces = question_traces(run_id)
+    page = open_page(ctx, traces_url(base, experiment_id, run_id), "d1_identity")
+    page.get_by_role("button", name=re.compile(r"^Columns")).click()
+    page.get_by_role("option").filter(has_text=REASONS).click()
+    page.keyboard.press("Escape")
+    for row in rows:
+        want = row["reasons"] or "full points"
+        assert traces[row["id"]].info.tags.get(REASONS) == want, (row["id"], traces[row["id"]].info.tags)
+        line = page.get_by_role("row").filter(has=page.get_by_text(request_text(row["question"]), exact=True))
+        assert line.get_by_text(want, exact=True).count() == 1, (row["id"], want, line.first.inner_text()[:400])
+    page.close()
+    row = rows[-1]
+    trace_id = traces[row["id"]].info.trace_id
+    page = open_page(ctx, traces_url(base, experiment_id, run_id, trace_id), "d1_identity")
+    drawer = page.get_by_role("dialog")
+    drawer.get_by_role("tabpanel").filter(has_text=row["question"]).wait_for()
+    # the drawer's header names the trace by its id's first 8 hex digits
+    assert drawer.get_by_role("button", name=trace_id.removeprefix("tr-")[:8], exact=True).count() == 1, trace_id
+    assert traces[row["id"]].info.tags[QUESTION_ID] == row["id"]
+    page.close()
+
+
 HUMAN_NOTE = "read by a person in the MLflow UI"
 
 
@@ -422,6 +457,8 @@ def check_human_assessment(ctx, base: str, experiment_id: str, run_id: str, shot
     from click.testing import CliRunner
 
     from molting_mlflow.cli import cli
+    from molting_mlflow.ground.tags import QUESTION_ID
+    from molting_mlflow.store.ui_view import traces_url
 
     dim, value = "d5_quality", 1.0
     client = mlflow.MlflowClient()
@@ -432,7 +469,7 @@ def check_human_assessment(ctx, base: str, experiment_id: str, run_id: str, shot
     page.get_by_text(request_text(row["question"]), exact=True).first.click()
     page.wait_for_url(re.compile(r"selectedEvaluationId=tr-"))
     trace_id = re.search(r"selectedEvaluationId=(tr-[0-9a-f]+)", page.url).group(1)
-    assert client.get_trace(trace_id).info.tags.get("molting.question_id") == row["id"], (trace_id, row["id"])
+    assert client.get_trace(trace_id).info.tags.get(QUESTION_ID) == row["id"], (trace_id, row["id"])
     drawer = page.get_by_role("dialog")
     drawer.get_by_role("tabpanel").first.wait_for()
     if not drawer.get_by_role("button", name="Add feedback").count():
@@ -475,6 +512,7 @@ def check_human_assessment(ctx, base: str, experiment_id: str, run_id: str, shot
     labelled = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/agreement.json"))["answers"]
     assert [(a["id"], a["human"], a["scores"]["rubric"][dim]) for a in labelled] == [(row["id"], {dim: value}, rubric)]
     assert re.search(rf"D5 quality\s+1\s+–\s+{abs(rubric - value):.3f}\s+{rubric - value:+.3f}", res.output), res.output
+    assert traces_url(base, experiment_id, run_id, trace_id) in res.output, res.output      # the answer's trace
 
 
 def check_system_metrics(ctx, base: str, experiment_id: str, run_id: str) -> None:
@@ -567,6 +605,11 @@ def test_compare_shows_params_and_loss_curves(at):
 def test_evaluation_view_shows_questions_answers_and_reasons(at):
     base, store, ctx, _ = at
     check_eval_view(ctx, base, store.experiment_id, store.runs[0], store.runs[1])
+
+
+def test_reasons_in_a_column_and_a_link_to_each_trace(at):
+    base, store, ctx, _ = at
+    check_reasons_without_assess(ctx, base, store.experiment_id, store.runs[0])
 
 
 def test_a_persons_reading_added_in_the_ui_counts_in_agreement(at):

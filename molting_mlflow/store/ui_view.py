@@ -7,13 +7,16 @@ browser. Its "Views" menu lists saved views, which MLflow stores as experiment t
 the same format the UI writes, uncompressed, which it reads as well). The project writes one such
 view on each experiment that holds its scored runs, once (a view the user edited or deleted is theirs).
 
-Open it from Views → "molting: runs by score", or directly: `runs_url(base, experiment_id)`.
-The browser test (tests/test_ui.py) checks it renders.
+Open it from Views → "molting: runs by score", or directly: `runs_url(base, experiment_id)`. A run's
+answers (its Traces tab), or one answer's trace opened: `traces_url(base, experiment_id, run_id[, trace_id])`.
+The browser test (tests/test_ui.py) checks they render.
 """
 from __future__ import annotations
 
 import json
 import time
+
+import mlflow
 
 from molting_mlflow.ground.rubric import DIMENSIONS
 from molting_mlflow.ground.sweep_config import SEARCH_SPACE
@@ -76,3 +79,20 @@ def runs_url(base: str, experiment_id: str) -> str:
     """The experiment's runs table in the saved view, with the sidebar on "Model training" (MLflow
     3.17 picks the page an experiment opens on from that switch, not from the experiment's kind)."""
     return f"{base}/#/experiments/{experiment_id}/runs?{SHARE_PARAM}={VIEW_ID}&workflowType=machine_learning"
+
+
+UI_DEFAULT = "http://127.0.0.1:5000"        # where `mlflow ui` serves a local store
+
+
+def ui_base(tracking_uri: str | None = None) -> str:
+    """The MLflow UI of the store: the tracking server itself, or `mlflow ui` on a local store."""
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT
+
+
+def traces_url(base: str, experiment_id: str, run_id: str, trace_id: str | None = None) -> str:
+    """The run's Traces tab (one row an answer); with a trace id, that answer's trace opened on it (MLflow's
+    `selectedEvaluationId`, the parameter the UI itself puts in the address when a row is clicked). The
+    rubric's reasons there are under Assess: MLflow opens the trace with its assessments folded."""
+    url = f"{base}/#/experiments/{experiment_id}/runs/{run_id}/traces?workflowType=machine_learning"
+    return f"{url}&selectedEvaluationId={trace_id}" if trace_id else url
