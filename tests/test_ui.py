@@ -506,7 +506,7 @@ def check_human_assessment(ctx, base: str, experiment_id: str, run_id: str, shot
     assert "no human labels" not in res.output, res.output
     rubric = float(row[dim])
     metrics = client.get_run(run_id).data.metrics
-    assert metrics.get(f"agreement.rubric.{dim}.n") == 1, {k: v for k, v in metrics.items() if k.startswith("agreement")}
+    assert metrics.get(f"agreement.rubric.{dim}.n") == 1, {k: v for k, v in metrics.items() if "agreement" in k}
     assert metrics[f"agreement.rubric.{dim}.bias"] == pytest.approx(rubric - value)
     assert metrics[f"agreement.rubric.{dim}.mean_abs"] == pytest.approx(abs(rubric - value))
     labelled = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/agreement.json"))["answers"]

@@ -1,13 +1,13 @@
 """Readings of an answer beside the rubric's, as MLflow assessments on that answer's trace: a person's
-(source HUMAN: `molting label`, or the MLflow UI's "Add assessment" on a trace) and a model judge's
+(source HUMAN: `molting label`, or the MLflow UI's "Add feedback" on a trace) and a model judge's
 (source LLM_JUDGE, named `judge.<dimension>`). Each evaluation's answers are traces (eval_view), one a
 question, found by the tag molting.question_id.
 
 A person's assessment is named by the dimension it reads: `d1_identity` … (also `D1`, `d1` or the
 dimension's title, `identity`), or `overall` for the whole score (0 to the rubric's maximum). Its value
 is the points: a number, or a number as text (the UI's "String" type saves "1"); a yes/no is no points (the UI's
-type for a name new to the trace is "Boolean": left so, it saves True). The latest of one name and source on a
-trace counts (a corrected label replaces the old).
+form starts on "Boolean" for a name new to the trace and for a dimension's "+": left so, it saves True). The
+latest of one name and source on a trace counts (a corrected label replaces the old).
 """
 from __future__ import annotations
 

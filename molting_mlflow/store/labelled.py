@@ -15,8 +15,9 @@ from molting_mlflow.store.scoring import logged_results
 from molting_mlflow.store.ui_view import traces_url, ui_base
 
 SCORERS = ("rubric", "judge")
-HOW_TO_LABEL = ("add them in the MLflow UI (a run's Traces tab → an answer → Add assessment, named d1_identity … or "
-                "overall, source human) or from a file: molting label --run-id <run> labels.jsonl (docs/judge.md)")
+HOW_TO_LABEL = ("add them in the MLflow UI (a run's Traces tab → an answer → Assess → Add feedback, named "
+                "d1_identity … or overall, type Number) or from a file: molting label --run-id <run> labels.jsonl "
+                "(docs/judge.md)")
 
 
 @dataclass
@@ -52,8 +53,8 @@ def rows_of(run_id: str) -> list[Row]:
         if r is None:
             continue
         rubric = {d: float(res[d]) for d in DIMENSIONS if res.get(d) is not None}
-        row = Row(run_id, res["id"], res.get("question", ""), res.get("response", ""), dict(r.human), {"rubric": rubric},
-                  r.trace_id, experiment_id)
+        row = Row(run_id, res["id"], res.get("question", ""), res.get("response", ""), dict(r.human),
+                  {"rubric": rubric}, r.trace_id, experiment_id)
         if r.judge:
             row.scores["judge"] = dict(r.judge)
         for scorer, pts in row.scores.items():
