@@ -4,10 +4,14 @@ the test starts on 127.0.0.1. The store is filled through that server by the pro
 two tiny-random train runs, a two-trial sweep that registers its best adapter, and `molting promote`.
 
 Checked on the rendered pages:
-- the saved view of the runs table shows score and D1–D5 for each run, best score first;
+- the saved view of the runs table shows score and D1–D5 for each run, best score first, and all of them
+  in a 1400-px window beside the assistant panel MLflow opens on a first visit;
 - comparing two runs shows their params side by side and their loss curves, one point per optimizer step;
 - a run's evaluation view (its Traces tab) shows the 8 questions, the answers and each dimension's reason,
-  and side by side against another run;
+  and side by side against another run; its reasons column (the trace tag molting.reasons) shows every
+  answer's reasons without opening the trace, and ui_view.traces_url opens one answer's trace;
+- a person's reading added with the trace drawer's "Add feedback" form is saved as a HUMAN assessment, and
+  `molting agreement` pairs exactly it with the rubric's points for that answer;
 - a run's System metrics tab has MLflow's CPU and memory charts;
 - the sweep's parent run lists its trials as child runs;
 - the registry page shows the adapter's version with its aliases and score tags;
@@ -145,17 +149,24 @@ def chromium():
     outside: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        ctx = browser.new_context(viewport=VIEWPORT)
-        ctx.set_default_timeout(WAIT_MS)
+        ctx = new_context(browser, outside, VIEWPORT)
         # the assistant side panel opens itself on a first visit; it only takes room here
+        # (check_runs_table_beside_the_assistant opens the table as a new user gets it)
         ctx.add_init_script("localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
                             "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
-        ctx.on("request", lambda r: outside.append(r.url)
-               if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
         try:
             yield ctx, outside
         finally:
             browser.close()
+
+
+def new_context(browser, outside: list, viewport: dict):
+    """A fresh browser profile (no localStorage), each request outside 127.0.0.1 appended to `outside`."""
+    ctx = browser.new_context(viewport=viewport)
+    ctx.set_default_timeout(WAIT_MS)
+    ctx.on("request", lambda r: outside.append(r.url)
+           if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
+    return ctx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +223,8 @@ def number(text: str):
 
 
 def check_runs_table(ctx, base: str, experiment_id: str, run_ids: list[str], shots: Path | None = None) -> None:
-    """The project's saved view: a score and D1–D5 cell for each run, equal to its metrics, best first."""
+    """The project's saved view: a score and D1–D5 cell for each run, equal to its metrics (at most 3
+    decimals), best first."""
     import mlflow
 
     from molting_mlflow.ground.rubric import DIMENSIONS
@@ -231,8 +243,12 @@ def check_runs_table(ctx, base: str, experiment_id: str, run_ids: list[str], sho
         row = by_name.get(run.info.run_name)
         assert row is not None, f"run {run.info.run_name} is not in the runs table: {sorted(by_name)}"
         for key in ("score", *DIMENSIONS):
-            shown = number(row.get(f"metrics.`{key}`"))
-            assert shown is not None, f"run {run.info.run_name} shows no {key} (cell {row.get(f'metrics.`{key}`')!r})"
+            cell = row.get(f"metrics.`{key}`")
+            shown = number(cell)
+            assert shown is not None, f"run {run.info.run_name} shows no {key} (cell {cell!r})"
+            # at most 3 decimals, no float noise (9.333, not 9.333333333333334): rubric.SCORE_DECIMALS rounds
+            # the scores where they are logged
+            assert re.fullmatch(r"-?\d+(\.\d{1,3})?", cell), f"{run.info.run_name}'s {key} shows {cell!r}"
             assert shown == pytest.approx(run.data.metrics[key], abs=0.01), (run.info.run_name, key, shown)
     scores = [number(r.get("metrics.`score`")) for r in rows]
     shown = [s for s in scores if s is not None]
@@ -240,6 +256,35 @@ def check_runs_table(ctx, base: str, experiment_id: str, run_ids: list[str], sho
     assert all(s is None for s in scores[len(shown):]), f"unscored runs must come last: {scores}"
     shot(page, shots, "ui_runs_table.png")
     page.close()
+
+
+def check_runs_table_beside_the_assistant(ctx, outside: list, base: str, experiment_id: str) -> None:
+    """A new user's first visit in a 1400×900 window: MLflow's assistant panel opens itself beside the
+    table, and the saved view's score and D1–D5 columns (headers and cells) are all inside the table's
+    visible width. ag-grid draws no column outside that width, so a column missing from the page is out of
+    view too."""
+    from molting_mlflow.store.ui_view import runs_url, score_columns
+
+    fresh = new_context(ctx.browser, outside, {"width": 1400, "height": 900})
+    try:
+        page = open_page(fresh, runs_url(base, experiment_id), "Run Name")
+        page.get_by_placeholder("Ask a question...").wait_for()          # the assistant's panel is open
+        page.locator(".ag-row[row-index]").first.wait_for()
+        seen = page.evaluate("""cols => {
+            const v = document.querySelector('.ag-center-cols-viewport');
+            const r = v.getBoundingClientRect();
+            const box = e => { const b = e.getBoundingClientRect(); return [b.left, b.right]; };
+            return {left: r.left, right: r.left + v.clientWidth, cols: Object.fromEntries(cols.map(c => [c, {
+                header: Array.from(document.querySelectorAll(`.ag-header-cell[col-id="${c}"]`)).map(box),
+                cells: Array.from(document.querySelectorAll(`.ag-row [col-id="${c}"]`)).map(box)}]))};
+        }""", score_columns())
+        for col, boxes in seen["cols"].items():
+            assert boxes["header"] and boxes["cells"], f"{col} is not drawn: out of view at 1400 px ({seen})"
+            for left, right in boxes["header"] + boxes["cells"]:
+                assert seen["left"] - 1 <= left and right <= seen["right"] + 1, \
+                    f"{col} at {left:.0f}–{right:.0f} px, the table shows {seen['left']:.0f}–{seen['right']:.0f}"
+    finally:
+        fresh.close()
 
 
 def check_compare(ctx, base: str, experiment_id: str, a: str, b: str, shots: Path | None = None) -> None:
@@ -367,6 +412,109 @@ def check_eval_view(ctx, base: str, experiment_id: str, run_id: str, other: str,
     page.close()
 
 
+def check_reasons_without_assess(ctx, base: str, experiment_id: str, run_id: str) -> None:
+    """The rubric's reasons, without each trace's Assess: the Traces tab's column of the trace tag
+    molting.reasons (ticked once in Columns) shows every answer's reasons in its row, and traces_url with
+    a trace id opens that answer's trace."""
+    import mlflow
+
+    from molting_mlflow.ground.tags import QUESTION_ID, REASONS
+    from molting_mlflow.store.assessments import question_traces
+    from molting_mlflow.store.ui_view import traces_url
+
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/eval_results.json"))
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    traces = question_traces(run_id)
+    page = open_page(ctx, traces_url(base, experiment_id, run_id), "d1_identity")
+    page.get_by_role("button", name=re.compile(r"^Columns")).click()
+    page.get_by_role("option").filter(has_text=REASONS).click()
+    page.keyboard.press("Escape")
+    for row in rows:
+        want = row["reasons"] or "full points"
+        assert traces[row["id"]].info.tags.get(REASONS) == want, (row["id"], traces[row["id"]].info.tags)
+        line = page.get_by_role("row").filter(has=page.get_by_text(request_text(row["question"]), exact=True))
+        assert line.get_by_text(want, exact=True).count() == 1, (row["id"], want, line.first.inner_text()[:400])
+    page.close()
+    row = rows[-1]
+    trace_id = traces[row["id"]].info.trace_id
+    page = open_page(ctx, traces_url(base, experiment_id, run_id, trace_id), "d1_identity")
+    drawer = page.get_by_role("dialog")
+    drawer.get_by_role("tabpanel").filter(has_text=row["question"]).wait_for()
+    # the drawer's header names the trace by its id's first 8 hex digits
+    assert drawer.get_by_role("button", name=trace_id.removeprefix("tr-")[:8], exact=True).count() == 1, trace_id
+    assert traces[row["id"]].info.tags[QUESTION_ID] == row["id"]
+    page.close()
+
+
+HUMAN_NOTE = "read by a person in the MLflow UI"
+
+
+def check_human_assessment(ctx, base: str, experiment_id: str, run_id: str, shots: Path | None = None) -> None:
+    """A person's reading added with the trace drawer's own "Add feedback" form (d5_quality, 1 point, a
+    rationale) is saved with the source HUMAN, and `molting agreement` pairs exactly it with the rubric's
+    points for that answer."""
+    import mlflow
+    from click.testing import CliRunner
+
+    from molting_mlflow.cli import cli
+    from molting_mlflow.ground.tags import QUESTION_ID
+    from molting_mlflow.store.ui_view import traces_url
+
+    dim, value = "d5_quality", 1.0
+    client = mlflow.MlflowClient()
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/eval_results.json"))
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    row = rows[0]
+    page = open_page(ctx, f"{base}/#/experiments/{experiment_id}/runs/{run_id}/traces?{ML}", "d1_identity")
+    page.get_by_text(request_text(row["question"]), exact=True).first.click()
+    page.wait_for_url(re.compile(r"selectedEvaluationId=tr-"))
+    trace_id = re.search(r"selectedEvaluationId=(tr-[0-9a-f]+)", page.url).group(1)
+    assert client.get_trace(trace_id).info.tags.get(QUESTION_ID) == row["id"], (trace_id, row["id"])
+    drawer = page.get_by_role("dialog")
+    drawer.get_by_role("tabpanel").first.wait_for()
+    if not drawer.get_by_role("button", name="Add feedback").count():
+        drawer.get_by_role("button", name="Assess trace").click()
+    drawer.get_by_role("button", name="Add feedback").click()
+    form = drawer.locator("div").filter(has=page.get_by_role("button", name="Create", exact=True)).filter(
+        has_text="Data Type").last
+    create = form.get_by_role("button", name="Create", exact=True)
+    form.get_by_placeholder("Enter a feedback name").fill(dim)
+    page.get_by_role("option", name=dim, exact=True).click()
+    form.get_by_role("combobox", name="Data Type").click()
+    page.get_by_role("option", name="Number", exact=True).click()
+    form.get_by_text("Value", exact=True).locator("xpath=following::input[1]").fill(f"{value:g}")
+    form.get_by_text("Rationale", exact=True).locator("xpath=following::textarea[1]").fill(HUMAN_NOTE)
+    create.click()
+    create.wait_for(state="detached")            # the form closes once the server has saved it
+    assessments = client.get_trace(trace_id).info.assessments
+    mine = [a for a in assessments if a.name == dim and a.source and a.source.source_type == "HUMAN"]
+    assert len(mine) == 1, f"no human {dim} on {trace_id} after the form's Create: {assessments}"
+    assert mine[0].value == pytest.approx(value) and mine[0].rationale == HUMAN_NOTE, mine[0]
+    # the saved reading under the rubric's in the dimension's card (drawn once the pane has re-read the
+    # trace), both opened
+    toggle = '[data-component-id="shared.model-trace-explorer.toggle-assessment-expanded"]'
+    card = drawer.locator("div").filter(has=page.get_by_text(dim, exact=True)).filter(has=page.locator(toggle)).last
+    card.locator(toggle).nth(len([a for a in assessments if a.name == dim]) - 1).wait_for()
+    for t in card.locator(toggle).all():
+        t.click()
+    card.get_by_text(HUMAN_NOTE, exact=True).wait_for()
+    shot(page, shots, "ui_human_assessment.png")
+    page.close()
+
+    res = CliRunner().invoke(cli, ["agreement", run_id])
+    assert res.exit_code == 0, res.output
+    assert "no human labels" not in res.output, res.output
+    rubric = float(row[dim])
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics.get(f"agreement.rubric.{dim}.n") == 1, {k: v for k, v in metrics.items() if "agreement" in k}
+    assert metrics[f"agreement.rubric.{dim}.bias"] == pytest.approx(rubric - value)
+    assert metrics[f"agreement.rubric.{dim}.mean_abs"] == pytest.approx(abs(rubric - value))
+    labelled = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/agreement.json"))["answers"]
+    assert [(a["id"], a["human"], a["scores"]["rubric"][dim]) for a in labelled] == [(row["id"], {dim: value}, rubric)]
+    assert re.search(rf"D5 quality\s+1\s+–\s+{abs(rubric - value):.3f}\s+{rubric - value:+.3f}", res.output), res.output
+    assert traces_url(base, experiment_id, run_id, trace_id) in res.output, res.output      # the answer's trace
+
+
 def check_system_metrics(ctx, base: str, experiment_id: str, run_id: str) -> None:
     page = open_page(ctx, f"{base}/#/experiments/{experiment_id}/runs/{run_id}/system-metrics?{ML}",
                      "cpu_utilization_percentage")
@@ -444,6 +592,11 @@ def test_runs_table_shows_scores_best_first(at):
     check_runs_table(ctx, base, store.experiment_id, store.runs + store.trials)
 
 
+def test_runs_table_fits_beside_the_assistant_at_1400_px(at):
+    base, store, ctx, outside = at
+    check_runs_table_beside_the_assistant(ctx, outside, base, store.experiment_id)
+
+
 def test_compare_shows_params_and_loss_curves(at):
     base, store, ctx, _ = at
     check_compare(ctx, base, store.experiment_id, *store.runs)
@@ -452,6 +605,27 @@ def test_compare_shows_params_and_loss_curves(at):
 def test_evaluation_view_shows_questions_answers_and_reasons(at):
     base, store, ctx, _ = at
     check_eval_view(ctx, base, store.experiment_id, store.runs[0], store.runs[1])
+
+
+def test_reasons_in_a_column_and_a_link_to_each_trace(at):
+    base, store, ctx, _ = at
+    check_reasons_without_assess(ctx, base, store.experiment_id, store.runs[0])
+
+
+def test_a_persons_reading_added_in_the_ui_counts_in_agreement(at):
+    """On the other train run: the first one's traces stay as check_eval_view reads them (5 feedbacks)."""
+    base, store, ctx, _ = at
+    check_human_assessment(ctx, base, store.experiment_id, store.runs[1])
+
+
+def test_the_value_types_the_ui_saves_read_as_points():
+    """The trace drawer's form saves a Number as a float, a String as text ("1") and leaves a new name on
+    Boolean (True): points are the number, the text's number, and nothing for a yes/no."""
+    from molting_mlflow.store.assessments import points
+
+    assert points(1.0) == 1.0 and points(2) == 2.0 and points(" 1.5 ") == 1.5
+    assert points(True) is None and points(False) is None
+    assert points("yes") is None and points("nan") is None and points(None) is None and points({"a": 1}) is None
 
 
 def test_system_metrics_tab(at):
@@ -485,6 +659,22 @@ def test_a_run_without_scores_fails_the_check(at):
         check_runs_table(ctx, base, exp, [run.info.run_id])
 
 
+def test_a_score_logged_unrounded_fails_the_check(at):
+    """MLflow's table prints a metric's every digit: 56/6 logged as it is reads 9.333333333333334."""
+    import mlflow
+
+    from molting_mlflow.ground.rubric import DIMENSIONS
+    from molting_mlflow.store.scoring import mark_scores_view
+
+    base, store, ctx, _ = at
+    exp = mlflow.create_experiment("unrounded")
+    with mlflow.start_run(experiment_id=exp, run_name="unrounded") as run:
+        mlflow.log_metrics({"score": 56 / 6, **{d: 56 / 30 for d in DIMENSIONS}})
+    mark_scores_view(exp)
+    with pytest.raises(AssertionError, match=r"score shows '9\.33333"):
+        check_runs_table(ctx, base, exp, [run.info.run_id])
+
+
 def test_nothing_outside_127_0_0_1_was_asked_for(at):
     """Run last in this module: every page above loaded without a request leaving the machine."""
     *_, outside = at
@@ -509,6 +699,7 @@ def screenshots(out: Path, smol_baseline: bool) -> None:
             check_runs_table(ctx, base, store.experiment_id, store.runs + store.trials, out)
             check_compare(ctx, base, store.experiment_id, *store.runs, shots=out)
             check_eval_view(ctx, base, store.experiment_id, evaluated, store.runs[0], shots=out)
+            check_human_assessment(ctx, base, store.experiment_id, evaluated, shots=out)
             check_registry(ctx, base, store.model, store.version, shots=out)
             assert outside == [], outside
     print(f"screenshots in {out}; store in {work}")

@@ -18,6 +18,8 @@ REFERENCE = "molting.reference"                 # a reference trial (user-origin
 
 # trace attributes (MLflow's evaluation view)
 QUESTION_ID = "molting.question_id"
+REASONS = "molting.reasons"                     # the rubric's reasons for the answer ("full points"): a trace tag,
+                                                # which the Traces tab offers as a column (Columns → Tags)
 
 # files
 ADAPTER_META = "molting.json"                   # beside adapter_config.json: base model, revision, template, persona

@@ -27,6 +27,7 @@ from molting_mlflow.store.evaluation import answer_and_score
 from molting_mlflow.store.judging import judge_run
 from molting_mlflow.store.scoring import log_scores
 from molting_mlflow.store.tracking import resolve_run_id, resolve_run_uri, stage_run
+from molting_mlflow.store.ui_view import traces_url, ui_base
 
 __all__ = ["EvalConfig", "evaluate", "score_and_log", "AdapterError"]
 RESPONSES_MODEL = "responses"      # the model tag of a run of answers from elsewhere (score --log)
@@ -89,7 +90,8 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                                   seed=cfg.seed, merge="in_place" if sub.plan.eval_merge else None,
                                   batch_size=cfg.batch_size, judge=judge, log=log)
     log(f"\nrun {run.info.run_id} ({sub.name}): score {scored['summary']['score']:.2f}\n"
-        f"see it:  molting compare {run.info.run_id[:8]}   or   molting diagnose {run.info.run_id[:8]}")
+        f"see it:  molting compare {run.info.run_id[:8]}   or   molting diagnose {run.info.run_id[:8]}\n"
+        f"its answers and the rubric's reasons: {traces_url(ui_base(), run.info.experiment_id, run.info.run_id)}")
     scored["run_id"] = run.info.run_id
     return scored
 
@@ -133,6 +135,7 @@ def score_and_log(questions_path: str, responses_path: str, persona_path: str, e
             scored["judge"] = judge_run(judge, persona, questions, records, scored["trace_ids"], scored["results"],
                                         run.info.run_id, log=log)
     log(f"\nrun {run.info.run_id} ({name}): score {scored['summary']['score']:.2f}; label it: molting label --run-id "
-        f"{run.info.run_id[:8]} <labels.jsonl>")
+        f"{run.info.run_id[:8]} <labels.jsonl>, or in the UI: "
+        f"{traces_url(ui_base(), run.info.experiment_id, run.info.run_id)}")
     scored["run_id"] = run.info.run_id
     return scored

@@ -41,6 +41,7 @@ from molting_mlflow.ground.tags import (ADAPTER_LOGGED_TAG, ADAPTER_META, EVAL_L
 from molting_mlflow.store.evaluation import answer_and_score
 from molting_mlflow.store.interrupt import Interrupted, stop_at_step_end
 from molting_mlflow.store.tracking import stage_run
+from molting_mlflow.store.ui_view import traces_url, ui_base
 
 
 class PreflightFailed(MoltingError, RuntimeError):
@@ -134,7 +135,9 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     log(f"\nrun {run_id}: {result.optimizer_steps} optimizer steps, final loss {result.final_loss:.4f}, "
         f"{result.train_runtime_s:.0f} s training ({time.time() - t_start:.0f} s in all)\n"
         f"adapter: {result.adapter_uri}\n"
-        f"see it:  mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (then open http://127.0.0.1:5000)")
+        f"see it:  mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (then open http://127.0.0.1:5000)"
+        + (f"\nits answers and the rubric's reasons: {traces_url(ui_base(), run.info.experiment_id, run_id)}"
+           if result.scores else ""))
     return result
 
 

@@ -1,14 +1,17 @@
 """Readings of an answer beside the rubric's, as MLflow assessments on that answer's trace: a person's
-(source HUMAN: `molting label`, or the MLflow UI's "Add assessment" on a trace) and a model judge's
+(source HUMAN: `molting label`, or the MLflow UI's "Add feedback" on a trace) and a model judge's
 (source LLM_JUDGE, named `judge.<dimension>`). Each evaluation's answers are traces (eval_view), one a
 question, found by the tag molting.question_id.
 
 A person's assessment is named by the dimension it reads: `d1_identity` … (also `D1`, `d1` or the
 dimension's title, `identity`), or `overall` for the whole score (0 to the rubric's maximum). Its value
-is the points. The latest of one name and source on a trace counts (a corrected label replaces the old).
+is the points: a number, or a number as text (the UI's "String" type saves "1"); a yes/no is no points (the UI's
+form starts on "Boolean" for a name new to the trace and for a dimension's "+": left so, it saves True). The
+latest of one name and source on a trace counts (a corrected label replaces the old).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import mlflow
@@ -31,6 +34,20 @@ def human_dimension(name: str) -> str | None:
     for d in RUBRIC.dimensions:
         if n in (d.key, short_name(d.key).lower(), d.title.lower()):
             return d.key
+    return None
+
+
+def points(value) -> float | None:
+    """An assessment's value as points, None where it holds none: True is no 1 (bool is an int in Python)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
     return None
 
 
@@ -65,15 +82,15 @@ def readings(run_id: str) -> dict[str, Readings]:
     for qid, trace in question_traces(run_id).items():
         r = Readings(trace.info.trace_id)
         for a in sorted(trace.info.assessments or [], key=lambda a: a.last_update_time_ms or a.create_time_ms or 0):
-            if getattr(a, "valid", True) is False or a.value is None or not isinstance(a.value, (int, float)):
+            if getattr(a, "valid", True) is False or (value := points(a.value)) is None:
                 continue
             kind = a.source.source_type if a.source else None
             if kind == AssessmentSourceType.HUMAN and (dim := human_dimension(a.name)) is not None:
-                r.human[dim] = float(a.value)
+                r.human[dim] = value
                 if a.rationale:
                     r.notes.append(a.rationale)
             elif kind == AssessmentSourceType.LLM_JUDGE and a.name.startswith(JUDGE_PREFIX):
-                r.judge[a.name.removeprefix(JUDGE_PREFIX)] = float(a.value)
+                r.judge[a.name.removeprefix(JUDGE_PREFIX)] = value
         out[qid] = r
     return out
 

@@ -8,6 +8,8 @@ points (0–2) as the value and the rubric's reasons for that dimension (chosen 
 metadata. The scorers read the rubric's results that `scoring.log_scores` computed for the run's
 metrics (the rubric runs once per answer), so the points in the UI are the points behind the run's
 `d1_identity` … `score` metrics; MLflow adds its own aggregates (`d1_identity/mean` …) beside them.
+Each trace is also tagged with all of the answer's reasons (`molting.reasons`): the Traces tab shows them
+as a column once it is ticked (Columns → Tags), without opening each trace's assessments.
 
 How generation is traced, and why this way: the answers are generated before they are scored, in
 batches (`generation.generate`: one `model.generate` call answers up to 8 questions), and a
@@ -41,7 +43,7 @@ from mlflow.genai.scorers import scorer
 
 from molting_mlflow.ground.errors import first_line
 from molting_mlflow.ground.rubric import DIMENSIONS, RUBRIC_VERSION, code_prefix
-from molting_mlflow.ground.tags import QUESTION_ID
+from molting_mlflow.ground.tags import QUESTION_ID, REASONS
 
 # Traces are written when their span ends, not by MLflow's background queue: the queue's consumer
 # waits up to 1 s for work before it sees a flush, and each flush (the read-back below, the
@@ -80,9 +82,16 @@ def rubric_scorers(results: list[dict]) -> list:
     return [make(d) for d in DIMENSIONS]
 
 
-def generation_traces(records: list[dict], questions) -> list:
-    """One trace per answer, replaying its generation (see the module docstring)."""
+def reasons_text(result: dict) -> str:
+    """All of a rubric result's reasons, as eval_results.json's column has them ("D1: …; D5(a): …")."""
+    return "; ".join(result["reasons"]) or "full points"
+
+
+def generation_traces(records: list[dict], questions, results: list[dict]) -> list:
+    """One trace per answer, replaying its generation (see the module docstring), tagged with its question
+    id and the rubric's reasons (`results`: rubric.score_responses's, one per answer)."""
     by_id = {q.id: q for q in questions}
+    reasons = {r["id"]: reasons_text(r) for r in results}
     traces = []
     for rec in records:
         q = by_id[rec["id"]]
@@ -93,7 +102,8 @@ def generation_traces(records: list[dict], questions) -> list:
                  **{k: rec[k] for k in ("prompt", "max_new_tokens", "new_tokens", "batch") if k in rec}}
         span = mlflow.start_span_no_context(name="generate", span_type=SpanType.CHAT_MODEL,
                                             inputs={"question": q.question}, attributes=attrs,
-                                            tags={QUESTION_ID: q.id}, start_time_ns=start)
+                                            tags={QUESTION_ID: q.id, REASONS: reasons[q.id]},
+                                            start_time_ns=start)
         span.end(outputs=rec["response"], end_time_ns=max(end, start))
         traces.append(span.trace_id)
     # flush=True: with asynchronous trace logging switched back on, wait for each to reach the store
@@ -107,7 +117,7 @@ def log_evaluation(records: list[dict], questions, results: list[dict]) -> dict[
     run = mlflow.active_run()
     try:
         with _unseeded_ids():
-            traces = generation_traces(records, questions)
+            traces = generation_traces(records, questions, results)
             by_id = {q.id: q for q in questions}
             data = pd.DataFrame({"trace": traces,
                                  "expectations": [{"reference": by_id[r["id"]].reference} if by_id[r["id"]].reference

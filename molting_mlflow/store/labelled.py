@@ -6,14 +6,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mlflow.tracking import MlflowClient
+
 from molting_mlflow.ground.agreement import OVERALL, Agreement, agree
 from molting_mlflow.ground.rubric import DIMENSIONS, RUBRIC, short_name
 from molting_mlflow.store.assessments import readings
 from molting_mlflow.store.scoring import logged_results
+from molting_mlflow.store.ui_view import traces_url, ui_base
 
 SCORERS = ("rubric", "judge")
-HOW_TO_LABEL = ("add them in the MLflow UI (a run's Traces tab → an answer → Add assessment, named d1_identity … or "
-                "overall, source human) or from a file: molting label --run-id <run> labels.jsonl (docs/judge.md)")
+HOW_TO_LABEL = ("add them in the MLflow UI (a run's Traces tab → an answer → Assess → Add feedback, named "
+                "d1_identity … or overall, type Number) or from a file: molting label --run-id <run> labels.jsonl "
+                "(docs/judge.md)")
 
 
 @dataclass
@@ -25,6 +29,8 @@ class Row:
     response: str
     human: dict
     scores: dict = field(default_factory=dict)     # scorer → {dimension (or OVERALL): points}
+    trace_id: str = ""                             # the answer's trace, where the person's reading is
+    experiment_id: str = ""
 
 
 def _overall(points: dict) -> float | None:
@@ -41,12 +47,14 @@ def rows_of(run_id: str) -> list[Row]:
     if not labelled:
         return []
     out = []
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
     for res in logged_results(run_id) or []:
         r = labelled.get(res["id"])
         if r is None:
             continue
         rubric = {d: float(res[d]) for d in DIMENSIONS if res.get(d) is not None}
-        row = Row(run_id, res["id"], res.get("question", ""), res.get("response", ""), dict(r.human), {"rubric": rubric})
+        row = Row(run_id, res["id"], res.get("question", ""), res.get("response", ""), dict(r.human),
+                  {"rubric": rubric}, r.trace_id, experiment_id)
         if r.judge:
             row.scores["judge"] = dict(r.judge)
         for scorer, pts in row.scores.items():
@@ -94,7 +102,9 @@ def agreement_report(rows: list[Row], pooled: dict) -> str:
             rho = "–" if a.spearman is None else f"{a.spearman:+.3f}"
             lines.append(f"  {name:<14} {a.n:>3}  {rho:>8}  {a.mean_abs:>7.3f}  {a.bias:+.3f}")
         lines.append("")
-    lines.append("largest disagreements (rubric − human):")
+    lines.append("largest disagreements (rubric − human), each with its trace in the MLflow UI:")
+    base = ui_base()
     for gap, r in disagreements(rows):
         lines.append(f"  {gap:+.2f}  {r.run_id[:8]} {r.id} {r.question[:50]!r}: {r.response[:90]!r}")
+        lines.append(f"         {traces_url(base, r.experiment_id, r.run_id, r.trace_id)}")
     return "\n".join(lines)
