@@ -17,6 +17,9 @@ def isolated_tracking(tmp_path, monkeypatch):
     use_store(monkeypatch, f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    # mlflow.set_experiment() exports the id for child processes: one left by an earlier test in this
+    # process (a module fixture's run) would reach `mlflow run --experiment-name …`, which refuses both
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     yield tmp_path
     while mlflow.active_run():
         mlflow.end_run()
@@ -39,7 +42,8 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def fault(request):
-    """fault(name, outcome) records one row; a test that fails records its row as failed."""
+    """fault(name, outcome) records one row; a test that fails records its row as failed. The rows travel
+    as the test's user_properties, which pytest-xdist hands from its workers to the process that prints."""
     rows = []
 
     def record(name: str, outcome: str):
@@ -53,7 +57,12 @@ def fault(request):
     elif rep is not None and rep.skipped:
         rows = rows or [(request.node.name, "not run: " + str(rep.longrepr[-1] if isinstance(rep.longrepr, tuple)
                                                                else rep.longrepr))]
-    FAULT_TABLE.extend(rows)
+    request.node.user_properties.extend(("fault", row) for row in rows)
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown":      # the fixture above has run: its rows are on this report
+        FAULT_TABLE.extend(tuple(row) for key, row in report.user_properties if key == "fault")
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -1,7 +1,7 @@
 """A model judge beside the rubric, through a real OpenAI-compatible server on 127.0.0.1: `transformers
 serve` with SmolLM2-135M-Instruct (the smol preset's offline GGUF, converted once into ~/.cache/molting).
 A 135M judge is plumbing, not a reader to trust (docs/judge.md): these tests hold what is logged, not what
-it says. Two questions keep the judge's calls few (10 yes/no items an answer)."""
+it says. One question keeps the judge's calls few (10 yes/no items an answer)."""
 from __future__ import annotations
 
 import json
@@ -65,15 +65,15 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_questions(tmp_path_factory):
-    p = tmp_path_factory.mktemp("q") / "questions.json"
-    p.write_text(json.dumps(json.loads((ROOT / "data/eval_questions.json").read_text(encoding="utf-8"))[:2],
+def one_question(tmp_path_factory):
+    p = tmp_path_factory.mktemp("q1") / "questions.json"
+    p.write_text(json.dumps(json.loads((ROOT / "data/eval_questions.json").read_text(encoding="utf-8"))[:1],
                             ensure_ascii=False), encoding="utf-8")
     return str(p)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, two_questions):
+def trained(tmp_path_factory, one_question):
     """A tiny-random train run (not evaluated) in its own store: the run a judged evaluation reads."""
     from molting_mlflow.ground.config import TrainConfig
     from molting_mlflow.stages.train import train
@@ -82,16 +82,16 @@ def trained(tmp_path_factory, two_questions):
     uri = f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
     use_store(mp, uri)
     run_id = train(TrainConfig(model="tiny-random", epochs=1, min_steps=0, evaluate=False,
-                               questions=two_questions), log=lambda *a: None).run_id
+                               questions=one_question), log=lambda *a: None).run_id
     mp.undo()
     return run_id, uri
 
 
-def test_evaluate_with_a_judge_logs_its_reading_per_answer_and_dimension(server, trained, two_questions, monkeypatch):
+def test_evaluate_with_a_judge_logs_its_reading_per_answer_and_dimension(server, trained, one_question, monkeypatch):
     judge, _ = server
     run_id, uri = trained
     use_store(monkeypatch, uri)
-    r = CliRunner().invoke(cli, ["evaluate", "--run-id", run_id[:8], "--questions", two_questions, *judge])
+    r = CliRunner().invoke(cli, ["evaluate", "--run-id", run_id[:8], "--questions", one_question, *judge])
     assert r.exit_code == 0, r.output
     ev = next(x for x in mlflow.search_runs(search_all_experiments=True, output_format="list")
               if x.data.tags.get("molting.stage") == "evaluate")
@@ -99,10 +99,13 @@ def test_evaluate_with_a_judge_logs_its_reading_per_answer_and_dimension(server,
     m, p = ev.data.metrics, ev.data.params
     assert p["judge.model"] == "openai:/smol" and p["judge.prompt_version"] and "calibration" in p["judge.calibration"]
     assert p["judge.base_url"].startswith("http://127.0.0.1:")
-    assert "judge.score" in m and "judge.d1_identity" in m and m["judge.seconds"] > 0
-    assert m["agreement.judge_vs_rubric.d1_identity.n"] + m["judge.unanswered"] >= 2   # answered, or said it did not
+    assert "judge.score" in m and m["judge.seconds"] > 0
+    # one answer: each dimension is a reading (its mean, its agreement with the rubric) or counted unanswered
+    read = [d for d in DIMENSIONS if f"judge.{d}" in m]
+    assert len(read) + m["judge.unanswered"] == len(DIMENSIONS) and read
+    assert all(m[f"agreement.judge_vs_rubric.{d}.n"] == 1 for d in read)
     traces = mlflow.search_traces(locations=[ev.info.experiment_id], run_id=ev.info.run_id, return_type="list")
-    assert len(traces) == 2
+    assert len(traces) == 1
     for t in traces:
         mine = [a for a in t.info.assessments if a.name.startswith("judge.")]
         assert sorted(a.name for a in mine) == sorted(f"judge.{d}" for d in DIMENSIONS)       # one a dimension
@@ -110,39 +113,18 @@ def test_evaluate_with_a_judge_logs_its_reading_per_answer_and_dimension(server,
         assert all(a.rationale and "→" in a.rationale for a in mine)                           # items and replies
 
 
-def test_a_stopped_judge_is_one_line_before_any_run(server, trained, two_questions, monkeypatch):
-    judge, proc = server
-    run_id, uri = trained
-    use_store(monkeypatch, uri)
-    before = {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
-    proc.terminate()
-    proc.wait(30)
-    t0 = time.time()
-    r = CliRunner().invoke(cli, ["evaluate", "--run-id", run_id[:8], "--questions", two_questions, *judge])
-    assert r.exit_code == 2 and r.output.count("\n") == 1 and "is not reachable" in r.output, r.output
-    assert time.time() - t0 < 60
-    after = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert {x.info.run_id for x in after} == before and not [x for x in after if x.info.status == "RUNNING"]
-
-
-def test_a_sweep_judges_exactly_its_finalists(tmp_path, two_questions):
-    """The MLproject's sweep with judge_finalists=2: two trials judged, both rankings on the parent run."""
-    from molting_mlflow.ground.models import ensure_smol
-
-    (tmp_path / "smol").symlink_to(ensure_smol())
-    port = _free_port()
-    proc = _start(tmp_path, "smol", port)
-    try:
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-        cmd = [sys.executable, "-m", "mlflow", "run", ".", "-e", "sweep", "--env-manager", "local",
-               "--experiment-name", "judged", "-P", "model=tiny-random", "-P", "n_trials=3", "-P", "min_steps=0",
-               "-P", f"questions={two_questions}", "-P", "judge=openai:/smol",
-               "-P", f"judge_base_url=http://127.0.0.1:{port}/v1", "-P", "judge_finalists=2", "-P", "register=false", "-P", "prune=false"]
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stderr[-3000:]
-    finally:
-        proc.terminate()
-        proc.wait(30)
+def test_a_sweep_judges_exactly_its_finalists(server, one_question, tmp_path):
+    """The MLproject's sweep with judge_finalists=2: two trials judged, both rankings on the parent run.
+    (Before the stopped-server test below: it reads the module's server.)"""
+    judge, _ = server
+    base_url = judge[judge.index("--judge-base-url") + 1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    cmd = [sys.executable, "-m", "mlflow", "run", ".", "-e", "sweep", "--env-manager", "local",
+           "--experiment-name", "judged", "-P", "model=tiny-random", "-P", "n_trials=3", "-P", "min_steps=0",
+           "-P", f"questions={one_question}", "-P", "judge=openai:/smol", "-P", f"judge_base_url={base_url}",
+           "-P", "judge_finalists=2", "-P", "register=false", "-P", "prune=false"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["judged"], output_format="list")
     parent = next(x for x in runs if x.data.tags.get("molting.stage") == "sweep")
@@ -152,3 +134,18 @@ def test_a_sweep_judges_exactly_its_finalists(tmp_path, two_questions):
     text = Path(ranking).read_text(encoding="utf-8")
     assert "| by rubric | by judge |" in text and text.count("| #") == 2
     assert "by rubric" in r.stdout and "judge.score" in r.stdout
+
+
+def test_a_stopped_judge_is_one_line_before_any_run(server, trained, one_question, monkeypatch):
+    judge, proc = server
+    run_id, uri = trained
+    use_store(monkeypatch, uri)
+    before = {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    proc.terminate()
+    proc.wait(30)
+    t0 = time.time()
+    r = CliRunner().invoke(cli, ["evaluate", "--run-id", run_id[:8], "--questions", one_question, *judge])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "is not reachable" in r.output, r.output
+    assert time.time() - t0 < 60
+    after = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert {x.info.run_id for x in after} == before and not [x for x in after if x.info.status == "RUNNING"]
