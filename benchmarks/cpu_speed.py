@@ -5,6 +5,7 @@ training time, tokens/s, evaluation time, precision, score) and the CPU's model 
 
     MOLTING_THREADS=2 python benchmarks/cpu_speed.py                  # against 2e92989 (fp32, the path before the runtime plan)
     python benchmarks/cpu_speed.py --baseline <commit> --repeat 2
+    python benchmarks/cpu_speed.py --baseline f94a87a --baseline-venv /tmp/vb   # a commit of the old, flat layout
 """
 from __future__ import annotations
 
@@ -28,14 +29,18 @@ def cpu_line() -> str:
     return f"{cpu_model()}; {os.cpu_count()} cores; flags: {', '.join(have) or 'none of avx2/avx512/bf16/amx'}"
 
 
-def run(tree: Path, store: str, label: str) -> dict:
+def run(tree: Path, store: str, label: str, venv: Path | None = None) -> dict:
     import mlflow
 
     from molting_mlflow.ground.rubric import UNTAGGED_RUBRIC_VERSION
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(tree), "GIT_PYTHON_REFRESH": "quiet"}
+    python = sys.executable
+    if venv is not None:           # the earlier commit installed in its own venv: its entry points, its plugins
+        python, env["PATH"] = str(venv / "bin" / "python"), f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        env["VIRTUAL_ENV"] = str(venv)
     t = time.time()
-    r = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "--env-manager", "local",
+    r = subprocess.run([python, "-m", "mlflow", "run", ".", "-e", "train", "--env-manager", "local",
                         "--experiment-name", "cpu-speed"], cwd=tree, env=env, capture_output=True, text=True)
     wall = time.time() - t
     mlflow.set_tracking_uri(store)
@@ -53,16 +58,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", default="2e92989", help="the earlier commit to compare against")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each, alternating")
+    ap.add_argument("--baseline-venv", type=Path, default=None,
+                    help="a venv with the earlier commit installed (pip install <its checkout>): needed when the "
+                    "package's layout changed since, as this checkout's editable install would lend the earlier "
+                    "code its modules (its own MLflow plugins among them)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="molting-cpu-speed-"))
     old = tmp / "baseline"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), a.baseline], check=True,
                    capture_output=True)
     store = f"sqlite:///{tmp / 'mlflow.db'}"
+    # the store exists before either run, so both open the same kind of store: on a fresh one under `mlflow
+    # run`, f94a87a's entry point waited on a lock of the store's folder that it held itself (/proc/locks:
+    # one process, the same flock held and awaited), fixed since by the re-entrant store lock
+    subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient({store!r}).search_experiments()"],
+                   check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     rows = []
     try:
         for i in range(a.repeat):
-            rows.append(run(old, store, f"{a.baseline} (before)"))
+            rows.append(run(old, store, f"{a.baseline} (before)", a.baseline_venv))
             rows.append(run(ROOT, store, "this checkout"))
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
