@@ -9,6 +9,18 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
+# The longest files first (each minutes of a process; the rest seconds to a minute): the two test processes
+# (pyproject's -n 2 --dist loadfile) take whole files in this order, so neither is left alone with a long
+# one at the end. A file's tests keep their order.
+LONGEST_FIRST = ("test_sweep.py", "test_faults.py", "test_mlproject.py", "test_judge.py", "test_ui.py",
+                 "test_real_templates.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))      # stable: the rest as collected
+
+
 @pytest.fixture(autouse=True)
 def isolated_tracking(tmp_path, monkeypatch):
     import mlflow
