@@ -41,7 +41,7 @@ from molting_mlflow.ground.tags import (ADAPTER_LOGGED_TAG, ADAPTER_META, EVAL_L
 from molting_mlflow.store.evaluation import answer_and_score
 from molting_mlflow.store.interrupt import Interrupted, stop_at_step_end
 from molting_mlflow.store.tracking import stage_run
-from molting_mlflow.store.ui_view import traces_url, ui_base
+from molting_mlflow.store.ui_view import UI_DEFAULT, traces_url, ui_base
 
 
 class PreflightFailed(MoltingError, RuntimeError):
@@ -135,7 +135,7 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     log(f"\nrun {run_id}: {result.optimizer_steps} optimizer steps, final loss {result.final_loss:.4f}, "
         f"{result.train_runtime_s:.0f} s training ({time.time() - t_start:.0f} s in all)\n"
         f"adapter: {result.adapter_uri}\n"
-        f"see it:  mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (then open http://127.0.0.1:5000)"
+        f"see it:  mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (then open {UI_DEFAULT})"
         + (f"\nits answers and the rubric's reasons: {traces_url(ui_base(), run.info.experiment_id, run_id)}"
            if result.scores else ""))
     return result
@@ -204,7 +204,7 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
                              adapter_uri(run_id), "", losses)
         if p.cfg.evaluate and questions:
             result.scores = _evaluate_in_run(p, trainer.model, questions, log, trainer.state.global_step, clock,
-                                             judge_of(p.cfg), lent=bases is not None and bases.compiled_decoding)
+                                             judge_of(p.cfg), compiled=bases is not None and bases.compiled_decoding)
         elif p.cfg.evaluate:
             log(f"not evaluated: {p.cfg.persona} names no questions (pre-flight's persona.no_questions)")
     except BaseException as e:
@@ -364,17 +364,17 @@ def _log_loss_curve(p: Prepared, losses: list, stats: dict) -> None:
 
 
 def _evaluate_in_run(p: Prepared, model, questions, log, step: int, clock: _Clock, judge: Judge | None,
-                     lent: bool = False) -> dict:
+                     compiled: bool = False) -> dict:
     """Score the adapter still in memory (the saved one's weights, the same precision) on this run; the ref_nll
     is on the template it trained with, the answers through the model's own (as chat and the registry ask).
     Merged where the plan says so: into copies, or, on a base whose decoding its sweep worker compiled
-    (`lent`), into the base's own tensors, decoded by that graph (store.evaluation.MERGES)."""
+    (`compiled`), into the base's own tensors, decoded by that graph (store.evaluation.MERGES)."""
     p.tokenizer.chat_template = p.own_template
     mlflow.log_param("eval.max_new_tokens", p.cfg.eval_max_new_tokens)
     try:
         scored = answer_and_score(model, p.tokenizer, questions, p.persona, system_prompt=p.system_prompt_text,
                                   fold=p.fold, nll_template=p.template, max_new_tokens=p.cfg.eval_max_new_tokens,
-                                  seed=p.cfg.seed, merge=("worker" if lent else "copy") if p.plan.eval_merge else None,
+                                  seed=p.cfg.seed, merge=("worker" if compiled else "copy") if p.plan.eval_merge else None,
                                   step=step,
                                   judge=judge, log=log)
     finally:

@@ -25,6 +25,7 @@ VIEW_ID = "molting-runs-by-score"
 VIEW_NAME = "molting: runs by score"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
 SHARE_PARAM = "viewStateShareKey"          # the URL parameter that opens a saved view
+ML_PAGES = "workflowType=machine_learning"  # the sidebar on "Model training" (see runs_url)
 
 # Widths in px. MLflow's assistant panel opens itself on a first visit; in a 1400-px window beside it the
 # runs table is 788 px wide: 73 for the checkbox column, then Run Name and Created, which MLflow pins (190
@@ -78,7 +79,7 @@ def view_tag() -> tuple[str, str]:
 def runs_url(base: str, experiment_id: str) -> str:
     """The experiment's runs table in the saved view, with the sidebar on "Model training" (MLflow
     3.17 picks the page an experiment opens on from that switch, not from the experiment's kind)."""
-    return f"{base}/#/experiments/{experiment_id}/runs?{SHARE_PARAM}={VIEW_ID}&workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?{SHARE_PARAM}={VIEW_ID}&{ML_PAGES}"
 
 
 UI_DEFAULT = "http://127.0.0.1:5000"        # where `mlflow ui` serves a local store
@@ -94,5 +95,5 @@ def traces_url(base: str, experiment_id: str, run_id: str, trace_id: str | None 
     """The run's Traces tab (one row an answer); with a trace id, that answer's trace opened on it (MLflow's
     `selectedEvaluationId`, the parameter the UI itself puts in the address when a row is clicked). The
     rubric's reasons there are under Assess: MLflow opens the trace with its assessments folded."""
-    url = f"{base}/#/experiments/{experiment_id}/runs/{run_id}/traces?workflowType=machine_learning"
+    url = f"{base}/#/experiments/{experiment_id}/runs/{run_id}/traces?{ML_PAGES}"
     return f"{url}&selectedEvaluationId={trace_id}" if trace_id else url
