@@ -117,7 +117,9 @@ def test_stage_runs_log_system_metrics_unless_turned_off(monkeypatch):
     from molting_mlflow.ground.config import EvalConfig
     from molting_mlflow.stages.evaluate import evaluate
 
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    # MLflow logs a sample only once a whole interval has passed with the run still RUNNING: a tiny-random
+    # evaluation's run lasts 1.7 s on a quiet 2-core machine, and CI once logged none at 0.5 s
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
     evaluate(EvalConfig(model="tiny-random", max_new_tokens=32), log=lambda *a: None)
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     evaluate(EvalConfig(model="tiny-random", max_new_tokens=32), log=lambda *a: None)
