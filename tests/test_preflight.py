@@ -121,7 +121,7 @@ def _chat(tmp_path, prompts):
 def test_an_evaluation_question_in_the_training_prompts_is_an_eval_leak_warning(tmp_path, fold):
     """One question equal to a prompt once case, accents and punctuation are folded, one nearly equal (a
     word changed), one unrelated: a warning naming the two, not the third; also when the system prompt is
-    folded into the first user turn. Fails when prepare stops adding preflight.leak_findings, or it compares
+    folded into the first user turn. Fails when run_preflight stops adding leak_findings, or it compares
     the raw text (accents, case) or only exact matches."""
     from molting_mlflow.ground.data import load_dataset
     from molting_mlflow.ground.preflight import EVAL_LEAK, leak_findings

@@ -353,12 +353,13 @@ def test_phi3_original_evaluation_chat_and_registered_model_fold_the_prompt(phi3
 @pytest.mark.parametrize("model,params,longest", [("phi3", 3_821_079_552, 4096), ("tinyllama", 1_100_048_384, 2048)])
 def test_the_preset_defaults_fit_a_4gb_card_for_the_real_config(model, params, longest):
     from molting_mlflow.ground import runtime
-    from molting_mlflow.ground.preflight import count_params
+    from molting_mlflow.ground.models import param_counts
+    from molting_mlflow.ground.presets import lora_targets
     from molting_mlflow.ground.rehearsal import model_config
 
     config = model_config(model)
     cfg = TrainConfig(model=model).resolve()
-    total, trainable = count_params(config, cfg)
+    total, trainable, _ = param_counts(config, cfg.lora_r, lora_targets(model))
     assert total == params and config.max_position_embeddings == longest
     # the worst case of the preset: every example fills max_seq_len
     plan = runtime.plan("auto", cfg.examples_per_step, model_config=config, total=total, trainable=trainable,

@@ -237,14 +237,13 @@ def test_the_summary_says_a_reference_that_beat_every_searched_trial_is_no_candi
 def test_run_names_tell_apart_runs_on_other_data_or_settings(tmp_path):
     from molting_mlflow.ground.config import TrainConfig
     from molting_mlflow.ground.paths import GPT2_TEMPLATE
-    from molting_mlflow.stages.train import train_run_name
 
     base = TrainConfig(model="smol").resolve()
-    assert train_run_name(base) == "smol-e2-b1-ga1-lr0.0005"
+    assert base.run_name == "smol-e2-b1-ga1-lr0.0005"
     mine = TrainConfig(model="smol", dataset=str(tmp_path / "my_persona.jsonl")).resolve()
-    assert train_run_name(mine) == "smol-e2-b1-ga1-lr0.0005-my_persona"
+    assert mine.run_name == "smol-e2-b1-ga1-lr0.0005-my_persona"
     user = TrainConfig(model="smol", system_prompt="none", chat_template=str(GPT2_TEMPLATE), seed=1).resolve()
-    assert train_run_name(user) == "smol-e2-b1-ga1-lr0.0005-nosys-gpt2_separators-s1"
+    assert user.run_name == "smol-e2-b1-ga1-lr0.0005-nosys-gpt2_separators-s1"
 
 
 def test_known_third_party_warnings_are_filtered_and_others_are_not(caplog):

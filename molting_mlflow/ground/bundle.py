@@ -23,7 +23,7 @@ from molting_mlflow.ground.matching import found, normalise
 from molting_mlflow.ground.models import sha256_file
 from molting_mlflow.ground.paths import DEFAULT_PERSONA
 from molting_mlflow.ground.persona import Persona, PersonaError, load_persona
-from molting_mlflow.ground.preflight import Finding
+from molting_mlflow.ground.findings import Finding
 from molting_mlflow.ground.rubric import score_response
 
 BUNDLE_DIR = "persona"         # the artifact folder, in a run and in its adapter

@@ -202,6 +202,22 @@ class TrainConfig:
                        **{f: defaults[f] for f in self.preset_fields() if getattr(self, f) is None})
 
     @property
+    def run_name(self) -> str:
+        """A resolved config's run name: smol-e2-b1-ga1-lr0.0005, then what else sets it apart from the default:
+        the dataset's stem, no system prompt, a template file, a seed; two runs on different data are told
+        apart in the UI's legends and in `molting compare`."""
+        name = f"{self.model}-e{self.epochs}-b{self.batch_size}-ga{self.grad_accum}-lr{self.lr:.3g}"
+        if Path(self.dataset).resolve() != DEFAULT_DATASET.resolve():
+            name += f"-{Path(self.dataset).stem}"
+        if self.system_prompt == "none":
+            name += "-nosys"
+        if self.chat_template != "model":
+            name += f"-{Path(self.chat_template).stem}"
+        if self.seed != DEFAULT_SEED:
+            name += f"-s{self.seed}"
+        return name
+
+    @property
     def examples_per_step(self) -> int:
         return self.batch_size * self.grad_accum
 

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from molting_mlflow.ground.config import ConfigError
 from molting_mlflow.ground.errors import MoltingError, too_deep, unpaired_surrogate, unreadable
 
 ROLES = ("system", "user", "assistant")
@@ -49,6 +50,27 @@ class ChatDataset:
 
     def messages(self, i: int) -> list[dict]:
         return self.rows[i]["prompt"] + self.rows[i]["completion"]
+
+    def token_lengths(self, tok, template: str) -> tuple[list[int], list[int]]:
+        """Each example's tokens through `template`: the whole conversation, and its prompt up to where the
+        answer starts (what max_seq_len must hold, and what pre-flight checks against it)."""
+        whole = [len(tok.apply_chat_template(self.messages(i), chat_template=template, tokenize=True)["input_ids"])
+                 for i in range(len(self))]
+        prompts = [len(tok.apply_chat_template(row["prompt"], chat_template=template, tokenize=True,
+                                               add_generation_prompt=True)["input_ids"]) for row in self.rows]
+        return whole, prompts
+
+
+def check_system_prompt_fits(sp: str | None, tok, max_seq_len: int) -> None:
+    """A system prompt of max_seq_len tokens or more leaves no room for any turn after it: said once, before
+    every example is rendered and tokenized with it (two renders an example; a 1 MB prompt took minutes)."""
+    if not sp:
+        return
+    n = len(tok.encode(sp, add_special_tokens=False))
+    if n >= max_seq_len:
+        raise ConfigError(f"the system prompt is {n:,} tokens, and max_seq_len={max_seq_len}: no turn of the "
+                          "dataset fits after it; shorten the card's system_prompt (a few sentences) or raise "
+                          "max_seq_len")
 
 
 def common_prefix(a, b) -> int:

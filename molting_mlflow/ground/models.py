@@ -16,6 +16,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from molting_mlflow.ground import runtime
 from molting_mlflow.ground.errors import MoltingError, first_line, missing_in_store
@@ -410,6 +411,66 @@ def load_tokenizer(source: ModelSource):
     if tok.chat_template:
         check_chat_template(tok.chat_template, tok, f"model '{source.name}': its chat template")
     return tok
+
+
+def model_config(source: ModelSource):
+    """The architecture of a source's model (no weights): its config.json, or tiny-random's built config."""
+    if source.built:
+        return build_tiny_random()[0].config
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source.path, local_files_only=True)
+
+
+@dataclass
+class Inspected:
+    """What pre-flight knows of a model without its weights (prepare): where it is, its tokenizer (with the
+    model's own chat template), its architecture, the device it plans for (None: this machine's), and how
+    the rehearsal stood in for absent weights (rehearsal.stand_in; "" for a real source)."""
+    source: ModelSource
+    tokenizer: object
+    config: object
+    device: str | None = None
+    note: str = ""
+
+
+def inspect_model(name: str) -> Inspected:
+    """A model as pre-flight sees it: resolved (resolve_model), its tokenizer and its config; raises ModelError."""
+    source = resolve_model(name)
+    return Inspected(source, load_tokenizer(source), model_config(source))
+
+
+class ParamCounts(NamedTuple):
+    total: int           # the base's parameters
+    trainable: int       # LoRA's, at this rank on these targets
+    rank_limit: int      # the smallest dimension of an adapted layer (0: no layer found)
+
+
+_COUNTS: dict = {}
+
+
+def param_counts(config, lora_r: int, targets) -> ParamCounts:
+    """(total parameters, LoRA-trainable ones, the rank limit) from a meta-device model (no memory, no
+    weights); remembered per architecture, rank and targets (a sweep worker asks once a trial: ~1 s for
+    Phi-3-mini). The rank limit is the smallest dimension of the layers LoRA adapts: a rank-r update of an
+    m×n layer has rank at most min(m, n), so a rank above it adds parameters and no capacity (0: no layer)."""
+    key = (config.to_json_string(), lora_r, str(targets))
+    if key not in _COUNTS:
+        _COUNTS[key] = _count_params(config, lora_r, targets)
+    return _COUNTS[key]
+
+
+def _count_params(config, lora_r: int, targets) -> ParamCounts:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in m.parameters())
+    adapted = [mod for name, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and name != "lm_head"
+               and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets)]
+    trainable = sum(lora_r * (mod.in_features + mod.out_features) for mod in adapted)
+    return ParamCounts(total, trainable, min((min(mod.in_features, mod.out_features) for mod in adapted), default=0))
 
 
 def load_model(source: ModelSource, plan):

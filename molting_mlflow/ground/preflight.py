@@ -8,84 +8,47 @@ Every finding carries its evidence: the arithmetic, the rendered text, the token
 """
 from __future__ import annotations
 
-import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
 from difflib import SequenceMatcher
 
+from molting_mlflow.ground import bundle
 from molting_mlflow.ground.config import TrainConfig, describe_fixes, step_fixes, steps_per_epoch
 from molting_mlflow.ground.data import ChatDataset, common_prefix
+from molting_mlflow.ground.findings import Finding, PreflightReport
 from molting_mlflow.ground.matching import normalise
-from molting_mlflow.ground.presets import lora_targets
 from molting_mlflow.ground.templates import TemplateFacts
 
 
-@dataclass
-class Finding:
-    check: str
-    level: str        # error / warn / info
-    message: str
-    evidence: str = ""
-    fixes: list = field(default_factory=list)   # settings that resolve it, e.g. [{"chat_template": "model"}]
-    data: dict = field(default_factory=dict)    # what readers use instead of the message, e.g. {"tokens": […]}
-
-
-@dataclass
-class PreflightReport:
-    findings: list[Finding] = field(default_factory=list)
-    numbers: dict = field(default_factory=dict)
-    rendered: str = ""           # example 0 through the template that will train
-    rendered_model: str = ""     # example 0 through the model's own template
-
-    @property
-    def status(self) -> str:
-        levels = {f.level for f in self.findings}
-        return "fail" if "error" in levels else ("warn" if "warn" in levels else "pass")
-
-    def add(self, check, level, message, evidence="", fixes=(), data=None):
-        self.findings.append(Finding(check, level, message, evidence, list(fixes), dict(data or {})))
-
-    def to_json(self) -> str:
-        return json.dumps({"status": self.status, "numbers": self.numbers,
-                           "findings": [asdict(f) for f in self.findings],
-                           "rendered_example": self.rendered, "rendered_example_model_template": self.rendered_model},
-                          ensure_ascii=False, indent=1)
-
-    def to_text(self) -> str:
-        lines = [f"pre-flight: {self.status.upper()}"]
-        for f in self.findings:
-            lines.append(f"  [{f.level}] {f.check}: {f.message}")
-            if f.evidence and f.level != "info":
-                lines.append(f"          evidence: {f.evidence}")
-        return "\n".join(lines)
-
-
-def run_preflight(cfg: TrainConfig, ds: ChatDataset, tok, own_template: str, template: str, tf: TemplateFacts,
-                  lengths: list[int], plan=None, total: int = 0, trainable: int = 0,
-                  rank_limit: int = 0, prompt_lengths: list[int] = ()) -> PreflightReport:
-    """`cfg` resolved; `tok` the tokenizer; `own_template` the model's; `template` the one that will
-    train; `tf` what the two templates do (templates.facts, found by prepare); `lengths` each example's
-    tokens through it, `prompt_lengths` its prompt's (up to where the answer starts); `plan` the runtime
-    plan (runtime.Plan); `rank_limit` lora_rank_limit's (0: unknown). The checks, in the order a reader
-    meets them."""
+def run_preflight(p) -> PreflightReport:
+    """Check what prepare built (`p`, a prepare.Prepared: everything but its report): the config, the dataset,
+    the two templates and what they do (`p.facts`), each example's tokens through the training template
+    (`p.lengths`, `p.prompt_lengths`: up to where the answer starts), the parameter counts, the runtime
+    plan, the persona bundle and its questions. Nothing is loaded or tokenized anew; only example 0 is
+    rendered, as the evidence. The findings in the order a reader meets them."""
     r = PreflightReport()
+    if p.note:
+        r.add("rehearsal", "info", p.note)
+    r.findings += bundle.findings(p.persona, p.cfg.questions, p.questions)
+    cfg, ds, tok, tf = p.cfg, p.dataset, p.tokenizer, p.facts
     _turn_order_check(r, ds)
-    _bounds_check(r, cfg, len(ds), lengths, total, trainable, rank_limit, plan)
+    _bounds_check(r, p)
     _steps_check(r, cfg, len(ds))
     msgs = ds.messages(0)
-    r.rendered = tok.apply_chat_template(msgs, chat_template=template, tokenize=False)
-    r.rendered_model = tok.apply_chat_template(msgs, chat_template=own_template, tokenize=False)
-    eot = tf.end_of_turn
-    r.numbers["end_of_turn_token"] = eot
-    _template_check(r, tf, msgs, template, own_template)
+    r.rendered = tok.apply_chat_template(msgs, chat_template=p.template, tokenize=False)
+    r.rendered_model = tok.apply_chat_template(msgs, chat_template=p.own_template, tokenize=False)
+    r.numbers["end_of_turn_token"] = tf.end_of_turn
+    _template_check(r, tf, msgs, p.template, p.own_template)
     # Without a system prompt SmolLM2's template injects "You are … named SmolLM"; the user's
     # TinyLlama run answered as other identities. Phi-3-mini's first template drops it: folded.
     _system_prompt_check(r, cfg, ds, tf)
-    _end_of_turn_trained_check(r, ds, tok, msgs, eot, template, own_template)
-    _truncation_check(r, cfg, lengths)
-    _answer_past_limit_check(r, cfg, lengths, prompt_lengths)
-    _size_and_plan(r, total, trainable, plan)
+    _end_of_turn_trained_check(r, ds, tok, msgs, tf.end_of_turn, p.template, p.own_template)
+    _truncation_check(r, cfg, p.lengths)
+    _answer_past_limit_check(r, cfg, p.lengths, p.prompt_lengths)
+    _size_and_plan(r, p.counts.total, p.counts.trainable, p.plan)
+    r.findings += leak_findings(p.questions, ds)
+    if p.defaults_from:
+        r.add("defaults", "info", f"settings left at 'preset' take {p.defaults_from} defaults")
     return r
 
 
@@ -205,42 +168,6 @@ def _size_and_plan(r: PreflightReport, total: int, trainable: int, plan) -> None
         r.add("plan", "info", plan.describe())
 
 
-_COUNTS: dict = {}
-
-
-def count_params(model_config, cfg: TrainConfig) -> tuple[int, int]:
-    """Total parameters and LoRA-trainable ones, from a meta-device model (no memory, no weights);
-    remembered per architecture and rank (a sweep worker asks once a trial: ~1 s for Phi-3-mini)."""
-    return _counts(model_config, cfg)[:2]
-
-
-def lora_rank_limit(model_config, cfg: TrainConfig) -> int:
-    """The smallest dimension of the layers LoRA adapts: a rank-r update of an m×n layer has rank at
-    most min(m, n), so a LoRA rank above this adds parameters and no capacity (0: no layer found)."""
-    return _counts(model_config, cfg)[2]
-
-
-def _counts(model_config, cfg: TrainConfig) -> tuple[int, int, int]:
-    targets = lora_targets(cfg.model, getattr(model_config, "model_type", None))
-    key = (model_config.to_json_string(), cfg.lora_r, str(targets))
-    if key not in _COUNTS:
-        _COUNTS[key] = _count_params(model_config, cfg.lora_r, targets)
-    return _COUNTS[key]
-
-
-def _count_params(model_config, lora_r: int, targets) -> tuple[int, int, int]:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        m = AutoModelForCausalLM.from_config(model_config)
-    total = sum(p.numel() for p in m.parameters())
-    adapted = [mod for name, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and name != "lm_head"
-               and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets)]
-    trainable = sum(lora_r * (mod.in_features + mod.out_features) for mod in adapted)
-    return total, trainable, min((min(mod.in_features, mod.out_features) for mod in adapted), default=0)
-
-
 def _system_prompt_check(r: PreflightReport, cfg: TrainConfig, ds: ChatDataset, tf: TemplateFacts) -> None:
     """The system prompt must reach the rendered example: present, folded (and why), or an error whose
     fixes each make it reach the model (a test applies every one)."""
@@ -297,9 +224,10 @@ MAX_TRAIN_DAYS = 30
 PEAK_FLOPS = {"cpu": 1e12, "cuda": 1e15}
 
 
-def _bounds_check(r: PreflightReport, cfg: TrainConfig, n: int, lengths: list[int], total: int, trainable: int,
-                  rank_limit: int, plan) -> None:
+def _bounds_check(r: PreflightReport, p) -> None:
     """Epochs, LoRA rank and training time within what the data and the model can use, each an error with its fix."""
+    cfg, n, lengths, plan = p.cfg, len(p.dataset), p.lengths, p.plan
+    total, trainable, rank_limit = p.counts
 
     per_epoch = steps_per_epoch(n, cfg.batch_size, cfg.grad_accum)
     enough = max(1, math.ceil(cfg.min_steps / per_epoch))     # the fewest epochs that reach min_steps

@@ -8,7 +8,7 @@ public sources (cited there), and the real model's architecture numbers. From th
     those special tokens at those ids and that template. Its token counts are approximate (the real
     vocabularies are not shipped, see the data file); everything about turns, end-of-turn tokens and
     system prompts is exact;
-  - `rehearsal_source`: what `molting preflight --model phi3` loads when the weights are absent;
+  - `stand_in`: what `molting preflight --model phi3` inspects when the weights are absent;
   - `build_tiny`: a tiny random model of the real architecture with the stand-in tokenizer, saved as a
     model folder (the tests train, evaluate and chat through each template with it).
 """
@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from molting_mlflow.ground.errors import MoltingError
-from molting_mlflow.ground.models import ModelSource, hf_snapshot, shipped_bpe
+from molting_mlflow.ground.models import Inspected, ModelSource, hf_snapshot, shipped_bpe
 from molting_mlflow.ground.paths import DATA_DIR, TEMPLATES_DIR
 from molting_mlflow.ground.presets import PRESETS
 
@@ -98,7 +98,14 @@ def stand_in_tokenizer(model: str, rev: str | None = None, learned: int = STAND_
     return tok
 
 
-def rehearsal_source(model: str, rev: str | None = None):
+def stand_in(model: str, rev: str | None = None) -> Inspected:
+    """The model as pre-flight sees it without its weights, planned for a GPU (REHEARSAL_GPU_GIB unless the
+    config gives a budget), with what the rehearsal used and what of it is approximate as its note."""
+    source = _source(model, rev)
+    return Inspected(source, _tokenizer(source, rev), _config(source), "cuda", _describe(source, rev))
+
+
+def _source(model: str, rev: str | None = None):
     """A ModelSource for pre-flight without weights: the real tokenizer and config where the HF cache
     has those files (a few MB, no weights), else the shipped numbers and the stand-in tokenizer."""
 
@@ -111,7 +118,7 @@ def rehearsal_source(model: str, rev: str | None = None):
     return ModelSource(model, preset, "rehearsal", "", preset.hub_id, f"rehearsal:template:{name}")
 
 
-def rehearsal_tokenizer(source, rev: str | None = None):
+def _tokenizer(source, rev: str | None = None):
     """The cached real tokenizer (with `rev`'s template where one is named), else the stand-in."""
     if source.path:
         from transformers import AutoTokenizer
@@ -123,7 +130,7 @@ def rehearsal_tokenizer(source, rev: str | None = None):
     return stand_in_tokenizer(source.name, rev)
 
 
-def rehearsal_config(source):
+def _config(source):
     if source.path:
         from transformers import AutoConfig
 
@@ -131,7 +138,7 @@ def rehearsal_config(source):
     return model_config(source.name)
 
 
-def describe(source, rev: str | None) -> str:
+def _describe(source, rev: str | None) -> str:
     """What the rehearsal used and what of it is approximate, in one paragraph."""
     name, r = revision(source.name, rev)
     if source.path:

@@ -52,7 +52,7 @@ NOT_IN_FINGERPRINT = {"train.experiment", "train.dataset", "train.persona", "tra
 
 
 def fingerprint(params: dict, system_prompt_text: str | None) -> str:
-    """sha256 of everything that decides a run's adapter and scores: its params (prepare.run_params:
+    """sha256 of everything that decides a run's adapter and scores: its params (prepare.Prepared.params:
     the resolved config, the model revision, the dataset, the template, the persona and the questions
     by their sha256, the device and precision, and the code version) less NOT_IN_FINGERPRINT, and the
     system prompt's text. Training is seeded, so two runs with one fingerprint train the same adapter

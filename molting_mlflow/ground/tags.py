@@ -22,8 +22,14 @@ REASONS = "molting.reasons"                     # the rubric's reasons for the a
                                                 # which the Traces tab offers as a column (Columns → Tags)
 
 # files
+ADAPTER_DIR = "adapter"                         # a train run's artifact folder of its adapter (PEFT, tokenizer, persona)
 ADAPTER_META = "molting.json"                   # beside adapter_config.json: base model, revision, template, persona
 PREFLIGHT_ARTIFACT = "preflight.json"           # pre-flight's report, as JSON, on a train run
 
 # registry
 CHAMPION = "champion"                           # the alias of the best registered version
+
+
+def adapter_uri(run_id: str) -> str:
+    """The adapter of train run `run_id`, as MLflow names an artifact of a run."""
+    return f"runs:/{run_id}/{ADAPTER_DIR}"

@@ -15,18 +15,19 @@ multiplied up, so the check's render is bounded too: RENDER_S seconds and RENDER
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import re
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from molting_mlflow.ground.errors import MoltingError
+from molting_mlflow.ground.config import ConfigError
+from molting_mlflow.ground.errors import MoltingError, unreadable
 
 SENTINEL = "MOLTINGSENTINEL"
 SYSTEM_SENTINEL = "MOLTINGSYSTEMPROMPT"
@@ -96,6 +97,21 @@ def folds(system_prompt: str | None, mode: str, tok, own_template: str) -> bool:
     inference alike: asked for (system_prompt=fold), or the model's own template drops the system turn,
     where folding is the only way the prompt reaches the model."""
     return bool(system_prompt) and (mode == "fold" or template_drops_system(tok, own_template))
+
+
+def training_template(setting: str, tok) -> tuple[str, str]:
+    """(text, source) of the template that trains: the model's own ('model'), or a file's text, checked
+    (check_chat_template) before anything renders with it."""
+    if setting == "model":
+        return tok.chat_template, "model"
+    try:
+        text = Path(setting).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"chat_template={setting}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"chat_template={unreadable(setting, e)}") from None
+    check_chat_template(text, tok, f"chat_template={setting}")
+    return text, f"file:{setting}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from molting_mlflow.ground.paths import DEFAULT_PERSONA
 from molting_mlflow.ground.persona import Persona, card_file, load_persona
 from molting_mlflow.ground.questions import load_questions, load_responses
 from molting_mlflow.ground.rubric import format_summary
-from molting_mlflow.ground.tags import MODEL_TAG, STAGE_TAG
+from molting_mlflow.ground.tags import MODEL_TAG, STAGE_TAG, adapter_uri
 from molting_mlflow.ground.templates import folds
 from molting_mlflow.store.evaluation import answer_and_score
 from molting_mlflow.store.judging import judge_run
@@ -69,7 +69,7 @@ def _baseline_subject(model_name: str, system_prompt: str) -> _Subject:
 
 def evaluate(cfg: EvalConfig, log=print) -> dict:
     runtime.set_threads()
-    ref = f"runs:/{resolve_run_id(cfg.run_id)}/adapter" if cfg.run_id else resolve_run_uri(cfg.adapter)
+    ref = adapter_uri(resolve_run_id(cfg.run_id)) if cfg.run_id else resolve_run_uri(cfg.adapter)
     adapter_dir = resolve_adapter(ref) if ref else None
     persona, questions_path, source = _bundle(cfg, adapter_dir, log)
     questions = load_questions(questions_path) if questions_path else []

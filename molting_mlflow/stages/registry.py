@@ -27,7 +27,7 @@ from molting_mlflow.ground.models import load_adapter_model
 from molting_mlflow.ground.paths import DATA_DIR, PACKAGE_DIR
 from molting_mlflow.ground.rubric import DIMENSIONS
 from molting_mlflow.ground.questions import Question
-from molting_mlflow.ground.tags import ADAPTER_META, CHAMPION
+from molting_mlflow.ground.tags import ADAPTER_META, CHAMPION, adapter_uri
 from molting_mlflow.store.reaper import process_tags
 
 
@@ -75,7 +75,7 @@ def register_adapter(run_id: str, preset: str, target: float = DEFAULT_TARGET, l
     Returns the version."""
     client = MlflowClient()
     run = client.get_run(run_id)
-    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter"))
+    local = Path(mlflow.artifacts.download_artifacts(adapter_uri(run_id)))
     meta = json.loads((local / ADAPTER_META).read_text(encoding="utf-8"))
     name = model_name(preset)
     m = run.data.metrics

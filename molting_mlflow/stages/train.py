@@ -29,17 +29,17 @@ from transformers.trainer_callback import ProgressCallback
 from trl import SFTConfig, SFTTrainer
 
 from molting_mlflow.ground import bundle, runtime
-from molting_mlflow.ground.config import DEFAULT_DATASET, TrainConfig
+from molting_mlflow.ground.config import TrainConfig
 from molting_mlflow.ground.errors import MoltingError
 from molting_mlflow.ground.generation import reference_nll
 from molting_mlflow.ground.judge import Judge, check, judge_of
 from molting_mlflow.ground.models import BaseCache, load_for_training
 from molting_mlflow.ground.preflight import EVAL_LEAK, UNTRAINABLE
-from molting_mlflow.ground.prepare import Prepared, prepare, run_params
-from molting_mlflow.ground.tags import (ADAPTER_LOGGED_TAG, ADAPTER_META, EVAL_LEAK_TAG, MODEL_TAG, PREFLIGHT_ARTIFACT,
-                                        PREFLIGHT_TAG, STAGE_TAG)
+from molting_mlflow.ground.prepare import Prepared, prepare
+from molting_mlflow.ground.tags import (ADAPTER_DIR, ADAPTER_LOGGED_TAG, ADAPTER_META, EVAL_LEAK_TAG, MODEL_TAG,
+                                        PREFLIGHT_ARTIFACT, PREFLIGHT_TAG, STAGE_TAG, adapter_uri)
 from molting_mlflow.store.evaluation import answer_and_score
-from molting_mlflow.store.interrupt import Interrupted, stop_at_step_end
+from molting_mlflow.store.interrupt import Interrupted, interrupted_training, stop_at_step_end
 from molting_mlflow.store.tracking import stage_run
 from molting_mlflow.store.ui_view import UI_DEFAULT, traces_url, ui_base
 
@@ -105,7 +105,6 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     cfg = p.cfg
     judge = judge_of(cfg) if cfg.evaluate else None
     calibration = check(judge) if judge is not None else None   # before a weight loads: a dead judge costs seconds
-    run_name = train_run_name(cfg)
     tags = {STAGE_TAG: "train", MODEL_TAG: cfg.model, PREFLIGHT_TAG: p.report.status,
             **(tags or {})}
     if p.source.preset is not None and p.source.preset.only_for_plumbing:
@@ -114,7 +113,7 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     if leak is not None:      # the score of this run measures recall on these questions (compare, diagnose say so)
         tags[EVAL_LEAK_TAG] = f"{len(leak.data['questions'])}/{len(p.questions)}"
     t_open = time.time()
-    with stage_run(cfg.experiment, run_name, tags, nested=nested, parent_run_id=parent_run_id) as run:
+    with stage_run(cfg.experiment, cfg.run_name, tags, nested=nested, parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
         clock.seconds["time_run_open_s"] = time.time() - t_open
         mlflow.log_text(p.report.to_json(), PREFLIGHT_ARTIFACT)
@@ -123,7 +122,7 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
         errors = [f for f in p.report.findings if f.level == "error"]
         untrainable = [f for f in errors if f.check in UNTRAINABLE]
         if untrainable or (errors and cfg.preflight == "strict"):
-            mlflow.log_params({**run_params(p), "train.loaded": False})
+            mlflow.log_params({**p.params, "train.loaded": False})
             first = (untrainable or errors)[0]
             raise PreflightFailed(f"pre-flight failed ({len(errors)} error(s)): {first.message}"
                                   + ("" if untrainable else " (preflight=warn trains anyway)"))
@@ -139,22 +138,6 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
         + (f"\nits answers and the rubric's reasons: {traces_url(ui_base(), run.info.experiment_id, run_id)}"
            if result.scores else ""))
     return result
-
-
-def train_run_name(cfg: TrainConfig) -> str:
-    """smol-e2-b1-ga1-lr0.0005, then what else sets this run apart from the default: the dataset's
-    stem, no system prompt, a template file, a seed: two runs on different data are told apart in
-    the UI's legends and in `molting compare`."""
-    name = f"{cfg.model}-e{cfg.epochs}-b{cfg.batch_size}-ga{cfg.grad_accum}-lr{cfg.lr:.3g}"
-    if Path(cfg.dataset).resolve() != DEFAULT_DATASET.resolve():
-        name += f"-{Path(cfg.dataset).stem}"
-    if cfg.system_prompt == "none":
-        name += "-nosys"
-    if cfg.chat_template != "model":
-        name += f"-{Path(cfg.chat_template).stem}"
-    if cfg.seed != TrainConfig.seed:
-        name += f"-s{cfg.seed}"
-    return name
 
 
 def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache | None = None,
@@ -178,7 +161,7 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
     trainer, kept = None, False        # kept: the adapter is whole on the run (an interrupt after it keeps it)
     try:
         with clock("params"):
-            mlflow.log_params({**run_params(p), "train.cpu_threads": threads.n, "train.cpu_threads_why": threads.why})
+            mlflow.log_params({**p.params, "train.cpu_threads": threads.n, "train.cpu_threads_why": threads.why})
             _log_dataset(p)
             bundle.log(p.persona, p.cfg.questions)
         questions = p.questions
@@ -213,7 +196,7 @@ def _fit(p: Prepared, run_id: str, log, callbacks: tuple = (), bases: BaseCache 
         began = trainer is not None and trainer.state.max_steps > 0     # Trainer sets max_steps as train() starts
         if began and isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
             # the run still ends KILLED (stage_run); the line says what it kept
-            raise Interrupted(interrupted_line(run_id, trainer.state.global_step, trainer.state.max_steps, kept)) from e
+            raise interrupted_training(run_id, trainer.state.global_step, trainer.state.max_steps, kept) from e
         raise
     if bases is not None:
         bases.give_back(trainer.model)
@@ -318,21 +301,6 @@ def _run_trainer(trainer, p: Prepared, losses: list, load_s: float) -> dict:
     return stats
 
 
-def adapter_uri(run_id: str) -> str:
-    return f"runs:/{run_id}/adapter"
-
-
-def interrupted_line(run_id: str, steps: int, max_steps: int, kept: bool) -> str:
-    """The one line of an interrupted train run: what it kept and, once its adapter is whole (its
-    evaluation, or a signal that waited for the adapter), the command that finishes the job."""
-    if not kept:
-        return (f"molting: interrupted after {steps} of {max_steps} optimizer steps, before an adapter was kept: "
-                f"run {run_id[:8]} ended KILLED with none")
-    return (f"molting: interrupted after training: run {run_id[:8]} ended KILLED, unscored; its adapter "
-            f"({steps} optimizer steps) is kept at {adapter_uri(run_id)}; score it: "
-            f"molting evaluate --run-id {run_id[:8]}")
-
-
 def _log_adapter(model, p: Prepared, run_id: str) -> None:
     """adapter/ (PEFT weights, tokenizer with the model's own template, molting.json), then the tag
     ADAPTER_LOGGED_TAG: a run that carries it has its adapter whole, whatever ended the run after."""
@@ -350,7 +318,7 @@ def _log_adapter(model, p: Prepared, run_id: str) -> None:
             "precision": p.plan.precision, "system_prompt": p.system_prompt_text, "system_prompt_fold": p.fold,
             "template_source": p.template_source, "train_run_id": run_id}, ensure_ascii=False, indent=1))
         bundle.write(adapter, p.persona, p.cfg.questions)    # the adapter carries its persona (registry, chat)
-        mlflow.log_artifacts(str(adapter), "adapter")
+        mlflow.log_artifacts(str(adapter), ADAPTER_DIR)
     mlflow.set_tag(ADAPTER_LOGGED_TAG, "true")
 
 

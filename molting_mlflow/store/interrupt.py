@@ -32,6 +32,8 @@ import threading
 import time
 from contextlib import contextmanager
 
+from molting_mlflow.ground.tags import adapter_uri
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 ECHO_S = 1.0     # s: a signal this soon after the one being handled is its echo (mlflow run's SIGTERM), dropped
 EXIT_CODE = 130  # a command a signal stopped: the shell's 128 + SIGINT, whichever of the two it was
@@ -46,6 +48,17 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, line: str):
         super().__init__(line)
         self.line = line
+
+
+def interrupted_training(run_id: str, steps: int, max_steps: int, kept: bool) -> Interrupted:
+    """The interrupt of a train run once training began, with its one line: what it kept and, once its adapter
+    is whole (its evaluation, or a signal that waited for the adapter), the command that finishes the job."""
+    if not kept:
+        return Interrupted(f"molting: interrupted after {steps} of {max_steps} optimizer steps, before an adapter "
+                           f"was kept: run {run_id[:8]} ended KILLED with none")
+    return Interrupted(f"molting: interrupted after training: run {run_id[:8]} ended KILLED, unscored; its adapter "
+                       f"({steps} optimizer steps) is kept at {adapter_uri(run_id)}; score it: "
+                       f"molting evaluate --run-id {run_id[:8]}")
 
 
 def interrupt(signum, frame=None):
