@@ -103,8 +103,51 @@ def test_each_run_logs_its_own_agreement(labelled, monkeypatch):
     t = json.loads(mlflow.artifacts.load_text(f"runs:/{runs['default']}/eval_results.json"))
     score = np.array([dict(zip(t["columns"], row))["score"] for row in t["data"]], float)
     assert m["agreement.rubric.n"] == 8
-    assert m["agreement.rubric.mean_abs"] == pytest.approx(float(np.mean(np.abs(score - human))))
+    # logged to 3 decimals, as printed: MLflow's runs table shows a metric's every digit
+    assert m["agreement.rubric.mean_abs"] == round(float(np.mean(np.abs(score - human))), 3)
+    assert all(v == round(v, 3) for k, v in m.items() if k.startswith("agreement."))
     assert m["agreement.rubric.d1_identity.n"] == 8 and "agreement.judge.n" not in m
+
+
+def test_a_rank_correlation_of_fewer_than_three_answers_is_not_given():
+    """Two labelled answers always rank ±1 against any score: no Spearman is reported for them ('–'), while
+    n, mean |Δ| and bias are. Fails where two points printed +1.000."""
+    from molting_mlflow.ground.agreement import agree
+
+    two = agree("d5_quality", [(2.0, 1.0), (1.0, 0.0)])
+    assert two.spearman is None and (two.n, two.mean_abs, two.bias) == (2, 1.0, 1.0)
+    assert "x.d5_quality.spearman" not in two.as_metrics("x")
+    three = agree("d5_quality", [(2.0, 1.0), (1.0, 0.0), (0.0, 2.0)])
+    assert three.spearman == pytest.approx(-0.5)
+
+
+def test_a_score_run_reads_like_an_evaluate_run_in_compare_and_its_traces(labelled, monkeypatch):
+    """What `molting score --log` logs is read as an evaluate run's: compare ranks the six runs by score with D1–D5
+    and shows "–", never None, where no run logged a training (steps, loss); each answer is a trace holding the
+    rubric's five feedbacks beside the person's readings (what the UI's Traces tab shows, as for an evaluate run).
+    Fails where compare printed None in the columns no run had."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    runs, rows, uri = labelled
+    use_store(monkeypatch, uri)
+    r = CliRunner().invoke(cli, ["compare"])
+    assert r.exit_code == 0 and "None" not in r.output, r.output
+    header, *body = r.output.splitlines()
+    assert header.split()[:10] == ["run_id", "name", "score", "D1", "D2", "D3", "D4", "D5", "steps", "loss"], header
+    shown = {line.split()[0]: line.split() for line in body[:len(runs)]}
+    for name, run_id in runs.items():
+        cells = shown[run_id[:8]]
+        assert cells[1] == name and cells[8:10] == ["–", "–"], cells
+        assert float(cells[2]) == round(mlflow.get_run(run_id).data.metrics["score"], 3)
+    exp = MlflowClient().get_run(runs["default"]).info.experiment_id
+    traces = mlflow.search_traces(locations=[exp], run_id=runs["default"], return_type="list")
+    assert len(traces) == len([x for x in rows if x["run"] == "default"])
+    for t in traces:
+        by_source = {}
+        for a in t.info.assessments:
+            by_source.setdefault(a.source.source_type, set()).add(a.name)
+        assert set(DIMS) <= by_source["CODE"] and set(DIMS) <= by_source["HUMAN"], by_source
 
 
 def test_no_labels_yet_says_how_to_add_them(tmp_path, monkeypatch):

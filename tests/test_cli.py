@@ -29,6 +29,11 @@ BAD = [
     # what is wrong with the argument, not the argument alone: fails when rubric._read_text says less
     (["score", "--questions", "q.json", "--responses", "r.jsonl"],
      "q.json: file not found; expected a JSON list of question objects"),
+    # a sweep's judge reads its finalists: a judge named without them read nothing, silently
+    (["sweep", "--model", "tiny-random", "--judge", "openai:/smol"],
+     "judge=openai:/smol reads no trial with judge_finalists=0; give judge_finalists=<N ≥ 1>"),
+    (["sweep", "--model", "tiny-random", "--judge-finalists", "2"], "judge_finalists=2 needs a judge"),
+    (["sweep", "--model", "tiny-random", "--champion-by", "judge"], "champion_by=judge needs judged trials"),
 ]
 
 

@@ -74,30 +74,27 @@ def output(proc) -> str:
     return proc.log.read_text() if proc.log else proc.stderr.read()
 
 
-def wait_until_training(proc, client=None, timeout=120):
-    """The run of `proc` once it has logged a loss (it is mid-training)."""
+def wait_for_metric(proc, metric: str, phase: str, client=None, timeout=120):
+    """The run of `proc` once it has logged `metric`, which it logs once `phase` has begun."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        found = [r for r in runs(client) if "loss" in r.data.metrics]
+        found = [r for r in runs(client) if metric in r.data.metrics]
         if found:
             return found[0]
         if proc.poll() is not None:
-            pytest.fail(f"train exited {proc.returncode} before training: {output(proc)[-3000:]}")
+            pytest.fail(f"train exited {proc.returncode} before {phase}: {output(proc)[-3000:]}")
         time.sleep(0.3)
-    pytest.fail("no loss logged in time")
+    pytest.fail(f"no {metric} logged in {timeout} s: {phase} did not begin")
+
+
+def wait_until_training(proc, client=None, timeout=120):
+    """The run of `proc` once it has logged a loss (it is mid-training)."""
+    return wait_for_metric(proc, "loss", "training", client, timeout)
 
 
 def wait_until_evaluating(proc, client=None, timeout=180):
     """The run of `proc` once its evaluation has begun (time_adapter_log_s is logged last before it)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = [r for r in runs(client) if "time_adapter_log_s" in r.data.metrics]
-        if found:
-            return found[0]
-        if proc.poll() is not None:
-            pytest.fail(f"exited {proc.returncode} before evaluating: {output(proc)[-3000:]}")
-        time.sleep(0.3)
-    pytest.fail("training did not end in time")
+    return wait_for_metric(proc, "time_adapter_log_s", "evaluating", client, timeout)
 
 
 def kept_line(out: str, run_id: str) -> str:

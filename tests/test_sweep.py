@@ -144,6 +144,28 @@ def test_registry_aliases_and_fresh_process_load(tmp_path):
     assert isinstance(answers, list) and len(answers) == 1 and isinstance(answers[0], str)
 
 
+def test_the_champion_gate_can_read_the_judge():
+    """champion_by=judge: the registry's gate reads the run's judge.score instead of its rubric score. A run under
+    the target by the rubric and over it by the judge gets no champion under the rubric's gate and becomes
+    champion under the judge's; the version carries its gate and both scores. judge.score is logged by hand:
+    this holds the gate (tests/test_judge.py holds the judge that writes the metric)."""
+    from molting_mlflow.ground.config import TrainConfig
+    from molting_mlflow.stages.registry import current_champion, register_adapter
+    from molting_mlflow.stages.train import train
+
+    r = train(TrainConfig(model="tiny-random", epochs=2, min_steps=0, eval_max_new_tokens=4), log=lambda *a: None)
+    c = MlflowClient()
+    score = c.get_run(r.run_id).data.metrics["score"]
+    c.log_metric(r.run_id, "judge.score", score + 2)
+    register_adapter(r.run_id, "tiny-random", target=score + 1, log=lambda *a: None)           # the rubric's gate
+    assert current_champion("molting-tiny-random") is None
+    v2 = register_adapter(r.run_id, "tiny-random", target=score + 1, log=lambda *a: None, gate="judge.score")
+    assert str(current_champion("molting-tiny-random").version) == v2
+    tags = c.get_model_version("molting-tiny-random", v2).tags
+    assert tags["champion_gate"] == "judge.score" and float(tags["judge_score"]) == pytest.approx(score + 2)
+    assert float(tags["score"]) == pytest.approx(score)
+
+
 def _postgres_url():
     try:
         import psycopg2

@@ -41,9 +41,13 @@ def pearson(x: list[float], y: list[float]) -> float | None:
     return sum((a - mx) * (b - my) for a, b in zip(x, y)) / (sx * sy)
 
 
+# Below this many pairs a rank correlation says nothing: two points always rank in the same or the opposite order
+MIN_RANKED = 3
+
+
 def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rho: Pearson's r of the ranks (ties averaged)."""
-    return pearson(ranks(x), ranks(y))
+    """Spearman's rho: Pearson's r of the ranks (ties averaged); None under MIN_RANKED pairs."""
+    return pearson(ranks(x), ranks(y)) if len(x) >= MIN_RANKED else None
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,11 @@ class Agreement:
     bias: float | None          # mean (score − human): > 0, the score is kinder than the person
 
     def as_metrics(self, prefix: str) -> dict:
-        """agreement.<scorer>.<what> for OVERALL, agreement.<scorer>.<dimension>.<what> otherwise; None left out."""
+        """agreement.<scorer>.<what> for OVERALL, agreement.<scorer>.<dimension>.<what> otherwise, to 3 decimals
+        (MLflow's runs table prints every digit of a metric: 0.7999999999999998); None left out."""
         head = prefix if self.dimension == OVERALL else f"{prefix}.{self.dimension}"
         values = {"n": self.n, "spearman": self.spearman, "mean_abs": self.mean_abs, "bias": self.bias}
-        return {f"{head}.{k}": v for k, v in values.items() if v is not None}
+        return {f"{head}.{k}": round(v, 3) for k, v in values.items() if v is not None}
 
 
 def agree(dimension: str, pairs: list[tuple[float, float]]) -> Agreement:

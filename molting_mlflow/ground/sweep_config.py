@@ -186,6 +186,9 @@ class SweepConfig:
         check_fields(self)
         if self.judge_finalists and not self.judge:
             raise ConfigError(f"judge_finalists={self.judge_finalists} needs a judge; give judge=<provider:/model>")
+        if self.judge and not self.judge_finalists:    # a sweep judges its finalists, never every trial
+            raise ConfigError(f"judge={self.judge} reads no trial with judge_finalists=0; give judge_finalists=<N ≥ 1> "
+                              "(the N best trials by rubric are judged), or leave judge out")
         if self.champion_by == "judge" and not self.judge_finalists:
             raise ConfigError("champion_by=judge needs judged trials; give judge=<provider:/model> and "
                               "judge_finalists=<N ≥ 1>")

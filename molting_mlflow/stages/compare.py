@@ -61,8 +61,10 @@ def _runs(experiment: str | None, run_ids: tuple):
 
 
 def _metric(runs, m: str):
+    """Metric m to 3 decimals; NaN (the table's "–") for every run where no run logged it (a store of score runs
+    has no optimizer_steps)."""
     col = f"metrics.{m}"
-    return runs[col].round(3) if col in runs else None
+    return runs[col].round(3) if col in runs else pd.Series(float("nan"), index=runs.index)
 
 
 def _compact_columns(out, runs) -> None:
@@ -75,7 +77,7 @@ def _compact_columns(out, runs) -> None:
         out["leak"] = runs[f"tags.{EVAL_LEAK_TAG}"].fillna("")    # "3/8" questions also in its training data
     for d in DIMENSIONS:
         out[short_name(d)] = _metric(runs, d)      # d1_identity → D1
-    out["steps"] = runs.get("metrics.optimizer_steps")
+    out["steps"] = _metric(runs, "optimizer_steps")
     out["loss"] = _metric(runs, "final_loss")
     for name in COMPACT_SETTINGS:
         col = f"params.train.{name}"
