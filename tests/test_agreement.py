@@ -121,6 +121,20 @@ def test_a_rank_correlation_of_fewer_than_three_answers_is_not_given():
     assert three.spearman == pytest.approx(-0.5)
 
 
+@pytest.mark.parametrize("reply,right", [("yes", 1), ("No.", 1), ("Yes, it is.", 2)])
+def test_a_judge_that_misses_a_calibration_item_is_told_to_be_measured_first(monkeypatch, reply, right):
+    """An always-yes (or always-no) judge answers every item and gets one of the two plain calibration items
+    wrong: the check says so and to measure it against the user's labels before trusting judge.score; a judge
+    that gets both right is not warned. Fails where 1/2 passed silently."""
+    from molting_mlflow.ground import judge as judge_mod
+
+    replies = iter([reply, "No" if right == 2 else reply])
+    monkeypatch.setattr(judge_mod, "ask", lambda judge, prompt: next(replies))
+    said = judge_mod.check(judge_mod.Judge("openai:/always", "", 30))
+    assert said.startswith(f"{right}/2 calibration items right")
+    assert ("molting agreement" in said) == (right < 2), said
+
+
 def test_a_score_run_reads_like_an_evaluate_run_in_compare_and_its_traces(labelled, monkeypatch):
     """What `molting score --log` logs is read as an evaluate run's: compare ranks the six runs by score with D1–D5
     and shows "–", never None, where no run logged a training (steps, loss); each answer is a trace holding the

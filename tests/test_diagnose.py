@@ -2,6 +2,7 @@
 a clean run produces none of them. Every finding carries evidence from the logged data."""
 from dataclasses import replace
 
+import mlflow
 import pytest
 from click.testing import CliRunner
 from helpers import use_store
@@ -249,6 +250,54 @@ def test_diagnose_lists_evaluation_questions_in_the_training_data(leaked, monkey
     r = CliRunner().invoke(cli, ["diagnose", run_id])
     assert r.exit_code == 0, r.output
     assert "evaluation questions in the training data" in r.output and "questions: q1, q3" in r.output, r.output
+
+
+def test_an_evaluation_of_the_leaked_adapter_carries_the_leak_and_its_training(leaked, monkeypatch):
+    """`molting evaluate --run-id` of that adapter (how a Ctrl-C'd run is finished) on the same questions: the
+    evaluation says the leak, is tagged 2/8 and logs its finding; its diagnosis reads the training from the
+    train run (steps, loss, pre-flight) and lists the leak; on questions the dataset does not hold, no leak.
+    Fails where an evaluate run carried no leak and diagnosed 'optimizer steps: 0 … pre-flight: clean'."""
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
+
+    uri, run_id = leaked
+    use_store(monkeypatch, uri)
+    before = {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    r = CliRunner().invoke(cli, ["evaluate", "--run-id", run_id[:8], "--max-new-tokens", "4"])
+    assert r.exit_code == 0 and "note: 2 of 8 evaluation questions are also prompts of the training data" in r.output
+    (ev,) = [x for x in mlflow.search_runs(search_all_experiments=True, output_format="list")
+             if x.info.run_id not in before]
+    assert ev.data.tags["molting.eval_leak"] == "2/8"
+    text = report(ev.info.run_id)
+    assert f"- trained in run {run_id[:8]}, whose adapter this run evaluated" in text
+    steps = MlflowClient().get_run(run_id).data.metrics["optimizer_steps"]
+    assert f"- optimizer steps: {int(steps)} (pre-flight minimum 0)" in text and "pre-flight: clean" not in text
+    assert "evaluation questions in the training data" in text and "questions: q1, q3" in text
+    r = CliRunner().invoke(cli, ["evaluate", "--run-id", run_id[:8], "--max-new-tokens", "4",
+                                 "--questions", str(DEFAULT_QUESTIONS)])
+    assert r.exit_code == 0 and "note: " not in r.output, r.output
+    (clean,) = [x for x in mlflow.search_runs(search_all_experiments=True, output_format="list")
+                if x.info.run_id not in before and x.info.run_id != ev.info.run_id]
+    assert "molting.eval_leak" not in clean.data.tags
+    assert "evaluation questions in the training data" not in report(clean.info.run_id)
+
+
+def test_diagnose_of_answers_scored_as_given_says_nothing_was_trained(tmp_path, monkeypatch):
+    """A `molting score --log` run trained nothing: its diagnosis says so, not 'optimizer steps: 0 (pre-flight
+    minimum ?); final loss nan' and 'pre-flight: clean'."""
+    import json
+
+    from molting_mlflow.ground.paths import DEFAULT_QUESTIONS
+
+    use_store(monkeypatch, f"sqlite:///{tmp_path}/mlflow.db")
+    qs = json.loads(DEFAULT_QUESTIONS.read_text(encoding="utf-8"))
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps({"id": q["id"], "response": q["reference"]},
+                                                         ensure_ascii=False) + "\n" for q in qs), encoding="utf-8")
+    r = CliRunner().invoke(cli, ["score", "--questions", str(DEFAULT_QUESTIONS), "--responses",
+                                 str(tmp_path / "r.jsonl"), "--log"])
+    assert r.exit_code == 0, r.output
+    text = report(r.output.split("\nrun ")[-1].split()[0])
+    assert f"- no training in this run: answers scored as given (molting score --log of {tmp_path / 'r.jsonl'})" in text
+    assert "- pre-flight: none (nothing was trained)" in text and "optimizer steps" not in text
 
 
 def test_diagnose_says_a_tiny_random_run_has_random_weights(leaked, monkeypatch):

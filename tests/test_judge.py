@@ -100,6 +100,9 @@ def test_evaluate_with_a_judge_logs_its_reading_per_answer_and_dimension(server,
     assert p["judge.model"] == "openai:/smol" and p["judge.prompt_version"] and "calibration" in p["judge.calibration"]
     assert p["judge.base_url"].startswith("http://127.0.0.1:")
     assert "judge.score" in m and m["judge.seconds"] > 0
+    # the judge's score beside the rubric's on the same answers, and its calibration said before the run
+    assert f"judge.score {m['judge.score']:.2f}, the rubric's {m['score']:.2f} on the same answers" in r.output
+    assert "judge openai:/smol: " in r.output and "calibration items right" in r.output
     # one answer: each dimension is a reading (its mean, its agreement with the rubric) or counted unanswered
     read = [d for d in DIMENSIONS if f"judge.{d}" in m]
     assert len(read) + m["judge.unanswered"] == len(DIMENSIONS) and read

@@ -140,7 +140,11 @@ def check(judge: Judge) -> str:
                              f"{reply.strip()[:80]!r}; point judge at a model that follows instructions "
                              "(docs/judge.md)")
         right += got == truth
-    return f"{right}/{len(CALIBRATION)} calibration items right in {time.time() - t0:.1f} s"
+    said = f"{right}/{len(CALIBRATION)} calibration items right in {time.time() - t0:.1f} s"
+    if right < len(CALIBRATION):   # it answers, but wrongly: a reading to measure before trusting (an always-yes judge)
+        said += ("; a judge that misses a plain item reads answers little better than chance: measure it against "
+                 "your labels (molting agreement) before trusting judge.score")
+    return said
 
 
 def yes_no_prompt(context: str, item: str) -> str:

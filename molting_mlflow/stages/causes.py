@@ -46,6 +46,9 @@ class RunData:
     # {question id: {dimension: points}} the persona's own reference answers score (the questions the run
     # logged, scored as its card): a dimension's ceiling there. {} where it logged no references.
     ceiling: dict = field(default_factory=dict)
+    # the run that trained what this run scored: itself (a train run), the train run of an evaluated adapter
+    # (its losses, steps and pre-flight are read from there), or "" (a bare model, answers from elsewhere)
+    training: str = ""
 
     @property
     def name(self) -> str:

@@ -21,10 +21,13 @@ from molting_mlflow.ground.presets import PRESETS
 from molting_mlflow.ground.questions import load_questions
 from molting_mlflow.ground.rubric import DIMENSIONS, RUBRIC, UNTAGGED_RUBRIC_VERSION, score_response, short_name
 from molting_mlflow.ground.sweep_config import SEARCH_SPACE
-from molting_mlflow.ground.tags import (ERROR_TAG, MODEL_TAG, PREFLIGHT_ARTIFACT, PRUNE_REASON_TAG, RUBRIC_VERSION_TAG,
-                                        STAGE_TAG, TRIAL_STATE_TAG)
+from molting_mlflow.ground.preflight import EVAL_LEAK
+from molting_mlflow.ground.tags import (BASELINE_TAG, ERROR_TAG, EVAL_LEAK_ARTIFACT, MODEL_TAG, PREFLIGHT_ARTIFACT,
+                                        PRUNE_REASON_TAG, RESPONSES_MODEL, RESPONSES_TAG, RUBRIC_VERSION_TAG, STAGE_TAG,
+                                        TRIAL_STATE_TAG)
 from molting_mlflow.store.experiments import lookup_order
 from molting_mlflow.store.labelled import HOW_TO_LABEL, SCORERS, agreement_report, measure, rows_of
+from molting_mlflow.store.lineage import train_run_of
 from molting_mlflow.stages.causes import THRESHOLDS, RunData, findings, has_code, reasons_for, tail_drop
 from molting_mlflow.store.scoring import logged_results
 from molting_mlflow.store.tracking import resolve_run_id
@@ -33,7 +36,13 @@ class DiagnoseError(MoltingError, ValueError):
     pass
 
 
+# What diagnose reads of a training where a run evaluated another run's adapter
+TRAINING_METRICS = ("optimizer_steps", "final_loss")
+
+
 def load_run(run_id: str) -> RunData:
+    """A run as diagnose reads it; an evaluation of a trained adapter with its training (losses, steps,
+    pre-flight, train.* params) read from the train run, and its own leak finding in place of the training's."""
     client = MlflowClient()
     try:
         run = client.get_run(run_id)
@@ -42,19 +51,16 @@ def load_run(run_id: str) -> RunData:
             raise
         raise DiagnoseError(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}; pass a run id "
                             "from `molting compare` or the MLflow UI") from None
-    losses = [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
-
-    def artifact(path):
-        try:
-            return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
-        except MlflowException as e:
-            if not missing_in_store(e):
-                raise
-            return None
-        except FileNotFoundError:
-            return None
-
-    pre = json.loads(artifact(PREFLIGHT_ARTIFACT) or "{}")
+    trained = train_run_of(run)
+    training = trained.info.run_id if trained else run_id if run.data.tags.get(STAGE_TAG) == "train" else ""
+    params, metrics = run.data.params, run.data.metrics
+    pre = json.loads(_artifact(training, PREFLIGHT_ARTIFACT) or "{}") if training else {}
+    if trained is not None:
+        params = {**trained.data.params, **params}
+        metrics = {**{k: trained.data.metrics[k] for k in TRAINING_METRICS if k in trained.data.metrics}, **metrics}
+        own = json.loads(_artifact(run_id, EVAL_LEAK_ARTIFACT) or "null")    # its questions, not the training's
+        pre["findings"] = [f for f in pre.get("findings", []) if f["check"] != EVAL_LEAK] + ([own] if own else [])
+    losses = [(m.step, m.value) for m in client.get_metric_history(training, "loss")] if training else []
     answers = logged_results(run_id) or []
     if answers and "codes" not in answers[0]:
         raise DiagnoseError(f"run {run_id} was scored under rubric "
@@ -62,8 +68,20 @@ def load_run(run_id: str) -> RunData:
                             f", without reason codes; rescore it first: molting rescore {run_id}")
     for a in answers:
         a["codes"] = (a.get("codes") or "").split()
-    return RunData(run_id, run.data.params, run.data.metrics, run.data.tags, losses, pre, answers,
-                   reference_ceiling(run_id) if answers else {})
+    return RunData(run_id, params, metrics, run.data.tags, losses, pre, answers,
+                   reference_ceiling(run_id) if answers else {}, training)
+
+
+def _artifact(run_id: str, path: str) -> str | None:
+    """A run's text artifact, or None where it has none."""
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+    except MlflowException as e:
+        if not missing_in_store(e):
+            raise
+        return None
+    except FileNotFoundError:
+        return None
 
 
 def reference_ceiling(run_id: str) -> dict:
@@ -90,7 +108,7 @@ def find_baseline(run: RunData) -> RunData | None:
     card = run.params.get("persona.sha256")
     same_card = f" and params.`persona.sha256` = '{card}'" if card else ""
     for exp in lookup_order(MlflowClient().get_run(run.run_id).info.experiment_id):
-        found = mlflow.search_runs([exp], filter_string=f"tags.`molting.baseline` = 'true' and "
+        found = mlflow.search_runs([exp], filter_string=f"tags.`{BASELINE_TAG}` = 'true' and "
                                    f"tags.`{MODEL_TAG}` = '{model}' and attributes.status = 'FINISHED'" + same_card,
                                    order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
         if found:
@@ -185,9 +203,13 @@ def _plumbing_lines(run: RunData) -> list[str]:
 
 
 def _convergence_lines(run: RunData, other: RunData | None) -> list[str]:
+    if not run.training:
+        return [f"- no training in this run: {_untrained(run)}"]
     nums = run.preflight.get("numbers", {})
-    out = [f"- optimizer steps: {int(run.metrics.get('optimizer_steps', 0))} (pre-flight minimum "
-           f"{nums.get('min_steps', '?')}); final loss {run.metrics.get('final_loss', float('nan')):.3f}"]
+    out = [] if run.training == run.run_id else [f"- trained in run {run.training[:8]}, whose adapter this run "
+                                                 "evaluated: the steps, loss and pre-flight below are that run's"]
+    out += [f"- optimizer steps: {int(run.metrics.get('optimizer_steps', 0))} (pre-flight minimum "
+            f"{nums.get('min_steps', '?')}); final loss {run.metrics.get('final_loss', float('nan')):.3f}"]
     fell = tail_drop(run.losses)
     if fell is not None:
         first, last, drop = fell
@@ -200,9 +222,19 @@ def _convergence_lines(run: RunData, other: RunData | None) -> list[str]:
     return out
 
 
+def _untrained(run: RunData) -> str:
+    """What a run without a training scored."""
+    if run.tags.get(MODEL_TAG) == RESPONSES_MODEL:
+        return f"answers scored as given (molting score --log of {run.tags.get(RESPONSES_TAG, 'a file')})"
+    if run.tags.get(BASELINE_TAG) == "true":
+        return f"the bare model {run.tags.get(MODEL_TAG, '')}'s answers"
+    return "an adapter whose train run is not in this store"
+
+
 def _format_lines(run: RunData) -> list[str]:
     pre_f = [f for f in run.preflight.get("findings", []) if f["level"] != "info"]
-    out = [f"- pre-flight [{f['level']}] {f['check']}: {f['message'][:200]}" for f in pre_f] or ["- pre-flight: clean"]
+    clean = "- pre-flight: clean" if run.training else "- pre-flight: none (nothing was trained)"
+    out = [f"- pre-flight [{f['level']}] {f['check']}: {f['message'][:200]}" for f in pre_f] or [clean]
     cut = [a["id"] for a in run.answers if a.get("finish_reason") == "length"]
     tok = [a["id"] for a in run.answers if has_code(a, "d4.template_token")]
     out.append(f"- answers with special tokens: {', '.join(tok) or 'none'}; cut by the token limit: {', '.join(cut) or 'none'}")

@@ -6,7 +6,7 @@ evaluation here gives the answers the train run's own evaluation gave.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
@@ -21,16 +21,17 @@ from molting_mlflow.ground.paths import DEFAULT_PERSONA
 from molting_mlflow.ground.persona import Persona, card_file, load_persona
 from molting_mlflow.ground.questions import load_questions, load_responses
 from molting_mlflow.ground.rubric import format_summary
-from molting_mlflow.ground.tags import MODEL_TAG, STAGE_TAG, adapter_uri
+from molting_mlflow.ground.tags import (BASELINE_TAG, EVAL_LEAK_ARTIFACT, EVAL_LEAK_TAG, MODEL_TAG, RESPONSES_MODEL,
+                                        RESPONSES_TAG, STAGE_TAG, TRAIN_RUN_TAG, adapter_uri)
 from molting_mlflow.ground.templates import folds
 from molting_mlflow.store.evaluation import answer_and_score
 from molting_mlflow.store.judging import judge_run
+from molting_mlflow.store.lineage import train_run, training_leak
 from molting_mlflow.store.scoring import log_scores
 from molting_mlflow.store.tracking import resolve_run_id, resolve_run_uri, stage_run
 from molting_mlflow.store.ui_view import traces_url, ui_base
 
 __all__ = ["EvalConfig", "evaluate", "score_and_log", "AdapterError"]
-RESPONSES_MODEL = "responses"      # the model tag of a run of answers from elsewhere (score --log)
 
 
 @dataclass
@@ -50,7 +51,7 @@ def _adapter_subject(ref: str, adapter_dir: Path) -> _Subject:
     model, tok, meta, plan = load_adapter_model(adapter_dir)
     tags = {"molting.adapter": ref, MODEL_TAG: meta["model"]}
     if meta.get("train_run_id"):
-        tags["molting.train_run_id"] = meta["train_run_id"]
+        tags[TRAIN_RUN_TAG] = meta["train_run_id"]
     trained_with = adapter_dir / "training_chat_template.jinja"
     template = trained_with.read_text(encoding="utf-8") if trained_with.is_file() else None
     system_prompt, fold = adapter_prompt(meta, tok)
@@ -63,7 +64,7 @@ def _baseline_subject(model_name: str, system_prompt: str) -> _Subject:
     plan = runtime.eval_plan(source.auto_precision or runtime.AUTO)
     model = load_model(source, plan).eval()
     tok = load_tokenizer(source)
-    return _Subject(model, tok, system_prompt, None, plan, {"molting.baseline": "true", MODEL_TAG: model_name},
+    return _Subject(model, tok, system_prompt, None, plan, {BASELINE_TAG: "true", MODEL_TAG: model_name},
                     f"baseline-{model_name}", folds(system_prompt, "persona", tok, tok.chat_template))
 
 
@@ -76,9 +77,18 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     bundle.check(persona, questions_path, questions)     # before any weight loads: a mismatch costs seconds
     judge = judge_of(cfg)
     calibration = check(judge) if judge is not None else None      # a dead judge, too
+    if calibration is not None:
+        log(f"judge {judge.model}: {calibration}")
     sub = _adapter_subject(ref, adapter_dir) if ref else _baseline_subject(cfg.model or DEFAULT_MODEL, persona.system_prompt)
+    # questions the adapter trained on measure recall: said, tagged and logged as the train run's pre-flight does
+    leak = training_leak(train_run(sub.tags.get(TRAIN_RUN_TAG)), questions, questions_path)
+    if leak is not None:
+        sub.tags[EVAL_LEAK_TAG] = f"{len(leak.data['questions'])}/{len(questions)}"
+        log(f"note: {leak.message}")
     with stage_run(cfg.experiment, sub.name, {STAGE_TAG: "evaluate", **sub.tags}) as run:
         bundle.log(persona, questions_path)
+        if leak is not None:
+            mlflow.log_dict(asdict(leak), EVAL_LEAK_ARTIFACT)
         mlflow.log_params({"eval.questions": questions_path, "eval.persona": cfg.persona or source,
                            **bundle.params(persona, questions_path), "eval.max_new_tokens": cfg.max_new_tokens,
                            "eval.seed": cfg.seed, "eval.system_prompt": (sub.system_prompt or "none")[:500],
@@ -122,9 +132,11 @@ def score_and_log(questions_path: str, responses_path: str, persona_path: str, e
     persona = load_persona(persona_path)
     bundle.check(persona, questions_path, questions)
     calibration = check(judge) if judge is not None else None
+    if calibration is not None:
+        log(f"judge {judge.model}: {calibration}")
     name = run_name or f"score-{Path(responses_path).stem}"
     with stage_run(experiment, name, {STAGE_TAG: "evaluate", MODEL_TAG: RESPONSES_MODEL,
-                                      "molting.responses": str(Path(responses_path).resolve())}) as run:
+                                      RESPONSES_TAG: str(Path(responses_path).resolve())}) as run:
         bundle.log(persona, questions_path)
         mlflow.log_params({"eval.questions": questions_path, "eval.persona": persona_path, "eval.responses": responses_path,
                            **bundle.params(persona, questions_path), **({"judge.calibration": calibration} if judge else {})})

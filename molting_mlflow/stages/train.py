@@ -105,6 +105,8 @@ def train(cfg: TrainConfig, log=print, *, nested: bool = False, tags: dict | Non
     cfg = p.cfg
     judge = judge_of(cfg) if cfg.evaluate else None
     calibration = check(judge) if judge is not None else None   # before a weight loads: a dead judge costs seconds
+    if calibration is not None:
+        log(f"judge {judge.model}: {calibration}")
     tags = {STAGE_TAG: "train", MODEL_TAG: cfg.model, PREFLIGHT_TAG: p.report.status,
             **(tags or {})}
     if p.source.preset is not None and p.source.preset.only_for_plumbing:

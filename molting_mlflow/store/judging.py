@@ -44,8 +44,10 @@ def judge_run(judge: Judge, persona: Persona, questions: list, records: list[dic
     for k, v in metrics.items():
         client.log_metric(run_id, k, v, step=step)
     missing = sorted(set(verdicts) - {"_seconds"} - set(trace_ids))
-    log(f"judge {judge.model}: score {metrics.get('judge.score', float('nan')):.2f} (rubric's on the same answers beside "
-        f"it), {metrics['judge.unanswered']} readings without a yes or no, {metrics['judge.seconds']:.1f} s"
+    read = [rubric[qid]["score"] for qid in verdicts if qid != "_seconds" and qid in rubric]
+    beside = f"the rubric's {sum(read) / len(read):.2f} on the same answers" if read else "no answer the rubric scored"
+    log(f"judge {judge.model}: judge.score {metrics.get('judge.score', float('nan')):.2f}, {beside}; "
+        f"{metrics['judge.unanswered']} readings without a yes or no, {metrics['judge.seconds']:.1f} s"
         + (f"; answers {missing} have no trace to hold its reading" if missing else ""))
     return metrics
 
