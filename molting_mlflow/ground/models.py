@@ -413,7 +413,7 @@ def load_tokenizer(source: ModelSource):
     return tok
 
 
-def model_config(source: ModelSource):
+def _source_config(source: ModelSource):
     """The architecture of a source's model (no weights): its config.json, or tiny-random's built config."""
     if source.built:
         return build_tiny_random()[0].config
@@ -437,7 +437,7 @@ class Inspected:
 def inspect_model(name: str) -> Inspected:
     """A model as pre-flight sees it: resolved (resolve_model), its tokenizer and its config; raises ModelError."""
     source = resolve_model(name)
-    return Inspected(source, load_tokenizer(source), model_config(source))
+    return Inspected(source, load_tokenizer(source), _source_config(source))
 
 
 class ParamCounts(NamedTuple):

@@ -17,11 +17,11 @@ from mlflow.tracking import MlflowClient
 from molting_mlflow.ground import bundle
 from molting_mlflow.ground.errors import MoltingError, missing_in_store, unwritable
 from molting_mlflow.ground.persona import load_persona
+from molting_mlflow.ground.preflight import EVAL_LEAK
 from molting_mlflow.ground.presets import PRESETS
 from molting_mlflow.ground.questions import load_questions
 from molting_mlflow.ground.rubric import DIMENSIONS, RUBRIC, UNTAGGED_RUBRIC_VERSION, score_response, short_name
 from molting_mlflow.ground.sweep_config import SEARCH_SPACE
-from molting_mlflow.ground.preflight import EVAL_LEAK
 from molting_mlflow.ground.tags import (BASELINE_TAG, ERROR_TAG, EVAL_LEAK_ARTIFACT, MODEL_TAG, PREFLIGHT_ARTIFACT,
                                         PRUNE_REASON_TAG, RESPONSES_MODEL, RESPONSES_TAG, RUBRIC_VERSION_TAG, STAGE_TAG,
                                         TRIAL_STATE_TAG)
@@ -52,7 +52,8 @@ def load_run(run_id: str) -> RunData:
         raise DiagnoseError(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}; pass a run id "
                             "from `molting compare` or the MLflow UI") from None
     trained = train_run_of(run)
-    training = trained.info.run_id if trained else run_id if run.data.tags.get(STAGE_TAG) == "train" else ""
+    trains = run.data.tags.get(STAGE_TAG) == "train" or "optimizer_steps" in run.data.metrics
+    training = trained.info.run_id if trained else run_id if trains else ""
     params, metrics = run.data.params, run.data.metrics
     pre = json.loads(_artifact(training, PREFLIGHT_ARTIFACT) or "{}") if training else {}
     if trained is not None:
