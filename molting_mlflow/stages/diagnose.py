@@ -30,7 +30,7 @@ from molting_mlflow.store.labelled import HOW_TO_LABEL, SCORERS, agreement_repor
 from molting_mlflow.store.lineage import train_run_of
 from molting_mlflow.stages.causes import THRESHOLDS, RunData, findings, has_code, reasons_for, tail_drop
 from molting_mlflow.store.scoring import logged_results
-from molting_mlflow.store.tracking import resolve_run_id
+from molting_mlflow.store.tracking import resolve_run_id, text_artifact
 
 class DiagnoseError(MoltingError, ValueError):
     pass
@@ -55,11 +55,11 @@ def load_run(run_id: str) -> RunData:
     trains = run.data.tags.get(STAGE_TAG) == "train" or "optimizer_steps" in run.data.metrics
     training = trained.info.run_id if trained else run_id if trains else ""
     params, metrics = run.data.params, run.data.metrics
-    pre = json.loads(_artifact(training, PREFLIGHT_ARTIFACT) or "{}") if training else {}
+    pre = json.loads(text_artifact(training, PREFLIGHT_ARTIFACT) or "{}") if training else {}
     if trained is not None:
         params = {**trained.data.params, **params}
         metrics = {**{k: trained.data.metrics[k] for k in TRAINING_METRICS if k in trained.data.metrics}, **metrics}
-        own = json.loads(_artifact(run_id, EVAL_LEAK_ARTIFACT) or "null")    # its questions, not the training's
+        own = json.loads(text_artifact(run_id, EVAL_LEAK_ARTIFACT) or "null")    # its questions, not the training's
         pre["findings"] = [f for f in pre.get("findings", []) if f["check"] != EVAL_LEAK] + ([own] if own else [])
     losses = [(m.step, m.value) for m in client.get_metric_history(training, "loss")] if training else []
     answers = logged_results(run_id) or []
@@ -71,18 +71,6 @@ def load_run(run_id: str) -> RunData:
         a["codes"] = (a.get("codes") or "").split()
     return RunData(run_id, params, metrics, run.data.tags, losses, pre, answers,
                    reference_ceiling(run_id) if answers else {}, training)
-
-
-def _artifact(run_id: str, path: str) -> str | None:
-    """A run's text artifact, or None where it has none."""
-    try:
-        return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
-    except MlflowException as e:
-        if not missing_in_store(e):
-            raise
-        return None
-    except FileNotFoundError:
-        return None
 
 
 def reference_ceiling(run_id: str) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -20,6 +19,7 @@ from molting_mlflow.ground.findings import Finding
 from molting_mlflow.ground.models import sha256_file
 from molting_mlflow.ground.preflight import EVAL_LEAK, leak_findings
 from molting_mlflow.ground.tags import EVAL_LEAK_TAG, PREFLIGHT_ARTIFACT, TRAIN_RUN_TAG
+from molting_mlflow.store.tracking import text_artifact
 
 
 def train_run(train_run_id: str | None) -> Run | None:
@@ -62,6 +62,6 @@ def training_leak(trained: Run | None, questions: list, questions_path: str) -> 
 
 def _train_run_leak(trained: Run) -> Finding | None:
     """The eval_leak finding in the train run's own preflight.json."""
-    report = json.loads(mlflow.artifacts.load_text(f"runs:/{trained.info.run_id}/{PREFLIGHT_ARTIFACT}"))
+    report = json.loads(text_artifact(trained.info.run_id, PREFLIGHT_ARTIFACT) or "{}")
     leak = next((f for f in report.get("findings", []) if f["check"] == EVAL_LEAK), None)
     return Finding(**leak) if leak else None

@@ -9,13 +9,12 @@ import json
 
 import mlflow
 import pandas as pd
-from mlflow.exceptions import MlflowException
 
-from molting_mlflow.ground.errors import missing_in_store
 from molting_mlflow.ground.rubric import DIMENSIONS, score_responses
 from molting_mlflow.ground.tags import RUBRIC_VERSION_TAG
 from molting_mlflow.store.eval_view import log_evaluation
 from molting_mlflow.store.experiments import mark_experiment
+from molting_mlflow.store.tracking import text_artifact
 from molting_mlflow.store.ui_view import view_tag
 
 RESULTS_TABLE = "eval_results.json"
@@ -25,14 +24,10 @@ REASONS_BY_CODE = "reasons_by_code"     # the table's column of [code, reason] p
 def logged_results(run_id: str) -> list[dict] | None:
     """The rows of the run's eval_results.json (one a question: answer, points, reasons, codes), or None
     where it logged none (a reused trial, a run that never evaluated); any other store failure goes on up."""
-    try:
-        table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{RESULTS_TABLE}"))
-    except FileNotFoundError:
+    text = text_artifact(run_id, RESULTS_TABLE)
+    if text is None:
         return None
-    except MlflowException as e:
-        if not missing_in_store(e):
-            raise
-        return None
+    table = json.loads(text)
     return [dict(zip(table["columns"], row)) for row in table.get("data", [])]
 
 

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 
 from molting_mlflow.ground.config import ConfigError
-from molting_mlflow.ground.errors import first_line
+from molting_mlflow.ground.errors import first_line, missing_in_store
 from molting_mlflow.ground.tags import ERROR_TAG, PRUNE_REASON_TAG, TRIAL_STATE_TAG
 from molting_mlflow.store.experiments import ensure_experiment, mark_experiment
 from molting_mlflow.store.mlflow_run import keep_killed
@@ -197,3 +197,15 @@ def resolve_run_uri(uri: str) -> str:
         return uri
     run, sep, path = uri[len("runs:/"):].partition("/")
     return f"runs:/{resolve_run_id(run)}{sep}{path}"
+
+
+def text_artifact(run_id: str, path: str) -> str | None:
+    """A run's text artifact, or None where the run has none at `path`; any other store failure goes on up."""
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+    except FileNotFoundError:
+        return None
+    except MlflowException as e:
+        if not missing_in_store(e):
+            raise
+        return None
